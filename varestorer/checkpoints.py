@@ -1,0 +1,173 @@
+"""Finding, reading and strictly loading checkpoints (local path or the Hugging Face Hub).
+
+Never unpickles code: ``.pth``/``.pt``/``.bin`` files are read with
+``torch.load(weights_only=True)``, everything else as safetensors. A checkpoint that does
+not fit the model raises :class:`~varestorer.errors.CheckpointError` listing the missing,
+unexpected and mis-shaped keys and naming the preset whose layout it matches best.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_LIST_LIMIT = 12
+
+
+def resolve_file(path_or_repo: str | os.PathLike, filename: str | None = None, **hub_kwargs) -> Path:
+    """A local file, a file in a local folder, or ``filename`` in a Hub repo (``owner/name``).
+
+    Hub downloads go through ``huggingface_hub.hf_hub_download`` (its cache, token and
+    ``HF_HUB_OFFLINE`` apply).
+    """
+    path = Path(path_or_repo).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if filename and (path / filename).is_file():
+            return path / filename
+        raise CheckpointError(f"{path} is a folder without {filename or 'the checkpoint file'}; "
+                              f"pass the file itself or a folder that holds it")
+    text = str(path_or_repo)
+    if filename is None or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint {text!r} not found: pass an existing file, or a Hub repo id "
+                              f"('owner/name') together with the file name in it")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(text, filename, **hub_kwargs))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        raise CheckpointError(
+            f"could not get {filename!r} from the Hub repo {text!r} ({type(exc).__name__}: {exc}). "
+            f"Download it where you have network access (huggingface-cli download {text} {filename}) "
+            f"and pass the local path."
+        ) from exc
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file: safetensors, or a torch file with ``weights_only=True``."""
+    path = Path(path)
+    try:
+        if path.suffix in _TORCH_SUFFIXES:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    except Exception as exc:  # unreadable, truncated, or pickled code that weights_only refuses
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def select_state_dict(obj: Mapping, keys: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """The weights of a checkpoint and the top-level entries left unused.
+
+    ``obj`` is either a flat ``{name: tensor}`` state dict or a dict holding one under one of
+    ``keys`` (tried in order, e.g. ``("vae",)`` for Infinity's VAE file).
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"a checkpoint must hold a dict, got {type(obj).__name__}")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj), []
+    for key in keys:
+        if isinstance(obj.get(key), Mapping):
+            return dict(obj[key]), [k for k in obj if k != key]
+    raise CheckpointError(f"checkpoint has no weights under any of {list(keys)}; "
+                          f"its top-level entries are {sorted(map(str, obj))[:_LIST_LIMIT]}")
+
+
+def _listing(title: str, items: list[str]) -> str:
+    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return f"\n  {title} ({len(items)}): " + ", ".join(items[:_LIST_LIMIT]) + more
+
+
+@dataclass
+class LoadReport:
+    """What a strict load found; raised as a :class:`CheckpointError` unless ``ok``."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mis_shaped: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)  # entries of the file the model does not use
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mis_shaped)
+
+
+def closest_preset(shapes: Mapping[str, tuple], candidates: Mapping[str, Mapping[str, tuple]]) -> tuple[str, float]:
+    """The candidate layout sharing most ``(key, shape)`` pairs with ``shapes``, and that share."""
+    best, best_score = "", -1.0
+    for name, layout in candidates.items():
+        both = set(layout) | set(shapes)
+        score = sum(1 for k in layout if shapes.get(k) == tuple(layout[k])) / max(len(both), 1)
+        if score > best_score:
+            best, best_score = name, score
+    return best, best_score
+
+
+def load_strict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    what: str,
+    source: str,
+    rename: Callable[[str], str | None] | None = None,
+    candidates: Mapping[str, Mapping[str, tuple]] | None = None,
+    unused_top_level: list[str] | None = None,
+) -> LoadReport:
+    """Load ``state_dict`` into ``model``, filling every parameter and buffer or raising.
+
+    Args:
+        rename: maps a checkpoint key to the model's key, or to ``None`` for an entry the
+            model does not use (e.g. a duplicate under a module alias); those are named in
+            the warning, never dropped silently.
+        candidates: preset name -> ``{key: shape}`` of that preset's model, used to say which
+            preset a mismatching checkpoint seems to be.
+        unused_top_level: top-level entries of the file that hold no weights for ``model``;
+            they are named in the warning too.
+    A model on the meta device gets the checkpoint's tensors assigned; otherwise they are
+    copied into the existing parameters (keeping the model's dtype and device).
+    """
+    expected = model.state_dict()
+    renamed: dict[str, torch.Tensor] = {}
+    report = LoadReport(unused=list(unused_top_level or []))
+    for key, value in state_dict.items():
+        new = rename(key) if rename else key
+        if new is None:
+            report.unused.append(key)
+        else:
+            renamed[new] = value
+    report.missing = sorted(k for k in expected if k not in renamed)
+    report.unexpected = sorted(k for k in renamed if k not in expected)
+    report.mis_shaped = sorted(
+        f"{k} {tuple(renamed[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in renamed and tuple(renamed[k].shape) != tuple(expected[k].shape)
+    )
+    if not report.ok:
+        msg = f"{what} checkpoint {source} does not fit the model."
+        for title, items in (("missing", report.missing), ("unexpected", report.unexpected),
+                             ("mis-shaped", report.mis_shaped)):
+            if items:
+                msg += _listing(title, items)
+        if candidates:
+            name, score = closest_preset({k: tuple(v.shape) for k, v in renamed.items()}, candidates)
+            msg += (f"\n  It looks most like the {name!r} preset ({score:.0%} of keys and shapes agree): "
+                    f"pass --preset {name} if that is what it is." if score > 0 else
+                    f"\n  It matches none of the presets {sorted(candidates)}: is it a {what} checkpoint?")
+        raise CheckpointError(msg)
+    on_meta = any(t.is_meta for t in expected.values())
+    model.load_state_dict({k: renamed[k] for k in expected}, strict=True, assign=on_meta)
+    if report.unused:
+        logger.warning("%s checkpoint %s: entries not used by the model: %s", what, source, report.unused)
+    return report

@@ -1,0 +1,59 @@
+"""Named model presets: the architecture facts of a base model, without any weights.
+
+``infinity-2b`` is the public Infinity-2B release (d32 BSQ-VAE, 2B transformer,
+flan-t5-xl); ``tiny`` is the same code at small widths, for the tests and the CPU demo.
+Print one with ``varestorer info --preset NAME``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    vae: dict  # BSQVAE keyword arguments
+    resolution: int  # default training / inference resolution (px)
+    transformer: dict = field(default_factory=dict)  # transformer keyword arguments
+    text_encoder: str = "google/flan-t5-xl"  # Hub id of the T5 encoder, or "tiny" (built locally)
+    hub_repo: str | None = None  # Hub repo of the official weights
+    vae_file: str | None = None
+    transformer_file: str | None = None
+
+    def build_vae(self):
+        from .tokenizer import BSQVAE
+
+        return BSQVAE(**self.vae)
+
+
+PRESETS: dict[str, Preset] = {
+    "infinity-2b": Preset(
+        name="infinity-2b",
+        description="Infinity-2B: d32 BSQ-VAE (32 bits/token, 16x), 2.2B next-scale transformer, flan-t5-xl",
+        vae=dict(ch=128, ch_mult=(1, 2, 4, 4, 4), num_res_blocks=2, codebook_dim=32),
+        resolution=512,
+        hub_repo="FoundationVision/Infinity",
+        vae_file="infinity_vae_d32reg.pth",
+        transformer_file="infinity_2b_reg.pth",
+    ),
+    "tiny": Preset(
+        name="tiny",
+        description="Tiny Infinity for tests and the CPU demo: 16 bits/token, 8x VAE, locally initialised",
+        vae=dict(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, codebook_dim=16),
+        resolution=64,
+        text_encoder="tiny",
+    ),
+}
+
+
+def get_preset(name: str | Preset) -> Preset:
+    if isinstance(name, Preset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None

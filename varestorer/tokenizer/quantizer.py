@@ -1,0 +1,149 @@
+"""Multi-scale bitwise spherical quantization (BSQ), as Infinity's tokenizer does it.
+
+One scale quantizes a latent to ``d`` bits per position: the latent vector is projected on
+the unit sphere and each coordinate becomes ``+-1/sqrt(d)``. The multi-scale quantizer is a
+residual quantizer over a scale schedule: at scale ``k`` the residual is area-downsampled to
+``(h_k, w_k)``, quantized, bilinearly upsampled back and subtracted. Infinity's transformer
+is taught with the bits of every scale as labels and, as the input at scale ``k``, the codes
+accumulated up to scale ``k - 1`` area-downsampled to scale ``k``.
+
+Bit tensors are ``(B, h, w, d)`` per scale (Infinity's ``bit_indices`` layout); flattening
+``h, w`` row-major gives the token order of the transformer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .schedules import Scale
+
+
+def _resize_down(x: Tensor, size: Scale) -> Tensor:
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="area")
+
+
+def _resize_up(x: Tensor, size: Scale) -> Tensor:
+    # Infinity upsamples with 'trilinear' over (t=1, h, w): bilinear without corner alignment.
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@dataclass
+class MultiScaleTokens:
+    """What the multi-scale quantizer gives for a batch of latents.
+
+    Attributes:
+        bits: per scale, the bit labels ``(B, h_k, w_k, d)`` as ``int64`` 0/1.
+        codes: per scale, the quantized codes ``(B, d, h_k, w_k)`` (values ``+-1/sqrt(d)``).
+        teacher_inputs: per scale ``k >= 1``, the codes accumulated up to scale ``k - 1``
+            at full latent size and area-downsampled to scale ``k``: ``(B, d, h_k, w_k)``.
+            This is Infinity's teacher-forcing input (the first scale's input is the
+            text start token, so the list has one entry fewer than the schedule).
+        quantized: the accumulated quantized latent ``(B, d, H, W)`` at full latent size.
+        schedule: the scale schedule used.
+    """
+
+    bits: list[Tensor]
+    codes: list[Tensor]
+    teacher_inputs: list[Tensor]
+    quantized: Tensor
+    schedule: list[Scale]
+
+    def bit_labels(self) -> Tensor:
+        """All scales' bits concatenated in token order: ``(B, L, d)``."""
+        return torch.cat([b.flatten(1, 2) for b in self.bits], dim=1)
+
+    def teacher_input_sequence(self) -> Tensor:
+        """Teacher-forcing inputs of scales ``1..K-1`` in token order: ``(B, L - 1, d)``."""
+        return torch.cat([x.flatten(2).transpose(1, 2) for x in self.teacher_inputs], dim=1)
+
+    def code_sequence(self) -> Tensor:
+        """Every scale's own codes in token order: ``(B, L, d)``."""
+        return torch.cat([c.flatten(2).transpose(1, 2) for c in self.codes], dim=1)
+
+
+class BSQ(nn.Module):
+    """Binary spherical quantization of one scale (Infinity's ``BSQ`` with ``new_quant``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.scale = 1.0 / math.sqrt(dim)
+        # Kept for state-dict parity with the official checkpoint (``quantizer.lfq.mask``).
+        self.register_buffer("mask", 2 ** torch.arange(dim - 1, -1, -1))
+
+    def bits_to_codes(self, bits: Tensor) -> Tensor:
+        """``(..., d)`` bits (hard 0/1 or probabilities) -> codes ``+-1/sqrt(d)`` (linear in bits)."""
+        return (bits * 2 - 1) * self.scale
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Quantize ``(B, d, h, w)``; returns codes (straight-through to ``x``) and bits."""
+        z = F.normalize(x.float(), dim=1)
+        bits = (z > 0).long()
+        hard = self.bits_to_codes(bits.to(z.dtype))
+        # hard + (z - z.detach()): exactly ``hard`` forward, identity gradient to ``z``.
+        codes = hard + (z - z.detach()) if z.requires_grad else hard
+        return codes, bits.permute(0, 2, 3, 1)
+
+
+class MultiScaleBSQ(nn.Module):
+    """Residual quantization of a latent over a scale schedule (Infinity's ``MultiScaleBSQ``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.lfq = BSQ(dim)
+
+    def forward(self, latent: Tensor, schedule: list[Scale]) -> MultiScaleTokens:
+        """Quantize ``(B, d, H, W)``; the last scale of ``schedule`` must be ``(H, W)``."""
+        if latent.ndim != 4 or latent.shape[1] != self.dim:
+            raise ValueError(f"expected a latent (B, {self.dim}, H, W), got {tuple(latent.shape)}")
+        full = tuple(latent.shape[-2:])
+        if tuple(schedule[-1]) != full:
+            raise ValueError(f"the schedule ends at {tuple(schedule[-1])} but the latent is {full}")
+        residual = latent.float()
+        accumulated = torch.zeros_like(residual)
+        bits, codes, teacher_inputs = [], [], []
+        for k, size in enumerate(schedule):
+            code, bit = self.lfq(_resize_down(residual, size))
+            up = _resize_up(code, full)
+            residual = residual - up.detach()
+            accumulated = accumulated + up
+            bits.append(bit)
+            codes.append(code)
+            if k + 1 < len(schedule):
+                teacher_inputs.append(_resize_down(accumulated, schedule[k + 1]))
+        return MultiScaleTokens(bits, codes, teacher_inputs, accumulated, list(schedule))
+
+    def bits_to_latent(self, bits: list[Tensor], straight_through: bool = False) -> Tensor:
+        """Per-scale bits ``(B, h_k, w_k, d)`` -> the accumulated latent ``(B, d, H, W)``.
+
+        ``bits`` may be hard 0/1 labels or probabilities of a bit being 1. With
+        ``straight_through`` the most likely bits go forward and the gradient reaches the
+        probabilities (``hard + p - p.detach()``); without it, probabilities are used as they
+        are (a soft, differentiable relaxation).
+        """
+        full = tuple(bits[-1].shape[1:3])
+        latent = None
+        for b in bits:
+            b = b.float()
+            if straight_through:
+                b = (b > 0.5).float() + b - b.detach()
+            code = self.lfq.bits_to_codes(b).permute(0, 3, 1, 2)
+            up = _resize_up(code, full)
+            latent = up if latent is None else latent + up
+        return latent
+
+    @staticmethod
+    def split_sequence(seq: Tensor, schedule: list[Scale]) -> list[Tensor]:
+        """``(B, L, d)`` in token order -> per scale ``(B, h_k, w_k, d)``."""
+        sizes = [h * w for h, w in schedule]
+        if seq.shape[1] != sum(sizes):
+            raise ValueError(f"sequence of {seq.shape[1]} tokens does not fit a schedule of {sum(sizes)}")
+        return [chunk.reshape(seq.shape[0], h, w, -1) for chunk, (h, w) in zip(seq.split(sizes, dim=1), schedule)]
