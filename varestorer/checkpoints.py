@@ -148,12 +148,13 @@ def load_strict(
             report.unused.append(key)
         else:
             renamed[new] = value
-    report.missing = sorted(k for k in expected if k not in renamed)
-    report.unexpected = sorted(k for k in renamed if k not in expected)
-    report.mis_shaped = sorted(
+    # listed in the model's (resp. the file's) order, which reads like the architecture
+    report.missing = [k for k in expected if k not in renamed]
+    report.unexpected = [k for k in renamed if k not in expected]
+    report.mis_shaped = [
         f"{k} {tuple(renamed[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in expected if k in renamed and tuple(renamed[k].shape) != tuple(expected[k].shape)
-    )
+    ]
     if not report.ok:
         msg = f"{what} checkpoint {source} does not fit the model."
         for title, items in (("missing", report.missing), ("unexpected", report.unexpected),

@@ -121,15 +121,18 @@ class MultiScaleBSQ(nn.Module):
                 teacher_inputs.append(_resize_down(accumulated, schedule[k + 1]))
         return MultiScaleTokens(bits, codes, teacher_inputs, accumulated, list(schedule))
 
-    def bits_to_latent(self, bits: list[Tensor], straight_through: bool = False) -> Tensor:
+    def bits_to_latent(self, bits: list[Tensor], straight_through: bool = False, size: Scale | None = None) -> Tensor:
         """Per-scale bits ``(B, h_k, w_k, d)`` -> the accumulated latent ``(B, d, H, W)``.
+
+        ``(H, W)`` is the last scale's size unless ``size`` is given (to decode only the
+        first scales of a schedule at full latent size).
 
         ``bits`` may be hard 0/1 labels or probabilities of a bit being 1. With
         ``straight_through`` the most likely bits go forward and the gradient reaches the
         probabilities (``hard + p - p.detach()``); without it, probabilities are used as they
         are (a soft, differentiable relaxation).
         """
-        full = tuple(bits[-1].shape[1:3])
+        full = tuple(size) if size is not None else tuple(bits[-1].shape[1:3])
         latent = None
         for b in bits:
             b = b.float()

@@ -1,0 +1,210 @@
+"""The tokenizer: Infinity's BSQ-VAE, its multi-scale quantization and checkpoint loading."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from skimage import data as skdata
+
+from varestorer.checkpoints import resolve_file
+from varestorer.cli import main
+from varestorer.errors import CheckpointError, ConfigError
+from varestorer.presets import get_preset
+from varestorer.tokenizer import BSQVAE, MultiScaleBSQ, num_tokens, scale_schedule
+from varestorer.tokenizer.loading import load_vae
+
+
+def photos(size=64):
+    """Two real photos (scikit-image) as (2, 3, size, size) in [-1, 1]."""
+    imgs = [skdata.astronaut(), skdata.chelsea()[:, 50:350]]
+    out = []
+    for im in imgs:
+        t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float()[None] / 127.5 - 1
+        out.append(F.interpolate(t, size=(size, size), mode="area"))
+    return torch.cat(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    torch.manual_seed(0)
+    return get_preset("tiny").build_vae().eval()
+
+
+def multiscale_latent(batch, dim, side, seed=0):
+    """A latent with structure at every scale, like an encoder's output."""
+    g = torch.Generator().manual_seed(seed)
+    lat = sum(F.interpolate(torch.randn(batch, dim, s, s, generator=g), size=(side, side), mode="bilinear")
+              for s in (1, 2, 4, 8, side))
+    return lat / lat.norm(dim=1, keepdim=True).mean() * 2
+
+
+def test_schedules_match_infinity():
+    s512 = scale_schedule(512, 16)
+    assert [h for h, _ in s512] == [1, 2, 4, 6, 8, 12, 16, 20, 24, 32]
+    assert num_tokens(s512) == 2521
+    assert [h for h, _ in scale_schedule(1024, 16)][-4:] == [32, 40, 48, 64]
+    assert len(scale_schedule(1024, 16)) == 13
+    assert len(scale_schedule(256, 16)) == 7
+    assert scale_schedule(64, 8) == [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]
+    with pytest.raises(ConfigError, match="valid resolutions: .*512"):
+        scale_schedule(500, 16)
+
+
+def test_encode_decode_shapes_and_ranges(tiny_vae):
+    x = photos(64)
+    with torch.no_grad():
+        tokens = tiny_vae.tokenize(x)
+        recon = tiny_vae.decode_bits(tokens.bits)
+    sched = tiny_vae.schedule(64)
+    assert [tuple(b.shape) for b in tokens.bits] == [(2, h, w, 16) for h, w in sched]
+    assert [tuple(t.shape) for t in tokens.teacher_inputs] == [(2, 16, h, w) for h, w in sched[1:]]
+    assert tokens.bit_labels().shape == (2, num_tokens(sched), 16)
+    assert tokens.teacher_input_sequence().shape == (2, num_tokens(sched) - 1, 16)
+    assert tokens.quantized.shape == (2, 16, 8, 8)
+    assert recon.shape == x.shape and recon.min() >= -1 and recon.max() <= 1
+    for b in tokens.bits:
+        assert b.dtype == torch.int64 and set(b.unique().tolist()) <= {0, 1}
+    # every code is on the sphere: +-1/sqrt(d)
+    assert torch.allclose(tokens.codes[3].abs(), torch.full_like(tokens.codes[3], 16 ** -0.5))
+
+
+def test_bits_decode_back_to_exactly_the_quantized_latent(tiny_vae):
+    with torch.no_grad():
+        tokens = tiny_vae.tokenize(photos(64))
+    latent = tiny_vae.quantizer.bits_to_latent(tokens.bits)
+    assert torch.equal(latent, tokens.quantized)
+    # the flat label sequence splits back into the per-scale maps
+    split = MultiScaleBSQ.split_sequence(tokens.bit_labels(), tokens.schedule)
+    assert all(torch.equal(a, b) for a, b in zip(split, tokens.bits))
+
+
+def test_teacher_inputs_are_accumulated_codes_resized_to_the_next_scale():
+    q = MultiScaleBSQ(16)
+    sched = scale_schedule(128, 8)
+    tokens = q(multiscale_latent(2, 16, 16), sched)
+    for k in range(1, len(sched)):
+        acc = q.bits_to_latent(tokens.bits[:k], size=(16, 16))
+        expected = F.interpolate(acc, size=sched[k], mode="area") if sched[k] != (16, 16) else acc
+        torch.testing.assert_close(tokens.teacher_inputs[k - 1], expected, rtol=0, atol=1e-6)
+
+
+def test_residual_error_shrinks_scale_by_scale():
+    q = MultiScaleBSQ(16)
+    sched = scale_schedule(128, 8)
+    latent = multiscale_latent(2, 16, 16, seed=1)
+    tokens = q(latent, sched)
+    errors = [(latent - q.bits_to_latent(tokens.bits[: k + 1], size=(16, 16))).norm().item()
+              for k in range(len(sched))]
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+
+
+def test_batched_equals_per_image(tiny_vae):
+    x = photos(64)
+    with torch.no_grad():
+        both = tiny_vae.tokenize(x).bit_labels()
+        one = torch.cat([tiny_vae.tokenize(x[i : i + 1]).bit_labels() for i in range(2)])
+    assert torch.equal(both, one)
+
+
+def test_straight_through_decoding(tiny_vae):
+    with torch.no_grad():
+        tokens = tiny_vae.tokenize(photos(64))
+    g = torch.Generator().manual_seed(0)
+    probs = [(b.float() * 0.6 + 0.2 + 0.1 * torch.rand(b.shape, generator=g)).requires_grad_() for b in tokens.bits]
+    out = tiny_vae.decode_bits(probs, straight_through=True)
+    with torch.no_grad():
+        hard = tiny_vae.decode_bits(tokens.bits)
+    torch.testing.assert_close(out, hard)  # the most likely bits go forward...
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in probs)  # ...the gradient reaches p
+
+
+def official_layout(vae: BSQVAE, plain: bool = False) -> dict:
+    """The state dict as Infinity's checkpoint stores it (incl. the ``quantize`` alias)."""
+    sd = {k: v.clone() for k, v in vae.state_dict().items()}
+    sd["quantize.lfq.mask"] = sd["quantizer.lfq.mask"].clone()
+    if plain:  # the plain layout Infinity's loader also accepts: no .conv/.norm wrappers
+        sd = {k.replace(".conv.weight", ".weight").replace(".conv.bias", ".bias")
+               .replace(".norm.weight", ".weight").replace(".norm.bias", ".bias"): v for k, v in sd.items()}
+    return sd
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_official_checkpoint_loads_and_round_trips_bit_exactly(tiny_vae, tmp_path, caplog, plain):
+    path = tmp_path / "infinity_vae_tiny.pth"
+    torch.save({"vae": official_layout(tiny_vae, plain), "step": 1000}, path)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_vae("tiny", path)
+    assert "step" in caplog.text and "quantize.lfq.mask" in caplog.text  # unused entries are named
+    for (k, a), (k2, b) in zip(tiny_vae.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    x = photos(64)
+    with torch.no_grad():
+        a, b = tiny_vae.tokenize(x), loaded.tokenize(x)
+        assert torch.equal(a.bit_labels(), b.bit_labels())
+        assert torch.equal(tiny_vae.decode_bits(a.bits), loaded.decode_bits(b.bits))
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_safetensors_and_folder_checkpoints(tiny_vae, tmp_path):
+    save_file(tiny_vae.state_dict(), tmp_path / "vae.safetensors")
+    loaded = load_vae("tiny", tmp_path / "vae.safetensors")
+    assert torch.equal(loaded.encoder.conv_in.conv.weight, tiny_vae.encoder.conv_in.conv.weight)
+    with pytest.raises(CheckpointError, match="is a folder without"):
+        load_vae("tiny", tmp_path)
+
+
+def test_wrong_checkpoint_gives_a_clear_error(tiny_vae, tmp_path):
+    path = tmp_path / "tiny.pth"
+    torch.save({"vae": official_layout(tiny_vae)}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_vae("infinity-2b", path)  # a tiny checkpoint for the 2B preset
+    msg = str(err.value)
+    assert "mis-shaped" in msg and "encoder.conv_in.conv.weight (32, 3, 3, 3) vs model (128, 3, 3, 3)" in msg
+    assert "looks most like the 'tiny' preset" in msg
+
+    sd = official_layout(tiny_vae)
+    del sd["decoder.conv_out.conv.bias"]
+    sd["encoder.extra.weight"] = torch.zeros(1)
+    torch.save({"vae": sd}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_vae("tiny", path)
+    msg = str(err.value)
+    assert "missing (1): decoder.conv_out.conv.bias" in msg and "unexpected (1): encoder.extra.weight" in msg
+
+    torch.save({"optimizer": {"lr": 1.0}}, path)
+    with pytest.raises(CheckpointError, match="no weights under any of"):
+        load_vae("tiny", path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_vae("tiny", path)
+
+
+def test_missing_hub_file_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="huggingface-cli download FoundationVision/Infinity"):
+        resolve_file("FoundationVision/Infinity", "infinity_vae_d32reg.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_file(str(tmp_path / "nope.pth"))
+
+
+def test_infinity_2b_vae_on_meta_has_the_exact_counts():
+    with torch.device("meta"):
+        vae = get_preset("infinity-2b").build_vae()
+    assert sum(p.numel() for p in vae.parameters()) == 110_118_051
+    assert sum(p.numel() for p in vae.encoder.parameters()) == 45_025_696
+    assert vae.downsample == 16 and vae.codebook_dim == 32
+
+
+def test_info_cli_json(capsys):
+    assert main(["info", "--preset", "infinity-2b", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vae_params"] == 110_118_051 and info["vae_encoder_params"] == 45_025_696
+    assert info["scale_schedules"]["512"] == {"sides": [1, 2, 4, 6, 8, 12, 16, 20, 24, 32], "scales": 10, "tokens": 2521}
+    assert main(["info", "--preset", "nope"]) == 2
+    assert "valid presets: infinity-2b, tiny" in capsys.readouterr().err
