@@ -1,0 +1,54 @@
+"""Recipes are data: every shipped one validates, and mistakes give errors that say what to do."""
+
+import pytest
+
+from varestorer.distill.recipe import load_recipe
+from varestorer.errors import ConfigError
+from varestorer.resources import resource_dir
+
+
+@pytest.mark.parametrize("path", sorted(resource_dir("recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(str(path))
+    assert recipe.name == path.stem
+
+
+def test_paper_setting():
+    r = load_recipe("varestorer-2b-512")
+    assert (r.model.preset, r.model.resolution, r.mode) == ("infinity-2b", 512, "distill")
+    assert (r.loss.kl, r.loss.lpips, r.loss.mse) == (0.1, 0.25, 0.5)
+    assert (r.optim.lr, r.optim.weight_decay) == (1e-6, 1e-2)
+    assert (r.train.global_batch_size, r.train.max_steps, r.train.mixed_precision) == (32, 10_000, "bf16")
+    assert r.student.lora_rank == 32 and r.student.attention == "full"
+    assert r.student.lora_targets == ["sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj"]
+    assert load_recipe("ablation-no-cross-attention").student.attention == "causal"
+    assert load_recipe("ablation-no-kl").loss.kl == 0
+    assert load_recipe("ablation-no-prompt").data.use_captions is False
+    assert load_recipe("ablation-full-finetune").student.full_finetune is True
+    assert load_recipe("varestorer-2b-1024").model.resolution == 1024
+    assert load_recipe("teacher-512").mode == "teacher"
+
+
+def test_overrides_are_parsed_as_yaml():
+    r = load_recipe("tiny", ["optim.lr=1e-4", "train.max_steps=7", "student.lora_targets=[sa.proj]",
+                             "train.resume_from_checkpoint=latest"])
+    assert r.optim.lr == 1e-4 and r.train.max_steps == 7 and r.student.lora_targets == ["sa.proj"]
+    assert r.train.resume_from_checkpoint == "latest"
+
+
+def test_unknown_keys_name_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr' in optim; valid keys: lr, weight_decay"):
+        load_recipe("tiny", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'bogus' in the recipe; valid keys: name, mode, model"):
+        load_recipe("tiny", ["bogus=1"])
+
+
+def test_bad_values_are_errors():
+    with pytest.raises(ConfigError, match="train.max_steps must be int"):
+        load_recipe("tiny", ["train.max_steps=many"])
+    with pytest.raises(ConfigError, match="student.attention='sideways' is not valid; choose one of full, causal"):
+        load_recipe("tiny", ["student.attention=sideways"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_recipe("tiny", ["optim.lr"])
+    with pytest.raises(ConfigError, match="no recipe 'nope'"):
+        load_recipe("nope")

@@ -1,0 +1,200 @@
+"""Training recipes: YAML files in ``recipes/``, validated into typed sections.
+
+A recipe is data. ``load_recipe("tiny", ["optim.lr=1e-4", "train.max_steps=20"])`` reads
+``recipes/tiny.yaml`` (or a path), applies ``key=value`` overrides (values parsed as YAML),
+and checks every key: an unknown one is an error naming the valid keys of its section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+from ..resources import find_resource
+
+
+@dataclass
+class ModelSection:
+    preset: str = "infinity-2b"
+    transformer: str | None = None  # checkpoint of the teacher: Hub repo id or path; None = preset's official
+    vae: str | None = None  # VAE checkpoint: Hub repo id or path; None = preset's official
+    text_encoder: str | None = None  # T5 encoder: Hub id or path; None = preset's
+    resolution: int = 512
+    random_init: bool = False  # build with random weights (tests, demo, benchmarks)
+
+
+@dataclass
+class DataSection:
+    dataset: str | None = None  # a folder written by `varestorer prepare`
+    use_captions: bool = True  # False: every prompt is empty (the paper's w/o-prompt ablation)
+    num_workers: int = 2
+    random_crop: bool = True
+
+
+@dataclass
+class DegradationSection:
+    preset: str = "realesrgan-x4"
+    scale: int = 4
+
+
+@dataclass
+class StudentSection:
+    attention: str = "full"  # full (cross-scale pyramid conditioning) | causal (w/o cross ablation)
+    lora_rank: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj"])
+    full_finetune: bool = False  # train every transformer weight (ablation); the teacher is then a frozen copy
+    train_encoder: bool = True  # fine-tune a copy of the VAE encoder for the LQ pyramid
+
+
+@dataclass
+class LossSection:
+    kl: float = 0.1
+    lpips: float = 0.25
+    mse: float = 0.5
+    cross_entropy: float = 1.0  # teacher mode: next-scale bitwise cross-entropy
+    lpips_net: str = "vgg"
+    lpips_pretrained: bool = True  # False: random VGG backbone (offline smoke tests only)
+    text_dropout: float = 0.1  # teacher mode: captions replaced by cfg_uncond, as Infinity trains
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-6
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
+    lr_warmup_steps: int = 0
+
+
+@dataclass
+class TrainSection:
+    global_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 10_000
+    mixed_precision: str = "bf16"  # no | fp16 | bf16
+    gradient_checkpointing: bool = True
+    compile: bool = False
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    checkpointing_steps: int = 1000
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest"
+    validation_steps: int = 500
+    num_validation_images: int = 4
+    log_steps: int = 10
+    report_to: str = "tensorboard"  # tensorboard | wandb | all | none
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe. ``mode``: ``distill`` (VARestorer) or ``teacher`` (Infinity
+    fine-tuning with the next-scale bitwise cross-entropy)."""
+
+    name: str = "recipe"
+    mode: str = "distill"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    degradation: DegradationSection = field(default_factory=DegradationSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> Recipe:
+        choices = {"mode": (self.mode, ("distill", "teacher")),
+                   "student.attention": (self.student.attention, ("full", "causal")),
+                   "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
+                   "train.report_to": (self.train.report_to, ("tensorboard", "wandb", "all", "none"))}
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
+        if self.train.global_batch_size < 1 or self.train.gradient_accumulation_steps < 1:
+            raise ConfigError("train.global_batch_size and train.gradient_accumulation_steps must be >= 1")
+        if self.train.resume_from_checkpoint == "":
+            self.train.resume_from_checkpoint = None
+        return self
+
+
+def _coerce(value, tp, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return list(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, bool, str, float) and not (type(value) is tp):
+        raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = prefix.rstrip(".") or "the recipe"
+        raise ConfigError(f"unknown key {prefix + unknown[0]!r} in {where}; valid keys: {', '.join(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``["optim.lr=1e-4", "train.max_steps=10"]`` -> nested dict updates (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    path = find_resource("recipes", name_or_path)
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    data.setdefault("name", Path(path).stem)
+    return _build(Recipe, apply_overrides(data, list(overrides or []))).validate()
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    return _build(Recipe, data).validate()
