@@ -1,0 +1,103 @@
+"""``varestorer bench train``: seconds/step, images/s, peak memory (and MFU on a GPU) of the
+real training step (degradation, teacher, student, losses, backward, AdamW) with random weights."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+#: Dense bf16 peak FLOP/s of common training GPUs (no sparsity), for model FLOPs utilisation.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def bench_train(preset: str, resolution: int, batch: int, steps: int = 5, warmup: int = 2,
+                device: str | None = None, mode: str = "distill", gradient_checkpointing: bool = False) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .data import collate
+    from .model import VARestorerModel
+    from .recipe import recipe_from_dict
+    from ..data.samples import SampleImages
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    recipe = recipe_from_dict({
+        "name": "bench", "mode": mode,
+        "model": {"preset": preset, "random_init": True, "resolution": resolution},
+        "loss": {"lpips_pretrained": False},
+        "student": {"full_finetune": mode == "teacher", "train_encoder": mode == "distill"},
+        "train": {"global_batch_size": batch, "mixed_precision": "bf16" if dev.type == "cuda" else "no"},
+    })
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = VARestorerModel.from_recipe(recipe)
+    model.to(dev).train()
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6)
+    data = SampleImages(resolution, repeats=batch)
+    batch_data = collate([data[i] for i in range(batch)])
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step():
+        with amp:
+            loss = model(batch_data)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    sec = (time.perf_counter() - t0) / steps
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    out = {
+        "preset": preset, "mode": mode, "resolution": resolution, "batch": batch, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+        "sec_per_step": sec, "images_per_sec": batch / sec, "flops_per_step": flops,
+        "achieved_tflops": flops / sec / 1e12,
+    }
+    if dev.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    else:
+        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = _peak_flops(dev)
+    if peak:
+        out["mfu"] = flops / sec / peak
+    return out
+
+
+def format_result(r: dict) -> str:
+    lines = [f"bench train: preset {r['preset']} ({r['mode']}), {r['resolution']}px, batch {r['batch']}, "
+             f"{r['device_name']}, {r['trainable_params']:,} trainable parameters",
+             f"  {r['sec_per_step']:.3f} s/step   {r['images_per_sec']:.2f} images/s   "
+             f"{r['flops_per_step'] / 1e12:.2f} TFLOP/step   {r['achieved_tflops']:.2f} TFLOP/s"]
+    if "peak_memory_gib" in r:
+        lines.append(f"  peak GPU memory {r['peak_memory_gib']:.2f} GiB")
+    else:
+        lines.append(f"  peak process RSS {r['peak_rss_gib']:.2f} GiB")
+    if "mfu" in r:
+        lines.append(f"  model FLOPs utilisation {100 * r['mfu']:.1f}% of bf16 peak")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""Teacher and student in one module: what one training step computes (DESIGN.md, "Data flow").
+
+``VARestorerModel(batch)`` runs, for a batch of HQ crops with captions:
+on-device degradation -> T5 features (cached) -> HQ tokens (frozen VAE) -> frozen teacher
+(block-causal, teacher-forced, no grad) -> student (same base weights + LoRA, full attention,
+LQ pyramid from a trainable copy of the VAE encoder) -> ``0.1 KL + 0.25 LPIPS + 0.5 MSE`` with
+straight-through decoding of the student's bits. In ``teacher`` mode it is Infinity's own
+next-scale bitwise cross-entropy on the HQ tokens.
+
+One copy of the base weights serves both: the teacher is the student with its adapters
+disabled (``peft``'s ``disable_adapter``). Only full fine-tuning (an ablation) keeps a frozen copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..presets import get_preset
+from ..tokenizer import MultiScaleBSQ
+from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl, build_lpips
+from .recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def sample_seeds(seed: int, epoch: int, index: Tensor) -> list[int]:
+    """Per-sample seeds of the degradation (and text dropout): a function of the sample only."""
+    return [(seed * 1_000_003 + epoch * 7_919 + int(i)) & 0x7FFFFFFF for i in index.tolist()]
+
+
+class VARestorerModel(nn.Module):
+    def __init__(self, recipe: Recipe, vae, transformer, text_encoder, degradation, lpips=None):
+        super().__init__()
+        self.recipe = recipe
+        self.mode = recipe.mode
+        self.schedule = vae.schedule(recipe.model.resolution)
+        self.epoch = 0
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.degradation = degradation
+        self.lpips = lpips
+        s = recipe.student
+        self.teacher = None
+        if self.mode == "teacher" or s.full_finetune:
+            self.transformer = transformer.requires_grad_(True)
+            if self.mode == "distill":  # full fine-tuning ablation: the teacher must stay fixed
+                self.teacher = copy.deepcopy(transformer).eval().requires_grad_(False)
+        else:
+            from ..transformer.lora import apply_lora
+
+            self.transformer = apply_lora(transformer.requires_grad_(False), rank=s.lora_rank,
+                                          alpha=s.lora_alpha, dropout=s.lora_dropout, targets=s.lora_targets)
+        self.lq_encoder = None
+        if self.mode == "distill":
+            self.lq_encoder = copy.deepcopy(vae.encoder).requires_grad_(s.train_encoder)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> VARestorerModel:
+        from ..degradations import DegradationPipeline
+        from ..tokenizer.loading import load_vae
+        from ..transformer.loading import load_transformer
+        from ..transformer.text import TextEncoder
+
+        m = recipe.model
+        preset = get_preset(m.preset)
+        if m.random_init:
+            vae, transformer = preset.build_vae(), preset.build_transformer()
+        else:
+            vae = load_vae(preset, m.vae)
+            transformer = load_transformer(preset, m.transformer)
+        text_encoder = TextEncoder.from_preset(preset, m.text_encoder)
+        degradation = None
+        if recipe.mode == "distill":
+            degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)
+        lpips = None
+        if recipe.mode == "distill" and recipe.loss.lpips > 0:
+            lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
+        return cls(recipe, vae, transformer, text_encoder, degradation, lpips)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        names = {id(p) for p in self.trainable_parameters()}
+        return {k: v for k, v in self.named_parameters() if id(v) in names}
+
+    def enable_gradient_checkpointing(self) -> None:
+        base = self.base_transformer()
+        base.enable_gradient_checkpointing()
+
+    def compile_transformer(self) -> None:
+        self.transformer = torch.compile(self.transformer)
+
+    def base_transformer(self):
+        t = self.transformer
+        return t.get_base_model() if hasattr(t, "get_base_model") else t
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # ------------------------------------------------------------------ the step
+    def _text(self, captions: list[str], seeds: list[int]):
+        captions = list(captions) if self.recipe.data.use_captions else [""] * len(captions)
+        drop = None
+        if self.mode == "teacher" and self.recipe.loss.text_dropout > 0:
+            p = self.recipe.loss.text_dropout
+            drop = torch.tensor([torch.rand((), generator=torch.Generator().manual_seed(s)).item() < p for s in seeds])
+        return self.text_encoder(captions, device=self.device_of(), drop=drop)
+
+    def device_of(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @contextlib.contextmanager
+    def _teacher(self):
+        """The frozen teacher: the same weights with the LoRA adapters switched off."""
+        if self.teacher is not None:
+            yield self.teacher
+        elif hasattr(self.transformer, "disable_adapter"):
+            with self.transformer.disable_adapter():
+                yield self.transformer
+        else:
+            yield self.transformer
+
+    def teacher_logits(self, text, hq_tokens) -> Tensor:
+        with torch.no_grad(), self._teacher() as teacher:
+            return teacher(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal")
+
+    def lq_tokens(self, lq_up: Tensor):
+        """The student's LQ pyramid: a trainable encoder copy, the same multi-scale quantizer.
+
+        Gradients reach the encoder through the quantizer's straight-through estimator."""
+        return self.vae.quantizer(self.lq_encoder(lq_up).float(), self.schedule)
+
+    def student_logits(self, text, lq_tokens) -> Tensor:
+        return self.transformer(text, lq_tokens.teacher_input_sequence(), self.schedule,
+                                attention=self.recipe.student.attention)
+
+    def decode_student(self, logits: Tensor) -> Tensor:
+        """Most likely bits forward, gradient through their probabilities -> image in [-1, 1]."""
+        bits = MultiScaleBSQ.split_sequence(bit_probabilities(logits), self.schedule)
+        return self.vae.decode_bits(bits, straight_through=True)
+
+    def degrade(self, batch: dict) -> tuple[Tensor, Tensor, list[int]]:
+        hq = batch["pixel_values"].to(self.device_of(), torch.float32)
+        seeds = sample_seeds(self.recipe.train.seed, self.epoch, batch["index"])
+        if self.degradation is None:
+            return hq * 2 - 1, None, seeds
+        out = self.degradation(hq, seeds)
+        return out.gt * 2 - 1, out.lq_up * 2 - 1, seeds
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        x_hq, x_lq, seeds = self.degrade(batch)
+        text = self._text(batch["caption"], seeds)
+        with torch.no_grad():
+            hq_tokens = self.vae.tokenize(x_hq, self.schedule)
+        if self.mode == "teacher":
+            logits = self.transformer(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal")
+            ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels())
+            return {"loss": self.recipe.loss.cross_entropy * ce, "cross_entropy": ce.detach()}
+        lw = self.recipe.loss
+        t_logits = self.teacher_logits(text, hq_tokens)
+        s_logits = self.student_logits(text, self.lq_tokens(x_lq))
+        x_s = self.decode_student(s_logits)
+        kl = bitwise_kl(t_logits, s_logits, self.schedule)
+        mse = F.mse_loss(x_s.float(), x_hq)
+        lp = self.lpips(x_s.float(), x_hq).mean() if self.lpips is not None else torch.zeros((), device=x_s.device)
+        loss = lw.kl * kl + lw.lpips * lp + lw.mse * mse
+        return {"loss": loss, "kl": kl.detach(), "lpips": lp.detach(), "mse": mse.detach()}
+
+    # ------------------------------------------------------------------ looking at it
+    @torch.no_grad()
+    def validation_images(self, batch: dict) -> dict[str, Tensor]:
+        """LQ (resized), student, teacher-forced reconstruction and HQ, each in [0, 1]."""
+        was = self.training
+        self.eval()
+        x_hq, x_lq, seeds = self.degrade(batch)
+        text = self._text(batch["caption"], seeds)
+        hq_tokens = self.vae.tokenize(x_hq, self.schedule)
+        t_logits = self.teacher_logits(text, hq_tokens)
+        teacher = self.vae.decode_bits(MultiScaleBSQ.split_sequence(bit_probabilities(t_logits) > 0.5, self.schedule))
+        student = self.decode_student(self.student_logits(text, self.lq_tokens(x_lq))) if x_lq is not None else teacher
+        self.train(was)
+        lq = x_lq if x_lq is not None else x_hq
+        return {k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()}
+
+    # ------------------------------------------------------------------ saving
+    def register_checkpoint_hooks(self, accelerator) -> None:
+        """``save_state`` writes only the trainable weights (and the export form), not the 2B base."""
+        from safetensors.torch import load_file, save_file
+
+        def save_hook(models, weights, output_dir):
+            for model in models:
+                core = accelerator.unwrap_model(model)
+                if isinstance(core, VARestorerModel) and accelerator.is_main_process:
+                    state = {k: v.detach().contiguous().cpu() for k, v in core.trainable_state_dict().items()}
+                    save_file(state, str(Path(output_dir) / TRAINABLE_FILE))
+                    core.save_export(Path(output_dir) / "export")
+            weights.clear()
+
+        def load_hook(models, input_dir):
+            while models:
+                core = accelerator.unwrap_model(models.pop())
+                state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
+                expected = core.trainable_state_dict()
+                if set(state) != set(expected):
+                    from ..errors import CheckpointError
+
+                    raise CheckpointError(f"{input_dir} holds trainable weights of another recipe "
+                                          f"({len(state)} tensors, this recipe trains {len(expected)})")
+                with torch.no_grad():
+                    for k, v in expected.items():
+                        v.copy_(state[k])
+
+        accelerator.register_save_state_pre_hook(save_hook)
+        accelerator.register_load_state_pre_hook(load_hook)
+
+    def save_export(self, out: Path) -> None:
+        """The export form: PEFT adapter, fine-tuned encoder, and what they apply to."""
+        from ..export import write_export
+
+        write_export(self, Path(out))

@@ -1,0 +1,225 @@
+"""The training loop: ``accelerate launch distill.py --recipe recipes/NAME.yaml [key=value ...]``.
+
+Built the way diffusers' training examples are: accelerate for processes, mixed precision,
+gradient accumulation, trackers and ``save_state``/``load_state``; a checkpoint folder
+``checkpoint-STEP`` every ``train.checkpointing_steps`` with only the trainable weights
+(plus the exportable LoRA adapter and encoder), pruned to ``train.checkpoints_total_limit``;
+``train.resume_from_checkpoint: latest`` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from .recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-STEP`` folders of a run, oldest first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(recipe: Recipe) -> Path | None:
+    wanted = recipe.train.resume_from_checkpoint
+    if not wanted:
+        return None
+    if wanted == "latest":
+        found = list_checkpoints(recipe.train.output_dir)
+        if not found:
+            logger.info("resume_from_checkpoint=latest: no checkpoint in %s, starting a new run", recipe.train.output_dir)
+        return found[-1] if found else None
+    path = Path(wanted)
+    if not path.is_dir():
+        path = Path(recipe.train.output_dir) / wanted
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint {wanted!r} not found (looked in {wanted} and {path}); "
+                          f"use 'latest' or a checkpoint-STEP folder")
+    return path
+
+
+def _prune(output_dir: str, limit: int | None) -> None:
+    """Keep at most ``limit - 1`` old checkpoints before a new one is written."""
+    if not limit:
+        return
+    found = list_checkpoints(output_dir)
+    for old in found[: max(0, len(found) - limit + 1)]:
+        logger.info("removing old checkpoint %s (checkpoints_total_limit=%d)", old, limit)
+        shutil.rmtree(old)
+
+
+def _report_to(recipe: Recipe) -> list[str] | None:
+    if recipe.train.report_to == "none":
+        return None
+    if recipe.train.report_to == "tensorboard":
+        return ["tensorboard"]
+    import importlib.util
+
+    wanted = ["tensorboard", "wandb"] if recipe.train.report_to == "all" else ["wandb"]
+    if "wandb" in wanted and importlib.util.find_spec("wandb") is None:
+        logger.warning("report_to asks for wandb but it is not installed (pip install wandb); using tensorboard")
+        return ["tensorboard"]
+    return wanted
+
+
+def _mixed_precision(recipe: Recipe) -> str | None:
+    """The launcher's choice (accelerate config / --mixed_precision) wins over the recipe's;
+    bf16/fp16 only where a GPU is there."""
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    wanted = recipe.train.mixed_precision
+    if wanted != "no" and not torch.cuda.is_available():
+        logger.info("train.mixed_precision=%s needs a GPU; running in float32", wanted)
+        return "no"
+    return wanted
+
+
+def per_device_batch(recipe: Recipe, num_processes: int) -> int:
+    t = recipe.train
+    denom = num_processes * t.gradient_accumulation_steps
+    if t.global_batch_size % denom:
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by processes ({num_processes}) x "
+            f"gradient_accumulation_steps ({t.gradient_accumulation_steps}); change one of them"
+        )
+    return t.global_batch_size // denom
+
+
+def train(recipe: Recipe) -> dict:
+    """Run a recipe to ``train.max_steps``; returns the last logged losses."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    from .data import build_dataloader
+    from .model import VARestorerModel
+    from .visualize import save_loss_plot, save_validation_grid
+
+    t = recipe.train
+    accelerator = Accelerator(
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        mixed_precision=_mixed_precision(recipe),
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            # teacher mode and full fine-tuning train cfg_uncond, which a batch may not use
+            find_unused_parameters=recipe.mode == "teacher" or recipe.student.full_finetune)],
+        log_with=_report_to(recipe),
+        project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=str(Path(t.output_dir) / "logs")),
+    )
+    if accelerator.is_main_process:
+        Path(t.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(t.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    set_seed(t.seed)
+
+    model = VARestorerModel.from_recipe(recipe)
+    if t.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas),
+                                  weight_decay=recipe.optim.weight_decay, eps=recipe.optim.eps)
+    scheduler = get_scheduler(recipe.optim.lr_scheduler, optimizer,
+                              num_warmup_steps=recipe.optim.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=t.max_steps * accelerator.num_processes)
+    loader = build_dataloader(recipe, per_device_batch(recipe, accelerator.num_processes))
+
+    model.register_checkpoint_hooks(accelerator)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    core = accelerator.unwrap_model(model)
+    if t.compile:
+        core.compile_transformer()
+
+    global_step = 0
+    resume = resolve_resume(recipe)
+    if resume is not None:
+        accelerator.print(f"resuming from {resume}")
+        accelerator.load_state(str(resume))
+        global_step = int(_CKPT.match(resume.name).group(1))
+
+    steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation_steps)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
+    bar = tqdm(total=t.max_steps, initial=global_step, desc=recipe.name, disable=not accelerator.is_local_main_process)
+    history: list[dict] = []
+    logs: dict = {}
+    val_batch = None
+    while global_step < t.max_steps:
+        epoch, skip = divmod(global_step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        core.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip * t.gradient_accumulation_steps) if skip else loader
+        for batch in batches:
+            if val_batch is None:
+                val_batch = {k: v[: t.num_validation_images] for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                losses = model(batch)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, recipe.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            logs = {k: accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
+            logs["lr"] = scheduler.get_last_lr()[0]
+            history.append({"step": global_step, **logs})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
+            if global_step % t.log_steps == 0 or global_step == t.max_steps:
+                accelerator.log(logs, step=global_step)
+            if global_step % t.checkpointing_steps == 0 or global_step == t.max_steps:
+                if accelerator.is_main_process:
+                    _prune(t.output_dir, t.checkpoints_total_limit)
+                accelerator.wait_for_everyone()
+                accelerator.save_state(str(Path(t.output_dir) / f"checkpoint-{global_step}"))
+            if accelerator.is_main_process and (global_step % t.validation_steps == 0 or global_step == t.max_steps):
+                grid = save_validation_grid(core, val_batch, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
+                _log_image(accelerator, grid, global_step)
+            if global_step >= t.max_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_loss_plot(history, Path(t.output_dir) / "losses.png")
+        core.save_export(Path(t.output_dir) / "final")
+        if t.push_to_hub:
+            core.push_to_hub(Path(t.output_dir) / "final", t.hub_model_id)
+    accelerator.end_training()
+    return logs
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _log_image(accelerator, grid: torch.Tensor, step: int) -> None:
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", grid, step)
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": wandb.Image(grid.permute(1, 2, 0).numpy())}, step=step)

@@ -1,0 +1,43 @@
+"""Images people look at during training: validation grids and the loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+@torch.no_grad()
+def save_validation_grid(model, batch: dict, path: Path) -> torch.Tensor:
+    """One row per sample: LQ | student | teacher-forced reconstruction | HQ. Returns the grid (3, H, W)."""
+    from torchvision.utils import make_grid, save_image
+
+    images = model.validation_images(batch)  # dict of (B, 3, R, R) in [0, 1]
+    columns = [images[k] for k in ("lq", "student", "teacher", "hq")]
+    rows = torch.stack(columns, dim=1).flatten(0, 1).float().cpu().clamp(0, 1)
+    grid = make_grid(rows, nrow=len(columns), padding=2, pad_value=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    return grid
+
+
+def save_loss_plot(history: list[dict], path: Path) -> None:
+    """Each logged loss term against the step, one panel per term."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in history[-1] if k not in ("step", "lr")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    steps = [h["step"] for h in history]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(steps, [h.get(key, float("nan")) for h in history])
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,146 @@
+"""Model cards and publishing an export folder to the Hugging Face Hub.
+
+Tokens come from huggingface_hub's own login (``huggingface-cli login``) or ``HF_TOKEN``:
+never from a recipe, never printed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import ConfigError, VARestorerError
+from .export import CONFIG_FILE
+from .resources import find_resource
+
+CARD_FILE = "README.md"
+EVAL_FILE = "evaluation.json"
+PIPELINE_TAG = "image-to-image"
+LICENSE = "mit"  # Infinity's code and weights are released under the MIT license
+REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "base_model", "tags")
+
+_FILE_NOTES = {
+    "adapter_model.safetensors": "LoRA adapter (PEFT format) for the base transformer",
+    "adapter_config.json": "PEFT LoRA configuration",
+    "encoder.safetensors": "fine-tuned VAE encoder (Infinity VAE key layout)",
+    "transformer.safetensors": "fine-tuned transformer (Infinity key layout)",
+    "merged_transformer.safetensors": "the base transformer with the LoRA merged in",
+    CONFIG_FILE: "base model, resolution, scale schedule, recipe",
+    EVAL_FILE: "evaluation results",
+    CARD_FILE: "this card",
+}
+
+
+def _base_model_id(config: dict) -> str:
+    from .presets import get_preset
+
+    preset = get_preset(config["base_preset"])
+    return config.get("base_transformer") or preset.hub_repo or f"varestorer-preset/{preset.name}"
+
+
+def _eval_table(folder: Path) -> str | None:
+    path = folder / EVAL_FILE
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())  # {"dataset": {"metric": value}}
+    metrics = sorted({m for v in rows.values() for m in v})
+    lines = ["| dataset | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for ds, vals in rows.items():
+        lines.append(f"| {ds} | " + " | ".join(f"{vals[m]:.4g}" if m in vals else "" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str = "varestorer"):
+    """The model card of an export folder (a ``huggingface_hub.ModelCard``)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(folder)
+    config = read_export_config(folder)
+    recipe = config["recipe"]
+    base = _base_model_id(config)
+    dataset = recipe["data"]["dataset"] or "skimage"
+    data = ModelCardData(
+        license=LICENSE, library_name="varestorer", pipeline_tag=PIPELINE_TAG, base_model=base,
+        tags=["super-resolution", "image-restoration", "visual-autoregressive", "infinity", "lora", "varestorer"],
+        datasets=[dataset] if "/" in str(dataset) and not Path(dataset).exists() else None,
+    )
+    loss = recipe["loss"]
+    loss_text = (f"{loss['kl']} KL + {loss['lpips']} LPIPS + {loss['mse']} MSE" if config["mode"] == "distill"
+                 else f"{loss['cross_entropy']} bitwise cross-entropy")
+    trainable = ("LoRA rank {r} on {t}".format(r=recipe["student"]["lora_rank"], t=", ".join(recipe["student"]["lora_targets"]))
+                 if config["has_adapter"] else "all transformer weights")
+    if config["has_encoder"]:
+        trainable += " + the VAE encoder"
+    files = [(p.name, _FILE_NOTES.get(p.name, "")) for p in sorted(folder.iterdir()) if p.is_file()]
+    if CARD_FILE not in {n for n, _ in files}:
+        files.append((CARD_FILE, _FILE_NOTES[CARD_FILE]))
+    samples = sorted(str(p.relative_to(folder)) for p in folder.glob("samples/*.png"))
+    return ModelCard.from_template(
+        data, template_path=str(find_resource("model_cards", template, ".md")),
+        model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=base, base_model_name=base,
+        base_preset=config["base_preset"], text_encoder=config.get("text_encoder") or "the preset's T5",
+        resolution=config["resolution"], num_scales=len(config["scale_schedule"]), attention=config["attention"],
+        has_adapter=config["has_adapter"], files=files, recipe_name=recipe["name"], mode=config["mode"],
+        max_steps=recipe["train"]["max_steps"], global_batch_size=recipe["train"]["global_batch_size"],
+        lr=recipe["optim"]["lr"], loss=loss_text, trainable=trainable, dataset=dataset,
+        degradation=recipe["degradation"]["preset"], eval_table=_eval_table(folder), samples=samples,
+    )
+
+
+def read_export_config(folder: Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not a VARestorer export (no {CONFIG_FILE}); "
+                          f"make one with: varestorer export CHECKPOINT OUT")
+    return json.loads(path.read_text())
+
+
+def validate_card(text: str) -> list[str]:
+    """Problems of a model card's metadata, checked locally (empty when it is fine)."""
+    from huggingface_hub import ModelCard
+
+    try:
+        card = ModelCard(text)
+    except Exception as exc:
+        return [f"the card does not parse: {exc}"]
+    meta = card.data.to_dict()
+    problems = [f"metadata has no {key!r}" for key in REQUIRED_METADATA if not meta.get(key)]
+    if meta.get("pipeline_tag") not in (None, PIPELINE_TAG):
+        problems.append(f"pipeline_tag should be {PIPELINE_TAG!r}")
+    if not isinstance(meta.get("tags", []), list):
+        problems.append("tags must be a list")
+    if "{{" in card.text or "{%" in card.text:
+        problems.append("the card still holds template placeholders")
+    return problems
+
+
+def publish(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
+            commit_message: str = "Upload VARestorer model") -> dict:
+    """Write/refresh the card, then create the repo and upload the folder (unless ``dry_run``)."""
+    folder = Path(folder)
+    card = render_card(folder, repo_id)
+    problems = validate_card(str(card))
+    if problems:
+        raise VARestorerError("the model card is not valid: " + "; ".join(problems))
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != CARD_FILE)
+    files.append(CARD_FILE)
+    result = {"repo_id": repo_id, "private": private, "files": sorted(files),
+              "bytes": sum((folder / f).stat().st_size for f in files if (folder / f).is_file()),
+              "card_metadata": card.data.to_dict()}
+    if dry_run:
+        result["card"] = str(card)
+        return result
+    card.save(folder / CARD_FILE)
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message)
+    except Exception as exc:
+        raise VARestorerError(
+            f"uploading to {repo_id} failed ({type(exc).__name__}: {exc}). Log in with `huggingface-cli login` "
+            f"or set HF_TOKEN to a token with write access."
+        ) from exc
+    result["url"] = str(url)
+    return result
