@@ -29,6 +29,11 @@ class Preset:
 
         return BSQVAE(**self.vae)
 
+    def build_transformer(self):
+        from .transformer import InfinityTransformer
+
+        return InfinityTransformer(**self.transformer)
+
 
 PRESETS: dict[str, Preset] = {
     "infinity-2b": Preset(
@@ -36,6 +41,9 @@ PRESETS: dict[str, Preset] = {
         description="Infinity-2B: d32 BSQ-VAE (32 bits/token, 16x), 2.2B next-scale transformer, flan-t5-xl",
         vae=dict(ch=128, ch_mult=(1, 2, 4, 4, 4), num_res_blocks=2, codebook_dim=32),
         resolution=512,
+        # tools/run_infinity.py, model_type infinity_2b: block_chunks 8, text_maxlen 512, flan-t5-xl
+        transformer=dict(depth=32, embed_dim=2048, num_heads=16, mlp_ratio=4.0, text_channels=2048,
+                         text_maxlen=512, codebook_dim=32, num_block_chunks=8),
         hub_repo="FoundationVision/Infinity",
         vae_file="infinity_vae_d32reg.pth",
         transformer_file="infinity_2b_reg.pth",
@@ -45,6 +53,8 @@ PRESETS: dict[str, Preset] = {
         description="Tiny Infinity for tests and the CPU demo: 16 bits/token, 8x VAE, locally initialised",
         vae=dict(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, codebook_dim=16),
         resolution=64,
+        transformer=dict(depth=2, embed_dim=64, num_heads=4, mlp_ratio=4.0, text_channels=64,
+                         text_maxlen=128, codebook_dim=16, num_block_chunks=2),
         text_encoder="tiny",
     ),
 }

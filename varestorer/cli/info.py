@@ -40,8 +40,30 @@ def vae_facts(preset) -> dict:
     }
 
 
+def transformer_facts(preset) -> dict:
+    """Transformer size and the default LoRA's trainable parameters (PEFT on the meta device)."""
+    if not preset.transformer:
+        return {}
+    import torch
+
+    from ..transformer.lora import DEFAULT_RANK, lora_trainable_params
+
+    with torch.device("meta"):
+        model = preset.build_transformer()
+    c = model.config
+    return {
+        "transformer_params": _count(model),
+        "transformer_depth": c.depth,
+        "transformer_width": c.embed_dim,
+        "transformer_heads": c.num_heads,
+        "text_channels": c.text_channels,
+        "lora_rank": DEFAULT_RANK,
+        "lora_trainable_params": lora_trainable_params(model),
+    }
+
+
 #: Functions ``preset -> dict`` whose facts ``info`` prints, in order.
-SECTIONS = [vae_facts]
+SECTIONS = [vae_facts, transformer_facts]
 
 
 def facts(name: str) -> dict:

@@ -1,0 +1,119 @@
+"""Loading Infinity's official transformer checkpoint (``infinity_2b_reg.pth``).
+
+The released file is a flat state dict (``tools/run_infinity.py`` passes ``torch.load``'s
+result straight to ``load_state_dict``); a training checkpoint holds it under
+``["trainer"]["gpt_fsdp"]`` (or ``"gpt_ema_fsdp"``), which loads too. Keys prefixed by
+``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) are accepted, buffers of older
+model versions (``attn_bias_for_masking``, ``lvl_1L``, ...) are reported as unused, and a
+``cfg_uncond`` of another text length is cut or extended as Infinity's ``load_state_dict``
+does; the constant ``zero_k_bias`` buffers are filled in when absent. Anything else that does not fit is an error listing the keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+
+import torch
+
+from ..checkpoints import load_strict, read_file, resolve_file, select_state_dict
+from ..errors import CheckpointError
+from ..presets import PRESETS, Preset, get_preset
+from .infinity import InfinityTransformer
+
+_OLD_BUFFERS = ("lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen")
+_PREFIXES = ("module.", "_orig_mod.")
+
+#: Infinity's scaling-study layer configurations (``tools/run_infinity.py``), with the 2B's
+#: text encoder and d32 tokenizer; no public weights. Used to name a checkpoint's layout.
+INFINITY_LAYER_CONFIGS: dict[str, dict] = {
+    f"infinity-layer{depth}": dict(depth=depth, embed_dim=width, num_heads=heads, num_block_chunks=4)
+    for depth, width, heads in ((12, 768, 8), (16, 1152, 12), (24, 1536, 16), (32, 2080, 20),
+                                (40, 2688, 24), (48, 3360, 28))
+}
+
+
+@functools.cache
+def _layout(kwargs: tuple) -> dict[str, tuple]:
+    with torch.device("meta"):
+        model = InfinityTransformer(**dict(kwargs))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def candidate_layouts() -> dict[str, dict[str, tuple]]:
+    """``{name: {key: shape}}`` of every preset's transformer and Infinity's layer configurations."""
+    configs = {name: p.transformer for name, p in PRESETS.items() if p.transformer}
+    configs.update(INFINITY_LAYER_CONFIGS)
+    return {name: _layout(tuple(sorted(kw.items()))) for name, kw in configs.items()}
+
+
+def _transformer_weights(obj: Mapping) -> tuple[dict, list[str]]:
+    trainer = obj.get("trainer") if isinstance(obj, Mapping) else None
+    if isinstance(trainer, Mapping):
+        for key in ("gpt_fsdp", "gpt_ema_fsdp", "gpt_wo_ddp"):
+            if isinstance(trainer.get(key), Mapping):
+                return dict(trainer[key]), [k for k in obj if k != "trainer"]
+    return select_state_dict(obj, ("gpt_fsdp", "gpt_ema_fsdp", "gpt_wo_ddp", "state_dict", "model", "module"))
+
+
+def _fit_cfg_uncond(state: dict, model: InfinityTransformer) -> dict:
+    """Infinity's rule: a longer ``cfg_uncond`` is cut, a shorter one completed with the default init."""
+    old = state.get("cfg_uncond")
+    maxlen, channels = model.config.text_maxlen, model.config.text_channels
+    if old is None or old.ndim != 2 or old.shape[1] != channels or old.shape[0] == maxlen:
+        return state
+    if old.shape[0] > maxlen:
+        new = old[:maxlen]
+    else:
+        default = InfinityTransformer.default_cfg_uncond(maxlen, channels)
+        new = torch.cat((old.to(default.dtype), default[old.shape[0]:]))
+    return {**state, "cfg_uncond": new}
+
+
+def _rename(key: str) -> str | None:
+    for prefix in _PREFIXES:
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return None if key in _OLD_BUFFERS else key
+
+
+def load_transformer_state(model: InfinityTransformer, state_dict: Mapping, source: str = "<state dict>",
+                           unused_top_level=()) -> None:
+    """Strictly load an official-layout state dict into ``model`` (see the module doc)."""
+    state = {k2: v for k, v in state_dict.items() if (k2 := _rename(k)) is not None}
+    dropped = [k for k in state_dict if _rename(k) is None]
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"transformer checkpoint {source} holds entries that are not tensors")
+    has_blocks = any(k.startswith("block_chunks.") for k in state)
+    for key in model.state_dict():  # constant zero buffers; a file saved without buffers may lack them
+        if has_blocks and key.endswith("zero_k_bias") and key not in state:
+            state[key] = torch.zeros(model.config.embed_dim)
+    load_strict(model, _fit_cfg_uncond(state, model), what="transformer", source=source,
+                candidates=candidate_layouts(), unused_top_level=list(unused_top_level) + dropped)
+
+
+def load_transformer(
+    preset: str | Preset = "infinity-2b",
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> InfinityTransformer:
+    """Build the preset's transformer and load its weights.
+
+    ``checkpoint`` is a local file (``.pth`` read with ``weights_only=True``, or
+    safetensors), a folder holding the preset's transformer file, or a Hub repo id; by
+    default the preset's official Hub repo. The model is built on the meta device and the
+    checkpoint's tensors are assigned (no time spent on a random initialisation).
+    """
+    preset = get_preset(preset)
+    source = checkpoint if checkpoint is not None else preset.hub_repo
+    if source is None:
+        raise ValueError(f"preset {preset.name!r} has no official weights; pass a checkpoint")
+    path = resolve_file(source, preset.transformer_file)
+    state, unused = _transformer_weights(read_file(path))
+    with torch.device("meta"):
+        model = preset.build_transformer()
+    load_transformer_state(model, state, source=str(path), unused_top_level=unused)
+    return model.to(device=device, dtype=dtype).eval()
