@@ -1,0 +1,128 @@
+"""Captions for the training images: BLIP through transformers, or a caption file.
+
+- :class:`BlipCaptioner`: ``Salesforce/blip-image-captioning-large`` by default (the paper's
+  captioner), or any BLIP checkpoint (Hub id or local folder); batched, on the GPU when there is
+  one (half precision there), greedy decoding, so a caption is a function of the image.
+- :class:`CaptionFile`: a JSON-lines file mapping image paths to captions, one object a line,
+  either ``{"path": "a/b.jpg", "caption": "..."}`` or ``{"a/b.jpg": "..."}``. Paths are matched
+  relative to the source folder (``a/b.jpg``) or absolute.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+
+DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
+
+
+class BlipCaptioner:
+    """``captioner(images) -> list[str]``: images are PIL images or (H, W, 3) uint8 arrays."""
+
+    def __init__(self, model: str = DEFAULT_BLIP, device: str | None = None, batch_size: int = 16,
+                 max_new_tokens: int = 40, prompt: str | None = None, dtype=None):
+        import torch
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        self.name = str(model)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype
+        try:
+            self.processor = BlipProcessor.from_pretrained(self.name)
+            self.model = BlipForConditionalGeneration.from_pretrained(self.name, dtype=dtype)
+        except OSError as exc:
+            raise ConfigError(f"cannot load the BLIP captioner {self.name!r}: {exc}. Pass a local BLIP folder "
+                              f"with --caption-model, a caption file with --caption FILE, or --caption none") from None
+        self.model.to(self.device).eval()
+        self.batch_size = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.prompt = prompt
+
+    def __repr__(self) -> str:
+        return f"BlipCaptioner({self.name!r}, device={self.device}, batch_size={self.batch_size})"
+
+    def describe(self) -> str:
+        return f"blip:{self.name}" + (f" prompt={self.prompt!r}" if self.prompt else "")
+
+    def _batch(self, images: list) -> list[str]:
+        import torch
+        from PIL import Image
+
+        pil = [Image.fromarray(im) if isinstance(im, np.ndarray) else im.convert("RGB") for im in images]
+        kwargs = {"text": [self.prompt] * len(pil)} if self.prompt else {}
+        inputs = self.processor(images=pil, return_tensors="pt", **kwargs)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+        return [" ".join(t.split()) for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+    def __call__(self, images: list) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(images), self.batch_size):
+            out.extend(self._batch(images[i : i + self.batch_size]))
+        return out
+
+
+class CaptionFile:
+    """Captions from a JSON-lines file; ``lookup(rel_path, abs_path)`` gives the caption or None."""
+
+    def __init__(self, path: str | Path, root: str | Path | None = None):
+        self.path = Path(path)
+        self.root = Path(root).resolve() if root is not None else None
+        self.captions: dict[str, str] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the caption file {self.path}: {exc}") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{self.path}:{n}: not a JSON object: {exc.msg}") from None
+            if isinstance(obj, dict) and set(obj) >= {"path", "caption"}:
+                items = [(obj["path"], obj["caption"])]
+            elif isinstance(obj, dict) and len(obj) == 1:
+                items = list(obj.items())
+            else:
+                raise ConfigError(f"{self.path}:{n}: expected {{\"path\": ..., \"caption\": ...}} or {{path: caption}}")
+            for key, caption in items:
+                if not isinstance(caption, str):
+                    raise ConfigError(f"{self.path}:{n}: the caption of {key!r} is not a string")
+                self.captions[self._key(str(key))] = " ".join(caption.split())
+
+    def _key(self, path: str) -> str:
+        p = Path(path)
+        if p.is_absolute() and self.root is not None:
+            try:
+                return p.resolve().relative_to(self.root).as_posix()
+            except ValueError:
+                return p.resolve().as_posix()
+        return Path(path).as_posix().lstrip("./") if path.startswith("./") else Path(path).as_posix()
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def describe(self) -> str:
+        return f"file:{self.path.resolve()}"
+
+    def lookup(self, rel_path: str, abs_path: str | Path | None = None) -> str | None:
+        found = self.captions.get(Path(rel_path).as_posix())
+        if found is None and abs_path is not None:
+            found = self.captions.get(Path(abs_path).resolve().as_posix())
+        return found
+
+
+def write_caption_file(path: str | Path, captions: dict[str, str]) -> None:
+    """Write ``{path: caption}`` as a caption file (one ``{"path", "caption"}`` object a line)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for p, c in captions.items():
+            f.write(json.dumps({"path": p, "caption": c}, ensure_ascii=False) + "\n")
