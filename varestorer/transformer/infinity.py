@@ -44,6 +44,7 @@ from ..tokenizer.schedules import Scale
 from .text import TextFeatures
 
 ATTENTION_MODES = ("causal", "full")
+HEAD_INIT_SCALE = 0.02  # Infinity's ``hd0``: the head starts near zero (bit probabilities near 1/2)
 
 #: Last scale of Infinity's 1M schedule per aspect-ratio template (h / w); the 2D RoPE of
 #: every scale is laid out on this grid (``rope2d_normalized_by_hw=2``).
@@ -296,6 +297,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         for blk in self.blocks:  # Infinity's scaling of the residual projections
             for lin in (blk.sa.proj, blk.ca.proj, blk.ffn.fc2):
                 lin.weight.mul_(1 / math.sqrt(2 * self.config.depth))
+        self.head.weight.mul_(HEAD_INIT_SCALE)
 
     @property
     def blocks(self) -> list[CrossAttnBlock]:

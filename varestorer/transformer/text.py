@@ -164,6 +164,12 @@ class TextEncoder(nn.Module):
             return cls.tiny(channels=t.get("text_channels", 64), max_length=t.get("text_maxlen", 128))
         return cls.from_pretrained(source, max_length=t.get("text_maxlen", 512), **kwargs)
 
+    def train(self, mode: bool = True) -> TextEncoder:
+        """The encoder stays in eval mode (no dropout: it is frozen and its outputs are cached)."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
     # ------------------------------------------------------------------ encoding
     @property
     def channels(self) -> int:
