@@ -113,7 +113,7 @@ def degrade_folder(src: str, out: str | Path, preset: str = "realesrgan-x4", see
         if not pending:
             return
         keys = [k for k, _ in pending]
-        hq = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for _, a in pending]).float().div(255).to(dev)
+        hq = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1) for _, a in pending]).float().div(255).to(dev)
         seeds = [image_seed(seed, k) for k in keys]
         result = pipe(hq, seeds)
         for i, key in enumerate(keys):
@@ -151,7 +151,7 @@ def degrade_folder(src: str, out: str | Path, preset: str = "realesrgan-x4", see
     (out / "skipped.tsv").write_text("path\treason\n" + "".join(f"{k}\t{r}\n" for k, r in report.skipped))
     if sheet and first:
         presets = sheet_presets or default_sheet_presets(extra=preset)
-        hq = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for _, a in first]).float().div(255)
+        hq = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1) for _, a in first]).float().div(255)
         write_comparison_sheet(out / "sheet.png", hq, presets, seeds=[image_seed(seed, k) for k, _ in first],
                                device=str(dev), labels=[Path(k).stem for k, _ in first])
     return report
