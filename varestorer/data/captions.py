@@ -36,7 +36,7 @@ class BlipCaptioner:
         try:
             self.processor = BlipProcessor.from_pretrained(self.name)
             self.model = BlipForConditionalGeneration.from_pretrained(self.name, dtype=dtype)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # missing files, no network, not a repo id
             raise ConfigError(f"cannot load the BLIP captioner {self.name!r}: {exc}. Pass a local BLIP folder "
                               f"with --caption-model, a caption file with --caption FILE, or --caption none") from None
         self.model.to(self.device).eval()

@@ -332,11 +332,15 @@ def prepare_dataset(src: str | Path, out: str | Path, *, size: int = 512, mode: 
         import multiprocessing as mp
 
         pool = mp.get_context("spawn").Pool(workers)
+    def submit(k):
+        tasks = [(str(src / rel), rel, crop) for rel in sources[k * shard_size : (k + 1) * shard_size]]
+        return pool.imap(process_file, tasks, chunksize=4) if pool else map(process_file, tasks)
+
     try:
-        for k in todo:
+        upcoming = submit(todo[0]) if todo else None
+        for i, k in enumerate(todo):
             files = sources[k * shard_size : (k + 1) * shard_size]
-            tasks = [(str(src / rel), rel, crop) for rel in files]
-            results = pool.imap(process_file, tasks, chunksize=4) if pool else map(process_file, tasks)
+            results = upcoming
             rows = {"image": [], "path": [], "caption": [], "crop": []}
             skipped, missing = [], 0
             for r in results:
@@ -354,6 +358,8 @@ def prepare_dataset(src: str | Path, out: str | Path, *, size: int = 512, mode: 
                         rows["caption"].append(c or "")
                     else:
                         rows["caption"].append("")
+            # the workers go on with the next shard while this one is captioned and written
+            upcoming = submit(todo[i + 1]) if i + 1 < len(todo) else None
             if captioner is not None and rows["image"]:
                 import io
 
