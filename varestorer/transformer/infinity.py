@@ -251,7 +251,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"depth {depth} is not a multiple of num_block_chunks {num_block_chunks}")
         mlp_hidden = round(C * mlp_ratio / 256) * 256
         if mlp_hidden == 0:
-            raise ValueError(f"embed_dim * mlp_ratio = {C * mlp_ratio} rounds to an empty FFN (Infinity rounds to 256s)")
+            raise ValueError(f"embed_dim * mlp_ratio = {C * mlp_ratio} rounds to an empty FFN "
+                             f"(Infinity rounds its width to a multiple of 256)")
         self.cfg_uncond = nn.Parameter(torch.empty(text_maxlen, Ct5))
         self.text_norm = RMSNorm(Ct5, eps=norm_eps)
         pool_heads = max(1, Ct5 // (64 if C > 4096 else 128))

@@ -6,7 +6,8 @@ result straight to ``load_state_dict``); a training checkpoint holds it under
 ``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) are accepted, buffers of older
 model versions (``attn_bias_for_masking``, ``lvl_1L``, ...) are reported as unused, and a
 ``cfg_uncond`` of another text length is cut or extended as Infinity's ``load_state_dict``
-does; the constant ``zero_k_bias`` buffers are filled in when absent. Anything else that does not fit is an error listing the keys.
+does; the constant ``zero_k_bias`` buffers are filled in when absent. Anything else that
+does not fit is an error listing the keys.
 """
 
 from __future__ import annotations

@@ -94,8 +94,7 @@ class TextFeatures:
         mask = torch.cat([F.pad(t.mask, (0, T - t.mask.shape[1])) for t in items])
         drop = None
         if any(t.drop is not None for t in items):
-            drop = torch.cat([t.drop if t.drop is not None else torch.zeros(len(t), dtype=torch.bool, device=t.mask.device)
-                              for t in items])
+            drop = torch.cat([t.drop if t.drop is not None else torch.zeros_like(t.mask[:, 0]) for t in items])
         return TextFeatures(feats, mask, drop)
 
 
@@ -123,17 +122,22 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "google/flan-t5-xl", *, dtype=torch.float32,
                         device="cpu", max_length: int = 512, **kwargs) -> TextEncoder:
-        """Tokenizer and encoder from a Hub id or a local folder (safetensors weights)."""
+        """Tokenizer and encoder from a Hub id or a local folder.
+
+        Infinity runs flan-t5-xl in float16; float32 is the safe default here (the outputs
+        are cached, so its cost is paid once per caption).
+        """
         from transformers import AutoTokenizer, T5EncoderModel
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
-            encoder = T5EncoderModel.from_pretrained(str(name_or_path), dtype=dtype, use_safetensors=True, **kwargs)
+            # safetensors where the repo has them; a .bin is read by transformers with weights_only=True
+            encoder = T5EncoderModel.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
         except OSError as exc:
             raise ConfigError(
                 f"cannot load the T5 text encoder {str(name_or_path)!r} ({exc}). Pass a Hub id "
                 f"(google/flan-t5-xl) with network access, or a local folder holding its tokenizer and "
-                f"safetensors weights (huggingface-cli download google/flan-t5-xl)."
+                f"weights (huggingface-cli download google/flan-t5-xl)."
             ) from exc
         return cls(tokenizer, encoder.to(device), max_length=max_length)
 
