@@ -40,7 +40,8 @@ def tiny_blip(tmp_path_factory):
                         image_text_hidden_size=32)
     torch.manual_seed(0)
     BlipForConditionalGeneration(config).save_pretrained(out)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer).save_pretrained(out)
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    processor.save_pretrained(out)
     return out
 
 

@@ -102,7 +102,8 @@ def test_output_sizes_and_ranges(h, w, x4):
     assert torch.equal(levels, levels.round())  # 8-bit LQ, like a saved image
     assert len(out.params) == 3
     # lq_up is the LQ resized back with the preset's mode
-    assert torch.allclose(out.lq_up, F.interpolate(out.lq, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1))
+    up = F.interpolate(out.lq, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    assert torch.allclose(out.lq_up, up)
     # the target is the USM-sharpened HQ (preset: usm_sharpen_gt), sharper than the HQ
     assert not torch.allclose(out.gt, hq) and (out.gt - hq).abs().max() < 0.5
 

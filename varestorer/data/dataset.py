@@ -42,7 +42,8 @@ def to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
 
 
-def fit_crop(image: torch.Tensor, size: int, random_crop: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+def fit_crop(image: torch.Tensor, size: int, random_crop: bool,
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """(3, H, W) -> (3, size, size): resize up if smaller, then a random or the center crop."""
     h, w = image.shape[-2:]
     if min(h, w) < size:
@@ -73,7 +74,8 @@ class PreparedDataset(Dataset):
         return len(self._ds)
 
     def _generator(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + index * 104_729) & 0x7FFFFFFF)
+        mixed = self.seed * 1_000_003 + self.epoch * 7_919 + index * 104_729
+        return torch.Generator().manual_seed(mixed & 0x7FFFFFFF)
 
     def __getitem__(self, index: int) -> dict:
         row = self._ds[int(index)]
@@ -85,7 +87,9 @@ def iter_prepared(path: str | Path, size: int = 512, random_crop: bool = True, s
                   shuffle: bool = False) -> Iterator[tuple[torch.Tensor, str]]:
     """Yield ``(image (3, size, size) in [0, 1], caption)`` for every row of a prepared folder."""
     ds = PreparedDataset(path, size=size, random_crop=random_crop, seed=seed)
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else range(len(ds))
+    order = range(len(ds))
+    if shuffle:
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
     for i in order:
         item = ds[i]
         yield item["pixel_values"], item["caption"]

@@ -299,7 +299,8 @@ def prepare_dataset(src: str | Path, out: str | Path, *, size: int = 512, mode: 
     elif caption == "none":
         caption_desc = "none"
     elif caption == "blip":
-        caption_desc = f"blip:{caption_model or DEFAULT_BLIP}" + (f" prompt={caption_prompt!r}" if caption_prompt else "")
+        caption_desc = f"blip:{caption_model or DEFAULT_BLIP}"
+        caption_desc += f" prompt={caption_prompt!r}" if caption_prompt else ""
     else:
         caption_file = CaptionFile(caption, root=src)
         caption_desc = caption_file.describe()

@@ -73,6 +73,7 @@ def format_result(r: dict) -> str:
              f"{r['steps']} batches, {r['device_name']} ({r['threads']} threads)",
              f"  batched pipeline (on device, per-sample seeds): {r['batched_images_per_sec']:8.2f} images/s"]
     if "sequential_images_per_sec" in r:
-        lines.append(f"  sequential basicsr, one image at a time:        {r['sequential_images_per_sec']:8.2f} images/s")
+        seq = r["sequential_images_per_sec"]
+        lines.append(f"  sequential basicsr, one image at a time:        {seq:8.2f} images/s")
         lines.append(f"  speedup: {r['speedup']:.1f}x")
     return "\n".join(lines)

@@ -28,7 +28,8 @@ class ReferenceDegrader:
         self.config = load_preset(config)
         self.device = torch.device(device)
         self.jpeger = make_jpeger().to(self.device)
-        self.usm = import_basicsr("basicsr.utils.img_process_util").USMSharp(radius=self.config.usm_radius).to(self.device)
+        usm = import_basicsr("basicsr.utils.img_process_util").USMSharp
+        self.usm = usm(radius=self.config.usm_radius).to(self.device)
         self.deg = import_basicsr("basicsr.data.degradations")
         self.filter2D = import_basicsr("basicsr.utils.img_process_util").filter2D
 
