@@ -114,8 +114,13 @@ def list_sources(src: str | Path) -> list[str]:
     root = Path(src)
     if not root.is_dir():
         raise ConfigError(f"{src} is not a folder of images")
-    found = []
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop, or the same folder linked twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if not name.startswith(".") and is_image_path(name):
@@ -235,9 +240,12 @@ def _check_or_write_settings(out: Path, settings: dict, overwrite: bool) -> bool
         old = json.loads(path.read_text())
         if old == settings:
             return True
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
-        raise ConfigError(f"{out} was prepared with other settings ({diff}); use another output folder "
-                          f"or --overwrite to start again")
+        if not any(out.glob("progress/shard-*.json")):  # nothing finished yet: start with the new settings
+            overwrite = True
+        else:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+            raise ConfigError(f"{out} was prepared with other settings ({diff}); use another output folder "
+                              f"or --overwrite to start again")
     if out.exists() and any(out.iterdir()) and not path.exists() and not overwrite:
         raise ConfigError(f"{out} exists and is not a folder written by varestorer prepare; "
                           f"choose another output folder")
