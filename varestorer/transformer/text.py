@@ -181,12 +181,17 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> list[Tensor]:
+        """Each caption on its own (no padding, autocast off), so its features are a function of
+        the caption alone, never of which captions shared its batch or what the cache held: a
+        resumed run then sees bit-identical text features (padded batches differ in the last ulp)."""
         device = next(self.encoder.parameters()).device
-        tok = self.tokenizer(captions, max_length=self.max_length, padding="longest", truncation=True,
-                             return_tensors="pt")
-        ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
-        out = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        return [o[:n] for o, n in zip(out, mask.sum(1).tolist())]
+        out = []
+        with torch.autocast(device.type, enabled=False):
+            for caption in captions:
+                tok = self.tokenizer([caption], max_length=self.max_length, truncation=True, return_tensors="pt")
+                ids = tok["input_ids"].to(device)
+                out.append(self.encoder(input_ids=ids).last_hidden_state[0].float())
+        return out
 
     def encode(self, captions: Sequence[str]) -> list[Tensor]:
         """Per caption, its features ``(len_i, C)`` (float32, from the cache where possible)."""
