@@ -115,10 +115,13 @@ def test_straight_through_decoding(tiny_vae):
         tokens = tiny_vae.tokenize(photos(64))
     g = torch.Generator().manual_seed(0)
     probs = [(b.float() * 0.6 + 0.2 + 0.1 * torch.rand(b.shape, generator=g)).requires_grad_() for b in tokens.bits]
+    latent = tiny_vae.quantizer.bits_to_latent(probs, straight_through=True)
+    assert torch.equal(latent.detach(), tiny_vae.quantizer.bits_to_latent(tokens.bits))  # the hard bits, exactly
     out = tiny_vae.decode_bits(probs, straight_through=True)
     with torch.no_grad():
         hard = tiny_vae.decode_bits(tokens.bits)
-    torch.testing.assert_close(out, hard)  # the most likely bits go forward...
+    # the same latent; the decoder's convolutions may take another kernel with autograd on
+    torch.testing.assert_close(out, hard, rtol=1e-4, atol=1e-4)
     out.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in probs)  # ...the gradient reaches p
 

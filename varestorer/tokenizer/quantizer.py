@@ -129,7 +129,7 @@ class MultiScaleBSQ(nn.Module):
 
         ``bits`` may be hard 0/1 labels or probabilities of a bit being 1. With
         ``straight_through`` the most likely bits go forward and the gradient reaches the
-        probabilities (``hard + p - p.detach()``); without it, probabilities are used as they
+        probabilities (``hard + (p - p.detach())``); without it, probabilities are used as they
         are (a soft, differentiable relaxation).
         """
         full = tuple(size) if size is not None else tuple(bits[-1].shape[1:3])
@@ -137,7 +137,7 @@ class MultiScaleBSQ(nn.Module):
         for b in bits:
             b = b.float()
             if straight_through:
-                b = (b > 0.5).float() + b - b.detach()
+                b = (b > 0.5).float() + (b - b.detach())  # exactly the hard bits forward
             code = self.lfq.bits_to_codes(b).permute(0, 3, 1, 2)
             up = _resize_up(code, full)
             latent = up if latent is None else latent + up
