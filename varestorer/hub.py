@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError, VARestorerError
-from .export import CONFIG_FILE
+from .export import CONFIG_FILE, read_export_config
 from .resources import find_resource
 
 CARD_FILE = "README.md"
@@ -25,6 +25,8 @@ _FILE_NOTES = {
     "encoder.safetensors": "fine-tuned VAE encoder (Infinity VAE key layout)",
     "transformer.safetensors": "fine-tuned transformer (Infinity key layout)",
     "merged_transformer.safetensors": "the base transformer with the LoRA merged in",
+    "base_transformer.safetensors": "the randomly initialised base transformer (tiny/demo presets only)",
+    "base_vae.safetensors": "the randomly initialised base VAE (tiny/demo presets only)",
     CONFIG_FILE: "base model, resolution, scale schedule, recipe",
     EVAL_FILE: "evaluation results",
     CARD_FILE: "this card",
@@ -85,14 +87,6 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
         lr=recipe["optim"]["lr"], loss=loss_text, trainable=trainable, dataset=dataset,
         degradation=recipe["degradation"]["preset"], eval_table=_eval_table(folder), samples=samples,
     )
-
-
-def read_export_config(folder: Path) -> dict:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{folder} is not a VARestorer export (no {CONFIG_FILE}); "
-                          f"make one with: varestorer export CHECKPOINT OUT")
-    return json.loads(path.read_text())
 
 
 def validate_card(text: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 :data:`BENCHMARKS` maps a benchmark name to ``"module:function"``, a function ``(subparsers)``
 that adds the benchmark's parser and sets ``func`` (heavy imports inside ``func`` only). A new
-benchmark is one line here, e.g. ``"train": "varestorer.cli.train:register_bench"``.
+benchmark is one line here.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib
 #: benchmark name -> "module:function(subparsers)" registering its parser.
 BENCHMARKS: dict[str, str] = {
     "degrade": "varestorer.cli.degrade:register_bench",
+    "train": "varestorer.cli.train:register_bench",
 }
 
 

@@ -32,3 +32,34 @@ def run(args: argparse.Namespace) -> int:
 
     train(recipe)
     return 0
+
+
+# ---------------------------------------------------------------------- varestorer bench train
+def register_bench(sub) -> None:
+    p = sub.add_parser(
+        "train", help="seconds/step, images/s, peak memory (and MFU on a GPU) of the real training step",
+        description="Time the real training step (degradation, teacher, student, losses, backward, AdamW) "
+                    "with random weights of a preset.")
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
+    p.add_argument("--batch", type=int, default=4, help="images per step (default: 4)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    p.add_argument("--mode", default="distill", choices=("distill", "teacher"))
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--device", default=None, help="device (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from ..distill.bench import bench_train, format_result
+    from ..presets import get_preset
+
+    resolution = args.resolution or get_preset(args.preset).resolution
+    r = bench_train(args.preset, resolution, args.batch, steps=args.steps, warmup=args.warmup, device=args.device,
+                    mode=args.mode, gradient_checkpointing=args.gradient_checkpointing)
+    print(json.dumps(r, indent=2) if args.json else format_result(r))
+    return 0

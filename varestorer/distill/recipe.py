@@ -125,6 +125,9 @@ class Recipe:
                 raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
         if self.train.global_batch_size < 1 or self.train.gradient_accumulation_steps < 1:
             raise ConfigError("train.global_batch_size and train.gradient_accumulation_steps must be >= 1")
+        if self.train.push_to_hub and not self.train.hub_model_id:
+            raise ConfigError("train.push_to_hub=true needs train.hub_model_id=USER/NAME (the token comes from "
+                              "`huggingface-cli login` or HF_TOKEN, never from the recipe)")
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self

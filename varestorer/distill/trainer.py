@@ -198,9 +198,14 @@ def train(recipe: Recipe) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_loss_plot(history, Path(t.output_dir) / "losses.png")
-        core.save_export(Path(t.output_dir) / "final")
-        if t.push_to_hub:
-            core.push_to_hub(Path(t.output_dir) / "final", t.hub_model_id)
+        final = Path(t.output_dir) / "final"
+        core.save_export(final)
+        from ..hub import CARD_FILE, publish, render_card
+
+        render_card(final, t.hub_model_id or "USER/MODEL").save(final / CARD_FILE)
+        if t.push_to_hub:  # as diffusers' examples: the token is huggingface_hub's login / HF_TOKEN
+            url = publish(final, t.hub_model_id).get("url")
+            accelerator.print(f"published {final} to {url}")
     accelerator.end_training()
     return logs
 

@@ -75,4 +75,5 @@ def load_vae(
     with torch.device("meta"):
         vae = preset.build_vae()
     load_vae_state(vae, state, source=str(path), unused_top_level=unused)
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    vae = vae.to(device) if dtype == torch.float32 else vae.to(device=device, dtype=dtype)
+    return vae.eval().requires_grad_(False)

@@ -117,4 +117,5 @@ def load_transformer(
     with torch.device("meta"):
         model = preset.build_transformer()
     load_transformer_state(model, state, source=str(path), unused_top_level=unused)
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device) if dtype == torch.float32 else model.to(device=device, dtype=dtype)
+    return model.eval()

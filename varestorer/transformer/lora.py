@@ -46,3 +46,19 @@ def lora_trainable_params(model: nn.Module, **kwargs) -> int:
     """Trainable parameters of the default LoRA on ``model`` (build it on the meta device to count for free)."""
     peft_model = apply_lora(model, **kwargs)
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def base_state_dict(model: nn.Module) -> dict:
+    """The base weights of a (possibly PEFT-wrapped) transformer in the official key layout.
+
+    Under a ``PeftModel`` the adapted layers hold their weights as ``....base_layer.weight``
+    beside ``lora_A``/``lora_B``; this gives the plain ``....weight`` keys of the base model
+    (with the adapters not merged, i.e. the teacher's weights).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = value
+    return out

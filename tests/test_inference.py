@@ -1,0 +1,242 @@
+"""Export, the one-step pipeline, tiling, restore/export/publish commands (tiny preset, CPU)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from varestorer.cli import main
+from varestorer.distill.model import VARestorerModel
+from varestorer.distill.recipe import load_recipe
+from varestorer.errors import ConfigError
+from varestorer.export import CONFIG_FILE, MERGED_FILE
+from varestorer.inference import VARestorerPipeline
+from varestorer.inference.tiling import restore_tiled
+
+
+def _batch(n=2, size=64):
+    from varestorer.data.samples import SampleImages
+    from varestorer.distill.data import collate
+
+    data = SampleImages(size, random_crop=False)
+    return collate([data[i] for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny student whose LoRA and encoder have moved away from the base, and its export."""
+    root = tmp_path_factory.mktemp("trained")
+    torch.manual_seed(0)
+    model = VARestorerModel.from_recipe(load_recipe("tiny", [f"train.output_dir={root}", "train.report_to=none"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+        for p in model.lq_encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.eval()
+    model.save_export(root / "export")
+    return model, root / "export"
+
+
+def _student_images(model, batch):
+    with torch.no_grad():
+        x_hq, x_lq, seeds = model.degrade(batch)
+        text = model._text(batch["caption"], seeds)
+        logits = model.student_logits(text, model.lq_tokens(x_lq))
+        return (x_lq + 1) / 2, logits, (model.decode_student(logits) + 1) / 2
+
+
+def test_exported_pipeline_equals_the_in_training_student(trained):
+    model, export = trained
+    batch = _batch()
+    lq, logits, reference = _student_images(model, batch)
+    # unmerged LoRA: the very same computation, bit for bit
+    pipe = VARestorerPipeline.from_pretrained(export, merge_lora=False)
+    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt")
+    for o, r in zip(out, reference):
+        assert torch.equal(o, r)
+    # merged LoRA (the default): the weights are summed once, logits agree to float rounding
+    merged = VARestorerPipeline.from_pretrained(export)
+    torch.testing.assert_close(merged.student_logits(lq, batch["caption"]), logits, rtol=0, atol=1e-5)
+    # the model moved: its output is not the base model's
+    assert not torch.equal(model.lq_encoder.conv_in.conv.weight, model.vae.encoder.conv_in.conv.weight)
+
+
+def test_peft_loads_the_exported_adapter_on_the_base(trained):
+    from peft import PeftModel
+
+    from varestorer.transformer.loading import load_transformer
+
+    model, export = trained
+    assert {"adapter_model.safetensors", "adapter_config.json", "encoder.safetensors", CONFIG_FILE} <= {
+        p.name for p in export.iterdir()}
+    assert not list(export.glob("*.bin")) and not list(export.glob("*.pt*"))  # no pickles
+    base = load_transformer("tiny", export / "base_transformer.safetensors")
+    peft_model = PeftModel.from_pretrained(base, str(export))
+    trained_lora = {k: v for k, v in model.transformer.state_dict().items() if "lora_" in k}
+    loaded = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
+    assert trained_lora.keys() == loaded.keys() and trained_lora
+    assert all(torch.equal(trained_lora[k], loaded[k]) for k in trained_lora)
+    config = json.loads((export / CONFIG_FILE).read_text())
+    assert config["base_preset"] == "tiny" and config["resolution"] == 64 and config["scale_schedule"] == [[1, 1], [2, 2], [4, 4], [6, 6], [8, 8]]
+    assert config["recipe"]["name"] == "tiny" and config["attention"] == "full"
+
+
+def test_save_pretrained_round_trip(trained, tmp_path):
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export, merge_lora=False)
+    again = VARestorerPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "copy"), merge_lora=False)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(pipe.student_logits(x, ["a cat"]), again.student_logits(x, ["a cat"]))
+
+
+def test_tile_blending_weights_sum_to_one():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 150, 230, generator=g)
+    # an identity restorer gives back the image exactly: the blending weights sum to one everywhere
+    torch.testing.assert_close(restore_tiled(image, lambda t: t, tile=64, overlap=16), image, rtol=0, atol=1e-6)
+    # a constant image through a per-tile-constant restorer stays constant: no seams
+    flat = torch.full((1, 3, 150, 230), 0.3)
+    out = restore_tiled(flat, lambda t: t * 0.5 + 0.25, tile=64, overlap=16)
+    assert (out - 0.4).abs().max() < 1e-6
+
+
+def test_tiled_restoration_of_a_constant_image_has_no_seams(trained):
+    """A tile of a constant image restores to the same pattern P wherever it is; blended tiles may not
+    jump at a tile border by more than P itself jumps between neighbouring pixels (+ 0.05)."""
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    flat = torch.full((3, 50, 70), 0.5)
+    out = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=16, output_type="pt")[0]
+    assert out.shape == (3, 200, 280)
+    tile = pipe([torch.full((3, 16, 16), 0.5)], prompt="", upscale=4, output_type="pt")[0]  # one tile: P
+    inner = max((tile[:, 1:] - tile[:, :-1]).abs().max(), (tile[:, :, 1:] - tile[:, :, :-1]).abs().max())
+    dy, dx = (out[:, 1:] - out[:, :-1]).abs(), (out[:, :, 1:] - out[:, :, :-1]).abs()
+    assert max(dy.max(), dx.max()) <= inner + 0.05
+
+
+def test_odd_inputs_work_or_fail_clearly(trained, tmp_path):
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    gray = Image.fromarray(np.full((20, 30), 128, np.uint8), "L")
+    rgba = Image.fromarray(np.dstack([np.full((24, 24, 3), 200, np.uint8), np.full((24, 24), 100, np.uint8)]), "RGBA")
+    deep = np.full((16, 16, 3), 40000, np.uint16)
+    tiny_image = np.zeros((1, 1, 3), np.uint8)
+    path16 = tmp_path / "deep.png"
+    Image.fromarray(np.full((12, 12), 30000, np.uint16)).save(path16)  # a 16-bit grayscale PNG
+    out = pipe([gray, rgba, deep, tiny_image, path16], prompt="", output_type="pil")
+    assert [im.size for im in out] == [(120, 80), (96, 96), (64, 64), (4, 4), (48, 48)]
+    assert all(im.mode == "RGB" for im in out)
+    with pytest.raises(ConfigError, match="lower --upscale"):
+        pipe([torch.zeros(3, 4000, 4000)], prompt="")  # 16000 x 16000: refused before any work
+    with pytest.raises(ConfigError, match="cannot restore"):
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not a png")
+        pipe([bad])
+    with pytest.raises(ConfigError, match="unknown method"):
+        pipe([gray], method="magic")
+    with pytest.raises(ConfigError, match="2 prompts for 1 images"):
+        pipe([gray], prompt=["a", "b"])
+
+
+def test_teacher_and_bicubic_methods(trained):
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    lq = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = pipe([lq], prompt="a cat", method="teacher", num_given=2, seed=3, output_type="pt")[0]
+    b = pipe([lq], prompt="a cat", method="teacher", num_given=2, seed=3, output_type="pt")[0]
+    assert a.shape == (3, 64, 64) and torch.equal(a, b)  # seeded sampling
+    bicubic = pipe([lq], method="bicubic", output_type="pt")[0]
+    assert bicubic.shape == (3, 64, 64)
+    # after the teacher (adapters off) the one-step path still has its LoRA
+    first = pipe.student_logits(lq[None].expand(1, 3, 16, 16).repeat(1, 1, 4, 4), ["x"])
+    pipe([lq], prompt="a", method="teacher", num_given=5)
+    torch.testing.assert_close(pipe.student_logits(lq[None].repeat(1, 1, 4, 4), ["x"]), first, rtol=0, atol=1e-5)
+
+
+def test_restore_command(trained, tmp_path, capsys):
+    _, export = trained
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((16, 20, 3), 90, np.uint8)).save(src / "a.jpg")
+    Image.fromarray(np.full((10, 10), 200, np.uint8), "L").save(src / "sub" / "b.png")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out"
+    args = ["restore", str(src), "-o", str(out), "--model", str(export), "--caption", "none", "--compare"]
+    assert main(args) == 0
+    assert Image.open(out / "a.png").size == (80, 64)
+    assert Image.open(out / "sub" / "b.png").size == (40, 40)
+    assert (out / "a_compare.png").is_file()
+    assert "broken.png" in (out / "skipped.tsv").read_text()
+    before = (out / "a.png").stat().st_mtime_ns
+    assert main(args) == 0  # outputs that exist are kept
+    assert (out / "a.png").stat().st_mtime_ns == before
+    assert "kept 2 existing" in capsys.readouterr().out
+    # never over an input
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(tmp_path / "c.png")
+    assert main(["restore", str(tmp_path / "c.png"), "-o", str(tmp_path), "--method", "bicubic"]) == 2
+    assert "write over the input" in capsys.readouterr().err
+    # bicubic needs no model; the others do
+    assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "bic"), "--method", "bicubic"]) == 0
+    assert Image.open(tmp_path / "bic" / "a.png").size == (80, 64)
+    assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "x")]) == 2
+    assert "needs --model" in capsys.readouterr().err
+
+
+def test_export_command_and_publish_dry_run(tmp_path, capsys):
+    from huggingface_hub import ModelCard
+
+    from varestorer.distill.trainer import train
+    from varestorer.hub import validate_card
+
+    run = tmp_path / "run"
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    train(load_recipe("tiny", [f"train.output_dir={run}", "train.report_to=none", "train.max_steps=1",
+                               "train.validation_steps=100"]))
+    out = tmp_path / "exported"
+    assert main(["export", str(run / "checkpoint-1"), str(out), "--merge", "--samples", "2",
+                 "--repo-id", "someone/varestorer-tiny"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "encoder.safetensors", CONFIG_FILE, MERGED_FILE, "README.md"} <= names
+    assert len(list((out / "samples").glob("*.png"))) == 2
+    card = ModelCard.load(out / "README.md")
+    assert validate_card(str(card)) == []
+    assert card.data.base_model and card.data.pipeline_tag == "image-to-image" and card.data.library_name
+    assert "samples/" in card.text and "someone/varestorer-tiny" in card.text
+    # the merged file alone restores like base + adapter
+    merged = VARestorerPipeline.from_pretrained(out)
+    adapter = VARestorerPipeline.from_pretrained(out, base=out / "base_transformer.safetensors", merge_lora=False)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(merged.student_logits(x, ["a"]), adapter.student_logits(x, ["a"]), rtol=0, atol=1e-5)
+    # a non-empty target is refused
+    assert main(["export", str(run), str(out)]) == 2
+    capsys.readouterr()
+    assert main(["publish", str(out), "--repo-id", "someone/varestorer-tiny", "--dry-run", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "README.md" in result["files"] and "adapter_model.safetensors" in result["files"]
+    assert "samples/astronaut.png" in result["files"]
+    assert result["card_metadata"]["license"] and result["card_metadata"]["base_model"]
+    assert main(["publish", str(out), "--repo-id", "not-a-repo-id", "--dry-run"]) == 2
+    assert main(["publish", str(tmp_path / "nothing"), "--repo-id", "a/b", "--dry-run"]) == 2
+
+
+def test_missing_base_says_how_to_point_at_it(trained, tmp_path):
+    import shutil
+
+    from varestorer.errors import CheckpointError
+
+    _, export = trained
+    copy = tmp_path / "no-base"
+    shutil.copytree(export, copy)
+    (copy / "base_transformer.safetensors").unlink()
+    with pytest.raises((CheckpointError, ValueError), match="--base"):
+        VARestorerPipeline.from_pretrained(copy)
+    with pytest.raises(ConfigError, match="not a VARestorer export"):
+        VARestorerPipeline.from_pretrained(tmp_path)

@@ -1,0 +1,64 @@
+"""``varestorer export CHECKPOINT OUT``: the trained model as a folder to share.
+
+CHECKPOINT is a training output folder (its ``final/``, else its latest checkpoint), a
+``checkpoint-STEP`` folder or an export folder. OUT receives the LoRA adapter (PEFT format), the
+fine-tuned encoder, ``varestorer_config.json``, sample comparisons and the model card
+(``README.md``); ``--merge`` adds the base with the LoRA merged in. No pickles.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a trained model as a shareable folder (adapter, encoder, card)",
+                       description=__doc__.split("\n\n", 1)[1])
+    p.add_argument("checkpoint", help="training output folder, checkpoint-STEP folder or export folder")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--merge", action="store_true",
+                   help="also write merged_transformer.safetensors (base + LoRA, official key layout)")
+    p.add_argument("--samples", type=int, default=4, metavar="N",
+                   help="LQ | restored | HQ comparisons on N sample photos for the card (default 4; 0: none)")
+    p.add_argument("--repo-id", default="USER/MODEL", help="the Hub repo the card's usage code names")
+    p.add_argument("--base", help="base transformer checkpoint, when not the one the export names")
+    p.add_argument("--device", default=None, help="device for --merge and --samples (default: cuda if present)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..export import MERGED_FILE, copy_export, find_export
+    from ..hub import CARD_FILE, render_card
+
+    src = find_export(args.checkpoint)
+    out = copy_export(src, args.out, overwrite=args.overwrite)
+    print(f"export of {src} -> {out}")
+    if args.merge or args.samples > 0:
+        from ..inference import VARestorerPipeline
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = VARestorerPipeline.from_pretrained(out, base=args.base, merge_lora=False).to(device)
+        if args.samples > 0:
+            from ..inference.compare import write_samples
+
+            for path in write_samples(pipe, out, args.samples):
+                print(f"  sample {path.relative_to(out)}")
+        if args.merge:
+            if not hasattr(pipe.transformer, "merge_and_unload"):
+                print("  --merge: this model has no adapter (its transformer is already whole); nothing to merge")
+            else:
+                from safetensors.torch import save_file
+
+                merged = pipe.transformer.merge_and_unload()
+                save_file({k: v.detach().contiguous().cpu() for k, v in merged.state_dict().items()},
+                          str(out / MERGED_FILE))
+                print(f"  {MERGED_FILE}: the base with the LoRA merged in")
+    render_card(out, args.repo_id).save(out / CARD_FILE)
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        print(f"  {path.relative_to(out)}  ({path.stat().st_size / 2**20:.2f} MiB)")
+    print(f"publish it with: varestorer publish {out} --repo-id {args.repo_id}")
+    return 0

@@ -1,0 +1,239 @@
+"""``varestorer restore INPUT... -o OUT --model DIR_OR_HUB_ID``: restore images in one forward pass.
+
+INPUT: image files or folders (walked recursively). Every image, whatever its size and mode
+(grayscale, palette, RGBA, CMYK, 16-bit), is restored at ``--upscale`` times its size (default:
+the scale the model was trained for): outputs up to the model's resolution go through one pass
+at that resolution (the paper), larger ones are tiled with overlap and blended. Prompts come from
+BLIP (default), ``--prompt`` or nowhere (``--caption none``). Outputs keep the inputs' relative
+paths under OUT, as PNG; an existing output is kept unless ``--overwrite``; an input is never
+written over. Files that cannot be read are skipped and listed in ``OUT/skipped.tsv``.
+
+``--method`` compares like with like through the same resizing and tiling: ``onestep``
+(VARestorer), ``bicubic`` (no model needed), ``teacher`` (the base model samples scale by scale
+with the LQ tokens given at the first ``--num-given`` scales: the zero-shot baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+OUTPUT_FORMATS = ("png", "jpg", "webp")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("restore", help="restore images with a trained model (one forward pass)",
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--model", help="export folder or Hub repo id (not needed for --method bicubic)")
+    p.add_argument("--method", default="onestep", choices=("onestep", "bicubic", "teacher"))
+    g = p.add_argument_group("prompts")
+    g.add_argument("--caption", default="blip", choices=("blip", "none"),
+                   help="where prompts come from when --prompt is not given (default: blip)")
+    g.add_argument("--caption-model", default=None,
+                   help="BLIP Hub id or folder (default Salesforce/blip-image-captioning-large)")
+    g.add_argument("--prompt", default=None, help="one prompt for every image")
+    g = p.add_argument_group("size")
+    g.add_argument("--upscale", type=float, default=None, help="output size / input size (default: the model's)")
+    g.add_argument("--mode", default="auto", choices=("auto", "resize", "tile"),
+                   help="auto: one pass when the output fits the model's resolution, tiles otherwise")
+    g.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: 1/4 tile)")
+    g = p.add_argument_group("running")
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)")
+    g.add_argument("--base", help="base transformer checkpoint, when not the one the model names")
+    g.add_argument("--vae", help="VAE checkpoint, when not the one the model names")
+    g.add_argument("--text-encoder", help="T5 encoder (Hub id or folder), when not the one the model names")
+    g = p.add_argument_group("output")
+    g.add_argument("--compare", action="store_true", help="also write NAME_compare.png: input | restored")
+    g.add_argument("--ext", default="png", choices=OUTPUT_FORMATS)
+    g.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    g = p.add_argument_group("teacher method")
+    g.add_argument("--num-given", type=int, default=4, help="scales given from the LQ image (default 4)")
+    g.add_argument("--cfg", type=float, default=3.0)
+    g.add_argument("--tau", type=float, default=0.5)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=0.97)
+    g.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """``(path, output relative path)`` of every image; folders keep their structure."""
+    from ..data.images import is_image_path
+    from ..errors import ConfigError
+
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+            found += [(p, p.relative_to(path)) for p in files]
+        elif path.is_file():
+            found.append((path, Path(path.name)))
+        else:
+            raise ConfigError(f"input {item} does not exist")
+    if not found:
+        raise ConfigError(f"no images in {' '.join(inputs)} (looked for {', '.join(_suffixes())})")
+    return found
+
+
+def _suffixes():
+    from ..data.images import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
+
+
+def plan_outputs(found: list[tuple[Path, Path]], out: Path, ext: str) -> list[tuple[Path, Path]]:
+    """``(input, output)`` pairs: unique output names, never an input's path."""
+    from ..errors import ConfigError
+
+    inputs = {p.resolve() for p, _ in found}
+    used: set[Path] = set()
+    pairs = []
+    for path, rel in found:
+        target = out / rel.with_suffix(f".{ext}")
+        k = 1
+        while target in used:
+            target = out / rel.with_name(f"{rel.stem}-{k}.{ext}")
+            k += 1
+        used.add(target)
+        if target.resolve() in inputs:
+            raise ConfigError(f"restoring {path} would write over the input {target}; choose another -o folder")
+        pairs.append((path, target))
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data.images import ImageSkip, read_rgb
+    from ..errors import ConfigError
+    from ..inference.pipeline import to_tensor
+
+    out = Path(args.output).expanduser()
+    pairs = plan_outputs(collect_inputs(args.inputs), out, args.ext)
+    todo = [(i, o) for i, o in pairs if args.overwrite or not o.exists()]
+    kept = len(pairs) - len(todo)
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = _pipeline(args, device)
+    skipped: list[tuple[Path, str]] = []
+    bar = tqdm(total=len(todo), desc=f"restore ({args.method})", unit="image")
+    for start in range(0, len(todo), args.batch_size):
+        chunk, images = [], []
+        for src, dst in todo[start:start + args.batch_size]:
+            try:
+                images.append(to_tensor(read_rgb(src)))
+                chunk.append((src, dst))
+            except ImageSkip as exc:
+                skipped.append((src, str(exc)))
+                bar.update(1)
+        if not chunk:
+            continue
+        try:
+            restored = pipe(images, prompt=args.prompt, **_call_kwargs(args))
+        except ConfigError as exc:  # e.g. an input too large for --upscale: say which, go on
+            if len(chunk) == 1:
+                skipped.append((chunk[0][0], str(exc)))
+                bar.update(1)
+                continue
+            restored = []
+            for (src, dst), im in zip(chunk, images):
+                try:
+                    restored += pipe([im], prompt=args.prompt, **_call_kwargs(args))
+                except ConfigError as e:
+                    skipped.append((src, str(e)))
+                    restored.append(None)
+        for (src, dst), im, res in zip(chunk, images, restored):
+            if res is None:
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _save(res, dst)
+            if args.compare:
+                _save_compare(im, res, dst.with_name(f"{dst.stem}_compare.png"), args.method)
+        bar.update(len(chunk))
+    bar.close()
+    done = len(todo) - len(skipped)
+    print(f"restored {done} image(s) into {out}" + (f"; kept {kept} existing (--overwrite replaces them)"
+                                                    if kept else ""))
+    if skipped:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "skipped.tsv").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
+        print(f"skipped {len(skipped)} file(s), listed in {out / 'skipped.tsv'}:")
+        for p, why in skipped[:10]:
+            print(f"  {p}: {why}")
+    return 1 if done == 0 and todo and not kept else 0
+
+
+def _call_kwargs(args) -> dict:
+    kwargs = dict(method=args.method, upscale=args.upscale, mode=args.mode, tile_overlap=args.tile_overlap,
+                  batch_size=args.batch_size, output_type="pil")
+    if args.method == "teacher":
+        kwargs.update(num_given=args.num_given, cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p,
+                      seed=args.seed)
+    return kwargs
+
+
+def _pipeline(args, device: str):
+    import torch
+
+    from ..errors import ConfigError
+
+    if args.model is None:
+        if args.method != "bicubic":
+            raise ConfigError(f"--method {args.method} needs --model (an export folder or a Hub repo id)")
+        return _Bicubic(args.upscale or 4.0)
+    from ..inference import VARestorerPipeline
+
+    pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae,
+                                              text_encoder=args.text_encoder)
+    dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    pipe.to(device, getattr(torch, dtype))
+    wants_captions = args.method != "bicubic" and args.prompt is None and pipe.config.get("use_captions", True)
+    if wants_captions and args.caption == "blip":
+        from ..data.captions import DEFAULT_BLIP, BlipCaptioner
+
+        pipe.set_captioner(BlipCaptioner(args.caption_model or DEFAULT_BLIP, device=device,
+                                         batch_size=args.batch_size))
+    return pipe
+
+
+class _Bicubic:
+    """``--method bicubic`` without a model: the pipeline's resizing alone."""
+
+    def __init__(self, upscale: float):
+        self.upscale = upscale
+
+    def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
+        import numpy as np
+        from PIL import Image
+
+        from ..inference.pipeline import _resize
+
+        s = upscale or self.upscale
+        outs = [_resize(x[None], (max(1, round(x.shape[-2] * s)), max(1, round(x.shape[-1] * s))))[0]
+                for x in images]
+        return [Image.fromarray((o.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for o in outs]
+
+
+def _save(image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fmt = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[path.suffix[1:]]
+    image.save(tmp, format=fmt, **({"quality": 95} if fmt != "PNG" else {}))
+    tmp.replace(path)  # a crash never leaves a half-written output under the final name
+
+
+def _save_compare(lq, restored, path: Path, method: str) -> None:
+    import numpy as np
+    import torch
+
+    from ..inference.compare import comparison_strip
+
+    res = torch.from_numpy(np.array(restored)).permute(2, 0, 1).float() / 255
+    comparison_strip([lq, res], ["input", method]).save(path)

@@ -1,0 +1,63 @@
+"""Images people look at: side-by-side comparison strips and a model's sample gallery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def comparison_strip(images: Sequence[Tensor], labels: Sequence[str], gap: int = 4):
+    """``(3, H, W)`` tensors in [0, 1] side by side at the height of the tallest (nearest-neighbour
+    enlargement, so the pixels of a small LQ stay visible), each with its label; a PIL image."""
+    from PIL import Image, ImageDraw
+
+    height = max(im.shape[-2] for im in images)
+    panels = []
+    for im in images:
+        h, w = im.shape[-2:]
+        size = (height, max(1, round(w * height / h)))
+        panels.append(F.interpolate(im[None].float(), size=size, mode="nearest")[0] if (h, w) != size else im)
+    bar = 14
+    width = sum(p.shape[-1] for p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, height + bar), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for panel, label in zip(panels, labels):
+        arr = (panel.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        canvas.paste(Image.fromarray(arr), (x, bar))
+        draw.text((x + 2, 1), label, fill="black")
+        x += panel.shape[-1] + gap
+    return canvas
+
+
+def write_samples(pipe, out: str | Path, count: int = 4, degradation: str | None = None, seed: int = 0,
+                  method: str = "onestep") -> list[Path]:
+    """``LQ | restored | HQ`` strips on the photos scikit-image ships, degraded with the model's own
+    training degradation (or ``degradation``): ``out/samples/NAME.png``. Returns the paths."""
+    from ..data.samples import SAMPLES, sample_image
+    from ..degradations import DegradationPipeline
+
+    res = pipe.resolution
+    recipe = pipe.config["recipe"]["degradation"]
+    deg = DegradationPipeline.from_preset(degradation or recipe["preset"], scale=recipe["scale"])
+    folder = Path(out) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in list(SAMPLES)[:count]:
+        photo = sample_image(name)[None]
+        short = min(photo.shape[-2:])
+        photo = F.interpolate(photo, scale_factor=res / short, mode="area") if short > res else photo
+        h, w = photo.shape[-2:]
+        hq = photo[:, :, (h - res) // 2:(h - res) // 2 + res, (w - res) // 2:(w - res) // 2 + res].clamp(0, 1)
+        lq = deg(hq, [seed]).lq[0]
+        with torch.no_grad():
+            restored = pipe([lq], prompt=SAMPLES[name], method=method, output_type="pt")[0]
+        path = folder / f"{name}.png"
+        comparison_strip([lq, restored, hq[0]], ["LQ", method, "HQ"]).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,438 @@
+"""One-step restoration with a trained VARestorer model, the way diffusers pipelines are used.
+
+    pipe = VARestorerPipeline.from_pretrained("outputs/varestorer-2b-512/final")   # or a Hub id
+    pipe = pipe.to("cuda", torch.bfloat16)
+    restored = pipe(["photo.jpg"], prompt=None)          # list of PIL images, 4x the input size
+
+What a call does (DESIGN.md, "Inference"): each LQ image is upsampled (bicubic) to its output
+size, as training made the student's input; an output no larger than the model's resolution is
+resized to ``resolution x resolution`` (the paper), a larger one is cut into overlapping tiles
+that are blended (:mod:`.tiling`); the fine-tuned encoder gives the LQ token pyramid, one
+transformer pass (LoRA merged, full attention) predicts every scale's bits, the most likely bits
+go through the frozen VAE decoder.
+
+``method`` picks how to restore, so that baselines run through the same resizing and tiling:
+``onestep`` (VARestorer), ``bicubic`` (the input upsampled), ``teacher`` (the base model samples
+scale by scale with the LQ tokens injected at the first ``num_given`` scales: the zero-shot
+baseline of the paper, Fig. 2a).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import CheckpointError, ConfigError
+from ..export import (
+    BASE_TRANSFORMER_FILE, BASE_VAE_FILE, ENCODER_FILE, MERGED_FILE, TRANSFORMER_FILE, read_export_config,
+)
+from .tiling import restore_tiled
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("onestep", "bicubic", "teacher")
+MODES = ("auto", "resize", "tile")
+#: Largest output the pipeline makes (pixels); beyond it a call fails before allocating anything.
+MAX_OUTPUT_PIXELS = 8192 * 8192
+
+ImageInput = "str | Path | PIL.Image.Image | np.ndarray | Tensor"
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def to_tensor(image) -> Tensor:
+    """A path, PIL image, ``(H, W[, C])`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)``
+    tensor in [0, 1] -> float32 ``(3, H, W)`` in [0, 1]. Grayscale, palette, RGBA (over white),
+    CMYK and 16-bit images are converted as ``varestorer prepare`` converts them."""
+    from PIL import Image
+
+    from ..data.images import ImageSkip, read_rgb, to_rgb
+
+    if isinstance(image, (str, Path)):
+        try:
+            image = read_rgb(image)
+        except ImageSkip as exc:
+            raise ConfigError(f"cannot restore {image}: {exc}") from None
+    if isinstance(image, Image.Image):
+        image = to_rgb(image)
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.ndim != 3 or a.shape[-1] not in (3, 4):
+            raise ConfigError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got {a.shape}")
+        if a.shape[-1] == 4:  # straight alpha over white
+            alpha = a[..., 3:].astype(np.float64) / (65535.0 if a.dtype == np.uint16 else
+                                                     255.0 if a.dtype == np.uint8 else 1.0)
+            rgb = a[..., :3].astype(np.float64) / (65535.0 if a.dtype == np.uint16 else
+                                                   255.0 if a.dtype == np.uint8 else 1.0)
+            a = (rgb * alpha + (1 - alpha)).astype(np.float32)
+        elif a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        elif a.dtype == np.uint16:
+            a = a.astype(np.float32) / 65535.0
+        else:
+            a = a.astype(np.float32)
+        image = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+    if not isinstance(image, Tensor):
+        raise ConfigError(f"cannot restore a {type(image).__name__}: pass paths, PIL images, arrays or tensors")
+    x = image.detach().float().cpu()
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ConfigError(f"an image tensor must be (3, H, W) or (1, H, W) in [0, 1]; got {tuple(image.shape)}")
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    if not torch.isfinite(x).all():
+        raise ConfigError("the image holds NaN or infinite values")
+    return x.clamp(0, 1).contiguous()
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bicubic resize of (N, 3, H, W) in [0, 1] (area when shrinking a lot: no aliasing)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] / 2 or size[1] < x.shape[-1] / 2
+    mode = dict(mode="area") if shrink else dict(mode="bicubic", align_corners=False)
+    return F.interpolate(x, size=size, **mode).clamp(0, 1)
+
+
+def _model_dir(model: str | Path, revision: str | None = None) -> Path:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    text = str(model)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise ConfigError(f"model {text!r} is neither a folder nor a Hub repo id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, revision=revision))
+    except Exception as exc:
+        raise CheckpointError(f"could not get the model {text!r} from the Hub ({type(exc).__name__}: {exc}). "
+                              f"Download it where you have network access (huggingface-cli download {text} "
+                              f"--local-dir DIR) and pass DIR.") from exc
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+class VARestorerPipeline:
+    """A trained VARestorer model: frozen VAE, fine-tuned encoder, transformer (+ LoRA), T5.
+
+    Build it with :meth:`from_pretrained`; call it on images (see the module doc).
+    """
+
+    def __init__(self, vae, encoder, transformer, text_encoder, config: dict, source: Path | None = None):
+        self.vae = vae.eval().requires_grad_(False)
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.config = config
+        self.source = source
+        self.resolution = int(config["resolution"])
+        self.schedule = [tuple(s) for s in config["scale_schedule"]]
+        self.attention = config.get("attention", "full")
+        self.upscale = float(config.get("upscale", config["recipe"]["degradation"]["scale"]))
+        self.captioner = None  # set by set_captioner: prompts from BLIP when a call gives none
+        self.dtype = torch.float32
+        self._merged = False  # LoRA folded into the base weights now
+        self._merge_wanted = False  # ...and to be folded again after the teacher method
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, model: str | Path, *, base: str | Path | None = None, vae: str | Path | None = None,
+                        text_encoder: str | Path | None = None, merge_lora: bool = True,
+                        revision: str | None = None) -> VARestorerPipeline:
+        """Load an export folder (``varestorer export``, a run's ``final/``) or a Hub repo id.
+
+        Args:
+            base: the base transformer checkpoint (file, folder or Hub id) when it is not the
+                one the export names (``base_transformer`` in its config; ``None`` there means
+                the preset's official weights on the Hub). Not needed with a merged export.
+            vae, text_encoder: likewise for the VAE and the T5 encoder.
+            merge_lora: merge the LoRA into the base weights for speed (PEFT ``merge_adapter``;
+                reversible: the ``teacher`` method unmerges it).
+        """
+        from ..presets import get_preset
+        from ..tokenizer.loading import load_vae
+        from ..transformer.loading import load_transformer
+        from ..transformer.text import TextEncoder
+
+        folder = _model_dir(model, revision)
+        config = read_export_config(folder)
+        preset = get_preset(config["base_preset"])
+
+        def local(name: str) -> Path | None:
+            return folder / name if (folder / name).is_file() else None
+
+        vae_source = vae or local(BASE_VAE_FILE) or config.get("base_vae")
+        the_vae = _explain(lambda: load_vae(preset, vae_source), "VAE", "vae", vae_source)
+        adapter = config.get("has_adapter") and local("adapter_model.safetensors")
+        if local(TRANSFORMER_FILE):  # full fine-tuning / teacher mode: the whole transformer
+            transformer = load_transformer(preset, local(TRANSFORMER_FILE))
+            adapter = False
+        elif local(MERGED_FILE) and base is None:
+            transformer = load_transformer(preset, local(MERGED_FILE))
+            adapter = False
+        else:
+            source = base or local(BASE_TRANSFORMER_FILE) or config.get("base_transformer")
+            transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
+        if config.get("has_adapter") and not adapter and transformer is not None and not (
+                local(MERGED_FILE) or local(TRANSFORMER_FILE)):
+            raise CheckpointError(f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
+                                  f"re-export it with varestorer export")
+        if adapter:
+            from peft import PeftModel
+
+            transformer = PeftModel.from_pretrained(transformer, str(folder), is_trainable=False)
+        encoder = copy.deepcopy(the_vae.encoder)
+        if config.get("has_encoder"):
+            if not local(ENCODER_FILE):
+                raise CheckpointError(f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}")
+            load_encoder(encoder, local(ENCODER_FILE))
+        text = TextEncoder.from_preset(preset, text_encoder or config.get("text_encoder"))
+        pipe = cls(the_vae, encoder, transformer, text, config, source=folder)
+        if merge_lora:
+            pipe.merge_lora()
+        return pipe
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA into the base weights (one matmul per layer, as fast as the base)."""
+        self._merge_wanted = True
+        if hasattr(self.transformer, "merge_adapter") and not self._merged:
+            self.transformer.merge_adapter()
+            self._merged = True
+
+    def _unmerge_lora(self) -> None:
+        if self._merged:
+            self.transformer.unmerge_adapter()
+            self._merged = False
+
+    def set_captioner(self, captioner) -> VARestorerPipeline:
+        """Captions for calls without a prompt: a callable ``list of images -> list of str``
+        (:class:`varestorer.data.captions.BlipCaptioner`), or ``None`` for empty prompts."""
+        self.captioner = captioner
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VARestorerPipeline:
+        """Move every model to ``device``; ``dtype`` (bfloat16/float16) is the autocast precision of
+        the transformer and encoder (weights stay float32; the VAE decoder runs in float32)."""
+        if device is not None:
+            for m in (self.vae, self.encoder, self.transformer, self.text_encoder):
+                m.to(device)
+        if dtype is not None:
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ConfigError(f"dtype {dtype} is not supported; float32, bfloat16 or float16")
+            self.dtype = dtype
+        return self
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """Write the export form (adapter, encoder, config, and the base when it is random)."""
+        import json
+        import shutil
+
+        from safetensors.torch import save_file
+
+        from ..export import CONFIG_FILE, export_files
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.transformer, "peft_config"):
+            self.transformer.save_pretrained(str(out))
+        elif self.source is None or not any((self.source / n).is_file() for n in (TRANSFORMER_FILE, MERGED_FILE)):
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.transformer.state_dict().items()},
+                      str(out / TRANSFORMER_FILE))
+        if self.config.get("has_encoder"):
+            save_file({f"encoder.{k}": v.detach().contiguous().cpu() for k, v in self.encoder.state_dict().items()},
+                      str(out / ENCODER_FILE))
+        if self.source is not None and self.source.resolve() != out.resolve():
+            for f in export_files(self.source):
+                if f.name in (BASE_TRANSFORMER_FILE, BASE_VAE_FILE, TRANSFORMER_FILE, MERGED_FILE):
+                    shutil.copy2(f, out / f.name)
+        (out / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
+        return out
+
+    # ------------------------------------------------------------------ the methods
+    def _autocast(self):
+        dev = self.device.type
+        return torch.autocast(dev, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def text(self, prompts: Sequence[str]):
+        if not self.config.get("use_captions", True):
+            prompts = [""] * len(prompts)  # a model trained without prompts sees none
+        return self.text_encoder(list(prompts), device=self.device)
+
+    @torch.no_grad()
+    def student_logits(self, x: Tensor, prompts: Sequence[str]) -> Tensor:
+        """Bit logits ``(N, L, d, 2)`` of the one-step pass on ``x`` (N, 3, R, R) in [0, 1]."""
+        if self._merge_wanted:
+            self.merge_lora()
+        with self._autocast():
+            tokens = self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule)
+            return self.transformer(self.text(prompts), tokens.teacher_input_sequence(), self.schedule,
+                                    attention=self.attention).float()
+
+    @torch.no_grad()
+    def decode_logits(self, logits: Tensor) -> Tensor:
+        """The most likely bits of every scale -> images (N, 3, R, R) in [0, 1]."""
+        from ..tokenizer import MultiScaleBSQ
+
+        bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
+        return (self.vae.decode_bits(bits).float() + 1) / 2
+
+    def restore_onestep(self, x: Tensor, prompts: Sequence[str]) -> Tensor:
+        return self.decode_logits(self.student_logits(x, prompts))
+
+    @torch.no_grad()
+    def restore_teacher(self, x: Tensor, prompts: Sequence[str], *, num_given: int = 4, cfg: float = 3.0,
+                        tau: float = 0.5, top_k: int = 0, top_p: float = 0.97, seed: int = 0) -> Tensor:
+        """The base model (adapters off) samples scale by scale; the frozen VAE's tokens of the
+        LQ input are given for the first ``num_given`` scales (zero-shot upsampling)."""
+        from ..transformer.sampling import sample
+
+        if not 0 <= num_given <= len(self.schedule):
+            raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
+        if not hasattr(self.transformer, "disable_adapter"):
+            raise ConfigError("the teacher method needs the base weights and the adapter apart; this model was "
+                              "loaded from a merged or fully fine-tuned transformer: pass --base (the base "
+                              "checkpoint) with an adapter export")
+        self._unmerge_lora()
+        lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule)
+        with self.transformer.disable_adapter(), self._autocast():
+            out = sample(self.transformer, self.text(prompts), self.schedule, cfg=cfg, tau=tau, top_k=top_k,
+                         top_p=top_p, seed=seed, given_bits=lq.bits, num_given=num_given)
+        return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
+
+    def restorer(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
+        """``(x (N, 3, R, R) in [0, 1], prompts) -> restored (N, 3, R, R)`` for ``method``."""
+        if method == "onestep":
+            return self.restore_onestep
+        if method == "bicubic":
+            return lambda x, prompts: x
+        if method == "teacher":
+            return lambda x, prompts: self.restore_teacher(x, prompts, **kwargs)
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+    # ------------------------------------------------------------------ planning a call
+    def output_size(self, size: tuple[int, int], upscale: float | None = None) -> tuple[int, int]:
+        s = self.upscale if upscale is None else float(upscale)
+        if s <= 0:
+            raise ConfigError(f"upscale must be positive, got {s}")
+        out = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+        if out[0] * out[1] > MAX_OUTPUT_PIXELS:
+            raise ConfigError(f"a {size[1]}x{size[0]} input at {s:g}x gives {out[1]}x{out[0]} pixels, more than "
+                              f"this pipeline makes ({MAX_OUTPUT_PIXELS / 1e6:.0f} MP): lower --upscale or "
+                              f"downscale the input first")
+        return out
+
+    def plan(self, out_size: tuple[int, int], mode: str = "auto") -> str:
+        """``resize`` (the paper: one pass at resolution x resolution) or ``tile``."""
+        if mode not in MODES:
+            raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "auto":
+            return "resize" if max(out_size) <= self.resolution else "tile"
+        return mode
+
+    def caption(self, images: list[Tensor], prompt) -> list[str]:
+        if prompt is None:
+            if self.captioner is None:
+                return [""] * len(images)
+            pil = [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in images]
+            return list(self.captioner(pil))
+        if isinstance(prompt, str):
+            return [prompt] * len(images)
+        prompts = [str(p) for p in prompt]
+        if len(prompts) != len(images):
+            raise ConfigError(f"{len(prompts)} prompts for {len(images)} images")
+        return prompts
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, images, prompt: str | Sequence[str] | None = None, *, method: str = "onestep",
+                 upscale: float | None = None, mode: str = "auto", tile_overlap: int | None = None,
+                 batch_size: int = 4, output_type: str = "pil", progress: bool = False, **method_kwargs):
+        """Restore ``images`` (one or a list of paths, PIL images, arrays or (3, H, W) tensors in
+        [0, 1]); returns a list of PIL images (``output_type="pil"``), uint8 arrays (``"np"``) or
+        float tensors (``"pt"``), each ``upscale`` times the input size (default: the scale the
+        model was trained for). ``prompt``: one for all, one per image, or ``None`` (the
+        captioner's, else empty). ``method_kwargs`` go to the method (``teacher``: num_given, cfg,
+        tau, top_k, top_p, seed)."""
+        from tqdm.auto import tqdm
+
+        if output_type not in ("pil", "np", "pt"):
+            raise ConfigError(f"output_type must be pil, np or pt, got {output_type!r}")
+        if batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        single = not isinstance(images, (list, tuple))
+        items = [to_tensor(im) for im in ([images] if single else images)]
+        sizes = [self.output_size(tuple(x.shape[-2:]), upscale) for x in items]
+        plans = [self.plan(s, mode) for s in sizes]
+        restore = self.restorer(method, **method_kwargs)
+        prompts = self.caption(items, prompt)
+        R = self.resolution
+        overlap = R // 4 if tile_overlap is None else int(tile_overlap)
+        if not 0 <= overlap < R:
+            raise ConfigError(f"tile_overlap must be in [0, {R}), got {overlap}")
+        outputs: list[Tensor | None] = [None] * len(items)
+        bar = tqdm(total=len(items), desc=f"restore ({method})", disable=not progress, unit="image")
+        resized = [i for i, p in enumerate(plans) if p == "resize"]
+        for start in range(0, len(resized), batch_size):  # the paper's path, batched across images
+            chunk = resized[start:start + batch_size]
+            x = torch.cat([_resize(items[i][None], (R, R)) for i in chunk])
+            y = restore(x, [prompts[i] for i in chunk]).float().cpu()
+            for i, r in zip(chunk, y):
+                outputs[i] = _resize(r[None], sizes[i])[0]
+            bar.update(len(chunk))
+        for i in (i for i, p in enumerate(plans) if p == "tile"):
+            outputs[i] = self._tiled(items[i], sizes[i], prompts[i], restore, overlap, batch_size)
+            bar.update(1)
+        bar.close()
+        outs = [o.clamp(0, 1) for o in outputs]
+        if output_type == "pt":
+            return outs
+        arrays = [(o.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for o in outs]
+        if output_type == "np":
+            return arrays
+        from PIL import Image
+
+        return [Image.fromarray(a) for a in arrays]
+
+    def _tiled(self, x: Tensor, size: tuple[int, int], prompt: str, restore, overlap: int, batch_size: int) -> Tensor:
+        """Upsample to ``size`` (at least the resolution on the short side), restore overlapping
+        tiles, blend, and bring the result to ``size``."""
+        R = self.resolution
+        grow = max(1.0, R / min(size))
+        work = (max(R, round(size[0] * grow)), max(R, round(size[1] * grow)))
+        up = _resize(x[None], work)
+        out = restore_tiled(up, lambda tiles: restore(tiles, [prompt] * len(tiles)).float().cpu(), R, overlap,
+                            batch_size=batch_size)
+        return _resize(out, size)[0]
+
+
+def load_encoder(encoder, path: str | Path) -> None:
+    """The fine-tuned encoder of an export (``encoder.*`` keys, Infinity's VAE layout), strictly."""
+    from ..checkpoints import load_strict, read_file
+
+    state = read_file(path)
+    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in state.items()}, what="encoder",
+                source=str(path))
+
+
+def _explain(load, what: str, option: str, source):
+    """Run ``load``; a missing base checkpoint says how to point at one."""
+    try:
+        return load()
+    except (CheckpointError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the {what} this model was trained on ({source or 'the official weights'}): "
+                              f"{exc}\n  Pass it with --{option} PATH_OR_HUB_ID (from_pretrained(..., {option}=...)).") \
+            from exc
