@@ -171,3 +171,21 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     one, two = _trainable(tmp_path / "one" / "checkpoint-2"), _trainable(tmp_path / "two" / "checkpoint-2")
     for k in one:
         torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_bench_train_prints_its_figures(capsys):
+    import json
+
+    from varestorer.cli import main
+
+    assert main(["bench", "train", "--preset", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["trainable_params"] > 0 and r["sec_per_step"] > 0 and r["images_per_sec"] > 0
+    assert r["flops_per_step"] > 0 and r["peak_rss_gib"] > 0
+
+
+def test_push_to_hub_needs_a_repo_id(tmp_path):
+    from varestorer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hub_model_id"):
+        tiny_recipe(tmp_path, "train.push_to_hub=true")

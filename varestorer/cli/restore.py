@@ -211,15 +211,14 @@ class _Bicubic:
         self.upscale = upscale
 
     def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
-        import numpy as np
         from PIL import Image
 
-        from ..inference.pipeline import _resize
+        from ..inference.pipeline import _resize, to_uint8
 
         s = upscale or self.upscale
         outs = [_resize(x[None], (max(1, round(x.shape[-2] * s)), max(1, round(x.shape[-1] * s))))[0]
                 for x in images]
-        return [Image.fromarray((o.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for o in outs]
+        return [Image.fromarray(to_uint8(o)) for o in outs]
 
 
 def _save(image, path: Path) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .pipeline import to_uint8
 
 
 def comparison_strip(images: Sequence[Tensor], labels: Sequence[str], gap: int = 4):
@@ -28,8 +29,7 @@ def comparison_strip(images: Sequence[Tensor], labels: Sequence[str], gap: int =
     draw = ImageDraw.Draw(canvas)
     x = 0
     for panel, label in zip(panels, labels):
-        arr = (panel.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        canvas.paste(Image.fromarray(arr), (x, bar))
+        canvas.paste(Image.fromarray(to_uint8(panel)), (x, bar))
         draw.text((x + 2, 1), label, fill="black")
         x += panel.shape[-1] + gap
     return canvas

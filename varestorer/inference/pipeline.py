@@ -19,6 +19,7 @@ baseline of the paper, Fig. 2a).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Sequence
@@ -69,18 +70,10 @@ def to_tensor(image) -> Tensor:
             a = np.repeat(a[..., None], 3, axis=2)
         if a.ndim != 3 or a.shape[-1] not in (3, 4):
             raise ConfigError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got {a.shape}")
+        full = 65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else 1.0
+        a = a.astype(np.float32) / full
         if a.shape[-1] == 4:  # straight alpha over white
-            alpha = a[..., 3:].astype(np.float64) / (65535.0 if a.dtype == np.uint16 else
-                                                     255.0 if a.dtype == np.uint8 else 1.0)
-            rgb = a[..., :3].astype(np.float64) / (65535.0 if a.dtype == np.uint16 else
-                                                   255.0 if a.dtype == np.uint8 else 1.0)
-            a = (rgb * alpha + (1 - alpha)).astype(np.float32)
-        elif a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
-        elif a.dtype == np.uint16:
-            a = a.astype(np.float32) / 65535.0
-        else:
-            a = a.astype(np.float32)
+            a = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
         image = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
     if not isinstance(image, Tensor):
         raise ConfigError(f"cannot restore a {type(image).__name__}: pass paths, PIL images, arrays or tensors")
@@ -94,6 +87,11 @@ def to_tensor(image) -> Tensor:
     if not torch.isfinite(x).all():
         raise ConfigError("the image holds NaN or infinite values")
     return x.clamp(0, 1).contiguous()
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """``(3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8."""
+    return (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -182,12 +180,11 @@ class VARestorerPipeline:
             transformer = load_transformer(preset, local(MERGED_FILE))
             adapter = False
         else:
+            if config.get("has_adapter") and not adapter:
+                raise CheckpointError(f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
+                                      f"re-export it with varestorer export")
             source = base or local(BASE_TRANSFORMER_FILE) or config.get("base_transformer")
             transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
-        if config.get("has_adapter") and not adapter and transformer is not None and not (
-                local(MERGED_FILE) or local(TRANSFORMER_FILE)):
-            raise CheckpointError(f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
-                                  f"re-export it with varestorer export")
         if adapter:
             from peft import PeftModel
 
@@ -303,13 +300,15 @@ class VARestorerPipeline:
 
         if not 0 <= num_given <= len(self.schedule):
             raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
-        if not hasattr(self.transformer, "disable_adapter"):
+        is_teacher = self.config.get("mode") == "teacher"  # a fine-tuned teacher: its weights are the teacher
+        if not (is_teacher or hasattr(self.transformer, "disable_adapter")):
             raise ConfigError("the teacher method needs the base weights and the adapter apart; this model was "
                               "loaded from a merged or fully fine-tuned transformer: pass --base (the base "
                               "checkpoint) with an adapter export")
         self._unmerge_lora()
         lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule)
-        with self.transformer.disable_adapter(), self._autocast():
+        adapters_off = contextlib.nullcontext() if is_teacher else self.transformer.disable_adapter()
+        with adapters_off, self._autocast():
             out = sample(self.transformer, self.text(prompts), self.schedule, cfg=cfg, tau=tau, top_k=top_k,
                          top_p=top_p, seed=seed, given_bits=lq.bits, num_given=num_given)
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
@@ -317,6 +316,9 @@ class VARestorerPipeline:
     def restorer(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
         """``(x (N, 3, R, R) in [0, 1], prompts) -> restored (N, 3, R, R)`` for ``method``."""
         if method == "onestep":
+            if self.config.get("mode") == "teacher":
+                raise ConfigError("this export is a fine-tuned teacher (recipe mode 'teacher'), not a one-step "
+                                  "model: restore with --method teacher, or distil it (model.transformer in a recipe)")
             return self.restore_onestep
         if method == "bicubic":
             return lambda x, prompts: x
@@ -348,8 +350,7 @@ class VARestorerPipeline:
         if prompt is None:
             if self.captioner is None:
                 return [""] * len(images)
-            pil = [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in images]
-            return list(self.captioner(pil))
+            return list(self.captioner([to_uint8(im) for im in images]))
         if isinstance(prompt, str):
             return [prompt] * len(images)
         prompts = [str(p) for p in prompt]
@@ -400,7 +401,7 @@ class VARestorerPipeline:
         outs = [o.clamp(0, 1) for o in outputs]
         if output_type == "pt":
             return outs
-        arrays = [(o.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for o in outs]
+        arrays = [to_uint8(o) for o in outs]
         if output_type == "np":
             return arrays
         from PIL import Image
