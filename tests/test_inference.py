@@ -1,7 +1,6 @@
 """Export, the one-step pipeline, tiling, restore/export/publish commands (tiny preset, CPU)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ConfigError, VARestorerError
+from .errors import VARestorerError
 from .export import CONFIG_FILE, read_export_config
 from .resources import find_resource
 

@@ -9,7 +9,6 @@ fine-tuned encoder, ``varestorer_config.json``, sample comparisons and the model
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub) -> None:

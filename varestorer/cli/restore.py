@@ -213,10 +213,10 @@ class _Bicubic:
     def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
         from PIL import Image
 
-        from ..inference.pipeline import _resize, to_uint8
+        from ..inference.pipeline import resize_images, to_uint8
 
         s = upscale or self.upscale
-        outs = [_resize(x[None], (max(1, round(x.shape[-2] * s)), max(1, round(x.shape[-1] * s))))[0]
+        outs = [resize_images(x[None], (max(1, round(x.shape[-2] * s)), max(1, round(x.shape[-1] * s))))[0]
                 for x in images]
         return [Image.fromarray(to_uint8(o)) for o in outs]
 

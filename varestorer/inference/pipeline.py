@@ -43,7 +43,6 @@ MODES = ("auto", "resize", "tile")
 #: Largest output the pipeline makes (pixels); beyond it a call fails before allocating anything.
 MAX_OUTPUT_PIXELS = 8192 * 8192
 
-ImageInput = "str | Path | PIL.Image.Image | np.ndarray | Tensor"
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -94,7 +93,7 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bicubic resize of (N, 3, H, W) in [0, 1] (area when shrinking a lot: no aliasing)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -389,10 +388,10 @@ class VARestorerPipeline:
         resized = [i for i, p in enumerate(plans) if p == "resize"]
         for start in range(0, len(resized), batch_size):  # the paper's path, batched across images
             chunk = resized[start:start + batch_size]
-            x = torch.cat([_resize(items[i][None], (R, R)) for i in chunk])
+            x = torch.cat([resize_images(items[i][None], (R, R)) for i in chunk])
             y = restore(x, [prompts[i] for i in chunk]).float().cpu()
             for i, r in zip(chunk, y):
-                outputs[i] = _resize(r[None], sizes[i])[0]
+                outputs[i] = resize_images(r[None], sizes[i])[0]
             bar.update(len(chunk))
         for i in (i for i, p in enumerate(plans) if p == "tile"):
             outputs[i] = self._tiled(items[i], sizes[i], prompts[i], restore, overlap, batch_size)
@@ -414,10 +413,10 @@ class VARestorerPipeline:
         R = self.resolution
         grow = max(1.0, R / min(size))
         work = (max(R, round(size[0] * grow)), max(R, round(size[1] * grow)))
-        up = _resize(x[None], work)
+        up = resize_images(x[None], work)
         out = restore_tiled(up, lambda tiles: restore(tiles, [prompt] * len(tiles)).float().cpu(), R, overlap,
                             batch_size=batch_size)
-        return _resize(out, size)[0]
+        return resize_images(out, size)[0]
 
 
 def load_encoder(encoder, path: str | Path) -> None:

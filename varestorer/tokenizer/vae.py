@@ -9,7 +9,6 @@ Images are ``(B, 3, H, W)`` in ``[-1, 1]``.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
