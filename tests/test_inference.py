@@ -184,6 +184,10 @@ def test_restore_command(trained, tmp_path, capsys):
     assert Image.open(tmp_path / "bic" / "a.png").size == (80, 64)
     assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "x")]) == 2
     assert "needs --model" in capsys.readouterr().err
+    # an output too large is refused per image, before any work, and listed
+    assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "big"), "--method", "bicubic",
+                 "--upscale", "1000"]) == 1
+    assert "lower --upscale" in (tmp_path / "big" / "skipped.tsv").read_text()
 
 
 def test_export_command_and_publish_dry_run(tmp_path, capsys):

@@ -36,8 +36,11 @@ BASE_VAE_FILE = "base_vae.safetensors"
 FORMAT_VERSION = 1
 
 
-def _contiguous_cpu(state: dict) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+def save_weights(state: dict, path: str | Path) -> None:
+    """A state dict as safetensors (detached, contiguous, on the CPU: what safetensors needs)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
 
 
 def export_config(model) -> dict:
@@ -64,8 +67,6 @@ def export_config(model) -> dict:
 
 def write_export(model, out: Path) -> Path:
     """Write ``model`` (a :class:`~varestorer.distill.model.VARestorerModel`) to ``out``."""
-    from safetensors.torch import save_file
-
     from .transformer.lora import base_state_dict
 
     out = Path(out)
@@ -74,15 +75,14 @@ def write_export(model, out: Path) -> Path:
     if hasattr(transformer, "peft_config"):
         transformer.save_pretrained(str(out))
     else:
-        save_file(_contiguous_cpu(model.base_transformer().state_dict()), str(out / TRANSFORMER_FILE))
+        save_weights(model.base_transformer().state_dict(), out / TRANSFORMER_FILE)
     if model.lq_encoder is not None:
-        save_file(_contiguous_cpu({f"encoder.{k}": v for k, v in model.lq_encoder.state_dict().items()}),
-                  str(out / ENCODER_FILE))
+        save_weights({f"encoder.{k}": v for k, v in model.lq_encoder.state_dict().items()}, out / ENCODER_FILE)
     if model.recipe.model.random_init:
         # a random base can be downloaded from nowhere: it travels with the export
         if hasattr(transformer, "peft_config"):
-            save_file(_contiguous_cpu(base_state_dict(transformer)), str(out / BASE_TRANSFORMER_FILE))
-        save_file(_contiguous_cpu(model.vae.state_dict()), str(out / BASE_VAE_FILE))
+            save_weights(base_state_dict(transformer), out / BASE_TRANSFORMER_FILE)
+        save_weights(model.vae.state_dict(), out / BASE_VAE_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(export_config(model), indent=2))
     return out
 

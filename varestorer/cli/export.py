@@ -50,11 +50,9 @@ def run(args: argparse.Namespace) -> int:
             if not hasattr(pipe.transformer, "merge_and_unload"):
                 print("  --merge: this model has no adapter (its transformer is already whole); nothing to merge")
             else:
-                from safetensors.torch import save_file
+                from ..export import save_weights
 
-                merged = pipe.transformer.merge_and_unload()
-                save_file({k: v.detach().contiguous().cpu() for k, v in merged.state_dict().items()},
-                          str(out / MERGED_FILE))
+                save_weights(pipe.transformer.merge_and_unload().state_dict(), out / MERGED_FILE)
                 print(f"  {MERGED_FILE}: the base with the LoRA merged in")
     render_card(out, args.repo_id).save(out / CARD_FILE)
     for path in sorted(p for p in out.rglob("*") if p.is_file()):

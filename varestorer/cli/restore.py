@@ -77,14 +77,10 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
         else:
             raise ConfigError(f"input {item} does not exist")
     if not found:
-        raise ConfigError(f"no images in {' '.join(inputs)} (looked for {', '.join(_suffixes())})")
+        from ..data.images import IMAGE_SUFFIXES
+
+        raise ConfigError(f"no images in {' '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return found
-
-
-def _suffixes():
-    from ..data.images import IMAGE_SUFFIXES
-
-    return IMAGE_SUFFIXES
 
 
 def plan_outputs(found: list[tuple[Path, Path]], out: Path, ext: str) -> list[tuple[Path, Path]]:
@@ -113,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.images import ImageSkip, read_rgb
     from ..errors import ConfigError
-    from ..inference.pipeline import to_tensor
+    from ..inference.pipeline import output_size, to_tensor
 
     out = Path(args.output).expanduser()
     pairs = plan_outputs(collect_inputs(args.inputs), out, args.ext)
@@ -129,30 +125,18 @@ def run(args: argparse.Namespace) -> int:
         chunk, images = [], []
         for src, dst in todo[start:start + args.batch_size]:
             try:
-                images.append(to_tensor(read_rgb(src)))
-                chunk.append((src, dst))
-            except ImageSkip as exc:
+                image = to_tensor(read_rgb(src))
+                output_size(tuple(image.shape[-2:]), args.upscale or pipe.upscale)  # too large: say which, go on
+            except (ImageSkip, ConfigError) as exc:
                 skipped.append((src, str(exc)))
                 bar.update(1)
+                continue
+            images.append(image)
+            chunk.append((src, dst))
         if not chunk:
             continue
-        try:
-            restored = pipe(images, prompt=args.prompt, **_call_kwargs(args))
-        except ConfigError as exc:  # e.g. an input too large for --upscale: say which, go on
-            if len(chunk) == 1:
-                skipped.append((chunk[0][0], str(exc)))
-                bar.update(1)
-                continue
-            restored = []
-            for (src, dst), im in zip(chunk, images):
-                try:
-                    restored += pipe([im], prompt=args.prompt, **_call_kwargs(args))
-                except ConfigError as e:
-                    skipped.append((src, str(e)))
-                    restored.append(None)
+        restored = pipe(images, prompt=args.prompt, **_call_kwargs(args))
         for (src, dst), im, res in zip(chunk, images, restored):
-            if res is None:
-                continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             _save(res, dst)
             if args.compare:
@@ -213,11 +197,10 @@ class _Bicubic:
     def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
         from PIL import Image
 
-        from ..inference.pipeline import resize_images, to_uint8
+        from ..inference.pipeline import output_size, resize_images, to_uint8
 
         s = upscale or self.upscale
-        outs = [resize_images(x[None], (max(1, round(x.shape[-2] * s)), max(1, round(x.shape[-1] * s))))[0]
-                for x in images]
+        outs = [resize_images(x[None], output_size(tuple(x.shape[-2:]), s))[0] for x in images]
         return [Image.fromarray(to_uint8(o)) for o in outs]
 
 

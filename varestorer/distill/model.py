@@ -196,14 +196,15 @@ class VARestorerModel(nn.Module):
     # ------------------------------------------------------------------ saving
     def register_checkpoint_hooks(self, accelerator) -> None:
         """``save_state`` writes only the trainable weights (and the export form), not the 2B base."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
+
+        from ..export import save_weights
 
         def save_hook(models, weights, output_dir):
             for model in models:
                 core = accelerator.unwrap_model(model)
                 if isinstance(core, VARestorerModel) and accelerator.is_main_process:
-                    state = {k: v.detach().contiguous().cpu() for k, v in core.trainable_state_dict().items()}
-                    save_file(state, str(Path(output_dir) / TRAINABLE_FILE))
+                    save_weights(core.trainable_state_dict(), Path(output_dir) / TRAINABLE_FILE)
                     core.save_export(Path(output_dir) / "export")
             weights.clear()
 

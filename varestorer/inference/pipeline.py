@@ -102,6 +102,19 @@ def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, **mode).clamp(0, 1)
 
 
+def output_size(size: tuple[int, int], upscale: float) -> tuple[int, int]:
+    """``(H, W)`` of the output of an ``size`` input at ``upscale``; refuses what is too large."""
+    s = float(upscale)
+    if s <= 0:
+        raise ConfigError(f"upscale must be positive, got {s}")
+    out = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+    if out[0] * out[1] > MAX_OUTPUT_PIXELS:
+        raise ConfigError(f"a {size[1]}x{size[0]} input at {s:g}x gives {out[1]}x{out[0]} pixels, more than "
+                          f"this pipeline makes ({MAX_OUTPUT_PIXELS / 1e6:.0f} MP): lower --upscale or "
+                          f"downscale the input first")
+    return out
+
+
 def _model_dir(model: str | Path, revision: str | None = None) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
@@ -238,20 +251,16 @@ class VARestorerPipeline:
         import json
         import shutil
 
-        from safetensors.torch import save_file
-
-        from ..export import CONFIG_FILE, export_files
+        from ..export import CONFIG_FILE, export_files, save_weights
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         if hasattr(self.transformer, "peft_config"):
             self.transformer.save_pretrained(str(out))
         elif self.source is None or not any((self.source / n).is_file() for n in (TRANSFORMER_FILE, MERGED_FILE)):
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.transformer.state_dict().items()},
-                      str(out / TRANSFORMER_FILE))
+            save_weights(self.transformer.state_dict(), out / TRANSFORMER_FILE)
         if self.config.get("has_encoder"):
-            save_file({f"encoder.{k}": v.detach().contiguous().cpu() for k, v in self.encoder.state_dict().items()},
-                      str(out / ENCODER_FILE))
+            save_weights({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}, out / ENCODER_FILE)
         if self.source is not None and self.source.resolve() != out.resolve():
             for f in export_files(self.source):
                 if f.name in (BASE_TRANSFORMER_FILE, BASE_VAE_FILE, TRANSFORMER_FILE, MERGED_FILE):
@@ -327,15 +336,7 @@ class VARestorerPipeline:
 
     # ------------------------------------------------------------------ planning a call
     def output_size(self, size: tuple[int, int], upscale: float | None = None) -> tuple[int, int]:
-        s = self.upscale if upscale is None else float(upscale)
-        if s <= 0:
-            raise ConfigError(f"upscale must be positive, got {s}")
-        out = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
-        if out[0] * out[1] > MAX_OUTPUT_PIXELS:
-            raise ConfigError(f"a {size[1]}x{size[0]} input at {s:g}x gives {out[1]}x{out[0]} pixels, more than "
-                              f"this pipeline makes ({MAX_OUTPUT_PIXELS / 1e6:.0f} MP): lower --upscale or "
-                              f"downscale the input first")
-        return out
+        return output_size(size, self.upscale if upscale is None else upscale)
 
     def plan(self, out_size: tuple[int, int], mode: str = "auto") -> str:
         """``resize`` (the paper: one pass at resolution x resolution) or ``tile``."""
