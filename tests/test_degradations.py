@@ -104,8 +104,10 @@ def test_output_sizes_and_ranges(h, w, x4):
     # lq_up is the LQ resized back with the preset's mode
     up = F.interpolate(out.lq, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
     assert torch.allclose(out.lq_up, up)
-    # the target is the USM-sharpened HQ (preset: usm_sharpen_gt), sharper than the HQ
-    assert not torch.allclose(out.gt, hq) and (out.gt - hq).abs().max() < 0.5
+    # the target is the HQ itself (paper Eq. 5), unless Real-ESRGAN's USM-sharpened GT is asked for
+    assert torch.equal(out.gt, hq)
+    sharpened = DegradationPipeline.from_preset("realesrgan-x4", usm_sharpen_gt=True)(hq, torch.tensor([1, 2, 3])).gt
+    assert not torch.allclose(sharpened, hq) and (sharpened - hq).abs().max() < 0.5
 
 
 def test_scale_override_and_plain_gt(hq96):
@@ -182,7 +184,7 @@ def test_shipped_presets_and_published_values():
     for n in names:
         load_preset(n)
     c = load_preset("realesrgan-x4")
-    assert c.scale == 4 and c.usm_sharpen_gt
+    assert c.scale == 4 and not c.usm_sharpen_gt  # the paper's target is x_HQ, not Real-ESRGAN's sharpened GT
     assert c.resize_prob == (0.2, 0.7, 0.1) and c.resize_range == (0.15, 1.5)
     assert c.noise_range == (1, 30) and c.poisson_scale_range == (0.05, 3) and c.gray_noise_prob == 0.4
     assert c.jpeg_range == (30, 95) and c.second_blur_prob == 0.8

@@ -82,14 +82,76 @@ def test_bits_decode_back_to_exactly_the_quantized_latent(tiny_vae):
     assert all(torch.equal(a, b) for a, b in zip(split, tokens.bits))
 
 
-def test_teacher_inputs_are_accumulated_codes_resized_to_the_next_scale():
-    q = MultiScaleBSQ(16)
-    sched = scale_schedule(128, 8)
-    tokens = q(multiscale_latent(2, 16, 16), sched)
-    for k in range(1, len(sched)):
-        acc = q.bits_to_latent(tokens.bits[:k], size=(16, 16))
-        expected = F.interpolate(acc, size=sched[k], mode="area") if sched[k] != (16, 16) else acc
-        torch.testing.assert_close(tokens.teacher_inputs[k - 1], expected, rtol=0, atol=1e-6)
+def _linear_resize_by_hand(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Half-pixel linear resize of (..., H, W), written out: Infinity's trilinear on (1, h, w)."""
+    def axis(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+    r0, r1, a = axis(x.shape[-2], out_h)
+    c0, c1, b = axis(x.shape[-1], out_w)
+    rows = x[..., r0, :] * (1 - a)[:, None] + x[..., r1, :] * a[:, None]
+    return rows[..., c0] * (1 - b) + rows[..., c1] * b
+
+
+# scales whose sides do not divide the last one: there, trilinear and area resizing differ
+ODD_SCHEDULE = [(1, 1), (2, 2), (3, 3), (5, 5), (8, 8)]
+
+
+def hand_made_latent():
+    i, j = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    chans = [torch.sin(i * 0.7 + c) + torch.cos(j * (0.3 + 0.2 * c)) + 0.1 * c * i for c in range(4)]
+    return torch.stack(chans)[None]  # (1, 4, 8, 8)
+
+
+def test_teacher_inputs_are_the_accumulated_codes_resized_trilinearly_as_infinity_does():
+    q = MultiScaleBSQ(4)
+    tokens = q(hand_made_latent(), ODD_SCHEDULE)
+    acc = np.zeros((1, 4, 8, 8))
+    for k, (h, w) in enumerate(ODD_SCHEDULE[:-1]):
+        codes = (tokens.bits[k].permute(0, 3, 1, 2).double().numpy() * 2 - 1) / 2  # +-1/sqrt(4)
+        acc = acc + _linear_resize_by_hand(codes, 8, 8)
+        expected = _linear_resize_by_hand(acc, *ODD_SCHEDULE[k + 1])
+        np.testing.assert_allclose(tokens.teacher_inputs[k].double().numpy(), expected, rtol=0, atol=1e-6)
+        # the rule is upstream's 5-D trilinear interpolation, not area (which the tokenizer used to take)
+        five_d = F.interpolate(torch.from_numpy(acc).float()[:, :, None], size=(1, *ODD_SCHEDULE[k + 1]),
+                               mode="trilinear", align_corners=False)[:, :, 0]
+        torch.testing.assert_close(tokens.teacher_inputs[k], five_d, rtol=0, atol=1e-6)
+        if ODD_SCHEDULE[k + 1] == (5, 5):  # the test can tell the two rules apart
+            area = F.interpolate(torch.from_numpy(acc).float(), size=(5, 5), mode="area")
+            assert (area - tokens.teacher_inputs[k]).abs().max() > 1e-2
+
+
+def test_the_pyramid_gives_each_scale_the_codes_accumulated_through_that_scale():
+    q = MultiScaleBSQ(4)
+    tokens = q(hand_made_latent(), ODD_SCHEDULE)
+    for k in range(1, len(ODD_SCHEDULE)):
+        acc = q.bits_to_latent(tokens.bits[: k + 1], size=(8, 8))
+        expected = F.interpolate(acc[:, :, None], size=(1, *ODD_SCHEDULE[k]), mode="trilinear", align_corners=False)
+        torch.testing.assert_close(tokens.pyramid[k - 1], expected[:, :, 0], rtol=0, atol=1e-6)
+    assert torch.equal(tokens.pyramid[-1], tokens.quantized)  # the finest position sees the whole LQ latent
+    seq = tokens.lq_input_sequence("pyramid")
+    assert seq.shape == tokens.teacher_input_sequence().shape  # same positions, one scale more of the image
+    assert torch.equal(tokens.lq_input_sequence("shifted"), tokens.teacher_input_sequence())
+    with pytest.raises(ValueError, match="pyramid, shifted|'pyramid', 'shifted'"):
+        tokens.lq_input_sequence("sideways")
+
+
+def test_self_correction_flips_feed_later_scales_and_their_labels_correct_them():
+    q = MultiScaleBSQ(4)
+    lat = hand_made_latent()
+    clean = q(lat, ODD_SCHEDULE)
+    flips = [torch.zeros(1, 1, 1, 4, dtype=torch.bool), torch.ones(1, 2, 2, 4, dtype=torch.bool)]
+    noisy = q(lat, ODD_SCHEDULE, flips=flips)
+    assert all(torch.equal(a, b) for a, b in zip(clean.bits[:2], noisy.bits[:2]))  # own labels stay true
+    flipped = [clean.bits[0], 1 - clean.bits[1]]
+    torch.testing.assert_close(noisy.teacher_inputs[1],
+                               F.interpolate(q.bits_to_latent(flipped, size=(8, 8)), size=(3, 3), mode="bilinear"))
+    assert not torch.equal(clean.bits[2], noisy.bits[2])  # scale 2 now corrects scale 1's flipped bits
+    # and its residual is taken against the flipped accumulation: the final latent stays close
+    err_clean = (lat - clean.quantized).norm()
+    assert (lat - noisy.quantized).norm() < 2 * err_clean
 
 
 def test_residual_error_shrinks_scale_by_scale():

@@ -58,6 +58,7 @@ def export_config(model) -> dict:
         "scale_schedule": [list(s) for s in model.schedule],
         "upscale": recipe.degradation.scale,
         "attention": recipe.student.attention,
+        "lq_input": recipe.student.lq_input,
         "use_captions": recipe.data.use_captions,
         "has_adapter": hasattr(model.transformer, "peft_config"),
         "has_encoder": model.lq_encoder is not None,

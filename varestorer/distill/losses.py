@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -16,27 +17,62 @@ from ..errors import ConfigError
 from ..tokenizer.schedules import Scale
 
 
-def _scale_slices(schedule: list[Scale]):
-    start = 0
-    for h, w in schedule:
-        yield slice(start, start + h * w)
-        start += h * w
+#: Ways to weigh the tokens of the scales (``loss.scale_weighting``; see :func:`token_weights`).
+SCALE_WEIGHTINGS = ("infinity", "per_scale", "flat")
 
 
-def bitwise_kl(teacher_logits: Tensor, student_logits: Tensor, schedule: list[Scale]) -> Tensor:
-    """``sum_k KL(p_T(r_k) || p_S(r_k))``, each scale's KL a mean over tokens and bits.
+def token_weights(schedule: list[Scale], weighting: str = "infinity") -> Tensor:
+    """``(L,)`` weight of every token (in token order) in the KL and the cross-entropy.
 
-    Each bit is a Bernoulli variable; the teacher's distribution is a target (no gradient).
+    ``infinity``: Infinity's ``reweight_loss_by_scale`` (its train.sh sets it): a token of scale
+    ``k`` weighs ``1 / sqrt(h_k w_k)``, normalised to sum 1. A scale then weighs in proportion to
+    its side (the 32x32 scale 32x the 1x1 scale), a token of the 1x1 scale 32x a token of the 32x32
+    one. ``per_scale``: each scale's mean, summed over scales (every scale weighs 1: a 1x1 token
+    1024x a 32x32 one; sums to the number of scales). ``flat``: a plain mean over tokens.
+    """
+    sizes = torch.tensor([h * w for h, w in schedule], dtype=torch.float64)
+    if weighting == "infinity":
+        per_scale = 1 / sizes.sqrt()
+    elif weighting == "per_scale":
+        per_scale = 1 / sizes
+    elif weighting == "flat":
+        per_scale = torch.ones_like(sizes)
+    else:
+        raise ConfigError(f"loss.scale_weighting={weighting!r} is not valid; choose one of {', '.join(SCALE_WEIGHTINGS)}")
+    w = per_scale.repeat_interleave(sizes.long())
+    if weighting != "per_scale":
+        w = w / w.sum()
+    return w.float()
+
+
+def _weighted(per_bit: Tensor, schedule: list[Scale], weighting: str) -> Tensor:
+    """``(B, L, d)`` per-bit values -> mean over bits, weighted sum over tokens, mean over the batch."""
+    w = token_weights(schedule, weighting).to(per_bit.device)
+    if per_bit.shape[1] != w.numel():
+        raise ValueError(f"{per_bit.shape[1]} tokens do not fit a schedule of {w.numel()}")
+    return (per_bit.mean(-1) * w).sum(-1).mean()
+
+
+def bitwise_kl(teacher_logits: Tensor, student_logits: Tensor, schedule: list[Scale],
+               weighting: str = "infinity") -> Tensor:
+    """Forward ``KL(p_T || p_S)`` of every bit (a Bernoulli variable), weighted over scales.
+
+    Paper Eq. 3 sums the KL over scales; how tokens and bits are normalised is not given. We use
+    the weighting the teacher was trained with (:func:`token_weights`) so that, at lambda_KL = 0.1,
+    the KL is in nats per bit like the teacher's own cross-entropy. The teacher's distribution is
+    a target (no gradient).
     """
     log_t = F.log_softmax(teacher_logits.float().detach(), dim=-1)
     log_s = F.log_softmax(student_logits.float(), dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, L, d)
-    return sum(kl[:, sl].mean() for sl in _scale_slices(schedule))
+    return _weighted(kl, schedule, weighting)
 
 
-def bitwise_cross_entropy(logits: Tensor, bit_labels: Tensor) -> Tensor:
-    """Infinity's next-scale objective: cross-entropy of every bit, mean over tokens and bits."""
-    return F.cross_entropy(logits.float().flatten(0, -2), bit_labels.flatten().long())
+def bitwise_cross_entropy(logits: Tensor, bit_labels: Tensor, schedule: list[Scale],
+                          weighting: str = "infinity") -> Tensor:
+    """Infinity's next-scale objective: cross-entropy of every bit, weighted over scales as Infinity."""
+    ce = F.cross_entropy(logits.float().flatten(0, -2), bit_labels.flatten().long(), reduction="none")
+    return _weighted(ce.view(bit_labels.shape), schedule, weighting)
 
 
 def bit_probabilities(logits: Tensor) -> Tensor:

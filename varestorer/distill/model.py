@@ -5,7 +5,11 @@ on-device degradation -> T5 features (cached) -> HQ tokens (frozen VAE) -> froze
 (block-causal, teacher-forced, no grad) -> student (same base weights + LoRA, full attention,
 LQ pyramid from a trainable copy of the VAE encoder) -> ``0.1 KL + 0.25 LPIPS + 0.5 MSE`` with
 straight-through decoding of the student's bits. In ``teacher`` mode it is Infinity's own
-next-scale bitwise cross-entropy on the HQ tokens.
+next-scale bitwise cross-entropy on the HQ tokens (with Infinity's Bitwise Self-Correction when
+the recipe asks for it).
+
+Frozen parts (VAE, T5, LPIPS, a frozen teacher copy) stay in eval mode whatever ``train()`` says:
+LPIPS has dropout, and a validation pass must not change the next step's losses.
 
 One copy of the base weights serves both: the teacher is the student with its adapters
 disabled (``peft``'s ``disable_adapter``). Only full fine-tuning (an ablation) keeps a frozen copy.
@@ -30,6 +34,22 @@ from .recipe import Recipe
 logger = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "trainable.safetensors"
+
+
+def check_base_checkpoint(recipe: Recipe) -> None:
+    """A base (teacher) given as a local file must exist: say how to make it or what to use instead."""
+    wanted = recipe.model.transformer
+    if wanted is None or Path(wanted).exists() or not wanted.endswith((".safetensors", ".pth", ".pt", ".bin")):
+        return
+    from ..errors import ConfigError
+
+    hint = ""
+    if recipe.mode == "distill":
+        hint = (" The paper distils from Infinity fine-tuned at 512 px: make it first with\n"
+                "  accelerate launch distill.py --recipe recipes/teacher-512.yaml\n"
+                "(its final/transformer.safetensors is this file), or distil from the public checkpoint "
+                "with the override model.transformer=null.")
+    raise ConfigError(f"model.transformer={wanted} does not exist.{hint}")
 
 
 def sample_seeds(seed: int, epoch: int, index: Tensor) -> list[int]:
@@ -63,6 +83,13 @@ class VARestorerModel(nn.Module):
         if self.mode == "distill":
             self.lq_encoder = copy.deepcopy(vae.encoder).requires_grad_(s.train_encoder)
 
+    def train(self, mode: bool = True) -> VARestorerModel:
+        super().train(mode)
+        for frozen in (self.vae, self.text_encoder, self.lpips, self.teacher):
+            if isinstance(frozen, nn.Module):
+                frozen.eval()
+        return self
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> VARestorerModel:
@@ -76,6 +103,7 @@ class VARestorerModel(nn.Module):
         if m.random_init:
             vae, transformer = preset.build_vae(), preset.build_transformer()
         else:
+            check_base_checkpoint(recipe)
             vae = load_vae(preset, m.vae)
             transformer = load_transformer(preset, m.transformer)
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder)
@@ -112,7 +140,7 @@ class VARestorerModel(nn.Module):
     def _text(self, captions: list[str], seeds: list[int]):
         captions = list(captions) if self.recipe.data.use_captions else [""] * len(captions)
         drop = None
-        if self.mode == "teacher" and self.recipe.loss.text_dropout > 0:
+        if self.mode == "teacher" and self.recipe.loss.text_dropout > 0 and self.training:
             p = self.recipe.loss.text_dropout
             drop = torch.tensor([torch.rand((), generator=torch.Generator().manual_seed(s)).item() < p for s in seeds])
         return self.text_encoder(captions, device=self.device_of(), drop=drop)
@@ -131,6 +159,11 @@ class VARestorerModel(nn.Module):
         else:
             yield self.transformer
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the distillation step needs the teacher (the KL's only input from it)."""
+        return self.mode == "distill" and self.recipe.loss.kl > 0
+
     def teacher_logits(self, text, hq_tokens) -> Tensor:
         with torch.no_grad(), self._teacher() as teacher:
             return teacher(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal")
@@ -142,8 +175,8 @@ class VARestorerModel(nn.Module):
         return self.vae.quantizer(self.lq_encoder(lq_up).float(), self.schedule)
 
     def student_logits(self, text, lq_tokens) -> Tensor:
-        return self.transformer(text, lq_tokens.teacher_input_sequence(), self.schedule,
-                                attention=self.recipe.student.attention)
+        s = self.recipe.student
+        return self.transformer(text, lq_tokens.lq_input_sequence(s.lq_input), self.schedule, attention=s.attention)
 
     def decode_student(self, logits: Tensor) -> Tensor:
         """Most likely bits forward, gradient through their probabilities -> image in [-1, 1]."""
@@ -158,22 +191,39 @@ class VARestorerModel(nn.Module):
         out = self.degradation(hq, seeds)
         return out.gt * 2 - 1, out.lq_up * 2 - 1, seeds
 
+    def self_correction_flips(self, seeds: list[int]) -> list[Tensor] | None:
+        """Infinity's Bitwise Self-Correction: per scale ``k < layers``, flip each bit with a
+        probability drawn per sample from ``{0, 0.01, ..., strength}`` (as Infinity's trainer)."""
+        sc = self.recipe.self_correction
+        if self.mode != "teacher" or sc.layers == 0 or not self.training:
+            return None
+        d, steps = self.vae.codebook_dim, round(100 * sc.strength) + 1
+        flips = [[] for _ in self.schedule[: sc.layers]]
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed + 1)  # not the text-dropout draw
+            for k, (h, w) in enumerate(self.schedule[: sc.layers]):
+                p = torch.randint(0, steps, (), generator=g).item() / 100
+                flips[k].append(torch.rand((h, w, d), generator=g) < p)
+        return [torch.stack(f).to(self.device_of()) for f in flips]
+
     def forward(self, batch: dict) -> dict[str, Tensor]:
         x_hq, x_lq, seeds = self.degrade(batch)
         text = self._text(batch["caption"], seeds)
+        lw = self.recipe.loss
         with torch.no_grad():
-            hq_tokens = self.vae.tokenize(x_hq, self.schedule)
+            hq_tokens = self.vae.tokenize(x_hq, self.schedule, flips=self.self_correction_flips(seeds))
         if self.mode == "teacher":
             logits = self.transformer(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal")
-            ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels())
-            return {"loss": self.recipe.loss.cross_entropy * ce, "cross_entropy": ce.detach()}
-        lw = self.recipe.loss
-        t_logits = self.teacher_logits(text, hq_tokens)
+            ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
+            return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
         s_logits = self.student_logits(text, self.lq_tokens(x_lq))
         x_s = self.decode_student(s_logits)
-        kl = bitwise_kl(t_logits, s_logits, self.schedule)
+        zero = torch.zeros((), device=x_s.device)
+        kl = zero
+        if self.uses_teacher:  # w/o KL: the teacher does not run at all
+            kl = bitwise_kl(self.teacher_logits(text, hq_tokens), s_logits, self.schedule, lw.scale_weighting)
         mse = F.mse_loss(x_s.float(), x_hq)
-        lp = self.lpips(x_s.float(), x_hq).mean() if self.lpips is not None else torch.zeros((), device=x_s.device)
+        lp = self.lpips(x_s.float(), x_hq).mean() if self.lpips is not None else zero
         loss = lw.kl * kl + lw.lpips * lp + lw.mse * mse
         return {"loss": loss, "kl": kl.detach(), "lpips": lp.detach(), "mse": mse.detach()}
 

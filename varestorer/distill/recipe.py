@@ -17,12 +17,14 @@ import yaml
 
 from ..errors import ConfigError
 from ..resources import find_resource
+from ..tokenizer.quantizer import LQ_INPUT_FORMS
+from .losses import SCALE_WEIGHTINGS
 
 
 @dataclass
 class ModelSection:
     preset: str = "infinity-2b"
-    transformer: str | None = None  # checkpoint of the teacher: Hub repo id or path; None = preset's official
+    transformer: str | None = None  # the base (teacher): Hub repo id, folder or file; None = preset's official
     vae: str | None = None  # VAE checkpoint: Hub repo id or path; None = preset's official
     text_encoder: str | None = None  # T5 encoder: Hub id or path; None = preset's
     resolution: int = 512
@@ -32,7 +34,7 @@ class ModelSection:
 @dataclass
 class DataSection:
     dataset: str | None = None  # a folder written by `varestorer prepare`
-    use_captions: bool = True  # False: every prompt is empty (the paper's w/o-prompt ablation)
+    use_captions: bool = True  # False: train with every caption empty (the paper's "w/o prompt" is an inference setting)
     num_workers: int = 2
     random_crop: bool = True
 
@@ -46,6 +48,9 @@ class DegradationSection:
 @dataclass
 class StudentSection:
     attention: str = "full"  # full (cross-scale pyramid conditioning) | causal (w/o cross ablation)
+    # pyramid: position k reads the LQ codes accumulated through scale k (the paper's pyramid);
+    # shifted: through scale k - 1, the teacher-forcing form (never shows the finest LQ scale)
+    lq_input: str = "pyramid"
     lora_rank: int = 32
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -63,6 +68,22 @@ class LossSection:
     lpips_net: str = "vgg"
     lpips_pretrained: bool = True  # False: random VGG backbone (offline smoke tests only)
     text_dropout: float = 0.1  # teacher mode: captions replaced by cfg_uncond, as Infinity trains
+    # How tokens of different scales weigh in the KL and the cross-entropy (mean over the bits of a
+    # token first): infinity = Infinity's reweight_loss_by_scale (weight ~ 1/side of the token's scale,
+    # normalised to sum 1); per_scale = each scale's mean, summed over scales; flat = mean over tokens.
+    scale_weighting: str = "infinity"
+
+
+@dataclass
+class SelfCorrectionSection:
+    """Infinity's Bitwise Self-Correction (teacher mode): at each of the first ``layers`` scales,
+    a random share in ``[0, strength]`` of the HQ bits is flipped in the teacher-forcing input, and
+    the later scales' labels are re-quantized against the flipped accumulation (``requant``), so the
+    model learns to correct its own mistakes. Infinity's train.sh: 13 layers, strength 0.3."""
+
+    layers: int = 0  # 0: off
+    strength: float = 0.3
+    requant: bool = True
 
 
 @dataclass
@@ -109,6 +130,7 @@ class Recipe:
     degradation: DegradationSection = field(default_factory=DegradationSection)
     student: StudentSection = field(default_factory=StudentSection)
     loss: LossSection = field(default_factory=LossSection)
+    self_correction: SelfCorrectionSection = field(default_factory=SelfCorrectionSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -118,6 +140,8 @@ class Recipe:
     def validate(self) -> Recipe:
         choices = {"mode": (self.mode, ("distill", "teacher")),
                    "student.attention": (self.student.attention, ("full", "causal")),
+                   "student.lq_input": (self.student.lq_input, LQ_INPUT_FORMS),
+                   "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
                    "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
                    "train.report_to": (self.train.report_to, ("tensorboard", "wandb", "all", "none"))}
         for key, (value, valid) in choices.items():
@@ -128,6 +152,10 @@ class Recipe:
         if self.train.push_to_hub and not self.train.hub_model_id:
             raise ConfigError("train.push_to_hub=true needs train.hub_model_id=USER/NAME (the token comes from "
                               "`huggingface-cli login` or HF_TOKEN, never from the recipe)")
+        if not 0 <= self.self_correction.strength <= 1 or self.self_correction.layers < 0:
+            raise ConfigError("self_correction.strength must be in [0, 1] and self_correction.layers >= 0")
+        if self.self_correction.layers and self.mode != "teacher":
+            raise ConfigError("self_correction is Infinity's training of the teacher: it needs mode=teacher")
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self

@@ -3,9 +3,14 @@
 One scale quantizes a latent to ``d`` bits per position: the latent vector is projected on
 the unit sphere and each coordinate becomes ``+-1/sqrt(d)``. The multi-scale quantizer is a
 residual quantizer over a scale schedule: at scale ``k`` the residual is area-downsampled to
-``(h_k, w_k)``, quantized, bilinearly upsampled back and subtracted. Infinity's transformer
-is taught with the bits of every scale as labels and, as the input at scale ``k``, the codes
-accumulated up to scale ``k - 1`` area-downsampled to scale ``k``.
+``(h_k, w_k)`` (Infinity's ``z_interplote_down``), quantized, upsampled back with trilinear
+interpolation of the 5-D latent ``(B, d, 1, h, w)`` (``z_interplote_up``) and subtracted.
+Infinity's transformer is taught with the bits of every scale as labels and, as the input at
+scale ``k``, the codes accumulated up to scale ``k - 1`` resized to scale ``k`` with the same
+trilinear rule (``flip_requant`` in Infinity's trainer, and its sampler).
+
+The student of VARestorer reads the LQ image's *pyramid* instead: at scale ``k`` the codes
+accumulated through scale ``k`` itself, resized to scale ``k`` (see :meth:`MultiScaleTokens.pyramid_sequence`).
 
 Bit tensors are ``(B, h, w, d)`` per scale (Infinity's ``bit_indices`` layout); flattening
 ``h, w`` row-major gives the token order of the transformer.
@@ -27,11 +32,14 @@ def _resize_down(x: Tensor, size: Scale) -> Tensor:
     return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="area")
 
 
-def _resize_up(x: Tensor, size: Scale) -> Tensor:
-    # Infinity upsamples with 'trilinear' over (t=1, h, w): bilinear without corner alignment.
+def trilinear_resize(x: Tensor, size: Scale) -> Tensor:
+    """Infinity's ``z_interplote_up``: trilinear interpolation of ``(B, d, 1, h, w)`` to ``(1, *size)``.
+
+    Used for every resize of codes *up* to the full latent and of accumulated codes to the next
+    scale (which may be smaller than the full latent: it is still this rule, not ``area``)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x.unsqueeze(2), size=(1, *size), mode="trilinear", align_corners=False).squeeze(2)
 
 
 @dataclass
@@ -42,9 +50,12 @@ class MultiScaleTokens:
         bits: per scale, the bit labels ``(B, h_k, w_k, d)`` as ``int64`` 0/1.
         codes: per scale, the quantized codes ``(B, d, h_k, w_k)`` (values ``+-1/sqrt(d)``).
         teacher_inputs: per scale ``k >= 1``, the codes accumulated up to scale ``k - 1``
-            at full latent size and area-downsampled to scale ``k``: ``(B, d, h_k, w_k)``.
+            at full latent size and resized to scale ``k`` (trilinear): ``(B, d, h_k, w_k)``.
             This is Infinity's teacher-forcing input (the first scale's input is the
             text start token, so the list has one entry fewer than the schedule).
+        pyramid: per scale ``k >= 1``, the codes accumulated through scale ``k`` at full latent
+            size and resized to scale ``k`` (trilinear): ``(B, d, h_k, w_k)``. The student's
+            pyramid conditioning; the last entry is the whole quantized latent.
         quantized: the accumulated quantized latent ``(B, d, H, W)`` at full latent size.
         schedule: the scale schedule used.
     """
@@ -52,6 +63,7 @@ class MultiScaleTokens:
     bits: list[Tensor]
     codes: list[Tensor]
     teacher_inputs: list[Tensor]
+    pyramid: list[Tensor]
     quantized: Tensor
     schedule: list[Scale]
 
@@ -61,11 +73,35 @@ class MultiScaleTokens:
 
     def teacher_input_sequence(self) -> Tensor:
         """Teacher-forcing inputs of scales ``1..K-1`` in token order: ``(B, L - 1, d)``."""
-        return torch.cat([x.flatten(2).transpose(1, 2) for x in self.teacher_inputs], dim=1)
+        return _sequence(self.teacher_inputs)
+
+    def pyramid_sequence(self) -> Tensor:
+        """The pyramid of scales ``1..K-1`` in token order: ``(B, L - 1, d)``.
+
+        Position ``k`` holds what the image's tokens of scales ``0..k`` reconstruct, at scale ``k``'s
+        size; the same shape as :meth:`teacher_input_sequence`, one scale more of information."""
+        return _sequence(self.pyramid)
+
+    def lq_input_sequence(self, form: str = "pyramid") -> Tensor:
+        """The student's conditioning on these (LQ) tokens: ``"pyramid"`` (the paper's) or
+        ``"shifted"`` (the teacher-forcing form, which never shows the finest scale)."""
+        if form == "pyramid":
+            return self.pyramid_sequence()
+        if form == "shifted":
+            return self.teacher_input_sequence()
+        raise ValueError(f"LQ input form must be one of {LQ_INPUT_FORMS}, got {form!r}")
 
     def code_sequence(self) -> Tensor:
         """Every scale's own codes in token order: ``(B, L, d)``."""
         return torch.cat([c.flatten(2).transpose(1, 2) for c in self.codes], dim=1)
+
+
+#: How the student reads the LQ tokens (``student.lq_input`` of a recipe).
+LQ_INPUT_FORMS = ("pyramid", "shifted")
+
+
+def _sequence(maps: list[Tensor]) -> Tensor:
+    return torch.cat([x.flatten(2).transpose(1, 2) for x in maps], dim=1)
 
 
 class BSQ(nn.Module):
@@ -100,8 +136,14 @@ class MultiScaleBSQ(nn.Module):
         self.dim = dim
         self.lfq = BSQ(dim)
 
-    def forward(self, latent: Tensor, schedule: list[Scale]) -> MultiScaleTokens:
-        """Quantize ``(B, d, H, W)``; the last scale of ``schedule`` must be ``(H, W)``."""
+    def forward(self, latent: Tensor, schedule: list[Scale], flips: list[Tensor] | None = None) -> MultiScaleTokens:
+        """Quantize ``(B, d, H, W)``; the last scale of ``schedule`` must be ``(H, W)``.
+
+        ``flips`` (Infinity's Bitwise Self-Correction): per scale, for the first ``len(flips)``
+        scales, a bool mask ``(B, h_k, w_k, d)`` of bits to flip. The flipped bits are what the
+        later scales' inputs accumulate (and their residuals are taken against), so the later
+        labels correct the flips; each scale's own labels stay the true bits.
+        """
         if latent.ndim != 4 or latent.shape[1] != self.dim:
             raise ValueError(f"expected a latent (B, {self.dim}, H, W), got {tuple(latent.shape)}")
         full = tuple(latent.shape[-2:])
@@ -109,17 +151,21 @@ class MultiScaleBSQ(nn.Module):
             raise ValueError(f"the schedule ends at {tuple(schedule[-1])} but the latent is {full}")
         residual = latent.float()
         accumulated = torch.zeros_like(residual)
-        bits, codes, teacher_inputs = [], [], []
+        bits, codes, teacher_inputs, pyramid = [], [], [], []
         for k, size in enumerate(schedule):
             code, bit = self.lfq(_resize_down(residual, size))
-            up = _resize_up(code, full)
+            if flips is not None and k < len(flips):
+                code = self.lfq.bits_to_codes((bit ^ flips[k].to(bit.device).long()).to(code.dtype)).permute(0, 3, 1, 2)
+            up = trilinear_resize(code, full)
             residual = residual - up.detach()
             accumulated = accumulated + up
             bits.append(bit)
             codes.append(code)
+            if k > 0:
+                pyramid.append(trilinear_resize(accumulated, size))
             if k + 1 < len(schedule):
-                teacher_inputs.append(_resize_down(accumulated, schedule[k + 1]))
-        return MultiScaleTokens(bits, codes, teacher_inputs, accumulated, list(schedule))
+                teacher_inputs.append(trilinear_resize(accumulated, schedule[k + 1]))
+        return MultiScaleTokens(bits, codes, teacher_inputs, pyramid, accumulated, list(schedule))
 
     def bits_to_latent(self, bits: list[Tensor], straight_through: bool = False, size: Scale | None = None) -> Tensor:
         """Per-scale bits ``(B, h_k, w_k, d)`` -> the accumulated latent ``(B, d, H, W)``.
@@ -139,7 +185,7 @@ class MultiScaleBSQ(nn.Module):
             if straight_through:
                 b = (b > 0.5).float() + (b - b.detach())  # exactly the hard bits forward
             code = self.lfq.bits_to_codes(b).permute(0, 3, 1, 2)
-            up = _resize_up(code, full)
+            up = trilinear_resize(code, full)
             latent = up if latent is None else latent + up
         return latent
 

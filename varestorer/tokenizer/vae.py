@@ -187,15 +187,16 @@ class BSQVAE(ModelMixin, ConfigMixin):
         """Images ``(B, 3, H, W)`` in [-1, 1] -> continuous latent ``(B, d, H/s, W/s)`` (float32)."""
         return self.encoder(images).float()
 
-    def tokenize(self, images: Tensor, schedule: list[Scale] | None = None) -> MultiScaleTokens:
-        """Images -> per-scale bit labels, codes and teacher-forcing inputs."""
+    def tokenize(self, images: Tensor, schedule: list[Scale] | None = None, flips=None) -> MultiScaleTokens:
+        """Images -> per-scale bit labels, codes and teacher-forcing inputs (``flips``: see
+        :meth:`MultiScaleBSQ.forward`)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
         if schedule is None:
             if images.shape[-1] != images.shape[-2]:
                 raise ValueError("pass a schedule for non-square images")
             schedule = self.schedule(images.shape[-1])
-        return self.quantizer(self.encode_latent(images), schedule)
+        return self.quantizer(self.encode_latent(images), schedule, flips)
 
     def decode_latent(self, latent: Tensor) -> Tensor:
         """Quantized latent ``(B, d, h, w)`` -> images in [-1, 1]."""

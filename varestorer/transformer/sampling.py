@@ -7,8 +7,8 @@ replaced by ``cfg_uncond``, or a negative prompt) and the logits are combined as
 ``cfg_k * cond + (1 - cfg_k) * uncond`` (``cfg_insertion_layer=0``: guidance on the logits);
 each bit is drawn from its two logits after top-k / top-p filtering, with a seeded generator.
 The next scale's input is the sum of the codes so far at full latent size, resized to the
-next scale (bilinear, as Infinity's sampler; ``"area"`` is how varestorer's tokenizer
-builds teacher inputs).
+next scale with Infinity's trilinear rule (the tokenizer's teacher-forcing inputs use the same
+rule, so sampling with given bits reproduces teacher forcing).
 
 ``given_bits`` injects known bits for the first ``num_given`` scales instead of sampling
 them (Infinity's ``gt_leak``; the zero-shot upsampling baseline injects LQ tokens).
@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokenizer.quantizer import MultiScaleBSQ
+from ..tokenizer.quantizer import MultiScaleBSQ, trilinear_resize
 from ..tokenizer.schedules import Scale
 from .text import TextFeatures
 
@@ -67,15 +66,9 @@ def sample_bits(logits: Tensor, top_k: int = 0, top_p: float = 0.0, generator: t
     return torch.multinomial(probs.reshape(-1, 2), 1, generator=generator).view(probs.shape[:-1])
 
 
-def next_scale_input(summed: Tensor, size: Scale, mode: str = "bilinear") -> Tensor:
-    """Summed codes ``(B, d, H, W)`` -> the next scale's input tokens ``(B, h*w, d)``."""
-    if mode == "bilinear":
-        x = F.interpolate(summed, size=tuple(size), mode="bilinear", align_corners=False)
-    elif mode == "area":
-        x = F.interpolate(summed, size=tuple(size), mode="area")
-    else:
-        raise ValueError(f"mode must be 'bilinear' or 'area', got {mode!r}")
-    return x.flatten(2).transpose(1, 2)
+def next_scale_input(summed: Tensor, size: Scale) -> Tensor:
+    """Summed codes ``(B, d, H, W)`` -> the next scale's input tokens ``(B, h*w, d)`` (trilinear)."""
+    return trilinear_resize(summed, tuple(size)).flatten(2).transpose(1, 2)
 
 
 @torch.no_grad()
@@ -93,7 +86,6 @@ def sample(
     given_bits: Sequence[Tensor] | None = None,
     num_given: int | None = None,
     negative: TextFeatures | None = None,
-    input_mode: str = "bilinear",
     return_logits: bool = False,
 ) -> SampleOutput:
     """Sample every scale of ``schedule`` for a batch of captions (see the module doc).
@@ -107,7 +99,6 @@ def sample(
         given_bits: per scale ``(B, h, w, d)`` bits to use instead of sampling for the first
             ``num_given`` scales (default: as many as given).
         negative: text of the unconditional branch instead of ``cfg_uncond``.
-        input_mode: how summed codes are resized to the next scale ("bilinear" or "area").
     """
     schedule = [tuple(s) for s in schedule]
     K, B = len(schedule), len(text)
@@ -148,7 +139,7 @@ def sample(
         codes = quantizer.bits_to_latent([bits], size=full)
         summed = codes if summed is None else summed + codes
         if k + 1 < K:
-            inputs = next_scale_input(summed, schedule[k + 1], input_mode)
+            inputs = next_scale_input(summed, schedule[k + 1])
             if guided:
                 inputs = torch.cat((inputs, inputs))
     return SampleOutput(bits_out, summed, logits_out if return_logits else None)
