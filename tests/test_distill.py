@@ -93,7 +93,7 @@ def test_zero_lora_and_untouched_encoder_reproduce_the_base_full_attention_pass(
         student = model.student_logits(text, model.lq_tokens(x_lq))
         base = model.base_transformer()
         with model.transformer.disable_adapter():
-            reference = base(text, model.vae.tokenize(x_lq, model.schedule).teacher_input_sequence(),
+            reference = base(text, model.vae.tokenize(x_lq, model.schedule).pyramid_sequence(),
                              model.schedule, attention="full")
     assert torch.equal(student, reference)
 
@@ -118,6 +118,226 @@ def test_teacher_is_the_student_without_adapters_one_copy_of_the_weights(model):
     assert not torch.equal(student, before)  # the student did
 
 
+def _bernoulli_kl(p, q):
+    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+
+
+def _scale_weights_by_hand(schedule):
+    """Infinity's reweight_loss_by_scale: a token of scale k weighs 1/side_k, all weights sum to 1."""
+    w = torch.cat([torch.full((h * w_,), 1 / (h * w_) ** 0.5, dtype=torch.float64) for h, w_ in schedule])
+    return w / w.sum()
+
+
+def _randomize_lora(model, seed=1):
+    """Random LoRA weights and a head of full size (the random base starts at p = 1/2 for every bit)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.base_transformer().head.weight.mul_(50)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+class Calls:
+    """Records every call of the base transformer: its inputs, mask mode and whether LoRA was on."""
+
+    def __init__(self, model):
+        self.calls, self.model = [], model
+        from peft.tuners.lora import LoraLayer
+
+        self.lora = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        targets = [model.base_transformer()] + ([model.teacher] if model.teacher is not None else [])
+        for t in targets:
+            t.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        text, inputs, schedule = args[:3]
+        self.calls.append({"module": module, "inputs": inputs.detach().clone(), "attention": kwargs.get("attention"),
+                           "lora_on": any(not m.disable_adapters for m in self.lora) and module is not self.model.teacher,
+                           "captions": text})
+
+    def of(self, role):
+        """The one call of the teacher (LoRA off or the frozen copy) or of the student."""
+        found = [c for c in self.calls if c["lora_on"] == (role == "student") and
+                 (role == "student" or c["module"] is not self.model.transformer or self.model.teacher is None)]
+        assert len(found) == 1, (role, len(found))
+        return found[0]
+
+
+def test_the_total_loss_is_0_1_kl_plus_0_25_lpips_plus_0_5_mse_computed_independently(model):
+    _randomize_lora(model)  # a student far from the teacher: every term matters
+    batch = fixed_batch()
+    calls = Calls(model)
+    with torch.no_grad():
+        out = model(batch)
+        x_hq, x_lq, _ = model.degrade(batch)
+    teacher_call, student_call = calls.of("teacher"), calls.of("student")
+    text = model._text(batch["caption"], model.degrade(batch)[2])
+    with torch.no_grad():
+        with model.transformer.disable_adapter():
+            t = model.base_transformer()(text, teacher_call["inputs"], model.schedule, attention="causal")
+        s = model.transformer(text, student_call["inputs"], model.schedule, attention="full")
+    p_t, p_s = t.double().softmax(-1)[..., 1], s.double().softmax(-1)[..., 1]
+    kl = (_bernoulli_kl(p_t, p_s).mean(-1) * _scale_weights_by_hand(model.schedule)).sum(-1).mean()
+    bits = [b.float() for b in torch.split((p_s > 0.5).float(), [h * w for h, w in model.schedule], dim=1)]
+    bits = [b.view(b.shape[0], h, w, -1) for b, (h, w) in zip(bits, model.schedule)]
+    x_s = model.vae.decode_bits(bits)
+    mse = ((x_s.double() - x_hq.double()) ** 2).mean()
+    lp = model.lpips(x_s, x_hq).mean().double()
+    assert kl > 1e-3 and lp > 1e-3 and mse > 1e-3
+    torch.testing.assert_close(out["kl"].double(), kl, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["mse"].double(), mse, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["lpips"].double(), lp, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["loss"].double(), 0.1 * kl + 0.25 * lp + 0.5 * mse, rtol=1e-5, atol=1e-7)
+
+
+def test_the_kl_is_forward_teacher_to_student_on_a_hand_made_pair():
+    from varestorer.distill.losses import bitwise_kl
+
+    # one token, one bit: teacher p(1) = 0.9, student p(1) = 0.5
+    teacher = torch.tensor([0.1, 0.9]).log().view(1, 1, 1, 2)
+    student = torch.zeros(1, 1, 1, 2, requires_grad=True)
+    kl = bitwise_kl(teacher, student, [(1, 1)])
+    forward = 0.9 * torch.tensor(0.9 / 0.5).log() + 0.1 * torch.tensor(0.1 / 0.5).log()  # KL(T||S) = 0.368
+    reverse = 0.5 * torch.tensor(0.5 / 0.9).log() + 0.5 * torch.tensor(0.5 / 0.1).log()  # KL(S||T) = 0.511
+    torch.testing.assert_close(kl, forward)
+    assert abs(kl.item() - reverse.item()) > 0.1
+    kl.backward()
+    assert student.grad[0, 0, 0, 1] < 0  # the student's p(1) is pulled up towards the teacher's 0.9
+
+
+def test_the_scale_weighting_is_infinitys_in_both_stages():
+    from varestorer.distill.losses import bitwise_cross_entropy, bitwise_kl, token_weights
+
+    sched = [(1, 1), (2, 2), (4, 4)]
+    torch.testing.assert_close(token_weights(sched).double(), _scale_weights_by_hand(sched))
+    # a wrong bit on the 1x1 scale costs 4x a wrong bit on the 4x4 scale, in the KL and the CE alike
+    labels = torch.zeros(1, 21, 1, dtype=torch.long)
+    sure = torch.tensor([5.0, -5.0]).expand(1, 21, 1, 2).clone()
+    for stage in ("kl", "ce"):
+        costs = []
+        for pos in (0, 20):
+            wrong = sure.clone()
+            wrong[0, pos, 0] = torch.tensor([-5.0, 5.0])
+            costs.append(bitwise_kl(sure, wrong, sched) if stage == "kl" else bitwise_cross_entropy(wrong, labels, sched))
+        assert abs(costs[0] / costs[1] - 4) < 1e-3, (stage, costs)
+
+
+def test_the_teacher_runs_causal_on_hq_tokens_without_lora_and_the_student_full_on_the_lq_pyramid(model):
+    batch = fixed_batch()
+    calls = Calls(model)
+    model(batch)
+    x_hq, x_lq, _ = model.degrade(batch)
+    assert len(calls.calls) == 2
+    teacher, student = calls.of("teacher"), calls.of("student")
+    assert (teacher["attention"], teacher["lora_on"]) == ("causal", False)
+    assert (student["attention"], student["lora_on"]) == ("full", True)
+    with torch.no_grad():
+        hq = model.vae.tokenize(x_hq, model.schedule)
+        lq = model.vae.quantizer(model.lq_encoder(x_lq), model.schedule)
+    assert torch.equal(teacher["inputs"], hq.teacher_input_sequence())
+    assert torch.equal(student["inputs"], lq.pyramid_sequence())
+    assert not torch.equal(student["inputs"], lq.teacher_input_sequence())
+
+
+def _ablation_overrides(name):
+    """What a shipped ablation recipe changes relative to the paper's recipe, as tiny overrides."""
+    import dataclasses
+
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items() for k2, v2 in
+                (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+    base, ablation = (flat(dataclasses.asdict(load_recipe(n))) for n in ("varestorer-2b-512", name))
+    ignore = {"name", "train.output_dir", "model.resolution", "model.transformer", "data.dataset"}
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ablation.items()
+            if base[k] != v and k not in ignore]
+
+
+@pytest.mark.parametrize("name", ["ablation-no-kl", "ablation-no-cross-attention", "ablation-full-finetune",
+                                  "ablation-retrain-without-captions", "lq-input-shifted"])
+def test_each_ablation_changes_at_runtime_what_its_name_says(tmp_path, name):
+    overrides = ["student.lq_input=shifted"] if name == "lq-input-shifted" else _ablation_overrides(name)
+    assert overrides, f"{name} changes nothing"
+    torch.manual_seed(0)
+    m = VARestorerModel.from_recipe(tiny_recipe(tmp_path, *overrides))
+    captions = []
+    m.text_encoder.register_forward_pre_hook(lambda mod, args: captions.append(list(args[0])))
+    calls = Calls(m)
+    batch = fixed_batch()
+    out = m(batch)
+    x_hq, x_lq, _ = m.degrade(batch)
+    student = calls.calls[0]  # the student runs first; the teacher only for the KL
+    if name == "ablation-no-kl":
+        assert len(calls.calls) == 1 and out["kl"].item() == 0  # the teacher does not even run
+    else:
+        assert len(calls.calls) == 2 and out["kl"].item() > 0
+    if name == "ablation-no-cross-attention":
+        assert student["attention"] == "causal"
+    else:
+        assert student["attention"] == "full"
+    if name == "ablation-full-finetune":
+        assert m.teacher is not None and calls.calls[1]["module"] is m.teacher
+        assert all(p.requires_grad for p in m.transformer.parameters())
+        assert not any(p.requires_grad for p in m.teacher.parameters())
+    if name == "ablation-retrain-without-captions":
+        assert captions == [["", ""]]
+    else:
+        assert captions == [list(batch["caption"])] and all(captions[0])
+    lq = m.vae.quantizer(m.lq_encoder(x_lq), m.schedule)
+    expected = lq.teacher_input_sequence() if name == "lq-input-shifted" else lq.pyramid_sequence()
+    assert torch.equal(student["inputs"], expected)
+
+
+def test_teacher_mode_builds_trains_and_applies_bitwise_self_correction(tmp_path):
+    torch.manual_seed(0)
+    recipe = tiny_recipe(tmp_path, "mode=teacher", "student.full_finetune=true", "student.train_encoder=false",
+                         "self_correction.layers=3", "self_correction.strength=0.3", "loss.text_dropout=0")
+    m = VARestorerModel.from_recipe(recipe)
+    assert m.lq_encoder is None and m.lpips is None and m.teacher is None
+    batch = fixed_batch()
+    calls = Calls(m)
+    m(batch)
+    m(batch)
+    x_hq, _, seeds = m.degrade(batch)
+    clean = m.vae.tokenize(x_hq, m.schedule)
+    first, second = calls.calls
+    assert first["attention"] == "causal"
+    assert torch.equal(first["inputs"], second["inputs"])  # the flips are a function of the sample
+    assert not torch.equal(first["inputs"], clean.teacher_input_sequence())  # and there are some
+    m.eval()
+    m(batch)
+    assert torch.equal(calls.calls[-1]["inputs"], clean.teacher_input_sequence())  # none outside training
+    m.train()
+    opt = torch.optim.AdamW(m.trainable_parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        out = m(batch)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(out["cross_entropy"].item())
+    assert losses[-1] < 0.97 * losses[0], losses
+
+
+def test_validation_leaves_frozen_parts_in_eval_mode_and_the_loss_unchanged(model):
+    batch = fixed_batch()
+    with torch.no_grad():
+        before = model(batch)["loss"]
+        model.validation_images(batch)
+        after = model(batch)["loss"]
+    assert not model.lpips.training and not model.vae.training and not model.text_encoder.training
+    assert model.training and model.lq_encoder.training
+    assert torch.equal(before, after)
+
+
+def test_a_missing_teacher_checkpoint_says_how_to_make_it_or_use_the_public_one():
+    from varestorer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"(?s)teacher-512.yaml.*model.transformer=null"):
+        VARestorerModel.from_recipe(load_recipe("varestorer-2b-512"))
+
+
 def _trainable(path):
     return load_file(str(path / TRAINABLE_FILE))
 
@@ -125,7 +345,8 @@ def _trainable(path):
 def test_resume_continues_the_exact_trajectory(tmp_path):
     from varestorer.distill.trainer import train
 
-    common = ["train.checkpointing_steps=2", "train.validation_steps=100", "train.checkpoints_total_limit=null"]
+    # a validation after every step: it must not change the next step (frozen LPIPS keeps its dropout off)
+    common = ["train.checkpointing_steps=2", "train.validation_steps=1", "train.checkpoints_total_limit=null"]
     _reset_accelerate()
     train(load_recipe("tiny", [f"train.output_dir={tmp_path / 'a'}", "train.report_to=none", "train.max_steps=4", *common]))
     _reset_accelerate()

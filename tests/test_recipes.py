@@ -23,7 +23,9 @@ def test_paper_setting():
     assert r.student.lora_targets == ["sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj"]
     assert load_recipe("ablation-no-cross-attention").student.attention == "causal"
     assert load_recipe("ablation-no-kl").loss.kl == 0
-    assert load_recipe("ablation-no-prompt").data.use_captions is False
+    assert load_recipe("ablation-retrain-without-captions").data.use_captions is False
+    assert load_recipe("varestorer-2b-512").model.transformer == "outputs/teacher-512/final/transformer.safetensors"
+    assert load_recipe("teacher-512").self_correction.layers == 13
     assert load_recipe("ablation-full-finetune").student.full_finetune is True
     assert load_recipe("varestorer-2b-1024").model.resolution == 1024
     assert load_recipe("teacher-512").mode == "teacher"

@@ -198,6 +198,8 @@ def train(recipe: Recipe) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_loss_plot(history, Path(t.output_dir) / "losses.png")
+        with open(Path(t.output_dir) / "losses.jsonl", "a") as f:  # appended: a resumed run adds its steps
+            f.writelines(json.dumps(h) + "\n" for h in history)
         final = Path(t.output_dir) / "final"
         core.save_export(final)
         from ..hub import CARD_FILE, publish, render_card
