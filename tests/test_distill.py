@@ -240,6 +240,22 @@ def test_the_teacher_runs_causal_on_hq_tokens_without_lora_and_the_student_full_
     assert not torch.equal(student["inputs"], lq.teacher_input_sequence())
 
 
+def test_kv_cached_sampling_with_the_hq_bits_given_reproduces_the_teacher_forced_logits(model):
+    """One next-scale input rule (trilinear) in the tokenizer's teacher forcing and in the sampler."""
+    from varestorer.transformer.sampling import sample
+
+    batch = fixed_batch()
+    _randomize_lora(model)
+    x_hq, _, seeds = model.degrade(batch)
+    text = model._text(batch["caption"], seeds)
+    tokens = model.vae.tokenize(x_hq, model.schedule)
+    teacher = model.teacher_logits(text, tokens)
+    with model.transformer.disable_adapter():
+        out = sample(model.base_transformer(), text, model.schedule, cfg=1, tau=1, top_k=0, top_p=0,
+                     given_bits=tokens.bits, return_logits=True)
+    torch.testing.assert_close(torch.cat(out.logits, dim=1), teacher, rtol=1e-4, atol=1e-4)
+
+
 def _ablation_overrides(name):
     """What a shipped ablation recipe changes relative to the paper's recipe, as tiny overrides."""
     import dataclasses
