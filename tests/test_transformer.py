@@ -1,6 +1,7 @@
 """Infinity's transformer on the tiny preset (CPU): the three forward modes, loading, sampling, LoRA."""
 
 import json
+import logging
 import re
 
 import pytest
@@ -209,6 +210,7 @@ def test_infinity_2b_key_layout_is_the_official_one():
 # ---------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("outer", ["flat", "trainer"])
 def test_official_layout_checkpoint_loads_with_nothing_missing(model, text, tmp_path, caplog, outer):
+    caplog.set_level(logging.INFO, logger="varestorer")
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     if outer == "flat":  # infinity_2b_reg.pth: the state dict itself
         obj = {**sd, "attn_bias_for_masking": torch.zeros(1, 1, 4, 4)}
@@ -223,8 +225,20 @@ def test_official_layout_checkpoint_loads_with_nothing_missing(model, text, tmp_
     inputs = tokens().teacher_input_sequence()
     with torch.no_grad():
         assert torch.equal(loaded(text, inputs, SCHEDULE), model(text, inputs, SCHEDULE))
-    if outer == "flat":
-        assert "attn_bias_for_masking" in caplog.text  # named, not dropped silently
+    if outer == "flat":  # named with its reason in one note, not dropped silently
+        notes = [r for r in caplog.records if "attn_bias_for_masking" in r.getMessage()]
+        assert len(notes) == 1 and "block-causal attention mask" in notes[0].getMessage()
+
+
+def test_only_the_known_harmless_extras_are_ignored(model, tmp_path):
+    sd = dict(model.state_dict())
+    torch.save({**sd, "lvl_1L": torch.zeros(1, 4), "Infinity_visible_kvlen": torch.zeros(3)}, tmp_path / "old.pth")
+    load_transformer("tiny", tmp_path / "old.pth")  # buffers of older versions: fine
+    torch.save({**sd, "lvl_1L": torch.zeros(1, 4), "ema_head.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError) as err:  # anything else may be a weight we would silently lose
+        load_transformer("tiny", tmp_path / "other.pth")
+    msg = str(err.value)
+    assert "unexpected (1): ema_head.weight" in msg and "known harmless extras, ignored: lvl_1L" in msg
 
 
 def test_cfg_uncond_of_another_text_length_is_fitted_as_infinity_does(model, tmp_path):

@@ -3,7 +3,9 @@
 Never unpickles code: ``.pth``/``.pt``/``.bin`` files are read with
 ``torch.load(weights_only=True)``, everything else as safetensors. A checkpoint that does
 not fit the model raises :class:`~varestorer.errors.CheckpointError` listing the missing,
-unexpected and mis-shaped keys and naming the preset whose layout it matches best.
+unexpected and mis-shaped keys and naming the preset whose layout it matches best. The only
+extra keys accepted are those a loader lists as known and harmless (``known_extras``, each with
+its reason): they are ignored and named, with their reasons, in one log note.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mis_shaped: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)  # entries of the file the model does not use
+    ignored: list[str] = field(default_factory=list)  # known harmless extra keys, not loaded
 
     @property
     def ok(self) -> bool:
@@ -125,6 +128,7 @@ def load_strict(
     rename: Callable[[str], str | None] | None = None,
     candidates: Mapping[str, Mapping[str, tuple]] | None = None,
     unused_top_level: list[str] | None = None,
+    known_extras: Mapping[str, str] | None = None,
 ) -> LoadReport:
     """Load ``state_dict`` into ``model``, filling every parameter and buffer or raising.
 
@@ -136,6 +140,10 @@ def load_strict(
             preset a mismatching checkpoint seems to be.
         unused_top_level: top-level entries of the file that hold no weights for ``model``;
             they are named in the warning too.
+        known_extras: ``{key: reason}`` (keys after ``rename``) that a checkpoint may hold and
+            the model neither has nor needs, e.g. buffers an older version of the model
+            registered. Present ones are ignored and named with their reasons in one info note;
+            any other key the model does not have is an error.
     A model on the meta device gets the checkpoint's tensors assigned; otherwise they are
     copied into the existing parameters (keeping the model's dtype and device).
     """
@@ -150,7 +158,9 @@ def load_strict(
             renamed[new] = value
     # listed in the model's (resp. the file's) order, which reads like the architecture
     report.missing = [k for k in expected if k not in renamed]
-    report.unexpected = [k for k in renamed if k not in expected]
+    extra = [k for k in renamed if k not in expected]
+    report.ignored = [k for k in extra if k in (known_extras or {})]
+    report.unexpected = [k for k in extra if k not in (known_extras or {})]
     report.mis_shaped = [
         f"{k} {tuple(renamed[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in expected if k in renamed and tuple(renamed[k].shape) != tuple(expected[k].shape)
@@ -161,14 +171,23 @@ def load_strict(
                              ("mis-shaped", report.mis_shaped)):
             if items:
                 msg += _listing(title, items)
+        if report.unexpected:
+            known = f"; known harmless extras, ignored: {', '.join(known_extras)}" if known_extras else ""
+            msg += (f"\n  The model has no parameter or buffer of the unexpected names{known}. Is the file of "
+                    f"another model or version? If you know those entries are unused, delete them from the state "
+                    f"dict and save it again.")
         if candidates:
-            name, score = closest_preset({k: tuple(v.shape) for k, v in renamed.items()}, candidates)
+            name, score = closest_preset({k: tuple(v.shape) for k, v in renamed.items() if k not in report.ignored},
+                                        candidates)
             msg += (f"\n  It looks most like the {name!r} preset ({score:.0%} of keys and shapes agree): "
                     f"pass --preset {name} if that is what it is." if score > 0 else
                     f"\n  It matches none of the presets {sorted(candidates)}: is it a {what} checkpoint?")
         raise CheckpointError(msg)
     on_meta = any(t.is_meta for t in expected.values())
     model.load_state_dict({k: renamed[k] for k in expected}, strict=True, assign=on_meta)
+    if report.ignored:
+        logger.info("%s checkpoint %s: ignored %d known harmless entries the model does not have: %s", what,
+                    source, len(report.ignored), "; ".join(f"{k} ({known_extras[k]})" for k in report.ignored))
     if report.unused:
         logger.warning("%s checkpoint %s: entries not used by the model: %s", what, source, report.unused)
     return report

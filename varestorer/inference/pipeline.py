@@ -285,7 +285,9 @@ class VARestorerPipeline:
             self.merge_lora()
         with self._autocast():
             tokens = self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule)
-            return self.transformer(self.text(prompts), tokens.teacher_input_sequence(), self.schedule,
+            # exports written before `lq_input` existed were trained on the shifted form
+            lq = tokens.lq_input_sequence(self.config.get("lq_input", "shifted"))
+            return self.transformer(self.text(prompts), lq, self.schedule,
                                     attention=self.attention).float()
 
     @torch.no_grad()

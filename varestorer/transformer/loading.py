@@ -3,11 +3,15 @@
 The released file is a flat state dict (``tools/run_infinity.py`` passes ``torch.load``'s
 result straight to ``load_state_dict``); a training checkpoint holds it under
 ``["trainer"]["gpt_fsdp"]`` (or ``"gpt_ema_fsdp"``), which loads too. Keys prefixed by
-``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) are accepted, buffers of older
-model versions (``attn_bias_for_masking``, ``lvl_1L``, ...) are reported as unused, and a
-``cfg_uncond`` of another text length is cut or extended as Infinity's ``load_state_dict``
-does; the constant ``zero_k_bias`` buffers are filled in when absent. Anything else that
-does not fit is an error listing the keys.
+``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) are accepted, and a ``cfg_uncond`` of
+another text length is cut or extended as Infinity's ``load_state_dict`` does; the constant
+``zero_k_bias`` buffers are filled in when absent.
+
+Loading is strict where Infinity's is not (``strict=False``): the only extra keys accepted are
+those of :data:`KNOWN_EXTRAS`, buffers that Infinity (or VAR, which it grew from) registered
+and that its own ``load_state_dict`` drops (``lvl_1L``, ``attn_bias_for_masking``, ...). They
+are ignored and named, with their reasons, in one info log note. Any other extra, missing or
+mis-shaped key is an error listing the keys.
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ from ..errors import CheckpointError
 from ..presets import PRESETS, Preset, get_preset
 from .infinity import InfinityTransformer
 
-_OLD_BUFFERS = ("lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen")
+#: Extra top-level keys of an official checkpoint that are ignored, with the reason. Infinity's
+#: ``Infinity.load_state_dict`` (infinity/models/infinity.py) pops exactly these four; none of them
+#: holds a learned weight. (Infinity's RoPE table ``rope2d_freqs_grid`` is a plain attribute, never in
+#: a state dict; its ``ln_wo_grad`` norms have no state with the 2B's LayerNorm.)
+KNOWN_EXTRAS: dict[str, str] = {
+    "lvl_1L": "scale index of each token, a buffer of VAR and older Infinity; recomputed from the scale schedule",
+    "attn_bias_for_masking": "block-causal attention mask, a buffer of VAR and older Infinity; built per schedule",
+    "Infinity_visible_kvlen": "flash-attention mask lengths of an older Infinity; unused (full or causal masks here)",
+    "Infinity_invisible_qlen": "flash-attention mask lengths of an older Infinity; unused (full or causal masks here)",
+}
 _PREFIXES = ("module.", "_orig_mod.")
 
 #: Infinity's scaling-study layer configurations (``tools/run_infinity.py``), with the 2B's
@@ -72,18 +85,17 @@ def _fit_cfg_uncond(state: dict, model: InfinityTransformer) -> dict:
     return {**state, "cfg_uncond": new}
 
 
-def _rename(key: str) -> str | None:
+def _rename(key: str) -> str:
     for prefix in _PREFIXES:
         while key.startswith(prefix):
             key = key[len(prefix):]
-    return None if key in _OLD_BUFFERS else key
+    return key
 
 
 def load_transformer_state(model: InfinityTransformer, state_dict: Mapping, source: str = "<state dict>",
                            unused_top_level=()) -> None:
     """Strictly load an official-layout state dict into ``model`` (see the module doc)."""
-    state = {k2: v for k, v in state_dict.items() if (k2 := _rename(k)) is not None}
-    dropped = [k for k in state_dict if _rename(k) is None]
+    state = {_rename(k): v for k, v in state_dict.items()}
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"transformer checkpoint {source} holds entries that are not tensors")
     has_blocks = any(k.startswith("block_chunks.") for k in state)
@@ -91,7 +103,7 @@ def load_transformer_state(model: InfinityTransformer, state_dict: Mapping, sour
         if has_blocks and key.endswith("zero_k_bias") and key not in state:
             state[key] = torch.zeros(model.config.embed_dim)
     load_strict(model, _fit_cfg_uncond(state, model), what="transformer", source=source,
-                candidates=candidate_layouts(), unused_top_level=list(unused_top_level) + dropped)
+                candidates=candidate_layouts(), unused_top_level=list(unused_top_level), known_extras=KNOWN_EXTRAS)
 
 
 def load_transformer(
