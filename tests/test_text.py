@@ -1,5 +1,7 @@
 """The T5 text wrapper: padded/packed features, the caption cache, loading from a local folder."""
 
+import json
+
 import pytest
 import torch
 
@@ -81,6 +83,58 @@ def test_loads_a_local_t5_folder(tmp_path):
     with torch.no_grad():
         ref = t5.eval()(input_ids=torch.tensor([tok("a red car on the street")["input_ids"]])).last_hidden_state
     torch.testing.assert_close(text.features[0, :7], ref[0], atol=1e-5, rtol=0)
+
+
+def sentencepiece_t5_folder(path):
+    """A real T5 tokenizer (sentencepiece, trained here on a few captions) and a small T5 encoder."""
+    import sentencepiece as spm
+    from transformers import T5Config, T5EncoderModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    corpus = path / "corpus.txt"
+    corpus.write_text("\n".join(["a photo of a cat on the street", "two dogs in the snow", "a red car"] * 30))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(path / "spiece"), vocab_size=24,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 4}))
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=28, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")).save_pretrained(path)
+    return path
+
+
+def test_t5_tokenizer_loads_in_legacy_mode_as_infinity_does(tmp_path):
+    enc = TextEncoder.from_pretrained(sentencepiece_t5_folder(tmp_path))
+    pieces = enc.tokenizer.tokenize("a cat<extra_id_0>. on")
+    after = pieces[pieces.index("<extra_id_0>") + 1]
+    assert after.startswith("\u2581")  # legacy: text after a special token is a new word ("\u2581.")
+    assert enc.encoder.dtype == torch.float32  # fp32 stays on a CPU
+
+
+def test_t5_runs_in_float16_on_a_gpu_like_transformers_loads_it(tmp_path, monkeypatch):
+    """On CUDA the encoder is float16 with T5's ``wo`` layers in float32: exactly what Infinity's
+    ``T5EncoderModel.from_pretrained(..., torch_dtype=torch.float16)`` gives; on a CPU it goes
+    back to float32; a dtype chosen by hand is kept. (CPU stands in for CUDA here.)"""
+    from transformers import T5EncoderModel
+
+    import varestorer.transformer.text as text_module
+
+    folder = sentencepiece_t5_folder(tmp_path)
+    enc = TextEncoder.from_pretrained(folder)
+    before = enc(["a cat"]).features
+    monkeypatch.setattr(text_module, "_auto_dtype", lambda device: torch.float16)  # "this is a GPU"
+    enc.to("cpu")
+    reference = T5EncoderModel.from_pretrained(folder, dtype=torch.float16).state_dict()
+    for name, value in enc.encoder.state_dict().items():
+        assert value.dtype == reference[name].dtype and torch.equal(value, reference[name]), name
+    assert reference["encoder.block.0.layer.1.DenseReluDense.wo.weight"].dtype == torch.float32
+    assert not torch.equal(enc(["a cat"]).features, before)  # the cache of fp32 features was dropped
+    monkeypatch.undo()
+    enc.to("cpu")
+    assert all(p.dtype == torch.float32 for p in enc.encoder.parameters())
+    enc.to(torch.bfloat16)  # somebody's explicit choice
+    assert all(p.dtype == torch.bfloat16 for p in enc.encoder.parameters())
+    fixed = TextEncoder.from_pretrained(folder, dtype=torch.float16)  # a dtype given: kept on a CPU
+    assert fixed.encoder.shared.weight.dtype == torch.float16
 
 
 def test_missing_encoder_says_what_to_do(tmp_path):

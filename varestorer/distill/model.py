@@ -92,7 +92,9 @@ class VARestorerModel(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_recipe(cls, recipe: Recipe) -> VARestorerModel:
+    def from_recipe(cls, recipe: Recipe, device: str | torch.device = "cpu") -> VARestorerModel:
+        """Build every part of ``recipe``'s model; ``device`` is where it will run (the T5 encoder
+        is then loaded in its precision there: float16 on CUDA, as Infinity runs it)."""
         from ..degradations import DegradationPipeline
         from ..tokenizer.loading import load_vae
         from ..transformer.loading import load_transformer
@@ -106,7 +108,7 @@ class VARestorerModel(nn.Module):
             check_base_checkpoint(recipe)
             vae = load_vae(preset, m.vae)
             transformer = load_transformer(preset, m.transformer)
-        text_encoder = TextEncoder.from_preset(preset, m.text_encoder)
+        text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
         degradation = None
         if recipe.mode == "distill":
             degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)

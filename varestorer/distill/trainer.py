@@ -127,7 +127,7 @@ def train(recipe: Recipe) -> dict:
         (Path(t.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     set_seed(t.seed)
 
-    model = VARestorerModel.from_recipe(recipe)
+    model = VARestorerModel.from_recipe(recipe, device=accelerator.device)
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()

@@ -108,38 +108,50 @@ class TextEncoder(nn.Module):
         encoder: a ``T5EncoderModel``.
         max_length: captions are truncated to this many tokens (Infinity: 512).
         cache_size: captions whose features are kept (CPU memory; 0 disables the cache).
+        auto_dtype: keep the encoder in float16 on CUDA and float32 elsewhere, wherever it is
+            moved (:meth:`from_pretrained`'s ``dtype="auto"``).
     """
 
-    def __init__(self, tokenizer, encoder: nn.Module, max_length: int = 512, cache_size: int = 100_000):
+    def __init__(self, tokenizer, encoder: nn.Module, max_length: int = 512, cache_size: int = 100_000,
+                 auto_dtype: bool = False):
         super().__init__()
         self.tokenizer = tokenizer
         self.encoder = encoder.eval().requires_grad_(False)
         self.max_length = max_length
         self.cache_size = cache_size
+        self.auto_dtype = auto_dtype
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._fit_dtype()
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "google/flan-t5-xl", *, dtype=torch.float32,
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "google/flan-t5-xl", *, dtype="auto",
                         device="cpu", max_length: int = 512, **kwargs) -> TextEncoder:
-        """Tokenizer and encoder from a Hub id or a local folder.
+        """Tokenizer and encoder from a Hub id or a local folder, as Infinity loads them
+        (``tools/run_infinity.py``): the tokenizer with ``legacy=True``, the encoder in float16 on
+        a GPU (``transformers`` keeps T5's ``wo`` layers in float32, against fp16 overflow).
 
-        Infinity runs flan-t5-xl in float16; float32 is the safe default here (the outputs
-        are cached, so its cost is paid once per caption).
+        Args:
+            dtype: ``"auto"`` (float16 on CUDA, float32 on a CPU, where float16 is slow and
+                gains nothing; re-applied when the encoder is moved, see :meth:`_apply`) or a
+                torch dtype, kept wherever the encoder goes.
+            device: where the encoder is loaded (``"auto"`` then loads float16 weights directly).
         """
         from transformers import AutoTokenizer, T5EncoderModel
 
+        device = torch.device(device)
+        load_dtype = _auto_dtype(device) if dtype == "auto" else dtype
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), legacy=True, **kwargs)
             # safetensors where the repo has them; a .bin is read by transformers with weights_only=True
-            encoder = T5EncoderModel.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
+            encoder = T5EncoderModel.from_pretrained(str(name_or_path), dtype=load_dtype, **kwargs)
         except OSError as exc:
             raise ConfigError(
                 f"cannot load the T5 text encoder {str(name_or_path)!r} ({exc}). Pass a Hub id "
                 f"(google/flan-t5-xl) with network access, or a local folder holding its tokenizer and "
                 f"weights (huggingface-cli download google/flan-t5-xl)."
             ) from exc
-        return cls(tokenizer, encoder.to(device), max_length=max_length)
+        return cls(tokenizer, encoder.to(device), max_length=max_length, auto_dtype=dtype == "auto")
 
     @classmethod
     def tiny(cls, channels: int = 64, max_length: int = 128, seed: int = 0) -> TextEncoder:
@@ -167,6 +179,27 @@ class TextEncoder(nn.Module):
         if str(source) == "tiny":
             return cls.tiny(channels=t.get("text_channels", 64), max_length=t.get("text_maxlen", 128))
         return cls.from_pretrained(source, max_length=t.get("text_maxlen", 512), **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` (also through a parent module, as ``accelerate.prepare`` moves it) keeps
+        the ``auto_dtype`` rule: a float32 encoder arriving on CUDA becomes float16, a float16 one
+        arriving on a CPU float32. A dtype somebody else chose (bfloat16, ...) is left alone."""
+        super()._apply(fn, recurse)
+        self._fit_dtype()
+        return self
+
+    def _fit_dtype(self) -> None:
+        if not self.auto_dtype:
+            return
+        keep = set(getattr(self.encoder, "_keep_in_fp32_modules", None) or ())  # T5: ("wo",)
+        main = [p for n, p in self.encoder.named_parameters() if not keep & set(n.split("."))]
+        if not main or main[0].dtype not in (torch.float16, torch.float32):
+            return
+        want = _auto_dtype(main[0].device)
+        if main[0].dtype != want:
+            for p in main:  # the kept layers stay float32, as transformers loads T5 in float16
+                p.data = p.data.to(want)
+            self._cache.clear()  # features of the other precision
 
     def train(self, mode: bool = True) -> TextEncoder:
         """The encoder stays in eval mode (no dropout: it is frozen and its outputs are cached)."""
@@ -223,6 +256,10 @@ class TextEncoder(nn.Module):
         device = device if device is not None else next(self.encoder.parameters()).device
         feats = [f.to(device) for f in self.encode(captions)]
         return TextFeatures.from_list(feats, drop=drop)
+
+
+def _auto_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 #: Characters of the tiny preset's tokenizer (lower-cased captions).
