@@ -224,7 +224,13 @@ def test_prepared_dataset_captions_loader_and_streaming(tmp_path):
         crops.add(train[0]["pixel_values"].sum().item())
     assert len(crops) > 1  # the random crop moves between epochs
     center = PreparedDataset(out, size=64, random_crop=False)
-    assert torch.equal(center[2]["pixel_values"], center[2]["pixel_values"])
+    first = center[2]["pixel_values"]
+    center.set_epoch(5)  # the centre crop does not move with the epoch, and it is the centre
+    assert torch.equal(center[2]["pixel_values"], first)
+    stored = np.asarray(ds[2]["image"].convert("RGB"), dtype=np.float32) / 255
+    top, left = (stored.shape[0] - 64) // 2, (stored.shape[1] - 64) // 2
+    torch.testing.assert_close(first, torch.from_numpy(stored[top:top + 64, left:left + 64]).permute(2, 0, 1),
+                               rtol=0, atol=1e-6)
     batch = next(iter(DataLoader(train, batch_size=2, collate_fn=collate)))
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["caption"]) == 2
     pairs = list(iter_prepared(out, size=64, random_crop=False))

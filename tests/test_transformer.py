@@ -295,8 +295,26 @@ def test_sampling_is_deterministic_for_a_seed(model, text):
     torch.testing.assert_close(a.latent, MultiScaleBSQ(16).bits_to_latent(a.bits))
 
 
+#: the plain conditional distribution (sample()'s defaults are Infinity's cfg 4, tau 0.5, top_p 0.97)
+PLAIN = dict(cfg=1.0, tau=1.0, top_k=0, top_p=0.0)
+
+
+def test_sampling_defaults_are_infinitys_released_settings(model, text):
+    from varestorer.presets import OFFICIAL_SAMPLER, PRESETS
+
+    assert (OFFICIAL_SAMPLER.cfg, OFFICIAL_SAMPLER.tau, OFFICIAL_SAMPLER.top_k, OFFICIAL_SAMPLER.top_p) == \
+        (4.0, 0.5, 900, 0.97)  # scripts/infer.sh and gen_one_img of FoundationVision/Infinity
+    assert all(p.sampler == OFFICIAL_SAMPLER for p in PRESETS.values())
+    default = sample(model, text, SCHEDULE, seed=2, return_logits=True)
+    official = sample(model, text, SCHEDULE, seed=2, return_logits=True, cfg=4.0, tau=0.5, top_k=900, top_p=0.97)
+    plain = sample(model, text, SCHEDULE, seed=2, return_logits=True, **PLAIN)
+    assert all(torch.equal(a, b) for a, b in zip(default.logits, official.logits))
+    assert all(torch.equal(a, b) for a, b in zip(default.bits, official.bits))
+    assert not torch.allclose(default.logits[0], plain.logits[0])
+
+
 def test_sampled_bits_feed_back_as_the_causal_forward_inputs(model, text):
-    out = sample(model, text, SCHEDULE, seed=3, return_logits=True)
+    out = sample(model, text, SCHEDULE, seed=3, return_logits=True, **PLAIN)
     summed, inputs = 0, []
     q = MultiScaleBSQ(16)
     for k, bits in enumerate(out.bits[:-1]):
@@ -309,12 +327,10 @@ def test_sampled_bits_feed_back_as_the_causal_forward_inputs(model, text):
 
 
 def test_cfg_one_equals_the_unguided_path(model, text):
-    plain = sample(model, text, SCHEDULE, seed=5, return_logits=True)
-    one = sample(model, text, SCHEDULE, cfg=1.0, seed=5, return_logits=True)
-    assert all(torch.equal(x, y) for x, y in zip(plain.bits, one.bits))
+    plain = sample(model, text, SCHEDULE, seed=5, return_logits=True, **PLAIN)
     # guidance only at the last scale: the doubled (cond + uncond) batch runs at every scale,
     # and the scales with cfg 1 still give exactly the unguided logits and bits
-    late = sample(model, text, SCHEDULE, cfg=[1, 1, 1, 1, 4.0], seed=5, return_logits=True)
+    late = sample(model, text, SCHEDULE, seed=5, return_logits=True, **{**PLAIN, "cfg": [1, 1, 1, 1, 4.0]})
     for k in range(4):
         torch.testing.assert_close(late.logits[k], plain.logits[k], atol=ATOL, rtol=0)
         assert torch.equal(late.bits[k], plain.bits[k])

@@ -13,6 +13,27 @@ from .errors import ConfigError
 
 
 @dataclass(frozen=True)
+class SamplerSettings:
+    """How the base model samples (the teacher baseline, any multi-step path): Infinity's
+    released settings for the 2B, ``scripts/infer.sh`` (cfg 4, tau 0.5) with ``gen_one_img``'s
+    filtering (top_k 900, top_p 0.97) and guidance on the logits (``cfg_insertion_layer=0``).
+    With bit labels every draw is between two values, so top_k 900 filters nothing (Infinity clips
+    it to the vocabulary, 2); top_p 0.97 drops a bit value below 3% probability."""
+
+    cfg: float = 4.0
+    tau: float = 0.5
+    top_k: int = 900
+    top_p: float = 0.97
+
+    def as_kwargs(self) -> dict:
+        return dict(cfg=self.cfg, tau=self.tau, top_k=self.top_k, top_p=self.top_p)
+
+
+#: Infinity's released sampling settings.
+OFFICIAL_SAMPLER = SamplerSettings()
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -23,6 +44,7 @@ class Preset:
     hub_repo: str | None = None  # Hub repo of the official weights
     vae_file: str | None = None
     transformer_file: str | None = None
+    sampler: SamplerSettings = OFFICIAL_SAMPLER  # defaults of `sample()` paths for this base
 
     def build_vae(self):
         from .tokenizer import BSQVAE

@@ -71,7 +71,7 @@ def facts(name: str) -> dict:
 
     preset = get_preset(name)
     out = {"preset": preset.name, "description": preset.description, "resolution": preset.resolution,
-           "text_encoder": preset.text_encoder}
+           "text_encoder": preset.text_encoder, "sampler": preset.sampler.as_kwargs()}
     for section in SECTIONS:
         out.update(section(preset))
     return out

@@ -3,8 +3,10 @@
 INPUT: image files or folders (walked recursively). Every image, whatever its size and mode
 (grayscale, palette, RGBA, CMYK, 16-bit), is restored at ``--upscale`` times its size (default:
 the scale the model was trained for): outputs up to the model's resolution go through one pass
-at that resolution (the paper), larger ones are tiled with overlap and blended. Prompts come from
-BLIP (default), ``--prompt`` or nowhere (``--caption none``). Outputs keep the inputs' relative
+at that resolution (the paper), larger ones are tiled with overlap and blended. Prompts: BLIP
+captions of the model's own first restoration (default; ``--caption-from input`` captions the LQ
+input), one ``--prompt`` for all, or none at all with ``--no-prompt`` (the paper's "w/o prompt"
+ablation, Table A). Outputs keep the inputs' relative
 paths under OUT, as PNG; an existing output is kept unless ``--overwrite``; an input is never
 written over. Files that cannot be read are skipped and listed in ``OUT/skipped.tsv``.
 
@@ -30,10 +32,17 @@ def register(sub) -> None:
     p.add_argument("--method", default="onestep", choices=("onestep", "bicubic", "teacher"))
     g = p.add_argument_group("prompts")
     g.add_argument("--caption", default="blip", choices=("blip", "none"),
-                   help="where prompts come from when --prompt is not given (default: blip)")
+                   help="where prompts come from when --prompt is not given (default: blip; none: empty "
+                        "prompts, with a warning for a model trained with captions)")
+    g.add_argument("--caption-from", default="restored", choices=("restored", "input"),
+                   help="what BLIP looks at: the model's own one-pass restoration without a prompt (default, "
+                        "as training captioned clean images) or the LQ input")
     g.add_argument("--caption-model", default=None,
                    help="BLIP Hub id or folder (default Salesforce/blip-image-captioning-large)")
-    g.add_argument("--prompt", default=None, help="one prompt for every image")
+    prompt = g.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=None, help="one prompt for every image")
+    prompt.add_argument("--no-prompt", dest="prompt", action="store_const", const="",
+                        help="restore with an empty prompt: the paper's 'w/o prompt' ablation (Table A)")
     g = p.add_argument_group("size")
     g.add_argument("--upscale", type=float, default=None, help="output size / input size (default: the model's)")
     g.add_argument("--mode", default="auto", choices=("auto", "resize", "tile"),
@@ -51,12 +60,13 @@ def register(sub) -> None:
     g.add_argument("--compare", action="store_true", help="also write NAME_compare.png: input | restored")
     g.add_argument("--ext", default="png", choices=OUTPUT_FORMATS)
     g.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    g = p.add_argument_group("teacher method")
+    g = p.add_argument_group("teacher method", "sampling settings; unset ones are the base preset's "
+                             "(Infinity's released: cfg 4, tau 0.5, top_k 900, top_p 0.97)")
     g.add_argument("--num-given", type=int, default=4, help="scales given from the LQ image (default 4)")
-    g.add_argument("--cfg", type=float, default=3.0)
-    g.add_argument("--tau", type=float, default=0.5)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=0.97)
+    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--tau", type=float, default=None, help="temperature")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -184,7 +194,7 @@ def _pipeline(args, device: str):
         from ..data.captions import DEFAULT_BLIP, BlipCaptioner
 
         pipe.set_captioner(BlipCaptioner(args.caption_model or DEFAULT_BLIP, device=device,
-                                         batch_size=args.batch_size))
+                                         batch_size=args.batch_size), caption_from=args.caption_from)
     return pipe
 
 

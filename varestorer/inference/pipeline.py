@@ -39,6 +39,8 @@ from .tiling import restore_tiled
 logger = logging.getLogger(__name__)
 
 METHODS = ("onestep", "bicubic", "teacher")
+#: What the captioner looks at when a call gives no prompt (:meth:`VARestorerPipeline.set_captioner`).
+CAPTION_SOURCES = ("restored", "input")
 MODES = ("auto", "resize", "tile")
 #: Largest output the pipeline makes (pixels); beyond it a call fails before allocating anything.
 MAX_OUTPUT_PIXELS = 8192 * 8192
@@ -151,6 +153,8 @@ class VARestorerPipeline:
         self.attention = config.get("attention", "full")
         self.upscale = float(config.get("upscale", config["recipe"]["degradation"]["scale"]))
         self.captioner = None  # set by set_captioner: prompts from BLIP when a call gives none
+        self.caption_from = "restored"
+        self._warned_no_prompt = False
         self.dtype = torch.float32
         self._merged = False  # LoRA folded into the base weights now
         self._merge_wanted = False  # ...and to be folded again after the teacher method
@@ -224,10 +228,22 @@ class VARestorerPipeline:
             self.transformer.unmerge_adapter()
             self._merged = False
 
-    def set_captioner(self, captioner) -> VARestorerPipeline:
-        """Captions for calls without a prompt: a callable ``list of images -> list of str``
-        (:class:`varestorer.data.captions.BlipCaptioner`), or ``None`` for empty prompts."""
+    def set_captioner(self, captioner, caption_from: str = "restored") -> VARestorerPipeline:
+        """Where prompts come from when a call gives none.
+
+        Args:
+            captioner: a callable ``list of (H, W, 3) uint8 images -> list of str``
+                (:class:`varestorer.data.captions.BlipCaptioner`), or ``None`` (empty prompts).
+            caption_from: ``"restored"`` (default): the captioner looks at this model's own
+                one-pass restoration with an empty prompt, then the image is restored with that
+                caption. The student was trained on captions of clean HQ crops; the paper captions
+                a coarse restoration (SwinIR, Sec. 3.4), for which the model's own first pass stands
+                in. ``"input"``: the LQ image as it is (one pass less; the paper's "w/o restorer").
+        """
+        if caption_from not in CAPTION_SOURCES:
+            raise ConfigError(f"caption_from must be one of {', '.join(CAPTION_SOURCES)}, got {caption_from!r}")
         self.captioner = captioner
+        self.caption_from = caption_from
         return self
 
     @property
@@ -302,11 +318,19 @@ class VARestorerPipeline:
         return self.decode_logits(self.student_logits(x, prompts))
 
     @torch.no_grad()
-    def restore_teacher(self, x: Tensor, prompts: Sequence[str], *, num_given: int = 4, cfg: float = 3.0,
-                        tau: float = 0.5, top_k: int = 0, top_p: float = 0.97, seed: int = 0) -> Tensor:
+    def restore_teacher(self, x: Tensor, prompts: Sequence[str], *, num_given: int = 4, cfg: float | None = None,
+                        tau: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                        seed: int = 0) -> Tensor:
         """The base model (adapters off) samples scale by scale; the frozen VAE's tokens of the
-        LQ input are given for the first ``num_given`` scales (zero-shot upsampling)."""
+        LQ input are given for the first ``num_given`` scales (zero-shot upsampling). ``cfg``,
+        ``tau``, ``top_k``, ``top_p`` left as ``None`` are the base preset's (Infinity's released
+        settings: cfg 4, tau 0.5, top_p 0.97)."""
+        from ..presets import get_preset
         from ..transformer.sampling import sample
+
+        given = dict(cfg=cfg, tau=tau, top_k=top_k, top_p=top_p)
+        settings = {**get_preset(self.config["base_preset"]).sampler.as_kwargs(),
+                    **{k: v for k, v in given.items() if v is not None}}
 
         if not 0 <= num_given <= len(self.schedule):
             raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
@@ -319,8 +343,8 @@ class VARestorerPipeline:
         lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule)
         adapters_off = contextlib.nullcontext() if is_teacher else self.transformer.disable_adapter()
         with adapters_off, self._autocast():
-            out = sample(self.transformer, self.text(prompts), self.schedule, cfg=cfg, tau=tau, top_k=top_k,
-                         top_p=top_p, seed=seed, given_bits=lq.bits, num_given=num_given)
+            out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, given_bits=lq.bits,
+                         num_given=num_given, **settings)
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
 
     def restorer(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
@@ -348,17 +372,45 @@ class VARestorerPipeline:
             return "resize" if max(out_size) <= self.resolution else "tile"
         return mode
 
-    def caption(self, images: list[Tensor], prompt) -> list[str]:
-        if prompt is None:
-            if self.captioner is None:
-                return [""] * len(images)
-            return list(self.captioner([to_uint8(im) for im in images]))
+    def caption(self, images: list[Tensor], prompt, method: str = "onestep", batch_size: int = 4) -> list[str]:
+        """One prompt per image: ``prompt`` as given (one for all or one each); for ``None``, the
+        captioner's caption (see :meth:`set_captioner`), else empty prompts with a warning (once)
+        when the model was trained with captions. ``prompt=""`` is the paper's "w/o prompt"."""
         if isinstance(prompt, str):
             return [prompt] * len(images)
-        prompts = [str(p) for p in prompt]
-        if len(prompts) != len(images):
-            raise ConfigError(f"{len(prompts)} prompts for {len(images)} images")
-        return prompts
+        if prompt is not None:
+            prompts = [str(p) for p in prompt]
+            if len(prompts) != len(images):
+                raise ConfigError(f"{len(prompts)} prompts for {len(images)} images")
+            return prompts
+        if method == "bicubic" or not self.config.get("use_captions", True):
+            return [""] * len(images)  # prompts unused, or the model never saw any
+        if self.captioner is None:
+            if not self._warned_no_prompt:
+                logger.warning("this model was trained with captions of the HQ images, but no prompt was given "
+                               "and the pipeline has no captioner: restoring with empty prompts (the paper's "
+                               "'w/o prompt' setting, weaker on every metric of its Table A). Pass prompt=..., or "
+                               "pipe.set_captioner(BlipCaptioner()) (varestorer restore: --caption blip); pass "
+                               "prompt=\"\" (--no-prompt) to restore without prompts on purpose.")
+                self._warned_no_prompt = True
+            return [""] * len(images)
+        if self.caption_from == "restored" and self.config.get("mode") != "teacher":
+            images = self.pre_restore(images, batch_size)
+        return [str(c) for c in self.captioner([to_uint8(im) for im in images])]
+
+    def pre_restore(self, images: list[Tensor], batch_size: int = 4) -> list[Tensor]:
+        """Each image restored in one pass at ``resolution x resolution`` with an empty prompt and
+        brought back to its aspect ratio (long side = resolution): what the captioner looks at."""
+        R, out = self.resolution, []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            x = torch.cat([resize_images(im[None], (R, R)) for im in chunk])
+            y = self.restore_onestep(x, [""] * len(chunk)).float().cpu()
+            for im, r in zip(chunk, y):
+                h, w = im.shape[-2:]
+                size = (max(1, round(R * h / max(h, w))), max(1, round(R * w / max(h, w))))
+                out.append(resize_images(r[None], size)[0])
+        return out
 
     # ------------------------------------------------------------------ the call
     def __call__(self, images, prompt: str | Sequence[str] | None = None, *, method: str = "onestep",
@@ -367,8 +419,9 @@ class VARestorerPipeline:
         """Restore ``images`` (one or a list of paths, PIL images, arrays or (3, H, W) tensors in
         [0, 1]); returns a list of PIL images (``output_type="pil"``), uint8 arrays (``"np"``) or
         float tensors (``"pt"``), each ``upscale`` times the input size (default: the scale the
-        model was trained for). ``prompt``: one for all, one per image, or ``None`` (the
-        captioner's, else empty). ``method_kwargs`` go to the method (``teacher``: num_given, cfg,
+        model was trained for). ``prompt``: one for all, one per image, ``""`` (none: the paper's
+        "w/o prompt") or ``None`` (the captioner's, see :meth:`set_captioner`; without one, empty
+        prompts and a warning). ``method_kwargs`` go to the method (``teacher``: num_given, cfg,
         tau, top_k, top_p, seed)."""
         from tqdm.auto import tqdm
 
@@ -381,7 +434,7 @@ class VARestorerPipeline:
         sizes = [self.output_size(tuple(x.shape[-2:]), upscale) for x in items]
         plans = [self.plan(s, mode) for s in sizes]
         restore = self.restorer(method, **method_kwargs)
-        prompts = self.caption(items, prompt)
+        prompts = self.caption(items, prompt, method, batch_size)
         R = self.resolution
         overlap = R // 4 if tile_overlap is None else int(tile_overlap)
         if not 0 <= overlap < R:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..presets import OFFICIAL_SAMPLER
 from ..tokenizer.quantizer import MultiScaleBSQ, trilinear_resize
 from ..tokenizer.schedules import Scale
 from .text import TextFeatures
@@ -77,10 +78,10 @@ def sample(
     text: TextFeatures,
     schedule: Sequence[Scale],
     *,
-    cfg: float | Sequence[float] = 1.0,
-    tau: float | Sequence[float] = 1.0,
-    top_k: int = 0,
-    top_p: float = 0.0,
+    cfg: float | Sequence[float] = OFFICIAL_SAMPLER.cfg,
+    tau: float | Sequence[float] = OFFICIAL_SAMPLER.tau,
+    top_k: int = OFFICIAL_SAMPLER.top_k,
+    top_p: float = OFFICIAL_SAMPLER.top_p,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     given_bits: Sequence[Tensor] | None = None,
@@ -92,9 +93,11 @@ def sample(
 
     Args:
         model: an :class:`InfinityTransformer` (or a PEFT model wrapping one).
-        cfg, tau: guidance scale and temperature, one value or one per scale (Infinity's
-            release samples with a constant cfg of 3-4 and tau 0.5-1).
+        cfg, tau: guidance scale and temperature, one value or one per scale.
         top_k, top_p: filtering of each bit's two values (0: off).
+            The defaults are Infinity's released settings (:data:`~varestorer.presets.OFFICIAL_SAMPLER`:
+            cfg 4, tau 0.5, top_k 900, top_p 0.97); ``cfg=1, tau=1, top_k=0, top_p=0`` samples the
+            plain conditional distribution.
         seed / generator: the random draws (``seed`` makes a generator on the model's device).
         given_bits: per scale ``(B, h, w, d)`` bits to use instead of sampling for the first
             ``num_given`` scales (default: as many as given).
