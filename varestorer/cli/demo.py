@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {path.relative_to(out)}")
     print(f"look at {out}/validation/ (LQ | student | teacher-forced | HQ), {out}/losses.png and "
           f"{samples[0].parent}/ (LQ | one-step restoration | HQ); tensorboard --logdir {out}/logs")
-    print(f"restore your own images: varestorer restore PHOTOS -o restored/ --model {final} --caption none")
+    print(f"restore your own images: varestorer restore PHOTOS -o restored/ --model {final} --no-prompt")
     return 0

@@ -78,12 +78,13 @@ class LossSection:
 class SelfCorrectionSection:
     """Infinity's Bitwise Self-Correction (teacher mode): at each of the first ``layers`` scales,
     a random share in ``[0, strength]`` of the HQ bits is flipped in the teacher-forcing input, and
-    the later scales' labels are re-quantized against the flipped accumulation (``requant``), so the
-    model learns to correct its own mistakes. Infinity's train.sh: 13 layers, strength 0.3."""
+    the later scales' labels are re-quantized against the flipped accumulation, so the model learns
+    to correct its own mistakes. Infinity's train.sh: 13 layers, strength 0.3 (with its
+    ``noise_apply_requant=1``: without it the flips change nothing the model sees, so it is not an
+    option here)."""
 
     layers: int = 0  # 0: off
     strength: float = 0.3
-    requant: bool = True
 
 
 @dataclass

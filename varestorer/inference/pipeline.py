@@ -2,6 +2,7 @@
 
     pipe = VARestorerPipeline.from_pretrained("outputs/varestorer-2b-512/final")   # or a Hub id
     pipe = pipe.to("cuda", torch.bfloat16)
+    pipe.set_captioner(BlipCaptioner())                  # prompts for calls that give none
     restored = pipe(["photo.jpg"], prompt=None)          # list of PIL images, 4x the input size
 
 What a call does (DESIGN.md, "Inference"): each LQ image is upsampled (bicubic) to its output
@@ -9,7 +10,8 @@ size, as training made the student's input; an output no larger than the model's
 resized to ``resolution x resolution`` (the paper), a larger one is cut into overlapping tiles
 that are blended (:mod:`.tiling`); the fine-tuned encoder gives the LQ token pyramid, one
 transformer pass (LoRA merged, full attention) predicts every scale's bits, the most likely bits
-go through the frozen VAE decoder.
+go through the frozen VAE decoder. Without a prompt, the captioner describes the model's own
+first restoration (see :meth:`VARestorerPipeline.set_captioner`).
 
 ``method`` picks how to restore, so that baselines run through the same resizing and tiling:
 ``onestep`` (VARestorer), ``bicubic`` (the input upsampled), ``teacher`` (the base model samples
