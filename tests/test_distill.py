@@ -40,19 +40,24 @@ def _reset_accelerate():
     GradientState._reset_state()
 
 
-def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(model):
-    # The tiny base is random, so most of the MSE is out of the student's reach (its decoder is
-    # untrained): 12 steps take the loss down by about 9%. A wrong gradient (sign, detach,
-    # straight-through) leaves it flat or makes it grow.
-    batch = fixed_batch()
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=2e-3)
+def train_steps(model, batch, steps: int, lr: float, key: str = "loss") -> list[float]:
+    """``steps`` AdamW steps on ``batch``; the ``key`` loss of each step."""
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
     losses = []
-    for _ in range(12):
+    for _ in range(steps):
         out = model(batch)
         out["loss"].backward()
         opt.step()
         opt.zero_grad()
-        losses.append(out["loss"].item())
+        losses.append(out[key].item())
+    return losses
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(model):
+    # The tiny base is random, so most of the MSE is out of the student's reach (its decoder is
+    # untrained): 12 steps take the loss down by about 9%. A wrong gradient (sign, detach,
+    # straight-through) leaves it flat or makes it grow.
+    losses = train_steps(model, fixed_batch(), steps=12, lr=2e-3)
     assert sum(losses[-3:]) / 3 < 0.95 * losses[0], losses
 
 
@@ -325,14 +330,7 @@ def test_teacher_mode_builds_trains_and_applies_bitwise_self_correction(tmp_path
     m(batch)
     assert torch.equal(calls.calls[-1]["inputs"], clean.teacher_input_sequence())  # none outside training
     m.train()
-    opt = torch.optim.AdamW(m.trainable_parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        out = m(batch)
-        out["loss"].backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(out["cross_entropy"].item())
+    losses = train_steps(m, batch, steps=8, lr=3e-3, key="cross_entropy")
     assert losses[-1] < 0.97 * losses[0], losses
 
 
