@@ -334,6 +334,43 @@ def test_teacher_mode_builds_trains_and_applies_bitwise_self_correction(tmp_path
     assert losses[-1] < 0.97 * losses[0], losses
 
 
+def test_varsr_mode_trains_next_scale_prediction_of_hq_tokens_with_the_lq_prefix(tmp_path):
+    """The paper's "w/o distill" as VARSR: LoRA on, block-causal, HQ teacher-forcing inputs, the LQ
+    image's quantized latent (trainable encoder) as prefix tokens; Infinity's cross-entropy."""
+    from varestorer.distill.losses import bitwise_cross_entropy
+
+    overrides = _ablation_overrides("ablation-no-distill")
+    assert "mode=varsr" in overrides and "student.attention=causal" in overrides
+    torch.manual_seed(0)
+    m = VARestorerModel.from_recipe(tiny_recipe(tmp_path, *overrides, "loss.text_dropout=0"))
+    assert m.lq_encoder is not None and m.lpips is None and hasattr(m.transformer, "peft_config")
+    prefixes = []
+    m.base_transformer().register_forward_pre_hook(lambda mod, a, kw: prefixes.append(kw.get("prefix")), with_kwargs=True)
+    calls = Calls(m)
+    batch = fixed_batch()
+    out = m(batch)
+    x_hq, x_lq, seeds = m.degrade(batch)
+    call = calls.of("student")
+    assert len(calls.calls) == 1 and call["attention"] == "causal"
+    hq = m.vae.tokenize(x_hq, m.schedule)
+    with torch.no_grad():
+        lq = m.vae.quantizer(m.lq_encoder(x_lq), m.schedule)
+    assert torch.equal(call["inputs"], hq.teacher_input_sequence())
+    assert torch.equal(prefixes[0], lq.prefix_sequence())
+    with torch.no_grad():
+        logits = m.transformer(m._text(batch["caption"], seeds), hq.teacher_input_sequence(), m.schedule,
+                               attention="causal", prefix=lq.prefix_sequence())
+    torch.testing.assert_close(out["cross_entropy"], bitwise_cross_entropy(logits, hq.bit_labels(), m.schedule))
+    grads = torch.autograd.grad(out["loss"], [p for p in m.lq_encoder.parameters()][:1])
+    assert grads[0].abs().sum() > 0  # the prefix trains the encoder
+    losses = train_steps(m, batch, steps=10, lr=3e-2, key="cross_entropy")
+    assert losses[-1] < losses[0] - 2e-3, losses  # LoRA from zero on a random base: a slow but steady fall
+    images = m.validation_images(batch)  # scale by scale with the prefix
+    assert images["student"].shape == (2, 3, 64, 64)
+    with pytest.raises(Exception, match="student.attention=causal"):
+        tiny_recipe(tmp_path, "mode=varsr", "student.attention=full")
+
+
 def test_validation_leaves_frozen_parts_in_eval_mode_and_the_loss_unchanged(model):
     batch = fixed_batch()
     with torch.no_grad():

@@ -13,6 +13,7 @@ from varestorer.distill.recipe import load_recipe
 from varestorer.errors import ConfigError
 from varestorer.export import CONFIG_FILE, MERGED_FILE
 from varestorer.inference import VARestorerPipeline
+from varestorer.inference.pipeline import METHODS, VARestorerPipelineOutput
 from varestorer.inference.tiling import restore_tiled
 
 
@@ -41,6 +42,22 @@ def trained(tmp_path_factory):
     return model, root / "export"
 
 
+@pytest.fixture(scope="module")
+def trained_varsr(tmp_path_factory):
+    """A tiny multi-step VARSR-style model (mode varsr) with a LoRA away from zero, exported."""
+    root = tmp_path_factory.mktemp("varsr")
+    torch.manual_seed(0)
+    recipe = load_recipe("tiny", [f"train.output_dir={root}", "train.report_to=none", "mode=varsr",
+                                  "student.attention=causal"])
+    model = VARestorerModel.from_recipe(recipe)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval().save_export(root / "export")
+    return root / "export"
+
+
 def _student_images(model, batch):
     with torch.no_grad():
         x_hq, x_lq, seeds = model.degrade(batch)
@@ -55,7 +72,7 @@ def test_exported_pipeline_equals_the_in_training_student(trained):
     lq, logits, reference = _student_images(model, batch)
     # unmerged LoRA: the very same computation, bit for bit
     pipe = VARestorerPipeline.from_pretrained(export, merge_lora=False)
-    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt")
+    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt").images
     for o, r in zip(out, reference):
         assert torch.equal(o, r)
     # merged LoRA (the default): the weights are summed once, logits agree to float rounding
@@ -129,11 +146,11 @@ def test_tiles_that_disagree_are_cross_faded_without_seams(trained, monkeypatch)
     pipe = VARestorerPipeline.from_pretrained(export)
     _offset_per_tile(pipe, monkeypatch)
     flat = torch.full((3, 50, 70), 0.5)  # 200 x 280 out: 4 x 5 tiles of 64
-    out = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=16, output_type="pt")[0]
+    out = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=16, output_type="pt").images[0]
     assert out.shape == (3, 200, 280)
     assert out.min() < 0.51 and out.max() > 0.59  # both offsets are there...
     assert _largest_jump(out) < 0.1 / 8  # ...and meet smoothly (a 16 px ramp: ~0.1 / 17 per pixel)
-    hard = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=0, output_type="pt")[0]
+    hard = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=0, output_type="pt").images[0]
     assert _largest_jump(hard) > 0.09  # what a seam looks like
 
 
@@ -146,7 +163,7 @@ def test_odd_inputs_work_or_fail_clearly(trained, tmp_path):
     tiny_image = np.zeros((1, 1, 3), np.uint8)
     path16 = tmp_path / "deep.png"
     Image.fromarray(np.full((12, 12), 30000, np.uint16)).save(path16)  # a 16-bit grayscale PNG
-    out = pipe([gray, rgba, deep, tiny_image, path16], prompt="", output_type="pil")
+    out = pipe([gray, rgba, deep, tiny_image, path16], prompt="", output_type="pil").images
     assert [im.size for im in out] == [(120, 80), (96, 96), (64, 64), (4, 4), (48, 48)]
     assert all(im.mode == "RGB" for im in out)
     with pytest.raises(ConfigError, match="lower --upscale"):
@@ -161,18 +178,94 @@ def test_odd_inputs_work_or_fail_clearly(trained, tmp_path):
         pipe([gray], prompt=["a", "b"])
 
 
-def test_teacher_and_bicubic_methods(trained):
+def test_the_call_follows_diffusers_conventions(trained):
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = pipe(image=x, prompt="a cat", output_type="pt")
+    assert isinstance(out, VARestorerPipelineOutput) and out.prompts == ["a cat"]
+    images, prompts = pipe(x, "a cat", output_type="pt", return_dict=False)
+    assert torch.equal(images[0], out.images[0]) and prompts == ["a cat"]
+    assert isinstance(pipe(x, "").images[0], Image.Image) and pipe(x, "", output_type="np").images[0].dtype == np.uint8
+    with pytest.raises(ConfigError, match="pass the image"):
+        pipe(prompt="a cat")
+    with pytest.raises(ConfigError, match="now called zeroshot"):
+        pipe(x, "", method="teacher")
+    with pytest.raises(ConfigError, match="takes no settings"):
+        pipe(x, "", method="onestep", cfg=3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_is_seeded(trained, trained_varsr, method):
+    from varestorer.cli.restore import METHOD_CHOICES
+
+    assert METHOD_CHOICES == METHODS  # the CLI offers every method
+    pipe = VARestorerPipeline.from_pretrained(trained_varsr if method == "varsr" else trained[1])
+    lq = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def run(seed):
+        return pipe(lq, "a cat", method=method, generator=torch.Generator().manual_seed(seed), output_type="pt").images
+
+    a, b, c = run(0), run(0), run(1)
+    assert [im.shape for im in a] == [(3, 64, 64)] * 2
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    if method in ("zeroshot", "multistep", "varsr"):  # drawn at random: another seed, another image
+        assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_the_varsr_method_samples_with_the_lq_prefix_and_only_from_a_varsr_model(trained, trained_varsr, monkeypatch):
+    import varestorer.transformer.sampling as sampling
+
+    pipe = VARestorerPipeline.from_pretrained(trained_varsr)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    seen = []
+    real = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    pipe.restore_varsr(x, ["a cat"])
+    expected = pipe.vae.quantizer(pipe.encoder(x * 2 - 1), pipe.schedule).prefix_sequence()
+    assert torch.equal(seen[0]["prefix"], expected) and seen[0]["cfg"] == 4.0
+    with pytest.raises(ConfigError, match="--method varsr"):
+        pipe(x[0], "", method="onestep")
+    with pytest.raises(ConfigError, match="mode 'varsr'"):
+        VARestorerPipeline.from_pretrained(trained[1])(x[0], "", method="varsr")
+
+
+def test_guided_injects_the_lq_tokens_below_gamma_and_only_the_gradient_step_changes_the_rest(trained, monkeypatch):
+    import varestorer.transformer.sampling as sampling
+    from varestorer.inference.guidance import default_gamma
+
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    K = len(pipe.schedule)
+    assert K == 5 and default_gamma(K) == 4 and default_gamma(10) == 8 and default_gamma(13) == 10
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    outs = []
+    real = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: outs.append(real(*a, **kw)) or outs[-1])
+    guided = pipe.restore_guided(x, ["a cat"], gamma=3, alpha=50.0)
+    lq_bits = pipe.vae.tokenize(x * 2 - 1, pipe.schedule).bits
+    assert all(torch.equal(outs[0].bits[k], lq_bits[k]) for k in range(2))  # scales 1, 2 (gamma 3): injected
+    unguided = pipe.restore_guided(x, ["a cat"], gamma=3, alpha=0.0)
+    greedy = pipe.sample_base(x, ["a cat"], num_given=2, greedy=True)  # the same without the guidance step
+    assert torch.equal(unguided, greedy) and not torch.equal(guided, unguided)
+    flipped = [(outs[0].bits[k] != outs[1].bits[k]).float().mean().item() for k in range(2, K)]
+    assert max(flipped) > 0  # the step changed bits above gamma
+    with pytest.raises(ConfigError, match="gamma=9"):
+        pipe.restore_guided(x, ["a"], gamma=9)
+
+
+def test_zeroshot_is_seeded_and_leaves_the_lora_in_place(trained):
     _, export = trained
     pipe = VARestorerPipeline.from_pretrained(export)
     lq = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
-    a = pipe([lq], prompt="a cat", method="teacher", num_given=2, seed=3, output_type="pt")[0]
-    b = pipe([lq], prompt="a cat", method="teacher", num_given=2, seed=3, output_type="pt")[0]
+    a = pipe([lq], prompt="a cat", method="zeroshot", num_given=2, seed=3, output_type="pt").images[0]
+    b = pipe([lq], prompt="a cat", method="zeroshot", num_given=2, seed=3, output_type="pt").images[0]
     assert a.shape == (3, 64, 64) and torch.equal(a, b)  # seeded sampling
-    bicubic = pipe([lq], method="bicubic", output_type="pt")[0]
+    bicubic = pipe([lq], method="bicubic", output_type="pt").images[0]
     assert bicubic.shape == (3, 64, 64)
     # after the teacher (adapters off) the one-step path still has its LoRA
     first = pipe.student_logits(lq[None].expand(1, 3, 16, 16).repeat(1, 1, 4, 4), ["x"])
-    pipe([lq], prompt="a", method="teacher", num_given=5)
+    pipe([lq], prompt="a", method="zeroshot", num_given=5)
     torch.testing.assert_close(pipe.student_logits(lq[None].repeat(1, 1, 4, 4), ["x"]), first, rtol=0, atol=1e-5)
 
 
@@ -195,11 +288,13 @@ def test_without_a_prompt_the_caption_is_of_the_models_own_first_restoration(tra
     pipe = VARestorerPipeline.from_pretrained(export)
     lq = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     blip = FakeCaptioner()
-    out = pipe.set_captioner(blip)(lq, output_type="pt")
-    first = pipe(lq, prompt="", output_type="np")  # the first pass, as the captioner saw it
+    result = pipe.set_captioner(blip)(lq, output_type="pt")
+    first = pipe(lq, prompt="", output_type="np").images  # the first pass, as the captioner saw it
     assert all(np.array_equal(a, b) for a, b in zip(blip.seen, first))
     captions = [f"brightness {im.mean():.1f}" for im in first]
-    again = pipe(lq, prompt=captions, output_type="pt")
+    out = result.images
+    assert result.prompts == captions  # the output says what each image was restored with
+    again = pipe(lq, prompt=captions, output_type="pt").images
     assert all(torch.equal(a, b) for a, b in zip(out, again))
     # caption_from="input": the LQ image itself
     blip = FakeCaptioner()
@@ -215,8 +310,8 @@ def test_no_prompt_and_no_captioner_warns_once(trained, caplog):
     x = torch.rand(3, 16, 16)
     pipe([x], prompt="")  # the paper's "w/o prompt", on purpose: no warning
     assert "no prompt was given" not in caplog.text
-    silent = pipe([x], prompt="", output_type="pt")[0]
-    unprompted = pipe([x], output_type="pt")[0]
+    silent = pipe([x], prompt="", output_type="pt").images[0]
+    unprompted = pipe([x], output_type="pt").images[0]
     pipe([x, x])
     assert caplog.text.count("no prompt was given") == 1 and "set_captioner" in caplog.text
     assert torch.equal(silent, unprompted)  # empty prompts, as it says
@@ -231,8 +326,8 @@ def test_teacher_method_samples_with_the_presets_settings(trained, monkeypatch):
     real = sampling.sample
     monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     x = torch.rand(3, 16, 16)
-    pipe([x], prompt="a", method="teacher", num_given=3)
-    pipe([x], prompt="a", method="teacher", num_given=3, cfg=1.5, top_p=0.0)
+    pipe([x], prompt="a", method="zeroshot", num_given=3)
+    pipe([x], prompt="a", method="zeroshot", num_given=3, cfg=1.5, top_p=0.0)
     got = [{k: kw[k] for k in ("cfg", "tau", "top_k", "top_p")} for kw in seen]
     assert got == [dict(cfg=4.0, tau=0.5, top_k=900, top_p=0.97), dict(cfg=1.5, tau=0.5, top_k=900, top_p=0.0)]
 
@@ -268,7 +363,7 @@ def test_restore_command(trained, tmp_path, capsys):
     assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "np"), "--model", str(export),
                  "--no-prompt"]) == 0
     pipe = VARestorerPipeline.from_pretrained(export)
-    expected = pipe([src / "a.jpg"], prompt="", output_type="np")[0]
+    expected = pipe([src / "a.jpg"], prompt="", output_type="np").images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "np" / "a.png")), expected)
     # an output too large is refused per image, before any work, and listed
     assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "big"), "--method", "bicubic",

@@ -64,6 +64,27 @@ def test_teacher_forcing_equals_kv_cached_decoding_scale_by_scale(model, text):
             model.decode_scale(state, x)
 
 
+def test_prefix_tokens_teacher_forced_equal_kv_cached_decoding_and_condition_every_scale(model, text):
+    """VARSR's prefix: the image's quantized latent before the start token, seen by every scale."""
+    toks, lq = tokens(), tokens(seed=11)
+    inputs, prefix = toks.teacher_input_sequence(), lq.prefix_sequence()
+    assert prefix.shape == (2, 64, 16) and torch.equal(prefix, lq.pyramid_sequence()[:, -64:])
+    with torch.no_grad():
+        logits = model(text, inputs, SCHEDULE, attention="causal", prefix=prefix)
+        plain = model(text, inputs, SCHEDULE, attention="causal")
+        state = model.start_decoding(text, SCHEDULE, prefix=prefix)
+        for k, expected in enumerate(per_scale(logits)):
+            x = None if k == 0 else inputs[:, STARTS[k] - 1:STARTS[k + 1] - 1]
+            torch.testing.assert_close(model.decode_scale(state, x), expected, atol=ATOL, rtol=0)
+            assert not torch.allclose(per_scale(plain)[k], expected, atol=1e-4)  # every scale sees it
+        # the prefix sees only itself: the scales' tokens cannot change what it contributes
+        mask = model.prefix_mask(SCHEDULE, 64, "causal")
+        assert mask[:64, :64].all() and not mask[:64, 64:].any() and mask[64:, :64].all()
+        assert torch.equal(mask[64:, 64:], model.block_causal_mask(SCHEDULE))
+    with pytest.raises(ValueError, match="prefix tokens must be"):
+        model(text, inputs, SCHEDULE, prefix=prefix[:, :10])
+
+
 def test_full_attention_differs_from_causal_only_through_the_mask(model, text):
     inputs = tokens().teacher_input_sequence()
     changed = inputs.clone()

@@ -11,8 +11,12 @@ paths under OUT, as PNG; an existing output is kept unless ``--overwrite``; an i
 written over. Files that cannot be read are skipped and listed in ``OUT/skipped.tsv``.
 
 ``--method`` compares like with like through the same resizing and tiling: ``onestep``
-(VARestorer), ``bicubic`` (no model needed), ``teacher`` (the base model samples scale by scale
-with the LQ tokens given at the first ``--num-given`` scales: the zero-shot baseline).
+(VARestorer), ``bicubic`` (no model needed), and the base model sampling scale by scale:
+``zeroshot`` (the LQ tokens given at the first ``--num-given`` scales, the paper's Fig. 2a),
+``multistep`` (from the prompt alone: conventional VAR inference), ``guided`` (training-free
+measurement guidance: LQ tokens below scale ``--gamma``, gradient-guided logits above), and
+``varsr`` for a model trained with ``recipes/ablation-no-distill.yaml`` (its LoRA samples scale by
+scale with the LQ image as prefix tokens).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import argparse
 from pathlib import Path
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
+#: ``--method`` values (varestorer.inference.pipeline.METHODS, without importing torch here).
+METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr")
 
 
 def register(sub) -> None:
@@ -29,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--model", help="export folder or Hub repo id (not needed for --method bicubic)")
-    p.add_argument("--method", default="onestep", choices=("onestep", "bicubic", "teacher"))
+    p.add_argument("--method", default="onestep", choices=METHOD_CHOICES)
     g = p.add_argument_group("prompts")
     g.add_argument("--caption", default="blip", choices=("blip", "none"),
                    help="where prompts come from when --prompt is not given (default: blip; none: empty "
@@ -60,15 +66,35 @@ def register(sub) -> None:
     g.add_argument("--compare", action="store_true", help="also write NAME_compare.png: input | restored")
     g.add_argument("--ext", default="png", choices=OUTPUT_FORMATS)
     g.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    g = p.add_argument_group("teacher method", "sampling settings; unset ones are the base preset's "
-                             "(Infinity's released: cfg 4, tau 0.5, top_k 900, top_p 0.97)")
-    g.add_argument("--num-given", type=int, default=4, help="scales given from the LQ image (default 4)")
+    add_method_options(p)
+    p.set_defaults(func=run)
+
+
+def add_method_options(p) -> None:
+    """The settings of the sampling methods (``restore`` and ``evaluate`` share them)."""
+    g = p.add_argument_group("sampling methods (zeroshot, multistep, guided, varsr)", "unset sampler settings are the "
+                             "base preset's (Infinity's released: cfg 4, tau 0.5, top_k 900, top_p 0.97)")
+    g.add_argument("--num-given", type=int, default=4, help="zeroshot: scales given from the LQ image (default 4)")
+    g.add_argument("--gamma", type=int, default=None,
+                   help="guided: first guided scale, 1-indexed (default: 8/10 of the scales, the paper's)")
+    g.add_argument("--alpha", type=float, default=None, help="guided: step on the logits (default 1, the paper's)")
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--tau", type=float, default=None, help="temperature")
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run)
+
+
+def method_kwargs(args, method: str) -> dict:
+    """The pipeline settings of ``method`` from the parsed options."""
+    if method in ("onestep", "bicubic"):
+        return {}
+    kwargs = dict(cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if method == "zeroshot":
+        kwargs["num_given"] = args.num_given
+    if method == "guided":
+        kwargs.update(gamma=args.gamma, alpha=args.alpha)
+    return kwargs
 
 
 def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -145,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             chunk.append((src, dst))
         if not chunk:
             continue
-        restored = pipe(images, prompt=args.prompt, **_call_kwargs(args))
+        restored = pipe(images, prompt=args.prompt, **_call_kwargs(args)).images
         for (src, dst), im, res in zip(chunk, images, restored):
             dst.parent.mkdir(parents=True, exist_ok=True)
             _save(res, dst)
@@ -166,12 +192,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _call_kwargs(args) -> dict:
-    kwargs = dict(method=args.method, upscale=args.upscale, mode=args.mode, tile_overlap=args.tile_overlap,
-                  batch_size=args.batch_size, output_type="pil")
-    if args.method == "teacher":
-        kwargs.update(num_given=args.num_given, cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p,
-                      seed=args.seed)
-    return kwargs
+    return dict(method=args.method, upscale=args.upscale, mode=args.mode, tile_overlap=args.tile_overlap,
+                batch_size=args.batch_size, output_type="pil", **method_kwargs(args, args.method))
 
 
 def _pipeline(args, device: str):
@@ -207,11 +229,14 @@ class _Bicubic:
     def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
         from PIL import Image
 
-        from ..inference.pipeline import output_size, resize_images, to_uint8
+        from ..inference.pipeline import VARestorerPipelineOutput, output_size, resize_images, to_uint8
 
         s = upscale or self.upscale
         outs = [resize_images(x[None], output_size(tuple(x.shape[-2:]), s))[0] for x in images]
-        return [Image.fromarray(to_uint8(o)) for o in outs]
+        images = outs if output_type == "pt" else [to_uint8(o) for o in outs]
+        if output_type == "pil":
+            images = [Image.fromarray(a) for a in images]
+        return VARestorerPipelineOutput(images=images, prompts=[""] * len(images))
 
 
 def _save(image, path: Path) -> None:

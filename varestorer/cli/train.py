@@ -45,7 +45,7 @@ def register_bench(sub) -> None:
     p.add_argument("--batch", type=int, default=4, help="images per step (default: 4)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    p.add_argument("--mode", default="distill", choices=("distill", "teacher"))
+    p.add_argument("--mode", default="distill", choices=("distill", "teacher", "varsr"))
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--device", default=None, help="device (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -33,7 +33,7 @@ def bench_train(preset: str, resolution: int, batch: int, steps: int = 5, warmup
         "name": "bench", "mode": mode,
         "model": {"preset": preset, "random_init": True, "resolution": resolution},
         "loss": {"lpips_pretrained": False},
-        "student": {"full_finetune": mode == "teacher", "train_encoder": mode == "distill"},
+        "student": {"full_finetune": mode == "teacher", "train_encoder": mode != "teacher"},
         "train": {"global_batch_size": batch, "mixed_precision": "bf16" if dev.type == "cuda" else "no"},
     })
     torch.manual_seed(0)

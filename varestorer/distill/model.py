@@ -6,7 +6,9 @@ on-device degradation -> T5 features (cached) -> HQ tokens (frozen VAE) -> froze
 LQ pyramid from a trainable copy of the VAE encoder) -> ``0.1 KL + 0.25 LPIPS + 0.5 MSE`` with
 straight-through decoding of the student's bits. In ``teacher`` mode it is Infinity's own
 next-scale bitwise cross-entropy on the HQ tokens (with Infinity's Bitwise Self-Correction when
-the recipe asks for it).
+the recipe asks for it). In ``varsr`` mode (the paper's "w/o distill") the same cross-entropy
+trains the LoRA and the LQ encoder of a multi-step restorer: block-causal next-scale prediction
+of the HQ tokens with the LQ image's quantized latent as VARSR's prefix tokens.
 
 Frozen parts (VAE, T5, LPIPS, a frozen teacher copy) stay in eval mode whatever ``train()`` says:
 LPIPS has dropout, and a validation pass must not change the next step's losses.
@@ -44,7 +46,7 @@ def check_base_checkpoint(recipe: Recipe) -> None:
     from ..errors import ConfigError
 
     hint = ""
-    if recipe.mode == "distill":
+    if recipe.mode in ("distill", "varsr"):
         hint = (" The paper distils from Infinity fine-tuned at 512 px: make it first with\n"
                 "  accelerate launch distill.py --recipe recipes/teacher-512.yaml\n"
                 "(its final/transformer.safetensors is this file), or distil from the public checkpoint "
@@ -80,7 +82,7 @@ class VARestorerModel(nn.Module):
             self.transformer = apply_lora(transformer.requires_grad_(False), rank=s.lora_rank,
                                           alpha=s.lora_alpha, dropout=s.lora_dropout, targets=s.lora_targets)
         self.lq_encoder = None
-        if self.mode == "distill":
+        if self.mode in ("distill", "varsr"):
             self.lq_encoder = copy.deepcopy(vae.encoder).requires_grad_(s.train_encoder)
 
     def train(self, mode: bool = True) -> VARestorerModel:
@@ -110,7 +112,7 @@ class VARestorerModel(nn.Module):
             transformer = load_transformer(preset, m.transformer)
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
         degradation = None
-        if recipe.mode == "distill":
+        if recipe.mode in ("distill", "varsr"):
             degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)
         lpips = None
         if recipe.mode == "distill" and recipe.loss.lpips > 0:
@@ -142,7 +144,7 @@ class VARestorerModel(nn.Module):
     def _text(self, captions: list[str], seeds: list[int]):
         captions = list(captions) if self.recipe.data.use_captions else [""] * len(captions)
         drop = None
-        if self.mode == "teacher" and self.recipe.loss.text_dropout > 0 and self.training:
+        if self.mode in ("teacher", "varsr") and self.recipe.loss.text_dropout > 0 and self.training:
             p = self.recipe.loss.text_dropout
             drop = torch.tensor([torch.rand((), generator=torch.Generator().manual_seed(s)).item() < p for s in seeds])
         return self.text_encoder(captions, device=self.device_of(), drop=drop)
@@ -180,6 +182,14 @@ class VARestorerModel(nn.Module):
         s = self.recipe.student
         return self.transformer(text, lq_tokens.lq_input_sequence(s.lq_input), self.schedule, attention=s.attention)
 
+    def varsr_restore(self, text, x_lq: Tensor) -> Tensor:
+        """``varsr`` mode's restoration: next-scale decoding with the LQ prefix, most likely bits."""
+        from ..transformer.sampling import sample
+
+        out = sample(self.transformer, text, self.schedule, cfg=1, tau=1, top_k=0, top_p=0, greedy=True,
+                     prefix=self.lq_tokens(x_lq).prefix_sequence())
+        return self.vae.decode_latent(out.latent)
+
     def decode_student(self, logits: Tensor) -> Tensor:
         """Most likely bits forward, gradient through their probabilities -> image in [-1, 1]."""
         bits = MultiScaleBSQ.split_sequence(bit_probabilities(logits), self.schedule)
@@ -214,8 +224,10 @@ class VARestorerModel(nn.Module):
         lw = self.recipe.loss
         with torch.no_grad():
             hq_tokens = self.vae.tokenize(x_hq, self.schedule, flips=self.self_correction_flips(seeds))
-        if self.mode == "teacher":
-            logits = self.transformer(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal")
+        if self.mode in ("teacher", "varsr"):
+            prefix = self.lq_tokens(x_lq).prefix_sequence() if self.mode == "varsr" else None
+            logits = self.transformer(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal",
+                                      prefix=prefix)
             ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
             return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
         s_logits = self.student_logits(text, self.lq_tokens(x_lq))
@@ -240,7 +252,11 @@ class VARestorerModel(nn.Module):
         hq_tokens = self.vae.tokenize(x_hq, self.schedule)
         t_logits = self.teacher_logits(text, hq_tokens)
         teacher = self.vae.decode_bits(MultiScaleBSQ.split_sequence(bit_probabilities(t_logits) > 0.5, self.schedule))
-        student = self.decode_student(self.student_logits(text, self.lq_tokens(x_lq))) if x_lq is not None else teacher
+        if self.mode == "varsr":  # the multi-step restorer, scale by scale (most likely bits)
+            student = self.varsr_restore(text, x_lq)
+        else:
+            student = self.decode_student(self.student_logits(text, self.lq_tokens(x_lq))) if x_lq is not None \
+                else teacher
         self.train(was)
         lq = x_lq if x_lq is not None else x_hq
         return {k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()}

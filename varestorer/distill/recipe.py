@@ -64,10 +64,10 @@ class LossSection:
     kl: float = 0.1
     lpips: float = 0.25
     mse: float = 0.5
-    cross_entropy: float = 1.0  # teacher mode: next-scale bitwise cross-entropy
+    cross_entropy: float = 1.0  # teacher and varsr modes: next-scale bitwise cross-entropy
     lpips_net: str = "vgg"
     lpips_pretrained: bool = True  # False: random VGG backbone (offline smoke tests only)
-    text_dropout: float = 0.1  # teacher mode: captions replaced by cfg_uncond, as Infinity trains
+    text_dropout: float = 0.1  # teacher and varsr modes: captions replaced by cfg_uncond, as Infinity trains
     # How tokens of different scales weigh in the KL and the cross-entropy (mean over the bits of a
     # token first): infinity = Infinity's reweight_loss_by_scale (weight ~ 1/side of the token's scale,
     # normalised to sum 1); per_scale = each scale's mean, summed over scales; flat = mean over tokens.
@@ -119,10 +119,17 @@ class TrainSection:
     hub_model_id: str | None = None
 
 
+#: What a recipe trains (see :class:`Recipe`).
+MODES = ("distill", "teacher", "varsr")
+
+
 @dataclass
 class Recipe:
-    """A whole training recipe. ``mode``: ``distill`` (VARestorer) or ``teacher`` (Infinity
-    fine-tuning with the next-scale bitwise cross-entropy)."""
+    """A whole training recipe. ``mode``: ``distill`` (VARestorer), ``teacher`` (Infinity
+    fine-tuning with the next-scale bitwise cross-entropy) or ``varsr`` (the multi-step,
+    image-conditioned VAR of VARSR, the paper's "w/o distill": the LQ image's quantized latent as
+    prefix tokens, the same LoRA and encoder as the student, next-scale cross-entropy on the HQ
+    tokens; restored scale by scale with ``--method varsr``)."""
 
     name: str = "recipe"
     mode: str = "distill"
@@ -139,7 +146,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def validate(self) -> Recipe:
-        choices = {"mode": (self.mode, ("distill", "teacher")),
+        choices = {"mode": (self.mode, MODES),
                    "student.attention": (self.student.attention, ("full", "causal")),
                    "student.lq_input": (self.student.lq_input, LQ_INPUT_FORMS),
                    "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
@@ -157,6 +164,8 @@ class Recipe:
             raise ConfigError("self_correction.strength must be in [0, 1] and self_correction.layers >= 0")
         if self.self_correction.layers and self.mode != "teacher":
             raise ConfigError("self_correction is Infinity's training of the teacher: it needs mode=teacher")
+        if self.mode == "varsr" and self.student.attention != "causal":
+            raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self

@@ -56,7 +56,7 @@ def write_samples(pipe, out: str | Path, count: int = 4, degradation: str | None
         hq = photo[:, :, (h - res) // 2:(h - res) // 2 + res, (w - res) // 2:(w - res) // 2 + res].clamp(0, 1)
         lq = deg(hq, [seed]).lq[0]
         with torch.no_grad():
-            restored = pipe([lq], prompt=SAMPLES[name], method=method, output_type="pt")[0]
+            restored = pipe([lq], prompt=SAMPLES[name], method=method, output_type="pt").images[0]
         path = folder / f"{name}.png"
         comparison_strip([lq, restored, hq[0]], ["LQ", method, "HQ"]).save(path)
         paths.append(path)

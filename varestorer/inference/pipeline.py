@@ -14,9 +14,12 @@ go through the frozen VAE decoder. Without a prompt, the captioner describes the
 first restoration (see :meth:`VARestorerPipeline.set_captioner`).
 
 ``method`` picks how to restore, so that baselines run through the same resizing and tiling:
-``onestep`` (VARestorer), ``bicubic`` (the input upsampled), ``teacher`` (the base model samples
-scale by scale with the LQ tokens injected at the first ``num_given`` scales: the zero-shot
-baseline of the paper, Fig. 2a).
+``onestep`` (VARestorer), ``bicubic`` (the input upsampled), ``zeroshot`` (the base model samples
+scale by scale with the LQ tokens injected at the first ``num_given`` scales: the paper's Fig. 2a),
+``multistep`` (the base model samples from the prompt alone: conventional VAR inference, for its
+cost), ``guided`` (the training-free reconstruction of :mod:`.guidance`), ``varsr`` (a model
+trained in ``varsr`` mode samples with the LQ prefix: the paper's "w/o distill"). The sampling methods
+take the preset's sampler settings (Infinity's) unless given, and ``generator``/``seed``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import contextlib
 import copy
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.utils import BaseOutput
 from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
@@ -40,7 +45,8 @@ from .tiling import restore_tiled
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("onestep", "bicubic", "teacher")
+#: Restoration methods, all through the same resizing and tiling (see the module doc).
+METHODS = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr")
 #: What the captioner looks at when a call gives no prompt (:meth:`VARestorerPipeline.set_captioner`).
 CAPTION_SOURCES = ("restored", "input")
 MODES = ("auto", "resize", "tile")
@@ -137,6 +143,20 @@ def _model_dir(model: str | Path, revision: str | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- pipeline
+@dataclass
+class VARestorerPipelineOutput(BaseOutput):
+    """What a :class:`VARestorerPipeline` call returns (diffusers' output convention).
+
+    Attributes:
+        images: the restored images (PIL images, ``(H, W, 3)`` uint8 arrays or ``(3, H, W)``
+            float tensors in [0, 1], as ``output_type`` asked).
+        prompts: the prompt each image was restored with (given, captioned or empty).
+    """
+
+    images: list
+    prompts: list[str]
+
+
 class VARestorerPipeline:
     """A trained VARestorer model: frozen VAE, fine-tuned encoder, transformer (+ LoRA), T5.
 
@@ -320,47 +340,107 @@ class VARestorerPipeline:
         return self.decode_logits(self.student_logits(x, prompts))
 
     @torch.no_grad()
-    def restore_teacher(self, x: Tensor, prompts: Sequence[str], *, num_given: int = 4, cfg: float | None = None,
-                        tau: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                        seed: int = 0) -> Tensor:
-        """The base model (adapters off) samples scale by scale; the frozen VAE's tokens of the
-        LQ input are given for the first ``num_given`` scales (zero-shot upsampling). ``cfg``,
-        ``tau``, ``top_k``, ``top_p`` left as ``None`` are the base preset's (Infinity's released
-        settings: cfg 4, tau 0.5, top_p 0.97)."""
-        from ..presets import get_preset
+    def sample_base(self, x: Tensor, prompts: Sequence[str], *, num_given: int, seed: int = 0,
+                    generator: torch.Generator | None = None, guidance=None, greedy: bool = False,
+                    **sampler) -> Tensor:
+        """The base model (adapters off; a fine-tuned teacher export: its own weights) samples
+        scale by scale with a KV cache; the frozen VAE's tokens of ``x`` are given for the first
+        ``num_given`` scales. Sampler settings left out or ``None`` (cfg, tau, top_k, top_p) are the
+        base preset's: Infinity's released cfg 4, tau 0.5, top_p 0.97."""
         from ..transformer.sampling import sample
-
-        given = dict(cfg=cfg, tau=tau, top_k=top_k, top_p=top_p)
-        settings = {**get_preset(self.config["base_preset"]).sampler.as_kwargs(),
-                    **{k: v for k, v in given.items() if v is not None}}
 
         if not 0 <= num_given <= len(self.schedule):
             raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
+        settings = self._sampler_settings(sampler)
         is_teacher = self.config.get("mode") == "teacher"  # a fine-tuned teacher: its weights are the teacher
         if not (is_teacher or hasattr(self.transformer, "disable_adapter")):
-            raise ConfigError("the teacher method needs the base weights and the adapter apart; this model was "
-                              "loaded from a merged or fully fine-tuned transformer: pass --base (the base "
+            raise ConfigError("sampling the base model needs the base weights and the adapter apart; this model "
+                              "was loaded from a merged or fully fine-tuned transformer: pass --base (the base "
                               "checkpoint) with an adapter export")
         self._unmerge_lora()
-        lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule)
+        lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule) if num_given else None
         adapters_off = contextlib.nullcontext() if is_teacher else self.transformer.disable_adapter()
         with adapters_off, self._autocast():
-            out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, given_bits=lq.bits,
-                         num_given=num_given, **settings)
+            out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, generator=generator,
+                         given_bits=lq.bits if lq else None, num_given=num_given, guidance=guidance,
+                         greedy=greedy, **settings)
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
+
+    def _sampler_settings(self, given: dict) -> dict:
+        """The base preset's sampler settings, with those ``given`` (not ``None``) instead."""
+        from ..presets import get_preset
+
+        unknown = set(given) - {"cfg", "tau", "top_k", "top_p"}
+        if unknown:
+            raise ConfigError(f"unknown sampler settings {sorted(unknown)}: cfg, tau, top_k, top_p")
+        return {**get_preset(self.config["base_preset"]).sampler.as_kwargs(),
+                **{k: v for k, v in given.items() if v is not None}}
+
+    @torch.no_grad()
+    def restore_varsr(self, x: Tensor, prompts: Sequence[str], *, seed: int = 0,
+                      generator: torch.Generator | None = None, **sampler) -> Tensor:
+        """A model trained in ``varsr`` mode (VARSR's multi-step restorer, the paper's "w/o
+        distill"): its LoRA samples scale by scale with the LQ image's quantized latent (from the
+        fine-tuned encoder) as prefix tokens in the KV cache."""
+        from ..transformer.sampling import sample
+
+        if self.config.get("mode") != "varsr":
+            raise ConfigError(f"the varsr method needs a model trained in mode 'varsr' (recipes/ablation-no-distill"
+                              f".yaml); this one was trained in mode {self.config.get('mode')!r}")
+        if self._merge_wanted:
+            self.merge_lora()
+        with self._autocast():
+            prefix = self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule).prefix_sequence()
+            out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, generator=generator,
+                         prefix=prefix, **self._sampler_settings(sampler))
+        return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
+
+    def restore_zeroshot(self, x: Tensor, prompts: Sequence[str], *, num_given: int = 4, **kwargs) -> Tensor:
+        """Zero-shot upsampling (the paper's Fig. 2a): the LQ tokens for the first ``num_given``
+        scales, the base model completes the rest."""
+        return self.sample_base(x, prompts, num_given=num_given, **kwargs)
+
+    def restore_multistep(self, x: Tensor, prompts: Sequence[str], **kwargs) -> Tensor:
+        """Conventional VAR inference: the base model samples every scale from the prompt alone
+        (``x`` only sets the batch size): what next-scale generation costs."""
+        return self.sample_base(x, prompts, num_given=0, **kwargs)
+
+    def restore_guided(self, x: Tensor, prompts: Sequence[str], *, gamma: int | None = None, alpha: float | None = None,
+                       factor: float | None = None, **kwargs) -> Tensor:
+        """The training-free reconstruction of :mod:`.guidance`: LQ tokens injected below scale
+        ``gamma`` (1-indexed; default the paper's 8/10 of the schedule), measurement-gradient
+        guided logits (step ``alpha``, default 1) and the most likely bits above; ``factor`` is
+        the SR operator's downsampling (default: the model's upscale; a call passes its own)."""
+        from .guidance import DEFAULT_ALPHA, MeasurementGuidance, default_gamma
+
+        K = len(self.schedule)
+        gamma = default_gamma(K) if gamma is None else int(gamma)
+        if not 1 <= gamma <= K:
+            raise ConfigError(f"gamma={gamma}: the first guided scale must be in 1..{K}")
+        guide = MeasurementGuidance(self.vae, x.to(self.device), self.schedule, factor or self.upscale,
+                                    DEFAULT_ALPHA if alpha is None else alpha)
+        return self.sample_base(x, prompts, num_given=gamma - 1, guidance=guide, greedy=True, **kwargs)
 
     def restorer(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
         """``(x (N, 3, R, R) in [0, 1], prompts) -> restored (N, 3, R, R)`` for ``method``."""
-        if method == "onestep":
-            if self.config.get("mode") == "teacher":
-                raise ConfigError("this export is a fine-tuned teacher (recipe mode 'teacher'), not a one-step "
-                                  "model: restore with --method teacher, or distil it (model.transformer in a recipe)")
-            return self.restore_onestep
+        if method not in METHODS:
+            hint = " (now called zeroshot)" if method == "teacher" else ""
+            raise ConfigError(f"unknown method {method!r}{hint}; choose one of {', '.join(METHODS)}")
+        if method == "onestep" and self.config.get("mode") == "teacher":
+            raise ConfigError("this export is a fine-tuned teacher (recipe mode 'teacher'), not a one-step "
+                              "model: restore with --method zeroshot/multistep/guided, or distil it "
+                              "(model.transformer in a recipe)")
+        if method == "onestep" and self.config.get("mode") == "varsr":
+            raise ConfigError("this export is a multi-step VARSR-style model (recipe mode 'varsr'), not a one-step "
+                              "model: restore with --method varsr")
+        if method in ("onestep", "bicubic") and kwargs:
+            raise ConfigError(f"method {method} takes no settings; got {sorted(kwargs)}")
         if method == "bicubic":
             return lambda x, prompts: x
-        if method == "teacher":
-            return lambda x, prompts: self.restore_teacher(x, prompts, **kwargs)
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method == "onestep":
+            return self.restore_onestep
+        restore = getattr(self, f"restore_{method}")
+        return lambda x, prompts: restore(x, prompts, **kwargs)
 
     # ------------------------------------------------------------------ planning a call
     def output_size(self, size: tuple[int, int], upscale: float | None = None) -> tuple[int, int]:
@@ -415,26 +495,41 @@ class VARestorerPipeline:
         return out
 
     # ------------------------------------------------------------------ the call
-    def __call__(self, images, prompt: str | Sequence[str] | None = None, *, method: str = "onestep",
+    def __call__(self, image=None, prompt: str | Sequence[str] | None = None, *, method: str = "onestep",
                  upscale: float | None = None, mode: str = "auto", tile_overlap: int | None = None,
-                 batch_size: int = 4, output_type: str = "pil", progress: bool = False, **method_kwargs):
-        """Restore ``images`` (one or a list of paths, PIL images, arrays or (3, H, W) tensors in
-        [0, 1]); returns a list of PIL images (``output_type="pil"``), uint8 arrays (``"np"``) or
-        float tensors (``"pt"``), each ``upscale`` times the input size (default: the scale the
-        model was trained for). ``prompt``: one for all, one per image, ``""`` (none: the paper's
-        "w/o prompt") or ``None`` (the captioner's, see :meth:`set_captioner`; without one, empty
-        prompts and a warning). ``method_kwargs`` go to the method (``teacher``: num_given, cfg,
-        tau, top_k, top_p, seed)."""
+                 batch_size: int = 4, generator: torch.Generator | None = None, output_type: str = "pil",
+                 return_dict: bool = True, progress: bool = False, **method_kwargs):
+        """Restore ``image``: one or a list of paths, PIL images, arrays or (3, H, W) tensors in [0, 1].
+
+        Returns a :class:`VARestorerPipelineOutput` (``.images``: a list of PIL images for
+        ``output_type="pil"``, uint8 arrays for ``"np"``, float tensors for ``"pt"``, each
+        ``upscale`` times its input (default: the scale the model was trained for); ``.prompts``:
+        the prompt each image was restored with), or with ``return_dict=False`` the tuple
+        ``(images, prompts)``, as diffusers pipelines do.
+
+        Args:
+            prompt: one for all, one per image, ``""`` (none: the paper's "w/o prompt") or ``None``
+                (the captioner's, see :meth:`set_captioner`; without one, empty prompts and a warning).
+            method: one of :data:`METHODS`.
+            generator: the random draws of the sampling methods (default: ``seed``, 0).
+            method_kwargs: the method's settings: ``zeroshot``: num_given; ``guided``: gamma,
+                alpha; all sampling methods: cfg, tau, top_k, top_p, seed.
+        """
         from tqdm.auto import tqdm
 
         if output_type not in ("pil", "np", "pt"):
             raise ConfigError(f"output_type must be pil, np or pt, got {output_type!r}")
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
-        single = not isinstance(images, (list, tuple))
-        items = [to_tensor(im) for im in ([images] if single else images)]
+        if image is None:
+            raise ConfigError("pass the image(s) to restore: pipe(image, prompt=...)")
+        items = [to_tensor(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
         sizes = [self.output_size(tuple(x.shape[-2:]), upscale) for x in items]
         plans = [self.plan(s, mode) for s in sizes]
+        if generator is not None and method in ("zeroshot", "multistep", "guided", "varsr"):
+            method_kwargs["generator"] = generator
+        if method == "guided":
+            method_kwargs.setdefault("factor", upscale or self.upscale)
         restore = self.restorer(method, **method_kwargs)
         prompts = self.caption(items, prompt, method, batch_size)
         R = self.resolution
@@ -455,15 +550,14 @@ class VARestorerPipeline:
             outputs[i] = self._tiled(items[i], sizes[i], prompts[i], restore, overlap, batch_size)
             bar.update(1)
         bar.close()
-        outs = [o.clamp(0, 1) for o in outputs]
-        if output_type == "pt":
-            return outs
-        arrays = [to_uint8(o) for o in outs]
-        if output_type == "np":
-            return arrays
-        from PIL import Image
+        images = [o.clamp(0, 1) for o in outputs]
+        if output_type != "pt":
+            images = [to_uint8(o) for o in images]
+        if output_type == "pil":
+            from PIL import Image
 
-        return [Image.fromarray(a) for a in arrays]
+            images = [Image.fromarray(a) for a in images]
+        return VARestorerPipelineOutput(images=images, prompts=prompts) if return_dict else (images, prompts)
 
     def _tiled(self, x: Tensor, size: tuple[int, int], prompt: str, restore, overlap: int, batch_size: int) -> Tensor:
         """Upsample to ``size`` (at least the resolution on the short side), restore overlapping

@@ -91,6 +91,11 @@ class MultiScaleTokens:
             return self.teacher_input_sequence()
         raise ValueError(f"LQ input form must be one of {LQ_INPUT_FORMS}, got {form!r}")
 
+    def prefix_sequence(self) -> Tensor:
+        """The whole quantized latent as one map of the last scale's size, in token order:
+        ``(B, h_K * w_K, d)``: VARSR's prefix tokens (the image as the condition of every scale)."""
+        return self.quantized.flatten(2).transpose(1, 2)
+
     def code_sequence(self) -> Tensor:
         """Every scale's own codes in token order: ``(B, L, d)``."""
         return torch.cat([c.flatten(2).transpose(1, 2) for c in self.codes], dim=1)

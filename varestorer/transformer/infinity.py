@@ -413,9 +413,35 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             h = _layer_norm(x, self.config.norm_eps) * (scale + 1) + shift
             return self.head(h).unflatten(-1, (self.config.codebook_dim, 2))
 
+    def embed_prefix(self, prefix: Tensor, schedule: list[Scale]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """VARSR's prefix tokens ``(B, h_K * w_K, d)`` (an image's quantized latent at the last
+        scale's size) -> embeddings and RoPE. They are what the last scale's input would be one
+        scale later (codes accumulated at full size), so they take its level embedding and its
+        RoPE positions: VARSR's scale-aligned positions."""
+        h, w = schedule[-1]
+        if prefix.ndim != 3 or prefix.shape[1] != h * w or prefix.shape[2] != self.config.codebook_dim:
+            raise ValueError(f"prefix tokens must be (B, {h * w}, {self.config.codebook_dim}) for a last scale of "
+                             f"{h}x{w}; got {tuple(prefix.shape)}")
+        with _autocast_off(prefix):
+            level = torch.full((h * w,), len(schedule) - 1, dtype=torch.long, device=prefix.device)
+            x = self.word_embed(prefix.float()) + self.lvl_embed(level)[None]
+        cos, sin = self.rope(schedule, prefix.device)
+        return x, (cos[-h * w:], sin[-h * w:])
+
+    @classmethod
+    def prefix_mask(cls, schedule: list[Scale], num_prefix: int, attention: str, device=None) -> Tensor:
+        """``(P + L, P + L)`` bool: the prefix sees itself, every token sees the prefix, and the
+        scales see each other as ``attention`` says."""
+        L = sum(h * w for h, w in schedule)
+        mask = torch.ones(num_prefix + L, num_prefix + L, dtype=torch.bool, device=device)
+        mask[:num_prefix, num_prefix:] = False
+        if attention == "causal":
+            mask[num_prefix:, num_prefix:] = cls.block_causal_mask(schedule, device)
+        return mask
+
     # ------------------------------------------------------------------ the uses
     def forward(self, text: TextFeatures, inputs: Tensor | None, schedule: list[Scale],
-                attention: str = "causal") -> Tensor:
+                attention: str = "causal", prefix: Tensor | None = None) -> Tensor:
         """Bit logits ``(B, L, d, 2)`` of every scale in one pass.
 
         Args:
@@ -428,6 +454,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             attention: ``"causal"``: block-wise causal mask (a scale sees itself and the scales
                 before it: Infinity's training, the teacher); ``"full"``: every token sees every
                 token (the student's one-step pass over the whole pyramid).
+            prefix: VARSR's prefix tokens (:meth:`embed_prefix`), placed before the start token and
+                visible to every scale; only the scales' logits are returned.
         """
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -438,11 +466,22 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         x = self.embed(context, inputs, schedule)
         rope = self.rope(schedule, x.device)
         mask = self.block_causal_mask(schedule, x.device) if attention == "causal" else None
-        return self.logits(self.run_blocks(x, context, rope, mask), context.cond)
+        if prefix is None:
+            return self.logits(self.run_blocks(x, context, rope, mask), context.cond)
+        p, p_rope = self.embed_prefix(prefix, schedule)
+        x = torch.cat((p, x), dim=1)
+        rope = tuple(torch.cat((a, b)) for a, b in zip(p_rope, rope))
+        mask = self.prefix_mask(schedule, p.shape[1], attention, x.device)
+        return self.logits(self.run_blocks(x, context, rope, mask)[:, p.shape[1]:], context.cond)
 
-    def start_decoding(self, text: TextFeatures, schedule: list[Scale]) -> DecodeState:
-        """A fresh KV cache for decoding ``schedule`` scale by scale."""
-        return DecodeState(self.text_context(text), list(schedule), [{} for _ in range(self.config.depth)])
+    def start_decoding(self, text: TextFeatures, schedule: list[Scale], prefix: Tensor | None = None) -> DecodeState:
+        """A fresh KV cache for decoding ``schedule`` scale by scale (with ``prefix`` tokens
+        already in it: every scale then attends to them)."""
+        state = DecodeState(self.text_context(text), list(schedule), [{} for _ in range(self.config.depth)])
+        if prefix is not None:
+            p, p_rope = self.embed_prefix(prefix, state.schedule)
+            self.run_blocks(p, state.context, p_rope, None, state.caches)
+        return state
 
     def decode_scale(self, state: DecodeState, inputs: Tensor | None = None) -> Tensor:
         """Bit logits ``(B, h*w, d, 2)`` of the next scale, attending to the scales before it.

@@ -12,11 +12,14 @@ rule, so sampling with given bits reproduces teacher forcing).
 
 ``given_bits`` injects known bits for the first ``num_given`` scales instead of sampling
 them (Infinity's ``gt_leak``; the zero-shot upsampling baseline injects LQ tokens).
+``guidance`` changes each later scale's logits before its bits are drawn (the training-free
+measurement guidance of :mod:`varestorer.inference.guidance`); ``greedy`` takes the most likely
+bits instead of drawing them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +91,9 @@ def sample(
     num_given: int | None = None,
     negative: TextFeatures | None = None,
     return_logits: bool = False,
+    guidance: Callable[[int, Tensor, Tensor | None], Tensor] | None = None,
+    greedy: bool = False,
+    prefix: Tensor | None = None,
 ) -> SampleOutput:
     """Sample every scale of ``schedule`` for a batch of captions (see the module doc).
 
@@ -102,6 +108,10 @@ def sample(
         given_bits: per scale ``(B, h, w, d)`` bits to use instead of sampling for the first
             ``num_given`` scales (default: as many as given).
         negative: text of the unconditional branch instead of ``cfg_uncond``.
+        guidance: ``(k, logits (B, h*w, d, 2), summed latent of the scales before k or None) ->
+            logits``, called at every scale that is not given, after temperature and guidance.
+        greedy: the most likely bits (after ``guidance``) instead of random draws.
+        prefix: VARSR's prefix tokens ``(B, h_K * w_K, d)``, which every scale attends to.
     """
     schedule = [tuple(s) for s in schedule]
     K, B = len(schedule), len(text)
@@ -124,7 +134,10 @@ def sample(
         text = TextFeatures.cat([text, uncond])
     quantizer = MultiScaleBSQ(d).to(device)
     full = schedule[-1]
-    state = base.start_decoding(text, schedule)
+    if prefix is not None:
+        prefix = prefix.to(device)
+        prefix = torch.cat((prefix, prefix)) if guided else prefix
+    state = base.start_decoding(text, schedule, prefix=prefix)
     inputs, summed, bits_out, logits_out = None, None, [], []
     for k, (h, w) in enumerate(schedule):
         logits = base.decode_scale(state, inputs) / taus[k]
@@ -135,7 +148,9 @@ def sample(
             if tuple(bits.shape) != (B, h, w, d):
                 raise ValueError(f"given bits of scale {k} are {tuple(bits.shape)}, expected {(B, h, w, d)}")
         else:
-            bits = sample_bits(logits, top_k, top_p, generator).view(B, h, w, d)
+            if guidance is not None:
+                logits = guidance(k, logits, summed)
+            bits = (logits.argmax(-1) if greedy else sample_bits(logits, top_k, top_p, generator)).view(B, h, w, d)
         bits_out.append(bits)
         if return_logits:
             logits_out.append(logits)
