@@ -424,3 +424,13 @@ def test_missing_base_says_how_to_point_at_it(trained, tmp_path):
         VARestorerPipeline.from_pretrained(copy)
     with pytest.raises(ConfigError, match="not a VARestorer export"):
         VARestorerPipeline.from_pretrained(tmp_path)
+
+
+def test_latency_benchmark_times_every_method_on_the_same_weights(capsys):
+    assert main(["bench", "latency", "--json", "--repeats", "1", "--warmup", "0"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert list(r["methods"]) == ["onestep", "zeroshot", "multistep", "guided", "varsr"]
+    assert r["methods"]["onestep"]["x_onestep"] == 1.0 and all(m["sec_per_image"] > 0 for m in r["methods"].values())
+    assert r["scales"] == 5 and r["sampler"]["cfg"] == 4.0
+    assert main(["bench", "latency", "--methods", "onestep,magic"]) == 2
+    assert "choose among" in capsys.readouterr().err

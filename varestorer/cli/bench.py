@@ -13,6 +13,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "degrade": "varestorer.cli.degrade:register_bench",
     "train": "varestorer.cli.train:register_bench",
+    "latency": "varestorer.cli.restore:register_bench",
 }
 
 

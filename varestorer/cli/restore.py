@@ -254,3 +254,37 @@ def _save_compare(lq, restored, path: Path, method: str) -> None:
 
     res = torch.from_numpy(np.array(restored)).permute(2, 0, 1).float() / 255
     comparison_strip([lq, res], ["input", method]).save(path)
+
+
+def register_bench(sub) -> None:
+    p = sub.add_parser(
+        "latency", help="seconds per image of onestep vs the multi-step methods, on the same weights",
+        description="Time every restoration method side by side on random weights of a preset: the one-step "
+                    "pass vs scale-by-scale sampling (multistep with CFG, zeroshot, guided, varsr).")
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default: 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per method (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default: 1)")
+    p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--device", default=None, help="device (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from ..errors import ConfigError
+    from ..inference.bench import TIMED, bench_latency, format_latency
+
+    methods = TIMED if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in TIMED]
+    if unknown or not methods:
+        raise ConfigError(f"--methods {args.methods!r}: choose among {', '.join(TIMED)}")
+    r = bench_latency(args.preset, args.resolution, batch=args.batch, warmup=args.warmup, repeats=args.repeats,
+                      device=args.device, dtype=args.dtype, methods=methods)
+    print(json.dumps(r, indent=2) if args.json else format_latency(r))
+    return 0

@@ -173,7 +173,7 @@ class VARestorerPipeline:
         self.resolution = int(config["resolution"])
         self.schedule = [tuple(s) for s in config["scale_schedule"]]
         self.attention = config.get("attention", "full")
-        self.upscale = float(config.get("upscale", config["recipe"]["degradation"]["scale"]))
+        self.upscale = float(config["upscale"] if "upscale" in config else config["recipe"]["degradation"]["scale"])
         self.captioner = None  # set by set_captioner: prompts from BLIP when a call gives none
         self.caption_from = "restored"
         self._warned_no_prompt = False

@@ -1,0 +1,108 @@
+"""``varestorer bench latency``: seconds per image of every restoration method on the same weights.
+
+A pipeline of the preset is built with random weights (a LoRA away from zero, so the adapter does
+work); every method then restores the same batch of ``resolution x resolution`` inputs, each
+method timed in the same run: ``warmup`` untimed calls, then the mean of ``repeats`` timed ones
+(``torch.cuda.synchronize`` around each on a GPU). The T5 encoder is replaced by random text
+features of ``prompt_tokens`` tokens (its cost is one encoder pass per prompt, the same for
+every method, and cached), so the figures are the transformer's and the VAE's.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+#: The methods timed, in the order printed; ``onestep`` is the reference of the ratios.
+TIMED = ("onestep", "zeroshot", "multistep", "guided", "varsr")
+
+
+class RandomText(nn.Module):
+    """A stand-in for T5: fixed random features ``(B, prompt_tokens, channels)`` per call."""
+
+    def __init__(self, channels: int, prompt_tokens: int):
+        super().__init__()
+        self.channels, self.prompt_tokens = channels, prompt_tokens
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # follows .to(device)
+
+    def forward(self, captions, device=None, drop=None):
+        from ..transformer.text import TextFeatures
+
+        g = torch.Generator().manual_seed(0)
+        feats = torch.randn(len(captions), self.prompt_tokens, self.channels, generator=g)
+        return TextFeatures.from_list(list(feats.to(device or self.anchor.device)), drop=drop)
+
+
+def build_random_pipeline(preset: str, resolution: int, device: torch.device, mode: str = "distill"):
+    """A :class:`VARestorerPipeline` of ``preset`` with random weights (LoRA included)."""
+    from ..presets import get_preset
+    from ..transformer.lora import apply_lora
+    from .pipeline import VARestorerPipeline
+
+    p = get_preset(preset)
+    torch.manual_seed(0)
+    with torch.device(device):
+        vae, transformer = p.build_vae(), apply_lora(p.build_transformer())
+    with torch.no_grad():
+        for name, w in transformer.named_parameters():
+            if "lora_B" in name:
+                w.normal_(0, 1e-3)
+    text = RandomText(p.transformer["text_channels"], prompt_tokens=30).to(device)
+    config = {"base_preset": p.name, "mode": mode, "resolution": resolution, "attention": "full",
+              "lq_input": "pyramid", "upscale": 4, "use_captions": True,
+              "scale_schedule": [list(s) for s in vae.schedule(resolution)]}
+    return VARestorerPipeline(vae, copy.deepcopy(vae.encoder), transformer, text, config)
+
+
+def _time(fn, warmup: int, repeats: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_latency(preset: str = "tiny", resolution: int | None = None, batch: int = 1, warmup: int = 1,
+                  repeats: int = 3, device: str | None = None, dtype: str | None = None,
+                  methods: tuple[str, ...] = TIMED) -> dict:
+    """Seconds per image of each method (see the module doc); ratios to ``onestep``."""
+    from ..presets import get_preset
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    res = resolution or get_preset(preset).resolution
+    pipe = build_random_pipeline(preset, res, dev)
+    dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    pipe.to(dev, dt)
+    x = torch.rand(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(dev)
+    prompts = ["a photo"] * batch
+    rows = {}
+    for m in methods:
+        pipe.config["mode"] = "varsr" if m == "varsr" else "distill"  # the same weights read as either model
+        restore = pipe.restorer(m)
+        sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
+        rows[m] = {"sec_per_image": sec / batch}
+    ref = rows.get("onestep", {}).get("sec_per_image")
+    for r in rows.values():
+        if ref:
+            r["x_onestep"] = r["sec_per_image"] / ref
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {"preset": preset, "resolution": res, "batch": batch, "scales": len(pipe.schedule),
+            "device": str(dev), "device_name": name, "dtype": str(dt).removeprefix("torch."),
+            "sampler": get_preset(preset).sampler.as_kwargs(), "methods": rows}
+
+
+def format_latency(r: dict) -> str:
+    lines = [f"bench latency: preset {r['preset']}, {r['resolution']}px ({r['scales']} scales), batch {r['batch']}, "
+             f"{r['device_name']} {r['dtype']}; sampler {r['sampler']}",
+             f"  {'method':<10} {'s/image':>10} {'x onestep':>10}"]
+    for m, row in r["methods"].items():
+        ratio = f"{row['x_onestep']:.1f}x" if "x_onestep" in row else "-"
+        lines.append(f"  {m:<10} {row['sec_per_image']:>10.4f} {ratio:>10}")
+    return "\n".join(lines)
