@@ -36,6 +36,23 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--model", help="export folder or Hub repo id (not needed for --method bicubic)")
     p.add_argument("--method", default="onestep", choices=METHOD_CHOICES)
+    add_prompt_options(p)
+    g = p.add_argument_group("size")
+    g.add_argument("--upscale", type=float, default=None, help="output size / input size (default: the model's)")
+    g.add_argument("--mode", default="auto", choices=("auto", "resize", "tile"),
+                   help="auto: one pass when the output fits the model's resolution, tiles otherwise")
+    g.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: 1/4 tile)")
+    add_running_options(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--compare", action="store_true", help="also write NAME_compare.png: input | restored")
+    g.add_argument("--ext", default="png", choices=OUTPUT_FORMATS)
+    g.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    add_method_options(p)
+    p.set_defaults(func=run)
+
+
+def add_prompt_options(p) -> None:
+    """Where prompts come from (``restore`` and ``evaluate`` share them)."""
     g = p.add_argument_group("prompts")
     g.add_argument("--caption", default="blip", choices=("blip", "none"),
                    help="where prompts come from when --prompt is not given (default: blip; none: empty "
@@ -49,11 +66,10 @@ def register(sub) -> None:
     prompt.add_argument("--prompt", default=None, help="one prompt for every image")
     prompt.add_argument("--no-prompt", dest="prompt", action="store_const", const="",
                         help="restore with an empty prompt: the paper's 'w/o prompt' ablation (Table A)")
-    g = p.add_argument_group("size")
-    g.add_argument("--upscale", type=float, default=None, help="output size / input size (default: the model's)")
-    g.add_argument("--mode", default="auto", choices=("auto", "resize", "tile"),
-                   help="auto: one pass when the output fits the model's resolution, tiles otherwise")
-    g.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: 1/4 tile)")
+
+
+def add_running_options(p) -> None:
+    """Batch, device, precision and the checkpoints a model names (shared with ``evaluate``)."""
     g = p.add_argument_group("running")
     g.add_argument("--batch-size", type=int, default=4)
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
@@ -62,12 +78,6 @@ def register(sub) -> None:
     g.add_argument("--base", help="base transformer checkpoint, when not the one the model names")
     g.add_argument("--vae", help="VAE checkpoint, when not the one the model names")
     g.add_argument("--text-encoder", help="T5 encoder (Hub id or folder), when not the one the model names")
-    g = p.add_argument_group("output")
-    g.add_argument("--compare", action="store_true", help="also write NAME_compare.png: input | restored")
-    g.add_argument("--ext", default="png", choices=OUTPUT_FORMATS)
-    g.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    add_method_options(p)
-    p.set_defaults(func=run)
 
 
 def add_method_options(p) -> None:
@@ -154,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = _pipeline(args, device)
+    pipe = load_pipeline(args, device, (args.method,))
     skipped: list[tuple[Path, str]] = []
     bar = tqdm(total=len(todo), desc=f"restore ({args.method})", unit="image")
     for start in range(0, len(todo), args.batch_size):
@@ -196,22 +206,25 @@ def _call_kwargs(args) -> dict:
                 batch_size=args.batch_size, output_type="pil", **method_kwargs(args, args.method))
 
 
-def _pipeline(args, device: str):
+def load_pipeline(args, device: str, methods: tuple[str, ...]):
+    """The pipeline of ``--model`` (with BLIP when prompts are to be captioned), or for
+    ``bicubic`` alone without a model, the pipeline's resizing."""
     import torch
 
     from ..errors import ConfigError
 
     if args.model is None:
-        if args.method != "bicubic":
-            raise ConfigError(f"--method {args.method} needs --model (an export folder or a Hub repo id)")
-        return _Bicubic(args.upscale or 4.0)
+        needing = [m for m in methods if m != "bicubic"]
+        if needing:
+            raise ConfigError(f"--method {needing[0]} needs --model (an export folder or a Hub repo id)")
+        return _Bicubic(getattr(args, "upscale", None) or 4.0)
     from ..inference import VARestorerPipeline
 
     pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae,
                                               text_encoder=args.text_encoder)
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     pipe.to(device, getattr(torch, dtype))
-    wants_captions = args.method != "bicubic" and args.prompt is None and pipe.config.get("use_captions", True)
+    wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.get("use_captions", True)
     if wants_captions and args.caption == "blip":
         from ..data.captions import DEFAULT_BLIP, BlipCaptioner
 

@@ -1,0 +1,152 @@
+"""``varestorer evaluate``: score restorations the way the papers' tables do.
+
+Two forms:
+
+    varestorer evaluate --pred RESTORED/ --gt HR/ [--lq LR/] --out eval/
+    varestorer evaluate --model DIR_OR_HUB_ID --method onestep --method zeroshot --lq LR/ --gt HR/ --out eval/
+
+The first scores images restored elsewhere (with ``--lq``, the bicubic upsampling of the LQ
+images is scored too, as a reference row). The second restores the LQ images with each
+``--method`` (the ``restore`` command's methods, at the ground truth's size), times it (seconds per
+image, wall clock) and scores it; ``--method bicubic`` alone needs no model. Images are paired by
+name (``_LR4``/``_HR``/``x4`` tags ignored; a dataset root with ``test_LR/`` and ``test_HR/``
+works as it is; see :mod:`varestorer.evaluation.pairs`).
+
+PSNR and SSIM are on the Y channel (BT.601) after cropping ``--crop-border`` pixels (the papers
+crop the scale, 4), as basicsr and pyiqa compute them. LPIPS, NIQE, DISTS, MUSIQ, MANIQA, CLIPIQA
+and LIQE run where they and their weights are present; a metric that cannot run is reported as
+unavailable with the reason. Written to ``--out``: ``results.md`` (the table), ``results.csv``,
+``per_image.csv``, ``results.json`` and ``metric_vs_time.png``, plus each method's restorations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .restore import METHOD_CHOICES, add_method_options, add_prompt_options, add_running_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="PSNR/SSIM/LPIPS/NIQE/... of restorations, or restore with methods and score",
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gt", required=True, help="ground-truth (HR) folder, or a dataset root holding test_HR/")
+    p.add_argument("--pred", help="restored images to score")
+    p.add_argument("--lq", help="LQ folder (or a root holding test_LR/): restored with --method, or a bicubic row")
+    p.add_argument("--model", help="export folder or Hub repo id, to restore --lq with each --method")
+    p.add_argument("--method", action="append", choices=METHOD_CHOICES,
+                   help="a restoration method (repeat for several rows; default onestep with --model)")
+    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.add_argument("--crop-border", type=int, default=0, help="pixels cut from each side before scoring (papers: 4)")
+    p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; unavailable ones say why)")
+    p.add_argument("--allow-missing", action="store_true", help="skip ground-truth images without a partner")
+    p.add_argument("--json", action="store_true", help="also print results.json")
+    add_prompt_options(p)
+    add_running_options(p)
+    add_method_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..errors import ConfigError
+    from ..evaluation.metrics import DEFAULT_METRICS, build_metrics, score
+    from ..evaluation.pairs import index_images, match, resolve_folder
+    from ..evaluation.report import summarise, write_report
+
+    methods = tuple(args.method or (("onestep",) if args.model else ()))
+    if args.pred is None and not methods:
+        raise ConfigError("say what to score: --pred RESTORED_DIR, or --method M (with --lq, and --model unless M is "
+                          "bicubic)")
+    if methods and args.lq is None:
+        raise ConfigError("--method needs --lq: the LQ images to restore")
+    if args.pred is not None and args.model is not None:
+        raise ConfigError("--pred scores existing restorations, --model makes them: pass one of the two")
+    names = DEFAULT_METRICS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gt = index_images(resolve_folder(args.gt, "gt"), "gt")
+    lq = index_images(resolve_folder(args.lq, "lq"), "lq") if args.lq else None
+    pred = index_images(resolve_folder(args.pred, "pred"), "pred") if args.pred else None
+    pairs = match(gt, pred, lq, allow_missing=args.allow_missing)
+    fns, unavailable = build_metrics(names, device)
+    out = Path(args.out).expanduser()
+    rows, per_image, problems = [], [], {}
+    sources = ([("pred", None)] if pred is not None else []) + [(m, m) for m in methods]
+    if pred is not None and lq is not None and "bicubic" not in methods:
+        sources.append(("bicubic", "bicubic"))
+    pipe = _pipeline(args, device, tuple(m for _, m in sources if m)) if any(m for _, m in sources) else None
+    for name, method in sources:
+        images, seconds = _restorations(args, pipe, pairs, method, out / name)
+        scored = []
+        for pair, image in tqdm(list(zip(pairs, images)), desc=f"score ({name})", unit="image"):
+            scored.append({"method": name, "image": pair.gt.name,
+                           **score(fns, image, _read(pair.gt), args.crop_border, problems)})
+        per_image += scored
+        rows.append({"method": name, **summarise(scored, list(fns)), "images": len(scored),
+                     "sec_per_image": seconds})
+    metrics = [m for m in names if m in fns or m in unavailable]
+    for m, why in problems.items():  # ran, but not on every image
+        n = sum(1 for r in per_image if r.get(m) is None)
+        unavailable.setdefault(m, f"not computed for {n} of {len(per_image)} images ({why})")
+    settings = {"gt": str(args.gt), "lq": args.lq, "pred": args.pred, "model": args.model,
+                "crop_border": args.crop_border, "device": device, "pairs": len(pairs),
+                "title": f"{len(pairs)} images of {args.gt}, crop border {args.crop_border}"}
+    doc = write_report(out, rows, per_image, metrics, unavailable, settings)
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/: results.md, results.csv, per_image.csv, results.json, metric_vs_time.png")
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+def _read(path: Path):
+    from ..data.images import read_rgb
+    from ..inference.pipeline import to_tensor, to_uint8
+
+    return to_uint8(to_tensor(read_rgb(path)))
+
+
+def _pipeline(args, device: str, methods: tuple[str, ...]):
+    from .restore import load_pipeline
+
+    return load_pipeline(args, device, methods)
+
+
+def _restorations(args, pipe, pairs, method: str | None, folder: Path) -> tuple[list, float | None]:
+    """The images to score: ``--pred``'s (``method`` None), or ``method``'s restorations of the LQ
+    images at the ground truth's size (saved under ``folder``), with seconds per image."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ..evaluation.pairs import check_sizes
+    from ..inference.pipeline import resize_images, to_tensor, to_uint8
+    from .restore import method_kwargs
+
+    if method is None:
+        images = [_read(p.pred) for p in pairs]
+        check_sizes([(p.pred.name, im.shape[:2], _read(p.gt).shape[:2]) for p, im in zip(pairs, images)])
+        return images, None
+    folder.mkdir(parents=True, exist_ok=True)
+    images, elapsed = [], 0.0
+    sync = torch.cuda.synchronize if str(getattr(pipe, "device", "cpu")).startswith("cuda") else (lambda: None)
+    for pair in tqdm(pairs, desc=f"restore ({method})", unit="image"):
+        x = to_tensor(pair.lq)
+        h, w = _read(pair.gt).shape[:2]
+        start = time.perf_counter()
+        y = pipe([x], prompt=args.prompt, method=method, upscale=h / x.shape[-2], output_type="pt",
+                 batch_size=args.batch_size, **method_kwargs(args, method)).images[0]
+        sync()
+        elapsed += time.perf_counter() - start
+        if tuple(y.shape[-2:]) != (h, w):  # a non-integer ratio: the last pixel of rounding
+            y = resize_images(y[None], (h, w))[0]
+        image = to_uint8(y)
+        Image.fromarray(image).save(folder / f"{pair.gt.stem}.png")
+        images.append(np.asarray(image))
+    return images, elapsed / max(1, len(pairs))

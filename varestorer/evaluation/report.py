@@ -1,0 +1,96 @@
+"""What ``varestorer evaluate`` writes: a table shaped like the papers' Table 1 and its plot.
+
+``results.md`` (one row per method, one column per metric with the better direction, seconds per
+image; unavailable metrics as "n/a" with a footnote giving the reason), ``results.csv`` (the same
+rows), ``per_image.csv`` (method, image, each metric), ``results.json`` and
+``metric_vs_time.png`` (one point per method: a metric against seconds per image, log scale).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from .metrics import METRICS
+
+
+def summarise(per_image: list[dict], metrics: list[str]) -> dict[str, float]:
+    """Mean of each metric over the images (``inf`` PSNRs stay ``inf``, as an identical pair should)."""
+    out = {}
+    for m in metrics:
+        values = [r[m] for r in per_image if r.get(m) is not None]
+        out[m] = sum(values) / len(values) if values else None
+    return out
+
+
+def _fmt(value, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}" if metric in ("psnr", "musiq", "niqe", "sec_per_image") and value >= 1 else f"{value:.4f}"
+
+
+def markdown_table(rows: list[dict], metrics: list[str], unavailable: dict[str, str], title: str = "") -> str:
+    """The Table-1-shaped markdown: methods as rows, metrics (with arrows) as columns."""
+    names = [f"{m.upper()}{METRICS[m].arrow}" + ("*" if m in unavailable else "") for m in metrics]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| method | " + " | ".join(names) + " | s/image | images |",
+              "|---|" + "---|" * len(metrics) + "---|---|"]
+    for r in rows:
+        cells = [_fmt(r.get(m), m) for m in metrics]
+        sec = _fmt(r.get("sec_per_image"), "sec_per_image") if r.get("sec_per_image") is not None else "-"
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {sec} | {r['images']} |")
+    if unavailable:
+        lines += ["", "\\* unavailable here:"] + [f"- {m}: {why}" for m, why in unavailable.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, rows: list[dict], per_image: list[dict], metrics: list[str],
+                 unavailable: dict[str, str], settings: dict) -> dict:
+    """Write every file of the module doc into ``out``; returns the JSON document."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown_table(rows, metrics, unavailable, settings.get("title", "")))
+    fields = ["method", *metrics, "sec_per_image", "images"]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows)
+    with open(out / "per_image.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "image", *metrics], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(per_image)
+    doc = {"settings": settings, "metrics": {m: {"higher_is_better": METRICS[m].higher_is_better} for m in metrics},
+           "unavailable": unavailable, "rows": rows}
+    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
+    plot_metric_vs_time(rows, out / "metric_vs_time.png", metrics, unavailable)
+    return doc
+
+
+def plot_metric_vs_time(rows: list[dict], path: Path, metrics: list[str], unavailable: dict[str, str]) -> Path | None:
+    """One point per timed method: LPIPS (else PSNR) against seconds per image."""
+    timed = [r for r in rows if r.get("sec_per_image")]
+    metric = next((m for m in ("lpips", "psnr") if m in metrics and m not in unavailable), None)
+    if not timed or metric is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    for r in timed:
+        y = r.get(metric)
+        if y is None or math.isinf(y):
+            continue
+        ax.scatter(r["sec_per_image"], y)
+        ax.annotate(r["method"], (r["sec_per_image"], y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per image")
+    ax.set_ylabel(f"{metric.upper()} {METRICS[metric].arrow}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
