@@ -13,7 +13,7 @@ name (``_LR4``/``_HR``/``x4`` tags ignored; a dataset root with ``test_LR/`` and
 works as it is; see :mod:`varestorer.evaluation.pairs`).
 
 PSNR and SSIM are on the Y channel (BT.601) after cropping ``--crop-border`` pixels (the papers
-crop the scale, 4), as basicsr and pyiqa compute them. LPIPS, NIQE, DISTS, MUSIQ, MANIQA, CLIPIQA
+crop the scale, 4), as pyiqa computes them (``--ssim-convention basicsr``: as basicsr does). LPIPS, NIQE, DISTS, MUSIQ, MANIQA, CLIPIQA
 and LIQE run where they and their weights are present; a metric that cannot run is reported as
 unavailable with the reason. Written to ``--out``: ``results.md`` (the table), ``results.csv``,
 ``per_image.csv``, ``results.json`` and ``metric_vs_time.png``, plus each method's restorations.
@@ -39,6 +39,8 @@ def register(sub) -> None:
                    help="a restoration method (repeat for several rows; default onestep with --model)")
     p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
     p.add_argument("--crop-border", type=int, default=0, help="pixels cut from each side before scoring (papers: 4)")
+    p.add_argument("--ssim-convention", default="pyiqa", choices=("pyiqa", "basicsr"),
+                   help="pyiqa (default: Y rounded as MATLAB, as recent SR papers' tables) or basicsr (Y unrounded)")
     p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; unavailable ones say why)")
     p.add_argument("--allow-missing", action="store_true", help="skip ground-truth images without a partner")
     p.add_argument("--json", action="store_true", help="also print results.json")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         scored = []
         for pair, image in tqdm(list(zip(pairs, images)), desc=f"score ({name})", unit="image"):
             scored.append({"method": name, "image": pair.gt.name,
-                           **score(fns, image, _read(pair.gt), args.crop_border, problems)})
+                           **score(fns, image, _read(pair.gt), args.crop_border, problems, args.ssim_convention)})
         per_image += scored
         rows.append({"method": name, **summarise(scored, list(fns)), "images": len(scored),
                      "sec_per_image": seconds})
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         n = sum(1 for r in per_image if r.get(m) is None)
         unavailable.setdefault(m, f"not computed for {n} of {len(per_image)} images ({why})")
     settings = {"gt": str(args.gt), "lq": args.lq, "pred": args.pred, "model": args.model,
-                "crop_border": args.crop_border, "device": device, "pairs": len(pairs),
+                "crop_border": args.crop_border, "ssim_convention": args.ssim_convention, "device": device,
+                "pairs": len(pairs),
                 "title": f"{len(pairs)} images of {args.gt}, crop border {args.crop_border}"}
     doc = write_report(out, rows, per_image, metrics, unavailable, settings)
     print((out / "results.md").read_text())

@@ -8,7 +8,11 @@ Full-reference, always available:
   images give ``inf``.
 - **SSIM** on the same Y: an 11 x 11 Gaussian window (sigma 1.5), ``C1 = (0.01 * 255)^2``,
   ``C2 = (0.03 * 255)^2``, statistics over the valid positions only (no padding), the mean of
-  the SSIM map (basicsr's ``calculate_ssim``; Wang et al. 2004).
+  the SSIM map (Wang et al. 2004). Two conventions differ by ~1e-3 on real pairs:
+  ``"pyiqa"`` (default; pyiqa's ``ssim`` with ``test_y_channel=True``, which recent SR papers
+  use for their tables): Y rounded to integers first, as MATLAB's ``rgb2ycbcr`` of a uint8
+  image, and the contrast-structure term clamped at 0; ``"basicsr"`` (basicsr's
+  ``calculate_ssim``): Y unrounded, no clamp. PSNR is the same in both tools.
 
 Through packages, where they and their weights are present (otherwise "unavailable" with the
 reason and the way to get them, never left out silently): **LPIPS** (the ``lpips`` package, AlexNet
@@ -79,9 +83,16 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.nd
     return np.outer(g, g)
 
 
-def ssim(pred, gt, crop_border: int = 0) -> float:
-    """SSIM on Y (see the module doc); 1 for identical images."""
+SSIM_CONVENTIONS = ("pyiqa", "basicsr")
+
+
+def ssim(pred, gt, crop_border: int = 0, convention: str = "pyiqa") -> float:
+    """SSIM on Y (see the module doc for the two conventions); 1 for identical images."""
+    if convention not in SSIM_CONVENTIONS:
+        raise ValueError(f"SSIM convention must be one of {SSIM_CONVENTIONS}, got {convention!r}")
     p, g = _pair(pred, gt, crop_border)
+    if convention == "pyiqa":
+        p, g = p.round(), g.round()
     if min(p.shape) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} after the border crop")
     window = torch.from_numpy(gaussian_window())[None, None]
@@ -92,7 +103,9 @@ def ssim(pred, gt, crop_border: int = 0) -> float:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_p, mu_g = filt(p), filt(g)
     var_p, var_g, cov = filt(p * p) - mu_p**2, filt(g * g) - mu_g**2, filt(p * g) - mu_p * mu_g
-    ssim_map = ((2 * mu_p * mu_g + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_g**2 + c1) * (var_p + var_g + c2))
+    cs = (2 * cov + c2) / (var_p + var_g + c2)
+    cs = cs.clamp_min(0) if convention == "pyiqa" else cs
+    ssim_map = (2 * mu_p * mu_g + c1) / (mu_p**2 + mu_g**2 + c1) * cs
     return float(ssim_map.mean())
 
 
@@ -209,15 +222,18 @@ def build_metrics(names, device: str = "cpu") -> tuple[dict[str, Callable], dict
     return ready, missing
 
 
-def score(fns: dict[str, Callable], pred, gt, crop_border: int = 0, problems: dict | None = None) -> dict[str, float]:
+def score(fns: dict[str, Callable], pred, gt, crop_border: int = 0, problems: dict | None = None,
+          ssim_convention: str = "pyiqa") -> dict[str, float]:
     """Each ready metric of one restored image (``gt`` for the full-reference ones). A metric that
     fails on this image (NIQE needs at least 192 x 192 pixels) gives ``None`` and, in ``problems``,
     its reason."""
     out = {}
     for name, fn in fns.items():
         try:
-            if name in ("psnr", "ssim"):
+            if name == "psnr":
                 out[name] = fn(pred, gt, crop_border)
+            elif name == "ssim":
+                out[name] = fn(pred, gt, crop_border, ssim_convention)
             elif METRICS[name].reference:
                 out[name] = fn(_crop(as_uint8_rgb(pred), crop_border), _crop(as_uint8_rgb(gt), crop_border))
             else:
