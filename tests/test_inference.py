@@ -458,3 +458,12 @@ def test_evaluate_restores_with_each_method_at_the_ground_truth_size_and_scores_
     pipe = VARestorerPipeline.from_pretrained(export)
     expected = pipe(tmp_path / "LR" / "img0_LR4.png", prompt="", output_type="np").images[0]
     assert restored.shape == (64, 64, 3) and np.array_equal(restored, expected)  # the pipeline's own output
+    # --record: the onestep row goes into the model folder, where the model card finds it
+    assert main(["evaluate", "--model", str(export), "--lq", str(tmp_path / "LR"), "--gt", str(tmp_path / "HR"),
+                 "--no-prompt", "--metrics", "psnr,ssim", "--out", str(out), "--record", "toy-set"]) == 0
+    from varestorer.hub import render_card
+
+    recorded = json.loads((export / "evaluation.json").read_text())["toy-set"]
+    assert recorded["psnr"] == pytest.approx(float(rows[0]["psnr"])) and "sec_per_image" in recorded
+    assert "| toy-set |" in str(render_card(export).content)
+    (export / "evaluation.json").unlink()  # the module's other tests share this export

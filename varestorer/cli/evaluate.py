@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; unavailable ones say why)")
     p.add_argument("--allow-missing", action="store_true", help="skip ground-truth images without a partner")
     p.add_argument("--json", action="store_true", help="also print results.json")
+    p.add_argument("--record", metavar="DATASET",
+                   help="with a local --model folder: add the onestep row to its evaluation.json under DATASET "
+                        "(the model card, rendered by export/publish, shows it)")
     add_prompt_options(p)
     add_running_options(p)
     add_method_options(p)
@@ -100,11 +103,31 @@ def run(args: argparse.Namespace) -> int:
                 "pairs": len(pairs),
                 "title": f"{len(pairs)} images of {args.gt}, crop border {args.crop_border}"}
     doc = write_report(out, rows, per_image, metrics, unavailable, settings)
+    if args.record:
+        _record(args, rows)
     print((out / "results.md").read_text())
     print(f"wrote {out}/: results.md, results.csv, per_image.csv, results.json, metric_vs_time.png")
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     return 0
+
+
+def _record(args, rows: list[dict]) -> None:
+    """Merge the onestep row into ``MODEL/evaluation.json`` as ``{DATASET: {metric: value}}``."""
+    import json
+
+    from ..errors import ConfigError
+    from ..hub import EVAL_FILE
+
+    folder = Path(args.model or "")
+    row = next((r for r in rows if r["method"] == "onestep"), None)
+    if args.model is None or not folder.is_dir() or row is None:
+        raise ConfigError("--record needs a local --model folder and --method onestep")
+    path = folder / EVAL_FILE
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    table[args.record] = {k: v for k, v in row.items() if k not in ("method", "images") and v is not None}
+    path.write_text(json.dumps(table, indent=2))
+    print(f"recorded the onestep row as {args.record!r} in {path}")
 
 
 def _read(path: Path):
