@@ -174,3 +174,19 @@ def test_evaluate_restores_with_bicubic_without_a_model(tmp_path, capsys):
     assert main(["evaluate", "--method", "onestep", "--lq", str(d / "LR"), "--gt", str(d / "HR"),
                  "--out", str(out)]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_a_per_set_metric_compares_each_methods_folder_with_the_ground_truth_folder(tmp_path, monkeypatch):
+    from varestorer.evaluation import metrics
+
+    d = _folders(tmp_path)
+    seen = []
+    fake = metrics.Metric("fid", False, True, lambda device: lambda p, g: seen.append((p, g)) or 12.5, per_set=True)
+    monkeypatch.setitem(metrics.METRICS, "fid", fake)
+    out = tmp_path / "e"
+    assert main(["evaluate", "--pred", str(d / "SR"), "--gt", str(d / "HR"), "--lq", str(d / "LR"),
+                 "--metrics", "psnr,fid", "--out", str(out)]) == 0
+    assert [(p.name, g.name) for p, g in seen] == [("SR", "HR"), ("bicubic", "HR")]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [float(r["fid"]) for r in rows] == [12.5, 12.5]
+    assert all(r["fid"] == "" for r in csv.DictReader(open(out / "per_image.csv")))  # one value per set

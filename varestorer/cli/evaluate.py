@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..errors import ConfigError
-    from ..evaluation.metrics import DEFAULT_METRICS, build_metrics, score
+    from ..evaluation.metrics import DEFAULT_METRICS, METRICS, build_metrics, score
     from ..evaluation.pairs import index_images, match, resolve_folder
     from ..evaluation.report import summarise, write_report
 
@@ -92,8 +92,11 @@ def run(args: argparse.Namespace) -> int:
             scored.append({"method": name, "image": pair.gt.name,
                            **score(fns, image, _read(pair.gt), args.crop_border, problems, args.ssim_convention)})
         per_image += scored
-        rows.append({"method": name, **summarise(scored, list(fns)), "images": len(scored),
-                     "sec_per_image": seconds})
+        row = {"method": name, **summarise(scored, [m for m in fns if not METRICS[m].per_set]), "images": len(scored),
+               "sec_per_image": seconds}
+        for m in (m for m in fns if METRICS[m].per_set):  # FID: restorations folder vs ground-truth folder
+            row[m] = fns[m](Path(args.pred) if method is None else out / name, resolve_folder(args.gt, "gt"))
+        rows.append(row)
     metrics = [m for m in names if m in fns or m in unavailable]
     for m, why in problems.items():  # ran, but not on every image
         n = sum(1 for r in per_image if r.get(m) is None)

@@ -18,7 +18,8 @@ Through packages, where they and their weights are present (otherwise "unavailab
 reason and the way to get them, never left out silently): **LPIPS** (the ``lpips`` package, AlexNet
 as in the papers' tables; ImageNet backbone weights needed), **NIQE** (basicsr's, whose model
 parameters ship inside basicsr: works offline), and pyiqa's **DISTS**, **MUSIQ**, **MANIQA**,
-**CLIPIQA**, **LIQE** (``pip install 'varestorer[metrics]'``; pyiqa downloads each metric's
+**CLIPIQA**, **LIQE** and **FID** (between the folder of restorations and the ground-truth folder,
+one value per method) (``pip install 'varestorer[metrics]'``; pyiqa downloads each metric's
 weights into ``~/.cache/torch/hub/pyiqa`` at first use).
 """
 
@@ -122,6 +123,7 @@ class Metric:
     higher_is_better: bool
     reference: bool
     build: Callable[[str], Callable]  # device -> fn(pred uint8, gt uint8 or None) -> float
+    per_set: bool = False  # a distance between two folders (FID): fn(pred_dir, gt_dir) -> float
 
     @property
     def arrow(self) -> str:
@@ -175,6 +177,9 @@ def _pyiqa(name: str) -> Callable[[str], Callable]:
                               f"network access so its weights reach ~/.cache/torch/hub/pyiqa, or copy them there") \
                 from None
 
+        if METRICS[name].per_set:
+            return lambda pred_dir, gt_dir: float(model(str(pred_dir), str(gt_dir)))
+
         def fn(pred, gt=None):
             x = torch.from_numpy(as_uint8_rgb(pred)).permute(2, 0, 1)[None].float().div(255).to(device)
             args = (x,) if gt is None else (x, torch.from_numpy(as_uint8_rgb(gt)).permute(2, 0, 1)[None].float()
@@ -202,6 +207,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("niqe", False, False, _niqe),
     Metric("clipiqa", True, False, _pyiqa("clipiqa")),
     Metric("liqe", True, False, _pyiqa("liqe")),
+    Metric("fid", False, True, _pyiqa("fid"), per_set=True),
 ]}
 DEFAULT_METRICS = tuple(METRICS)
 
@@ -229,6 +235,8 @@ def score(fns: dict[str, Callable], pred, gt, crop_border: int = 0, problems: di
     its reason."""
     out = {}
     for name, fn in fns.items():
+        if METRICS[name].per_set:
+            continue
         try:
             if name == "psnr":
                 out[name] = fn(pred, gt, crop_border)
