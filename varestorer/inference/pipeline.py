@@ -179,7 +179,7 @@ class VARestorerPipeline:
         self._warned_no_prompt = False
         self.dtype = torch.float32
         self._merged = False  # LoRA folded into the base weights now
-        self._merge_wanted = False  # ...and to be folded again after the teacher method
+        self._merge_wanted = False  # ...and to be folded again after a sampling method (adapters off)
 
     # ------------------------------------------------------------------ loading
     @classmethod
