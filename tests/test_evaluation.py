@@ -87,7 +87,8 @@ def test_metrics_that_cannot_run_say_why_and_niqe_runs_offline(monkeypatch):
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_pyiqa)
-    ready, missing = build_metrics(["psnr", "niqe", "musiq"])
+    ready, missing = build_metrics(["psnr", "niqe", "musiq", "lpips"])
+    assert "lpips" in ready or "alexnet" in missing["lpips"].lower()
     assert set(ready) == {"psnr", "niqe"} and "varestorer[metrics]" in missing["musiq"]
     big = np.asarray(Image.fromarray(next(real_pairs())[1]).resize((256, 256)))
     assert 0 < ready["niqe"](big) < 100
@@ -113,6 +114,13 @@ def test_images_pair_by_name_whatever_the_dataset_tags(tmp_path):
     pairs = match(gt, lq=lq)
     assert [(p.gt.name, p.lq.name) for p in pairs] == [("Canon_001_HR.png", "Canon_001_LR4.png"),
                                                         ("Nikon_002_HR.png", "Nikon_002_LR4.png")]
+    v3 = tmp_path / "Canon" / "Test" / "4"  # RealSR V3: HR and LR side by side
+    v3.mkdir(parents=True)
+    for name in ("Canon_003_HR.png", "Canon_003_LR4.png", "Canon_004_HR.png", "Canon_004_LR4.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(v3 / name)
+    both = match(index_images(v3, "gt"), lq=index_images(v3, "lq"))
+    assert [(p.gt.name, p.lq.name) for p in both] == [("Canon_003_HR.png", "Canon_003_LR4.png"),
+                                                       ("Canon_004_HR.png", "Canon_004_LR4.png")]
     del lq["nikon_002"]
     with pytest.raises(ConfigError, match="Nikon_002_HR.png.*--allow-missing"):
         match(gt, lq=lq)

@@ -456,7 +456,8 @@ def test_evaluate_restores_with_each_method_at_the_ground_truth_size_and_scores_
     assert all(float(r["sec_per_image"]) > 0 and r["images"] == "2" for r in rows)
     restored = np.asarray(Image.open(out / "onestep" / "img0_HR.png"))
     pipe = VARestorerPipeline.from_pretrained(export)
-    expected = pipe(tmp_path / "LR" / "img0_LR4.png", prompt="", output_type="np").images[0]
+    lq = [tmp_path / "LR" / f"img{i}_LR4.png" for i in range(2)]
+    expected = pipe(lq, prompt="", output_type="np").images[0]  # one batch, as evaluate's --batch-size 4 makes it
     assert restored.shape == (64, 64, 3) and np.array_equal(restored, expected)  # the pipeline's own output
     # --record: the onestep row goes into the model folder, where the model card finds it
     assert main(["evaluate", "--model", str(export), "--lq", str(tmp_path / "LR"), "--gt", str(tmp_path / "HR"),

@@ -18,7 +18,7 @@ Through packages, where they and their weights are present (otherwise "unavailab
 reason and the way to get them, never left out silently): **LPIPS** (the ``lpips`` package, AlexNet
 as in the papers' tables; ImageNet backbone weights needed), **NIQE** (basicsr's, whose model
 parameters ship inside basicsr: works offline), and pyiqa's **DISTS**, **MUSIQ**, **MANIQA**,
-**CLIPIQA**, **LIQE** and **FID** (between the folder of restorations and the ground-truth folder,
+**CLIPIQA**, **LIQE**, **Q-Align** and **FID** (between the folder of restorations and the ground-truth folder,
 one value per method) (``pip install 'varestorer[metrics]'``; pyiqa downloads each metric's
 weights into ``~/.cache/torch/hub/pyiqa`` at first use).
 """
@@ -138,8 +138,10 @@ def _lpips(device: str):
 
     try:
         model = build_lpips("alex", pretrained=True).to(device)
-    except ConfigError as exc:
-        raise Unavailable(str(exc)) from None
+    except ConfigError:
+        raise Unavailable("LPIPS needs torchvision's ImageNet AlexNet weights (alexnet-owt-7be5be79.pth): run once "
+                          "with network access (python -c \"import lpips; lpips.LPIPS(net='alex')\") or copy the file "
+                          "into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints)") from None
 
     def fn(pred, gt):
         x, y = (torch.from_numpy(as_uint8_rgb(a)).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1
@@ -172,10 +174,13 @@ def _pyiqa(name: str) -> Callable[[str], Callable]:
             raise Unavailable(f"{name} needs pyiqa: pip install 'varestorer[metrics]'") from None
         try:
             model = pyiqa.create_metric(name, device=torch.device(device), as_loss=False)
+        except ModuleNotFoundError as exc:  # CLIPIQA, LIQE: openai-clip imports pkg_resources
+            fix = "pip install 'setuptools<81'" if exc.name == "pkg_resources" else f"pip install {exc.name}"
+            raise Unavailable(f"pyiqa's {name} imports the missing module {exc.name!r}: {fix}") from None
         except Exception as exc:  # its weights download at first use
-            raise Unavailable(f"pyiqa could not build {name} ({type(exc).__name__}: {str(exc)[:200]}); run once with "
-                              f"network access so its weights reach ~/.cache/torch/hub/pyiqa, or copy them there") \
-                from None
+            raise Unavailable(f"pyiqa could not build {name} ({type(exc).__name__}: {str(exc)[:160]}); run once with "
+                              f"network access so its weights reach ~/.cache/torch/hub/pyiqa (some in the Hugging "
+                              f"Face cache), or copy them there") from None
 
         if METRICS[name].per_set:
             return lambda pred_dir, gt_dir: float(model(str(pred_dir), str(gt_dir)))
@@ -207,6 +212,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("niqe", False, False, _niqe),
     Metric("clipiqa", True, False, _pyiqa("clipiqa")),
     Metric("liqe", True, False, _pyiqa("liqe")),
+    Metric("qalign", True, False, _pyiqa("qalign")),
     Metric("fid", False, True, _pyiqa("fid"), per_set=True),
 ]}
 DEFAULT_METRICS = tuple(METRICS)
@@ -246,7 +252,7 @@ def score(fns: dict[str, Callable], pred, gt, crop_border: int = 0, problems: di
                 out[name] = fn(_crop(as_uint8_rgb(pred), crop_border), _crop(as_uint8_rgb(gt), crop_border))
             else:
                 out[name] = fn(_crop(as_uint8_rgb(pred), crop_border), None)
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        except Exception as exc:  # one image a metric cannot take does not stop the run
             out[name] = None
             if problems is not None:
                 problems.setdefault(name, f"{type(exc).__name__}: {exc}")

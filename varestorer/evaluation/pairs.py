@@ -6,7 +6,8 @@ stem, lower-cased, with a trailing resolution tag removed: ``_LR``, ``_HR``, ``_
 ``Canon_001_LR4.png`` / ``Canon_001_HR.png``, DRealSR's ``DSC_1454_x4.png`` / ``DSC_1454_x1.png``,
 DIV2K's ``0801x4.png`` / ``0801.png``. A folder holding ``test_LR/`` and ``test_HR/`` (RealSR,
 DRealSR as distributed) may be given as the dataset root: ``--gt ROOT`` finds ``ROOT/test_HR``
-and ``--lq ROOT`` finds ``ROOT/test_LR``.
+and ``--lq ROOT`` finds ``ROOT/test_LR``; a folder holding both (RealSR V3's ``Canon/Test/4/``)
+may be given as both: ``--gt`` takes the untagged/``_HR`` files, ``--lq`` the ``_LR4`` ones.
 """
 
 from __future__ import annotations
@@ -39,18 +40,31 @@ def resolve_folder(folder: str | Path, role: str) -> Path:
     return path
 
 
+_LQ_TAG = re.compile(r"(?:[_-](?:lr\d*|lq)|[_-]x[2-9]\d*|(?<=\d)x[2-9]\d*)$", re.IGNORECASE)
+
+
+def _is_lq_name(path: Path) -> bool:
+    return bool(_LQ_TAG.search(path.stem))
+
+
 def index_images(folder: Path, role: str) -> dict[str, Path]:
-    """``{key: path}`` of the images under ``folder``; two files with one key are an error."""
+    """``{key: path}`` of the images under ``folder``. Where HR and LR files share a folder
+    (RealSR V3's ``Canon/Test/4/``: ``x_HR.png`` next to ``x_LR4.png``), ``--gt`` keeps the
+    file without an LR tag and ``--lq`` the one with it; any other clash of keys is an error."""
     from ..data.images import IMAGE_SUFFIXES, is_image_path
 
     found: dict[str, Path] = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and is_image_path(p) and not p.stem.endswith("_compare"):
-            key = pair_key(p)
-            if key in found:
+        if not (p.is_file() and is_image_path(p) and not p.stem.endswith("_compare")):
+            continue
+        key = pair_key(p)
+        if key in found:
+            wanted = [q for q in (found[key], p) if _is_lq_name(q) == (role == "lq")]
+            if len(wanted) != 1:
                 raise ConfigError(f"--{role} {folder}: {found[key].name} and {p.name} have the same name key {key!r}; "
                                   f"keep one of them")
-            found[key] = p
+            p = wanted[0]
+        found[key] = p
     if not found:
         raise ConfigError(f"--{role} {folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     return found
