@@ -264,37 +264,44 @@ class VARestorerModel(nn.Module):
     # ------------------------------------------------------------------ saving
     def register_checkpoint_hooks(self, accelerator) -> None:
         """``save_state`` writes only the trainable weights (and the export form), not the 2B base."""
-        from safetensors.torch import load_file
-
-        from ..export import save_weights
-
-        def save_hook(models, weights, output_dir):
-            for model in models:
-                core = accelerator.unwrap_model(model)
-                if isinstance(core, VARestorerModel) and accelerator.is_main_process:
-                    save_weights(core.trainable_state_dict(), Path(output_dir) / TRAINABLE_FILE)
-                    core.save_export(Path(output_dir) / "export")
-            weights.clear()
-
-        def load_hook(models, input_dir):
-            while models:
-                core = accelerator.unwrap_model(models.pop())
-                state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
-                expected = core.trainable_state_dict()
-                if set(state) != set(expected):
-                    from ..errors import CheckpointError
-
-                    raise CheckpointError(f"{input_dir} holds trainable weights of another recipe "
-                                          f"({len(state)} tensors, this recipe trains {len(expected)})")
-                with torch.no_grad():
-                    for k, v in expected.items():
-                        v.copy_(state[k])
-
-        accelerator.register_save_state_pre_hook(save_hook)
-        accelerator.register_load_state_pre_hook(load_hook)
+        register_trainable_hooks(accelerator, type(self))
 
     def save_export(self, out: Path) -> None:
         """The export form: PEFT adapter, fine-tuned encoder, and what they apply to."""
         from ..export import write_export
 
         write_export(self, Path(out))
+
+
+def register_trainable_hooks(accelerator, model_cls) -> None:
+    """accelerate ``save_state``/``load_state`` hooks for a training module of ``model_cls``: the
+    checkpoint holds its trainable weights (``trainable.safetensors``) and its export form
+    (``export/``), never the frozen base; loading refuses the trainable weights of another recipe."""
+    from safetensors.torch import load_file
+
+    from ..export import save_weights
+
+    def save_hook(models, weights, output_dir):
+        for model in models:
+            core = accelerator.unwrap_model(model)
+            if isinstance(core, model_cls) and accelerator.is_main_process:
+                save_weights(core.trainable_state_dict(), Path(output_dir) / TRAINABLE_FILE)
+                core.save_export(Path(output_dir) / "export")
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        while models:
+            core = accelerator.unwrap_model(models.pop())
+            state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
+            expected = core.trainable_state_dict()
+            if set(state) != set(expected):
+                from ..errors import CheckpointError
+
+                raise CheckpointError(f"{input_dir} holds trainable weights of another recipe "
+                                      f"({len(state)} tensors, this recipe trains {len(expected)})")
+            with torch.no_grad():
+                for k, v in expected.items():
+                    v.copy_(state[k])
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

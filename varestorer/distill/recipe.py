@@ -88,6 +88,21 @@ class SelfCorrectionSection:
 
 
 @dataclass
+class TokenizerSection:
+    """Training the BSQ-VAE (``mode: tokenizer``; see :mod:`varestorer.tokenizer.training`)."""
+
+    l1: float = 1.0
+    mse: float = 0.0
+    lpips: float = 0.1  # with the pretrained LPIPS (loss.lpips_net, loss.lpips_pretrained)
+    commitment: float = 0.25  # Infinity's quantizer: commitment_loss_weight 0.25
+    entropy: float = 0.1  # Infinity's quantizer: entropy_loss_weight 0.1
+    inv_temperature: float = 100.0  # Infinity's quantizer
+    codebook_entropy_weight: float = 1.0  # gamma of H_sample - gamma * H_codebook (Infinity's: 1)
+    train_encoder: bool = True
+    train_decoder: bool = True
+
+
+@dataclass
 class OptimSection:
     lr: float = 1e-6
     weight_decay: float = 1e-2
@@ -120,7 +135,7 @@ class TrainSection:
 
 
 #: What a recipe trains (see :class:`Recipe`).
-MODES = ("distill", "teacher", "varsr")
+MODES = ("distill", "teacher", "varsr", "tokenizer")
 
 
 @dataclass
@@ -129,7 +144,8 @@ class Recipe:
     fine-tuning with the next-scale bitwise cross-entropy) or ``varsr`` (the multi-step,
     image-conditioned VAR of VARSR, the paper's "w/o distill": the LQ image's quantized latent as
     prefix tokens, the same LoRA and encoder as the student, next-scale cross-entropy on the HQ
-    tokens; restored scale by scale with ``--method varsr``)."""
+    tokens; restored scale by scale with ``--method varsr``) or ``tokenizer`` (the BSQ-VAE itself:
+    reconstruction, commitment and entropy losses; the ``tokenizer`` section)."""
 
     name: str = "recipe"
     mode: str = "distill"
@@ -139,6 +155,7 @@ class Recipe:
     student: StudentSection = field(default_factory=StudentSection)
     loss: LossSection = field(default_factory=LossSection)
     self_correction: SelfCorrectionSection = field(default_factory=SelfCorrectionSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -164,6 +181,8 @@ class Recipe:
             raise ConfigError("self_correction.strength must be in [0, 1] and self_correction.layers >= 0")
         if self.self_correction.layers and self.mode != "teacher":
             raise ConfigError("self_correction is Infinity's training of the teacher: it needs mode=teacher")
+        if self.mode == "tokenizer" and not (self.tokenizer.train_encoder or self.tokenizer.train_decoder):
+            raise ConfigError("mode=tokenizer trains nothing with tokenizer.train_encoder=false and train_decoder=false")
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
         if self.train.resume_from_checkpoint == "":

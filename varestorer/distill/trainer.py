@@ -102,6 +102,17 @@ def per_device_batch(recipe: Recipe, num_processes: int) -> int:
     return t.global_batch_size // denom
 
 
+def build_model(recipe: Recipe, device="cpu"):
+    """The training module of ``recipe.mode``: the BSQ-VAE for ``tokenizer``, else teacher + student."""
+    if recipe.mode == "tokenizer":
+        from ..tokenizer.training import TokenizerModel
+
+        return TokenizerModel.from_recipe(recipe, device=device)
+    from .model import VARestorerModel
+
+    return VARestorerModel.from_recipe(recipe, device=device)
+
+
 def train(recipe: Recipe) -> dict:
     """Run a recipe to ``train.max_steps``; returns the last logged losses."""
     from accelerate import Accelerator
@@ -109,7 +120,6 @@ def train(recipe: Recipe) -> dict:
     from diffusers.optimization import get_scheduler
 
     from .data import build_dataloader
-    from .model import VARestorerModel
     from .visualize import save_loss_plot, save_validation_grid
 
     t = recipe.train
@@ -127,7 +137,7 @@ def train(recipe: Recipe) -> dict:
         (Path(t.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     set_seed(t.seed)
 
-    model = VARestorerModel.from_recipe(recipe, device=accelerator.device)
+    model = build_model(recipe, accelerator.device)
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()
@@ -204,7 +214,8 @@ def train(recipe: Recipe) -> dict:
         core.save_export(final)
         from ..hub import CARD_FILE, publish, render_card
 
-        render_card(final, t.hub_model_id or "USER/MODEL").save(final / CARD_FILE)
+        if recipe.mode != "tokenizer":  # a tokenizer export has no model card (yet)
+            render_card(final, t.hub_model_id or "USER/MODEL").save(final / CARD_FILE)
         if t.push_to_hub:  # as diffusers' examples: the token is huggingface_hub's login / HF_TOKEN
             url = publish(final, t.hub_model_id).get("url")
             accelerator.print(f"published {final} to {url}")

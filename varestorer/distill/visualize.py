@@ -9,11 +9,13 @@ import torch
 
 @torch.no_grad()
 def save_validation_grid(model, batch: dict, path: Path) -> torch.Tensor:
-    """One row per sample: LQ | student | teacher-forced reconstruction | HQ. Returns the grid (3, H, W)."""
+    """One row per sample, the model's ``validation_columns`` (default LQ | student | teacher-forced
+    reconstruction | HQ; the tokenizer: HQ | reconstruction). Returns the grid (3, H, W)."""
     from torchvision.utils import make_grid, save_image
 
     images = model.validation_images(batch)  # dict of (B, 3, R, R) in [0, 1]
-    columns = [images[k] for k in ("lq", "student", "teacher", "hq")]
+    keys = getattr(model, "validation_columns", ("lq", "student", "teacher", "hq"))
+    columns = [images[k] for k in keys]
     rows = torch.stack(columns, dim=1).flatten(0, 1).float().cpu().clamp(0, 1)
     grid = make_grid(rows, nrow=len(columns), padding=2, pad_value=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)

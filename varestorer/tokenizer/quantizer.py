@@ -19,7 +19,7 @@ Bit tensors are ``(B, h, w, d)`` per scale (Infinity's ``bit_indices`` layout); 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,9 @@ class MultiScaleTokens:
             pyramid conditioning; the last entry is the whole quantized latent.
         quantized: the accumulated quantized latent ``(B, d, H, W)`` at full latent size.
         schedule: the scale schedule used.
+        inputs: per scale, what was quantized: the residual resized to the scale and
+            L2-normalised over ``d``, ``(B, d, h_k, w_k)`` (the commitment and entropy terms of
+            tokenizer training are taken on these).
     """
 
     bits: list[Tensor]
@@ -66,6 +69,7 @@ class MultiScaleTokens:
     pyramid: list[Tensor]
     quantized: Tensor
     schedule: list[Scale]
+    inputs: list[Tensor] = field(default_factory=list)
 
     def bit_labels(self) -> Tensor:
         """All scales' bits concatenated in token order: ``(B, L, d)``."""
@@ -156,9 +160,11 @@ class MultiScaleBSQ(nn.Module):
             raise ValueError(f"the schedule ends at {tuple(schedule[-1])} but the latent is {full}")
         residual = latent.float()
         accumulated = torch.zeros_like(residual)
-        bits, codes, teacher_inputs, pyramid = [], [], [], []
+        bits, codes, teacher_inputs, pyramid, inputs = [], [], [], [], []
         for k, size in enumerate(schedule):
-            code, bit = self.lfq(_resize_down(residual, size))
+            z = _resize_down(residual, size)
+            inputs.append(F.normalize(z.float(), dim=1))
+            code, bit = self.lfq(z)
             if flips is not None and k < len(flips):
                 code = self.lfq.bits_to_codes((bit ^ flips[k].to(bit.device).long()).to(code.dtype)).permute(0, 3, 1, 2)
             up = trilinear_resize(code, full)
@@ -170,7 +176,7 @@ class MultiScaleBSQ(nn.Module):
                 pyramid.append(trilinear_resize(accumulated, size))
             if k + 1 < len(schedule):
                 teacher_inputs.append(trilinear_resize(accumulated, schedule[k + 1]))
-        return MultiScaleTokens(bits, codes, teacher_inputs, pyramid, accumulated, list(schedule))
+        return MultiScaleTokens(bits, codes, teacher_inputs, pyramid, accumulated, list(schedule), inputs)
 
     def bits_to_latent(self, bits: list[Tensor], straight_through: bool = False, size: Scale | None = None) -> Tensor:
         """Per-scale bits ``(B, h_k, w_k, d)`` -> the accumulated latent ``(B, d, H, W)``.
