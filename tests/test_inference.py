@@ -213,6 +213,27 @@ def test_every_method_runs_and_is_seeded(trained, trained_varsr, method):
         assert not all(torch.equal(x, y) for x, y in zip(a, c))
 
 
+def test_the_guidance_step_brings_the_restoration_closer_to_the_measurement(trained):
+    """What the training-free method is for: ||A(x_hat) - A(x_up)||^2 falls with the default alpha = 1
+    against the same greedy sampling without the step (alpha = 0)."""
+    import torch.nn.functional as F
+
+    from varestorer.inference.guidance import measure
+
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    errors = {}
+    for alpha in (0.0, 1.0):
+        total = 0.0
+        for seed in range(2):
+            x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+            x = F.interpolate(x, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
+            y = pipe.restore_guided(x, ["a cat", "a dog"], gamma=3, alpha=alpha)
+            total += (measure(y, 4) - measure(x, 4)).pow(2).sum().item()
+        errors[alpha] = total
+    assert errors[1.0] < 0.9 * errors[0.0], errors
+
+
 def test_the_varsr_method_samples_with_the_lq_prefix_and_only_from_a_varsr_model(trained, trained_varsr, monkeypatch):
     import varestorer.transformer.sampling as sampling
 
