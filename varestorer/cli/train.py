@@ -7,7 +7,7 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "train", help="run a training recipe (distillation or teacher fine-tuning)",
+        "train", help="run a training recipe (distillation, teacher fine-tuning, the VARSR baseline or the tokenizer)",
         description="Run a recipe from recipes/ (or a YAML path). Launch it with accelerate for several "
                     "processes: accelerate launch --config_file launch/8gpu.yaml distill.py --recipe NAME",
         epilog="Overrides: section.key=value, e.g. optim.lr=1e-5 train.max_steps=100 "
