@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from varestorer.distill.data import collate
-from varestorer.distill.model import TRAINABLE_FILE, VARestorerModel
+from varestorer.distill.model import VARestorerModel
+from varestorer.distill.module import TRAINABLE_FILE
 from varestorer.distill.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
 from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl, build_lpips
+from .module import TrainingModule
 from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
-TRAINABLE_FILE = "trainable.safetensors"
 
 
 def check_base_checkpoint(recipe: Recipe) -> None:
@@ -59,13 +59,12 @@ def sample_seeds(seed: int, epoch: int, index: Tensor) -> list[int]:
     return [(seed * 1_000_003 + epoch * 7_919 + int(i)) & 0x7FFFFFFF for i in index.tolist()]
 
 
-class VARestorerModel(nn.Module):
+class VARestorerModel(TrainingModule):
     def __init__(self, recipe: Recipe, vae, transformer, text_encoder, degradation, lpips=None):
         super().__init__()
         self.recipe = recipe
         self.mode = recipe.mode
         self.schedule = vae.schedule(recipe.model.resolution)
-        self.epoch = 0
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder
         self.degradation = degradation
@@ -85,12 +84,8 @@ class VARestorerModel(nn.Module):
         if self.mode in ("distill", "varsr"):
             self.lq_encoder = copy.deepcopy(vae.encoder).requires_grad_(s.train_encoder)
 
-    def train(self, mode: bool = True) -> VARestorerModel:
-        super().train(mode)
-        for frozen in (self.vae, self.text_encoder, self.lpips, self.teacher):
-            if isinstance(frozen, nn.Module):
-                frozen.eval()
-        return self
+    def frozen_modules(self):
+        return self.vae, self.text_encoder, self.lpips, self.teacher
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -119,13 +114,6 @@ class VARestorerModel(nn.Module):
             lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
         return cls(recipe, vae, transformer, text_encoder, degradation, lpips)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        names = {id(p) for p in self.trainable_parameters()}
-        return {k: v for k, v in self.named_parameters() if id(v) in names}
-
     def enable_gradient_checkpointing(self) -> None:
         base = self.base_transformer()
         base.enable_gradient_checkpointing()
@@ -136,9 +124,6 @@ class VARestorerModel(nn.Module):
     def base_transformer(self):
         t = self.transformer
         return t.get_base_model() if hasattr(t, "get_base_model") else t
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     # ------------------------------------------------------------------ the step
     def _text(self, captions: list[str], seeds: list[int]):
@@ -262,46 +247,9 @@ class VARestorerModel(nn.Module):
         return {k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()}
 
     # ------------------------------------------------------------------ saving
-    def register_checkpoint_hooks(self, accelerator) -> None:
-        """``save_state`` writes only the trainable weights (and the export form), not the 2B base."""
-        register_trainable_hooks(accelerator, type(self))
-
     def save_export(self, out: Path) -> None:
         """The export form: PEFT adapter, fine-tuned encoder, and what they apply to."""
         from ..export import write_export
 
         write_export(self, Path(out))
 
-
-def register_trainable_hooks(accelerator, model_cls) -> None:
-    """accelerate ``save_state``/``load_state`` hooks for a training module of ``model_cls``: the
-    checkpoint holds its trainable weights (``trainable.safetensors``) and its export form
-    (``export/``), never the frozen base; loading refuses the trainable weights of another recipe."""
-    from safetensors.torch import load_file
-
-    from ..export import save_weights
-
-    def save_hook(models, weights, output_dir):
-        for model in models:
-            core = accelerator.unwrap_model(model)
-            if isinstance(core, model_cls) and accelerator.is_main_process:
-                save_weights(core.trainable_state_dict(), Path(output_dir) / TRAINABLE_FILE)
-                core.save_export(Path(output_dir) / "export")
-        weights.clear()
-
-    def load_hook(models, input_dir):
-        while models:
-            core = accelerator.unwrap_model(models.pop())
-            state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
-            expected = core.trainable_state_dict()
-            if set(state) != set(expected):
-                from ..errors import CheckpointError
-
-                raise CheckpointError(f"{input_dir} holds trainable weights of another recipe "
-                                      f"({len(state)} tensors, this recipe trains {len(expected)})")
-            with torch.no_grad():
-                for k, v in expected.items():
-                    v.copy_(state[k])
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)

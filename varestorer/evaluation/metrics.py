@@ -131,8 +131,6 @@ class Metric:
 
 
 def _lpips(device: str):
-    import lpips  # noqa: F401  (a dependency; the weights are what may be missing)
-
     from ..distill.losses import build_lpips
     from ..errors import ConfigError
 

@@ -27,8 +27,9 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from ..distill.module import TrainingModule
 
 VAE_FILE = "vae.safetensors"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -60,7 +61,7 @@ def psnr_db(x: Tensor, y: Tensor) -> Tensor:
     return (10 * torch.log10(1 / mse)).mean()
 
 
-class TokenizerModel(nn.Module):
+class TokenizerModel(TrainingModule):
     """The BSQ-VAE under training, with the trainer's interface (see the module doc)."""
 
     validation_columns = ("hq", "reconstruction")
@@ -75,7 +76,6 @@ class TokenizerModel(nn.Module):
         self.vae.encoder.requires_grad_(t.train_encoder)
         self.vae.decoder.requires_grad_(t.train_decoder)
         self.lpips = lpips
-        self.epoch = 0
 
     @classmethod
     def from_recipe(cls, recipe, device="cpu") -> TokenizerModel:
@@ -91,23 +91,10 @@ class TokenizerModel(nn.Module):
             lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
         return cls(recipe, vae, lpips)
 
-    def train(self, mode: bool = True) -> TokenizerModel:
-        super().train(mode)
-        if self.lpips is not None:
-            self.lpips.eval()  # frozen, and it has dropout
-        return self
+    def frozen_modules(self):
+        return (self.lpips,)  # frozen, and it has dropout
 
     # ------------------------------------------------------------------ the trainer's interface
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        names = {id(p) for p in self.trainable_parameters()}
-        return {k: v for k, v in self.named_parameters() if id(v) in names}
-
     def enable_gradient_checkpointing(self) -> None:
         from ..errors import ConfigError
 
@@ -115,11 +102,6 @@ class TokenizerModel(nn.Module):
 
     def compile_transformer(self) -> None:
         self.vae = torch.compile(self.vae)
-
-    def register_checkpoint_hooks(self, accelerator) -> None:
-        from ..distill.model import register_trainable_hooks
-
-        register_trainable_hooks(accelerator, type(self))
 
     # ------------------------------------------------------------------ the step
     def reconstruct(self, x: Tensor):
