@@ -240,16 +240,11 @@ class _Bicubic:
         self.upscale = upscale
 
     def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
-        from PIL import Image
-
-        from ..inference.pipeline import VARestorerPipelineOutput, output_size, resize_images, to_uint8
+        from ..inference.pipeline import output_size, pipeline_output, resize_images
 
         s = upscale or self.upscale
         outs = [resize_images(x[None], output_size(tuple(x.shape[-2:]), s))[0] for x in images]
-        images = outs if output_type == "pt" else [to_uint8(o) for o in outs]
-        if output_type == "pil":
-            images = [Image.fromarray(a) for a in images]
-        return VARestorerPipelineOutput(images=images, prompts=[""] * len(images))
+        return pipeline_output(outs, [""] * len(outs), output_type)
 
 
 def _save(image, path: Path) -> None:

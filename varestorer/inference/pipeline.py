@@ -50,6 +50,7 @@ METHODS = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr")
 #: What the captioner looks at when a call gives no prompt (:meth:`VARestorerPipeline.set_captioner`).
 CAPTION_SOURCES = ("restored", "input")
 MODES = ("auto", "resize", "tile")
+OUTPUT_TYPES = ("pil", "np", "pt")
 #: Largest output the pipeline makes (pixels); beyond it a call fails before allocating anything.
 MAX_OUTPUT_PIXELS = 8192 * 8192
 
@@ -155,6 +156,27 @@ class VARestorerPipelineOutput(BaseOutput):
 
     images: list
     prompts: list[str]
+
+
+def _check_output_type(output_type: str) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+
+
+def pipeline_output(images: list[Tensor], prompts: list[str], output_type: str = "pil",
+                    return_dict: bool = True):
+    """Restored float images ``(3, H, W)`` -> what a call returns: a :class:`VARestorerPipelineOutput`
+    (or the tuple ``(images, prompts)``) of tensors in [0, 1] (``"pt"``), uint8 arrays (``"np"``) or
+    PIL images (``"pil"``)."""
+    _check_output_type(output_type)
+    images = [o.clamp(0, 1) for o in images]
+    if output_type != "pt":
+        images = [to_uint8(o) for o in images]
+    if output_type == "pil":
+        from PIL import Image
+
+        images = [Image.fromarray(a) for a in images]
+    return VARestorerPipelineOutput(images=images, prompts=prompts) if return_dict else (images, prompts)
 
 
 class VARestorerPipeline:
@@ -319,14 +341,18 @@ class VARestorerPipeline:
     @torch.no_grad()
     def student_logits(self, x: Tensor, prompts: Sequence[str]) -> Tensor:
         """Bit logits ``(N, L, d, 2)`` of the one-step pass on ``x`` (N, 3, R, R) in [0, 1]."""
-        if self._merge_wanted:
-            self.merge_lora()
         with self._autocast():
-            tokens = self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule)
             # exports written before `lq_input` existed were trained on the shifted form
-            lq = tokens.lq_input_sequence(self.config.get("lq_input", "shifted"))
+            lq = self.lq_tokens(x).lq_input_sequence(self.config.get("lq_input", "shifted"))
             return self.transformer(self.text(prompts), lq, self.schedule,
                                     attention=self.attention).float()
+
+    def lq_tokens(self, x: Tensor):
+        """The LQ token pyramid of ``x`` (N, 3, R, R) in [0, 1] from the fine-tuned encoder, with
+        the LoRA (re)merged if it was asked for (the methods that use the adapter call this)."""
+        if self._merge_wanted:
+            self.merge_lora()
+        return self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule)
 
     @torch.no_grad()
     def decode_logits(self, logits: Tensor) -> Tensor:
@@ -387,10 +413,8 @@ class VARestorerPipeline:
         if self.config.get("mode") != "varsr":
             raise ConfigError(f"the varsr method needs a model trained in mode 'varsr' (recipes/ablation-no-distill"
                               f".yaml); this one was trained in mode {self.config.get('mode')!r}")
-        if self._merge_wanted:
-            self.merge_lora()
         with self._autocast():
-            prefix = self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule).prefix_sequence()
+            prefix = self.lq_tokens(x).prefix_sequence()
             out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, generator=generator,
                          prefix=prefix, **self._sampler_settings(sampler))
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
@@ -517,8 +541,7 @@ class VARestorerPipeline:
         """
         from tqdm.auto import tqdm
 
-        if output_type not in ("pil", "np", "pt"):
-            raise ConfigError(f"output_type must be pil, np or pt, got {output_type!r}")
+        _check_output_type(output_type)  # before any work
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
         if image is None:
@@ -550,14 +573,7 @@ class VARestorerPipeline:
             outputs[i] = self._tiled(items[i], sizes[i], prompts[i], restore, overlap, batch_size)
             bar.update(1)
         bar.close()
-        images = [o.clamp(0, 1) for o in outputs]
-        if output_type != "pt":
-            images = [to_uint8(o) for o in images]
-        if output_type == "pil":
-            from PIL import Image
-
-            images = [Image.fromarray(a) for a in images]
-        return VARestorerPipelineOutput(images=images, prompts=prompts) if return_dict else (images, prompts)
+        return pipeline_output(outputs, prompts, output_type, return_dict)
 
     def _tiled(self, x: Tensor, size: tuple[int, int], prompt: str, restore, overlap: int, batch_size: int) -> Tensor:
         """Upsample to ``size`` (at least the resolution on the short side), restore overlapping
