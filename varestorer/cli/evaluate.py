@@ -25,7 +25,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .restore import METHOD_CHOICES, add_method_options, add_prompt_options, add_running_options
+from .restore import METHOD_CHOICES, add_method_options, add_prompt_options, add_running_options, load_pipeline
 
 
 def register(sub) -> None:
@@ -76,28 +76,32 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--pred scores existing restorations, --model makes them: pass one of the two")
     names = DEFAULT_METRICS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    gt = index_images(resolve_folder(args.gt, "gt"), "gt")
+    gt_dir = resolve_folder(args.gt, "gt")
+    gt = index_images(gt_dir, "gt")
     lq = index_images(resolve_folder(args.lq, "lq"), "lq") if args.lq else None
-    pred = index_images(resolve_folder(args.pred, "pred"), "pred") if args.pred else None
+    pred_dir = resolve_folder(args.pred, "pred") if args.pred else None
+    pred = index_images(pred_dir, "pred") if pred_dir else None
     pairs = match(gt, pred, lq, allow_missing=args.allow_missing)
+    truth = [_read(p.gt) for p in pairs]  # decoded once: sizes, then every method's scores
     fns, unavailable = build_metrics(names, device)
     out = Path(args.out).expanduser()
     rows, per_image, problems = [], [], {}
     sources = ([("pred", None)] if pred is not None else []) + [(m, m) for m in methods]
     if pred is not None and lq is not None and "bicubic" not in methods:
         sources.append(("bicubic", "bicubic"))
-    pipe = _pipeline(args, device, tuple(m for _, m in sources if m)) if any(m for _, m in sources) else None
+    wanted = tuple(m for _, m in sources if m)
+    pipe = load_pipeline(args, device, wanted) if wanted else None
     for name, method in sources:
-        images, seconds = _restorations(args, pipe, pairs, method, out / name)
+        images, seconds = _restorations(args, pipe, pairs, truth, method, out / name)
         scored = []
-        for pair, image in tqdm(list(zip(pairs, images)), desc=f"score ({name})", unit="image"):
+        for pair, image, gt_image in tqdm(list(zip(pairs, images, truth)), desc=f"score ({name})", unit="image"):
             scored.append({"method": name, "image": pair.gt.name,
-                           **score(fns, image, _read(pair.gt), args.crop_border, problems, args.ssim_convention)})
+                           **score(fns, image, gt_image, args.crop_border, problems, args.ssim_convention)})
         per_image += scored
         row = {"method": name, **summarise(scored, [m for m in fns if not METRICS[m].per_set]), "images": len(scored),
                "sec_per_image": seconds}
         for m in (m for m in fns if METRICS[m].per_set):  # FID: restorations folder vs ground-truth folder
-            row[m] = fns[m](Path(args.pred) if method is None else out / name, resolve_folder(args.gt, "gt"))
+            row[m] = fns[m](pred_dir if method is None else out / name, gt_dir)
         rows.append(row)
     metrics = [m for m in names if m in fns or m in unavailable]
     for m, why in problems.items():  # ran, but not on every image
@@ -144,13 +148,7 @@ def _read(path: Path):
     return to_uint8(to_tensor(read_rgb(path)))
 
 
-def _pipeline(args, device: str, methods: tuple[str, ...]):
-    from .restore import load_pipeline
-
-    return load_pipeline(args, device, methods)
-
-
-def _restorations(args, pipe, pairs, method: str | None, folder: Path) -> tuple[list, float | None]:
+def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Path) -> tuple[list, float | None]:
     """The images to score: ``--pred``'s (``method`` None), or ``method``'s restorations of the LQ
     images at the ground truth's size (saved under ``folder``), with seconds per image."""
     import numpy as np
@@ -164,14 +162,13 @@ def _restorations(args, pipe, pairs, method: str | None, folder: Path) -> tuple[
 
     if method is None:
         images = [_read(p.pred) for p in pairs]
-        check_sizes([(p.pred.name, im.shape[:2], _read(p.gt).shape[:2]) for p, im in zip(pairs, images)])
+        check_sizes([(p.pred.name, im.shape[:2], t.shape[:2]) for p, im, t in zip(pairs, images, truth)])
         return images, None
     folder.mkdir(parents=True, exist_ok=True)
     sync = torch.cuda.synchronize if str(getattr(pipe, "device", "cpu")).startswith("cuda") else (lambda: None)
     todo = []  # (pair, LQ tensor, GT size), restored in batches of one upscale factor
-    for pair in pairs:
-        x = to_tensor(pair.lq)
-        todo.append((pair, x, tuple(_read(pair.gt).shape[:2])))
+    for pair, t in zip(pairs, truth):
+        todo.append((pair, to_tensor(pair.lq), tuple(t.shape[:2])))
 
     def restore(chunk):
         h = chunk[0][2][0]

@@ -16,8 +16,10 @@ import time
 import torch
 from torch import nn
 
-#: The methods timed, in the order printed; ``onestep`` is the reference of the ratios.
-TIMED = ("onestep", "zeroshot", "multistep", "guided", "varsr")
+from .pipeline import METHODS
+
+#: The methods timed (all but bicubic), in the order printed; ``onestep`` is the reference of the ratios.
+TIMED = tuple(m for m in METHODS if m != "bicubic")
 
 
 class RandomText(nn.Module):
