@@ -127,14 +127,15 @@ class BSQ(nn.Module):
         """``(..., d)`` bits (hard 0/1 or probabilities) -> codes ``+-1/sqrt(d)`` (linear in bits)."""
         return (bits * 2 - 1) * self.scale
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Quantize ``(B, d, h, w)``; returns codes (straight-through to ``x``) and bits."""
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Quantize ``(B, d, h, w)``; returns codes (straight-through to ``x``), bits and the
+        L2-normalised input the codes approximate."""
         z = F.normalize(x.float(), dim=1)
         bits = (z > 0).long()
         hard = self.bits_to_codes(bits.to(z.dtype))
         # hard + (z - z.detach()): exactly ``hard`` forward, identity gradient to ``z``.
         codes = hard + (z - z.detach()) if z.requires_grad else hard
-        return codes, bits.permute(0, 2, 3, 1)
+        return codes, bits.permute(0, 2, 3, 1), z
 
 
 class MultiScaleBSQ(nn.Module):
@@ -162,9 +163,8 @@ class MultiScaleBSQ(nn.Module):
         accumulated = torch.zeros_like(residual)
         bits, codes, teacher_inputs, pyramid, inputs = [], [], [], [], []
         for k, size in enumerate(schedule):
-            z = _resize_down(residual, size)
-            inputs.append(F.normalize(z.float(), dim=1))
-            code, bit = self.lfq(z)
+            code, bit, z = self.lfq(_resize_down(residual, size))
+            inputs.append(z)
             if flips is not None and k < len(flips):
                 code = self.lfq.bits_to_codes((bit ^ flips[k].to(bit.device).long()).to(code.dtype)).permute(0, 3, 1, 2)
             up = trilinear_resize(code, full)
