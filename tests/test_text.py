@@ -11,7 +11,7 @@ from varestorer.transformer import TextEncoder, TextFeatures
 
 @pytest.fixture(scope="module")
 def encoder():
-    return TextEncoder.tiny()
+    return TextEncoder.local()
 
 
 def word_tokenizer():
@@ -50,7 +50,7 @@ def test_packed_form_round_trips(encoder):
 
 
 def test_cache_is_keyed_by_caption(monkeypatch):
-    enc = TextEncoder.tiny()
+    enc = TextEncoder.local()
     enc.cache_size = 2
     calls = []
     real = enc._encode
@@ -141,7 +141,7 @@ def test_missing_encoder_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="cannot load the T5 text encoder"):
         TextEncoder.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(TypeError, match="list of captions"):
-        TextEncoder.tiny()("one caption")
+        TextEncoder.local()("one caption")
 
 
 def test_encoder_stays_in_eval_mode(encoder):

@@ -142,3 +142,26 @@ def copy_export(src: str | Path, out: str | Path, overwrite: bool = False) -> Pa
     for f in export_files(src):
         shutil.copy2(f, out / f.name)
     return out
+
+
+def bundle_base(preset, vae_checkpoint, transformer_checkpoint, out: str | Path | None = None) -> Path:
+    """Write a pre-trained base into the preset's shipped folder (``out``: elsewhere) as float16
+    safetensors, the form ``preset: NAME`` loads with no download: ``vae.safetensors`` and
+    ``transformer.safetensors`` (from a ``tokenizer``-mode and a ``teacher``-mode run)."""
+    import torch
+
+    from .presets import get_preset
+    from .tokenizer.loading import load_vae
+    from .transformer.loading import load_transformer
+
+    preset = get_preset(preset)
+    out = Path(out) if out is not None else preset.weights_dir()
+    if out is None:
+        raise ConfigError(f"preset {preset.name!r} ships no weights: pass --out")
+    out.mkdir(parents=True, exist_ok=True)
+    vae = load_vae(preset, vae_checkpoint)
+    transformer = load_transformer(preset, transformer_checkpoint)
+    for model, name in ((vae, preset.vae_file), (transformer, preset.transformer_file)):
+        save_weights({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()},
+                     out / name)
+    return out

@@ -12,7 +12,7 @@ from .. import __version__
 from ..errors import VARestorerError
 
 #: Subcommand modules, in the order ``--help`` lists them (the data flow).
-COMMANDS = ("info", "prepare", "degrade", "train", "demo", "export", "restore", "evaluate", "publish", "bench")
+COMMANDS = ("info", "prepare", "degrade", "train", "bundle", "demo", "export", "restore", "evaluate", "publish", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,7 +158,7 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
 
     from ..evaluation.pairs import check_sizes
     from ..inference.pipeline import resize_images, to_tensor, to_uint8
-    from .restore import method_kwargs
+    from .restore import method_kwargs, prompts_for
 
     if method is None:
         images = [_read(p.pred) for p in pairs]
@@ -172,7 +172,8 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
 
     def restore(chunk):
         h = chunk[0][2][0]
-        return pipe([x for _, x, _ in chunk], prompt=args.prompt, method=method, upscale=h / chunk[0][1].shape[-2],
+        prompt = prompts_for(args, [pair.lq for pair, _, _ in chunk])
+        return pipe([x for _, x, _ in chunk], prompt=prompt, method=method, upscale=h / chunk[0][1].shape[-2],
                     output_type="pt", batch_size=args.batch_size, **method_kwargs(args, method)).images
 
     if args.warmup and todo:

@@ -54,9 +54,10 @@ def register(sub) -> None:
 def add_prompt_options(p) -> None:
     """Where prompts come from (``restore`` and ``evaluate`` share them)."""
     g = p.add_argument_group("prompts")
-    g.add_argument("--caption", default="blip", choices=("blip", "none"),
+    g.add_argument("--caption", default="blip", metavar="{blip,none,FILE}",
                    help="where prompts come from when --prompt is not given (default: blip; none: empty "
-                        "prompts, with a warning for a model trained with captions)")
+                        "prompts, with a warning for a model trained with captions; FILE: a caption file, JSON "
+                        "lines {\"path\": ..., \"caption\": ...} with paths as given or by file name)")
     g.add_argument("--caption-from", default="restored", choices=("restored", "input"),
                    help="what BLIP looks at: the model's own one-pass restoration without a prompt (default, "
                         "as training captioned clean images) or the LQ input")
@@ -66,6 +67,29 @@ def add_prompt_options(p) -> None:
     prompt.add_argument("--prompt", default=None, help="one prompt for every image")
     prompt.add_argument("--no-prompt", dest="prompt", action="store_const", const="",
                         help="restore with an empty prompt: the paper's 'w/o prompt' ablation (Table A)")
+
+
+def prompts_for(args, paths: list[Path]) -> str | list[str] | None:
+    """The prompt of each image: ``--prompt`` for all, else the caption file's (``--caption FILE``;
+    looked up by the path as given, then by file name), else None (the pipeline captions or warns)."""
+    from ..errors import ConfigError
+
+    if args.prompt is not None or args.caption in ("blip", "none"):
+        return args.prompt
+    if not hasattr(args, "_caption_file"):
+        from ..data.captions import CaptionFile
+
+        if not Path(args.caption).is_file():
+            raise ConfigError(f"--caption {args.caption}: not blip, none or a caption file")
+        args._caption_file = CaptionFile(args.caption)
+        args._caption_names = {Path(k).name: v for k, v in args._caption_file.captions.items()}
+    prompts = []
+    for path in paths:
+        found = args._caption_file.lookup(str(path), path) or args._caption_names.get(Path(path).name)
+        if found is None:
+            raise ConfigError(f"{path} has no caption in {args.caption}: add a line for it, or pass --caption none")
+        prompts.append(found)
+    return prompts
 
 
 def add_running_options(p) -> None:
@@ -181,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             chunk.append((src, dst))
         if not chunk:
             continue
-        restored = pipe(images, prompt=args.prompt, **_call_kwargs(args)).images
+        restored = pipe(images, prompt=prompts_for(args, [src for src, _ in chunk]), **_call_kwargs(args)).images
         for (src, dst), im, res in zip(chunk, images, restored):
             dst.parent.mkdir(parents=True, exist_ok=True)
             _save(res, dst)
@@ -225,7 +249,9 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     pipe.to(device, getattr(torch, dtype))
     wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.get("use_captions", True)
-    if wants_captions and args.caption == "blip":
+    if args.caption not in ("blip", "none"):
+        prompts_for(args, [])  # a caption file: read (and checked) now, before any restoration
+    elif wants_captions and args.caption == "blip":
         from ..data.captions import DEFAULT_BLIP, BlipCaptioner
 
         pipe.set_captioner(BlipCaptioner(args.caption_model or DEFAULT_BLIP, device=device,

@@ -1,7 +1,8 @@
 """The training data loader of a recipe: HQ crops with captions, in a reproducible order.
 
-``data.dataset: skimage`` trains on the photos scikit-image ships (tiny recipe, demo, tests);
-any other value is a folder written by ``varestorer prepare``. Batches are
+``data.dataset: skimage`` trains on the photos scikit-image ships (tiny recipe, tests),
+``photos`` on the training split of the collection shipped with the package (the ``small`` base's
+recipes and the demo); any other value is a folder written by ``varestorer prepare``. Batches are
 ``{"pixel_values": (B, 3, R, R) in [0, 1], "caption": [str], "index": (B,)}``; the order of
 an epoch depends only on ``(train.seed, epoch)``, so a resumed run sees the same batches.
 """
@@ -46,6 +47,11 @@ def build_dataset(recipe: Recipe):
 
         return SampleImages(res, repeats=max(1, recipe.train.global_batch_size), seed=recipe.train.seed,
                             random_crop=d.random_crop)
+    if d.dataset == "photos":
+        from ..data.photos import PhotoCollection
+
+        return PhotoCollection(res, split="train", repeats=max(1, recipe.train.global_batch_size), seed=recipe.train.seed,
+                               random_crop=d.random_crop)
     from ..data.dataset import PreparedDataset
 
     return PreparedDataset(d.dataset, size=res, random_crop=d.random_crop, seed=recipe.train.seed)

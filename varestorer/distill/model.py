@@ -99,12 +99,11 @@ class VARestorerModel(TrainingModule):
 
         m = recipe.model
         preset = get_preset(m.preset)
-        if m.random_init:
-            vae, transformer = preset.build_vae(), preset.build_transformer()
-        else:
-            check_base_checkpoint(recipe)
-            vae = load_vae(preset, m.vae)
-            transformer = load_transformer(preset, m.transformer)
+        check_base_checkpoint(recipe)
+        # random_init: random weights for each part no checkpoint is given for (pre-training from scratch)
+        vae = preset.build_vae() if m.random_init and m.vae is None else load_vae(preset, m.vae)
+        transformer = (preset.build_transformer() if m.random_init and m.transformer is None
+                       else load_transformer(preset, m.transformer))
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
         degradation = None
         if recipe.mode in ("distill", "varsr"):
@@ -245,6 +244,19 @@ class VARestorerModel(TrainingModule):
         self.train(was)
         lq = x_lq if x_lq is not None else x_hq
         return {k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()}
+
+    @torch.no_grad()
+    def validation_metrics(self) -> dict[str, float]:
+        """Teacher mode on the shipped photos: ``heldout_cross_entropy`` of the held-out tokens."""
+        if self.mode != "teacher" or self.recipe.data.dataset != "photos":
+            return {}
+        from ..evaluation.base import teacher_cross_entropy
+
+        was = self.training
+        self.eval()
+        ce = teacher_cross_entropy(self.transformer, self.vae, self.text_encoder, self.recipe.model.resolution)
+        self.train(was)
+        return {"heldout_cross_entropy": ce}
 
     # ------------------------------------------------------------------ saving
     def save_export(self, out: Path) -> None:

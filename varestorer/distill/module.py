@@ -37,6 +37,10 @@ class TrainingModule(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def validation_metrics(self) -> dict[str, float]:
+        """Numbers measured at each validation step besides the grid (logged; none by default)."""
+        return {}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

@@ -28,7 +28,9 @@ class ModelSection:
     vae: str | None = None  # VAE checkpoint: Hub repo id or path; None = preset's official
     text_encoder: str | None = None  # T5 encoder: Hub id or path; None = preset's
     resolution: int = 512
-    random_init: bool = False  # build with random weights (tests, demo, benchmarks)
+    # random weights for the VAE and the transformer where no checkpoint is given above (pre-training
+    # from scratch, tests, benchmarks); False: a part without a checkpoint loads the preset's weights
+    random_init: bool = False
 
 
 @dataclass

@@ -202,6 +202,11 @@ def train(recipe: Recipe) -> dict:
             if accelerator.is_main_process and (global_step % t.validation_steps == 0 or global_step == t.max_steps):
                 grid = save_validation_grid(core, val_batch, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
                 _log_image(accelerator, grid, global_step)
+                measured = core.validation_metrics()
+                if measured:
+                    accelerator.log(measured, step=global_step)
+                    history[-1].update(measured)
+                    bar.write(f"step {global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
             if global_step >= t.max_steps:
                 break
     bar.close()

@@ -32,11 +32,12 @@ def save_loss_plot(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in history[-1] if k not in ("step", "lr")]
+    keys = list(dict.fromkeys(k for h in history for k in h if k not in ("step", "lr")))
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    steps = [h["step"] for h in history]
     for ax, key in zip(axes[0], keys):
-        ax.plot(steps, [h.get(key, float("nan")) for h in history])
+        points = [(h["step"], h[key]) for h in history if key in h]  # validation metrics: some steps only
+        sparse = len(points) < len(history)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if sparse else None, markersize=3)
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()

@@ -61,3 +61,37 @@ def write_samples(pipe, out: str | Path, count: int = 4, degradation: str | None
         comparison_strip([lq, restored, hq[0]], ["LQ", method, "HQ"]).save(path)
         paths.append(path)
     return paths
+
+
+#: How the grid labels each method's column.
+METHOD_LABELS = {"bicubic": "bicubic", "zeroshot": "zero-shot", "multistep": "multi-step", "guided": "guided",
+                 "varsr": "varsr", "onestep": "one-step", "pred": "restored"}
+
+
+def method_grid(lq_dir: str | Path, hq_dir: str | Path, restored_dir: str | Path, methods: Sequence[str],
+                path: str | Path):
+    """One row per image of ``hq_dir``: ``LQ | each method's restoration | HQ`` (the restorations
+    are ``restored_dir/METHOD/NAME.png``, as ``varestorer evaluate`` writes them); a PNG at ``path``."""
+    from PIL import Image
+
+    from ..data.images import read_rgb
+    from .pipeline import to_tensor
+
+    rows = []
+    for hq_path in sorted(Path(hq_dir).glob("*.png")):
+        name = hq_path.name
+        panels = [to_tensor(read_rgb(Path(lq_dir) / name))]
+        panels += [to_tensor(read_rgb(Path(restored_dir) / m / name)) for m in methods]
+        panels.append(to_tensor(read_rgb(hq_path)))
+        labels = ["LQ"] + [METHOD_LABELS.get(m, m) for m in methods] + ["HQ"]
+        rows.append(comparison_strip(panels, [f"{label}" if i else f"{hq_path.stem}: LQ" for i, label in enumerate(labels)]))
+    width = max(r.width for r in rows)
+    grid = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
+    y = 0
+    for r in rows:
+        grid.paste(r, (0, y))
+        y += r.height
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

@@ -67,13 +67,11 @@ def load_vae(
     the checkpoint's tensors are assigned, so no random initialisation is spent.
     """
     preset = get_preset(preset)
-    source = checkpoint if checkpoint is not None else preset.hub_repo
-    if source is None:
-        raise ValueError(f"preset {preset.name!r} has no official weights; pass a checkpoint")
+    source = checkpoint if checkpoint is not None else preset.default_weights(preset.vae_file)
     path = resolve_file(source, preset.vae_file)
     state, unused = select_state_dict(read_file(path), ("vae", "ema", "state_dict", "model"))
     with torch.device("meta"):
         vae = preset.build_vae()
     load_vae_state(vae, state, source=str(path), unused_top_level=unused)
-    vae = vae.to(device) if dtype == torch.float32 else vae.to(device=device, dtype=dtype)
+    vae = vae.to(device=device, dtype=dtype)  # a float16 file (a shipped base) loads in the dtype asked for
     return vae.eval().requires_grad_(False)

@@ -85,7 +85,7 @@ class TokenizerModel(TrainingModule):
 
         m = recipe.model
         preset = get_preset(m.preset)
-        vae = preset.build_vae() if m.random_init else load_vae(preset, m.vae)
+        vae = preset.build_vae() if m.random_init and m.vae is None else load_vae(preset, m.vae)
         lpips = None
         if recipe.tokenizer.lpips > 0:
             lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
@@ -130,6 +130,20 @@ class TokenizerModel(TrainingModule):
         x_hat, _ = self.reconstruct(x)
         self.train(was)
         return {"hq": (x + 1) / 2, "reconstruction": (x_hat.clamp(-1, 1) + 1) / 2}
+
+    @torch.no_grad()
+    def validation_metrics(self) -> dict[str, float]:
+        """``heldout_psnr``: reconstruction PSNR (dB) on the held-out photos, when training on the
+        shipped collection (``data.dataset: photos``; other datasets have no held-out split here)."""
+        if self.recipe.data.dataset != "photos":
+            return {}
+        from ..evaluation.base import tokenizer_psnr
+
+        was = self.training
+        self.eval()
+        psnr = tokenizer_psnr(self.vae, self.recipe.model.resolution)
+        self.train(was)
+        return {"heldout_psnr": psnr}
 
     # ------------------------------------------------------------------ saving
     def save_export(self, out: Path) -> None:

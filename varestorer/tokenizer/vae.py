@@ -30,13 +30,16 @@ class Conv(nn.Module):
 
 
 class Normalize(nn.Module):
-    """``nn.GroupNorm`` under ``.norm``: 32 groups (24 where the width needs it), eps 1e-6."""
+    """``nn.GroupNorm`` under ``.norm``, eps 1e-6: Infinity's 32 groups (24 where the width needs
+    it), or ``groups``. Narrow VAEs need fewer: at width 32, 32 groups normalise every channel on its
+    own, which erases each channel's mean (the image's colours) at every norm."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int | None = None):
         super().__init__()
-        groups = 32 if channels % 32 == 0 else 24 if channels % 24 == 0 else None
         if groups is None:
-            raise ValueError(f"VAE widths must be multiples of 32 or 24, got {channels}")
+            groups = 32 if channels % 32 == 0 else 24 if channels % 24 == 0 else None
+        if groups is None or channels % groups:
+            raise ValueError(f"VAE width {channels} is not divisible into {groups or '32 or 24'} norm groups")
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,10 +47,10 @@ class Normalize(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, groups: int | None = None):
         super().__init__()
-        self.norm1, self.conv1 = Normalize(cin), Conv(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = Normalize(cout), Conv(cout, cout, 3, padding=1)
+        self.norm1, self.conv1 = Normalize(cin, groups), Conv(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = Normalize(cout, groups), Conv(cout, cout, 3, padding=1)
         self.nin_shortcut = Conv(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -78,14 +81,15 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _mid(channels: int) -> nn.Module:
+def _mid(channels: int, groups: int | None) -> nn.Module:
     mid = nn.Module()
-    mid.block_1, mid.block_2 = ResnetBlock(channels, channels), ResnetBlock(channels, channels)
+    mid.block_1, mid.block_2 = ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)
     return mid
 
 
 class Encoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int, in_channels: int = 3):
+    def __init__(self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int, in_channels: int = 3,
+                 groups: int | None = None):
         super().__init__()
         self.conv_in = Conv(in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -95,13 +99,13 @@ class Encoder(nn.Module):
             stage.block = nn.ModuleList()
             stage.attn = nn.ModuleList()  # empty in Infinity's VAE; kept for the layout
             for _ in range(num_res_blocks):
-                stage.block.append(ResnetBlock(block_in, ch * mult))
+                stage.block.append(ResnetBlock(block_in, ch * mult, groups))
                 block_in = ch * mult
             if level < len(ch_mult) - 1:
                 stage.downsample = Downsample(block_in)
             self.down.append(stage)
-        self.mid = _mid(block_in)
-        self.norm_out = Normalize(block_in)
+        self.mid = _mid(block_in, groups)
+        self.norm_out = Normalize(block_in, groups)
         self.conv_out = Conv(block_in, z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -116,24 +120,25 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int, out_channels: int = 3):
+    def __init__(self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int, out_channels: int = 3,
+                 groups: int | None = None):
         super().__init__()
         block_in = ch * ch_mult[-1]
         self.conv_in = Conv(z_channels, block_in, 3, padding=1)
-        self.mid = _mid(block_in)
+        self.mid = _mid(block_in, groups)
         up = []
         for level in reversed(range(len(ch_mult))):
             stage = nn.Module()
             stage.block = nn.ModuleList()
             stage.attn = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                stage.block.append(ResnetBlock(block_in, ch * ch_mult[level]))
+                stage.block.append(ResnetBlock(block_in, ch * ch_mult[level], groups))
                 block_in = ch * ch_mult[level]
             if level > 0:
                 stage.upsample = Upsample(block_in)
             up.insert(0, stage)
         self.up = nn.ModuleList(up)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, groups)
         self.conv_out = Conv(block_in, out_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -155,6 +160,7 @@ class BSQVAE(ModelMixin, ConfigMixin):
             down/upsamplings, so ``downsample == 2 ** (len(ch_mult) - 1)``.
         num_res_blocks: residual blocks per encoder level (the decoder has one more).
         codebook_dim: bits per token ``d`` (the latent width; 32 for d32).
+        norm_groups: GroupNorm groups (None: Infinity's 32; see :class:`Normalize`).
     """
 
     @register_to_config
@@ -164,11 +170,12 @@ class BSQVAE(ModelMixin, ConfigMixin):
         ch_mult: tuple[int, ...] = (1, 2, 4, 4, 4),
         num_res_blocks: int = 2,
         codebook_dim: int = 32,
+        norm_groups: int | None = None,
     ):
         super().__init__()
         ch_mult = tuple(ch_mult)
-        self.encoder = Encoder(ch, ch_mult, num_res_blocks, codebook_dim)
-        self.decoder = Decoder(ch, ch_mult, num_res_blocks, codebook_dim)
+        self.encoder = Encoder(ch, ch_mult, num_res_blocks, codebook_dim, groups=norm_groups)
+        self.decoder = Decoder(ch, ch_mult, num_res_blocks, codebook_dim, groups=norm_groups)
         self.quantizer = MultiScaleBSQ(codebook_dim)
 
     @property

@@ -121,13 +121,11 @@ def load_transformer(
     checkpoint's tensors are assigned (no time spent on a random initialisation).
     """
     preset = get_preset(preset)
-    source = checkpoint if checkpoint is not None else preset.hub_repo
-    if source is None:
-        raise ValueError(f"preset {preset.name!r} has no official weights; pass a checkpoint")
+    source = checkpoint if checkpoint is not None else preset.default_weights(preset.transformer_file)
     path = resolve_file(source, preset.transformer_file)
     state, unused = _transformer_weights(read_file(path))
     with torch.device("meta"):
         model = preset.build_transformer()
     load_transformer_state(model, state, source=str(path), unused_top_level=unused)
-    model = model.to(device) if dtype == torch.float32 else model.to(device=device, dtype=dtype)
+    model = model.to(device=device, dtype=dtype)  # a float16 file (a shipped base) loads in the dtype asked for
     return model.eval()

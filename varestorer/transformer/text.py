@@ -9,8 +9,8 @@ plus ``drop``: the captions the transformer replaces by its learned ``cfg_uncond
 :class:`TextEncoder` wraps ``transformers``' ``AutoTokenizer`` and ``T5EncoderModel`` (a Hub id
 or a local folder) and keeps an in-memory cache of encoder outputs keyed by caption: the
 encoder is frozen, so each distinct caption is encoded once per process.
-``TextEncoder.tiny()`` builds a small T5 and a character-level tokenizer locally (the
-``tiny`` preset: tests and the CPU demo).
+``TextEncoder.local()`` builds a small T5 and a character-level tokenizer locally (the ``tiny``
+and ``small`` presets; ``small`` ships the weights it was pre-trained with).
 """
 
 from __future__ import annotations
@@ -154,8 +154,9 @@ class TextEncoder(nn.Module):
         return cls(tokenizer, encoder.to(device), max_length=max_length, auto_dtype=dtype == "auto")
 
     @classmethod
-    def tiny(cls, channels: int = 64, max_length: int = 128, seed: int = 0) -> TextEncoder:
-        """A small T5 (random weights, fixed seed) with a character-level tokenizer, built locally."""
+    def local(cls, channels: int = 64, max_length: int = 128, seed: int = 0, weights=None) -> TextEncoder:
+        """A small T5 with a character-level tokenizer, built locally: random weights from
+        ``seed``, or the safetensors file ``weights`` (a pre-trained base's frozen encoder)."""
         from transformers import T5Config, T5EncoderModel
 
         tokenizer = build_char_tokenizer()
@@ -166,18 +167,27 @@ class TextEncoder(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = T5EncoderModel(config)
+        if weights is not None:
+            from safetensors.torch import load_file
+
+            encoder.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
         return cls(tokenizer, encoder, max_length=max_length)
 
     @classmethod
     def from_preset(cls, preset, source: str | os.PathLike | None = None, **kwargs) -> TextEncoder:
-        """The preset's text encoder (``"tiny"``: built locally), or ``source`` (Hub id / folder)."""
+        """The preset's text encoder (``"local"``: built here, with the shipped weights where the
+        preset has them), or ``source`` (Hub id / folder)."""
         from ..presets import get_preset
 
         preset = get_preset(preset)
         source = preset.text_encoder if source is None else source
         t = preset.transformer
-        if str(source) == "tiny":
-            return cls.tiny(channels=t.get("text_channels", 64), max_length=t.get("text_maxlen", 128))
+        if str(source) == "local":
+            folder = preset.weights_dir()
+            weights = folder / TEXT_ENCODER_FILE if folder is not None else None
+            if weights is not None and not weights.is_file():
+                preset.default_weights(TEXT_ENCODER_FILE)  # raises: says how to get them
+            return cls.local(channels=t.get("text_channels", 64), max_length=t.get("text_maxlen", 128), weights=weights)
         return cls.from_pretrained(source, max_length=t.get("text_maxlen", 512), **kwargs)
 
     def _apply(self, fn, recurse=True):
@@ -262,7 +272,10 @@ def _auto_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-#: Characters of the tiny preset's tokenizer (lower-cased captions).
+#: The file of a locally built encoder's weights in a preset's shipped folder.
+TEXT_ENCODER_FILE = "text_encoder.safetensors"
+
+#: Characters of the local tokenizer (lower-cased captions).
 _CHARS = string.ascii_lowercase + string.digits + " .,;:!?'\"-()/&"
 
 
