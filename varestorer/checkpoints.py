@@ -191,3 +191,8 @@ def load_strict(
     if report.unused:
         logger.warning("%s checkpoint %s: entries not used by the model: %s", what, source, report.unused)
     return report
+
+
+def cast_floats(state: dict, dtype: torch.dtype) -> dict:
+    """The floating-point tensors of ``state`` in ``dtype`` (integer buffers as they are)."""
+    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..checkpoints import load_strict, read_file, resolve_file, select_state_dict
+from ..checkpoints import cast_floats, load_strict, read_file, resolve_file, select_state_dict
 from ..presets import PRESETS, Preset, get_preset
 from .vae import BSQVAE
 
@@ -70,8 +70,9 @@ def load_vae(
     source = checkpoint if checkpoint is not None else preset.default_weights(preset.vae_file)
     path = resolve_file(source, preset.vae_file)
     state, unused = select_state_dict(read_file(path), ("vae", "ema", "state_dict", "model"))
+    state = cast_floats(state, dtype)  # the dtype asked for, whatever the file's (a shipped base is float16)
     with torch.device("meta"):
         vae = preset.build_vae()
     load_vae_state(vae, state, source=str(path), unused_top_level=unused)
-    vae = vae.to(device=device, dtype=dtype)  # a float16 file (a shipped base) loads in the dtype asked for
+    vae = vae.to(device) if dtype == torch.float32 else vae.to(device=device, dtype=dtype)
     return vae.eval().requires_grad_(False)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..checkpoints import load_strict, read_file, resolve_file, select_state_dict
+from ..checkpoints import cast_floats, load_strict, read_file, resolve_file, select_state_dict
 from ..errors import CheckpointError
 from ..presets import PRESETS, Preset, get_preset
 from .infinity import InfinityTransformer
@@ -124,8 +124,9 @@ def load_transformer(
     source = checkpoint if checkpoint is not None else preset.default_weights(preset.transformer_file)
     path = resolve_file(source, preset.transformer_file)
     state, unused = _transformer_weights(read_file(path))
+    state = cast_floats(state, dtype)  # the dtype asked for, whatever the file's (a shipped base is float16)
     with torch.device("meta"):
         model = preset.build_transformer()
     load_transformer_state(model, state, source=str(path), unused_top_level=unused)
-    model = model.to(device=device, dtype=dtype)  # a float16 file (a shipped base) loads in the dtype asked for
+    model = model.to(device) if dtype == torch.float32 else model.to(device=device, dtype=dtype)
     return model.eval()
