@@ -5,13 +5,14 @@
    Real-ESRGAN degradations drawn on the fly);
 2. the run's ``final/`` folder is the exported adapter (LoRA, encoder, config);
 3. degrades the held-out photos (never seen by the base nor here) with a fixed seed and restores
-   them with every method: bicubic, zero-shot, multi-step teacher, guided, one-step student;
+   them with every method: bicubic, zero-shot, multi-step teacher, one-step student (and the
+   paper's guided sampling with ``--methods``);
    scores them like ``varestorer evaluate`` (PSNR/SSIM on Y, LPIPS and the others where their
    weights are present);
 4. writes ``report.md`` (the table, seconds per image, what the numbers mean), ``grid.png``
    (LQ | bicubic | zero-shot | multi-step | one-step | HQ) and the loss curves.
 
-Same seed, same numbers. ``--preset tiny`` runs the same flow on the random toy model in a minute
+Same seed, same numbers. ``--recipe tiny`` runs the same flow on the random toy model in a minute
 (it restores nothing: a smoke test of the machinery).
 """
 
@@ -21,8 +22,12 @@ import argparse
 import time
 from pathlib import Path
 
-#: The methods the demo compares, in the grid's order (varsr needs a model trained in varsr mode).
+#: The methods the demo can compare, in the grid's order (varsr needs a model trained in varsr mode).
 DEMO_METHODS = ("bicubic", "zeroshot", "multistep", "guided", "onestep")
+#: Those it runs by default: guided costs about five multi-step passes; add it with --methods.
+DEFAULT_METHODS = ("bicubic", "zeroshot", "multistep", "onestep")
+#: Full-reference metrics first; NIQE needs 192 px crops, FID many more images than the held-out set.
+DEMO_METRICS = "psnr,ssim,lpips,dists,musiq,clipiqa"
 
 
 def register(sub) -> None:
@@ -32,8 +37,9 @@ def register(sub) -> None:
     p.add_argument("--recipe", default="small", help="the distillation recipe (default: small)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--images", type=int, default=None, help="score only the first N held-out images (default: all)")
-    p.add_argument("--methods", default=",".join(DEMO_METHODS),
-                   help=f"comma-separated restoration methods (default: {','.join(DEMO_METHODS)})")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated restoration methods out of {','.join(DEMO_METHODS)} "
+                        f"(default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out degradations and the samplers")
     p.set_defaults(func=run)
 
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     evaluation = out / "evaluation"
     argv = ["evaluate", "--model", str(model), "--lq", str(heldout["lq"]), "--gt", str(heldout["hq"]),
             "--out", str(evaluation), "--caption", str(heldout["captions"]), "--crop-border", "4",
-            "--seed", str(args.seed), "--device", "cpu"]
+            "--seed", str(args.seed), "--device", "cpu", "--metrics", DEMO_METRICS]
     for m in methods:
         argv += ["--method", m]
     if cli_main(argv):
