@@ -45,3 +45,23 @@ def test_tokenizer_mode_trains_the_vae_and_exports_what_load_vae_reads(tmp_path)
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(model.reconstruct(x)[0].clamp(-1, 1), vae(x))  # the same tokenizer
+
+
+def test_ln_before_quant_puts_every_latent_at_unit_norm_so_each_scale_quantizes_what_is_left():
+    from varestorer.tokenizer import BSQVAE
+
+    vae = BSQVAE(ch=32, ch_mult=(1, 2), num_res_blocks=1, codebook_dim=16, norm_groups=8, ln_before_quant=True)
+    assert {"quantizer.layernorm.weight", "quantizer.layernorm.bias"} <= set(vae.state_dict())
+    assert not any("layernorm" in k for k in BSQVAE(ch=32, ch_mult=(1, 2), codebook_dim=16).state_dict())
+    latent = torch.randn(2, 16, 4, 4) * 12  # the norm a VAE trained without it drifted to
+    normed = vae.quantizer.layernorm(latent)
+    torch.testing.assert_close(normed.norm(dim=1), torch.ones(2, 4, 4), atol=1e-4, rtol=0)
+    schedule = [(1, 1), (2, 2), (4, 4)]
+    with_ln = vae.quantizer(latent, schedule)
+    vae.quantizer.layernorm = None
+    without = vae.quantizer(latent, schedule)
+    # without it, the finest scale repeats the coarser scales' signs far more often
+    def agreement(tokens):
+        coarse = torch.nn.functional.interpolate(tokens.codes[1], size=(4, 4), mode="nearest")
+        return (coarse.sign() == tokens.codes[2].sign()).float().mean().item()
+    assert agreement(without) > agreement(with_ln) + 0.1

@@ -138,13 +138,36 @@ class BSQ(nn.Module):
         return codes, bits.permute(0, 2, 3, 1), z
 
 
-class MultiScaleBSQ(nn.Module):
-    """Residual quantization of a latent over a scale schedule (Infinity's ``MultiScaleBSQ``)."""
+class ChannelLayerNorm(nn.Module):
+    """Infinity's ``ln_before_quant`` LayerNorm over the channels of ``(B, d, H, W)``, its weight
+    initialised to ``1/sqrt(d)`` (``ln_init_by_sqrt``): each position's latent starts at norm ~1."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim) / math.sqrt(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        return self.weight[:, None, None] * (x - mean) / torch.sqrt(var + self.eps) + self.bias[:, None, None]
+
+
+class MultiScaleBSQ(nn.Module):
+    """Residual quantization of a latent over a scale schedule (Infinity's ``MultiScaleBSQ``).
+
+    ``ln_before_quant`` (an option of Infinity's, off in its released d32 VAE): a LayerNorm puts
+    every position's latent at norm ~1 before the residual loop, so that each scale quantizes what
+    the earlier ones left. Without it the latent's norm is never trained (the codes see only its
+    direction), and a VAE trained from scratch can let it grow until every scale repeats the same
+    signs: the small base's tokenizer did (norm 12 against codes of norm 1; see its model card)."""
+
+    def __init__(self, dim: int, ln_before_quant: bool = False):
         super().__init__()
         self.dim = dim
         self.lfq = BSQ(dim)
+        self.layernorm = ChannelLayerNorm(dim) if ln_before_quant else None
 
     def forward(self, latent: Tensor, schedule: list[Scale], flips: list[Tensor] | None = None) -> MultiScaleTokens:
         """Quantize ``(B, d, H, W)``; the last scale of ``schedule`` must be ``(H, W)``.
@@ -159,7 +182,7 @@ class MultiScaleBSQ(nn.Module):
         full = tuple(latent.shape[-2:])
         if tuple(schedule[-1]) != full:
             raise ValueError(f"the schedule ends at {tuple(schedule[-1])} but the latent is {full}")
-        residual = latent.float()
+        residual = latent.float() if self.layernorm is None else self.layernorm(latent.float())
         accumulated = torch.zeros_like(residual)
         bits, codes, teacher_inputs, pyramid, inputs = [], [], [], [], []
         for k, size in enumerate(schedule):

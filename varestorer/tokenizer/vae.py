@@ -32,7 +32,7 @@ class Conv(nn.Module):
 class Normalize(nn.Module):
     """``nn.GroupNorm`` under ``.norm``, eps 1e-6: Infinity's 32 groups (24 where the width needs
     it), or ``groups``. Narrow VAEs need fewer: at width 32, 32 groups normalise every channel on its
-    own, which erases each channel's mean (the image's colours) at every norm."""
+    own, which erases each channel's mean at every norm (the ``small`` preset uses 8)."""
 
     def __init__(self, channels: int, groups: int | None = None):
         super().__init__()
@@ -161,6 +161,7 @@ class BSQVAE(ModelMixin, ConfigMixin):
         num_res_blocks: residual blocks per encoder level (the decoder has one more).
         codebook_dim: bits per token ``d`` (the latent width; 32 for d32).
         norm_groups: GroupNorm groups (None: Infinity's 32; see :class:`Normalize`).
+        ln_before_quant: Infinity's LayerNorm before the multi-scale quantizer (see :class:`MultiScaleBSQ`).
     """
 
     @register_to_config
@@ -171,12 +172,13 @@ class BSQVAE(ModelMixin, ConfigMixin):
         num_res_blocks: int = 2,
         codebook_dim: int = 32,
         norm_groups: int | None = None,
+        ln_before_quant: bool = False,
     ):
         super().__init__()
         ch_mult = tuple(ch_mult)
         self.encoder = Encoder(ch, ch_mult, num_res_blocks, codebook_dim, groups=norm_groups)
         self.decoder = Decoder(ch, ch_mult, num_res_blocks, codebook_dim, groups=norm_groups)
-        self.quantizer = MultiScaleBSQ(codebook_dim)
+        self.quantizer = MultiScaleBSQ(codebook_dim, ln_before_quant=ln_before_quant)
 
     @property
     def downsample(self) -> int:
