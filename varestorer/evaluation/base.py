@@ -61,7 +61,7 @@ def sample_grid(transformer, vae, text_encoder, size: int, path: str | Path, see
     rows = []
     for j, i in enumerate(keep):
         panels = [images[i]] + [(s[j] + 1) / 2 for s in samples]
-        labels = [f"held-out: {captions[i][:38]}"] + [f"sample, seed {s}" for s in seeds]
+        labels = [captions[i][:21]] + [f"sample, seed {s}" for s in seeds]  # the held-out photo, its caption
         rows.append(comparison_strip(panels, labels))
     grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
