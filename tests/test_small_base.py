@@ -92,7 +92,8 @@ def test_the_rebuild_recipes_run_shortened_and_bundle_a_base_that_loads(tmp_path
     out = tmp_path / "bundle"
     assert main(["bundle", "--tokenizer", str(tok / "final"), "--teacher", str(teacher / "final"), "--out", str(out)]) == 0
     info = json.loads((out / "base_info.json").read_text())
-    assert set(info) >= {"tokenizer_heldout_psnr_db", "teacher_heldout_cross_entropy", "initial_heldout_cross_entropy"}
+    assert set(info) >= {"tokenizer_heldout_psnr_db", "tokenizer_heldout_chroma_energy_ratio",
+                         "teacher_heldout_cross_entropy", "initial_heldout_cross_entropy"}
     assert (out / "samples.png").is_file()
     from safetensors.torch import load_file
 

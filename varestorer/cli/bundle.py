@@ -5,7 +5,7 @@
 Writes the tokenizer's VAE and the teacher's transformer as float16 safetensors into the preset's
 folder inside the package (``varestorer/assets/small/``; ``--out`` for elsewhere), then loads
 them back as a user gets them and measures on the held-out photos: the tokenizer's reconstruction
-PSNR, the teacher's cross-entropy against a random initialisation's, and a grid of multi-step
+PSNR and how much colour it keeps, the teacher's cross-entropy against a random initialisation's, and a grid of multi-step
 samples from the held-out captions (``--grid``). The numbers go to ``base_info.json`` beside the
 weights; the base's model card quotes them.
 """
@@ -31,7 +31,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation.base import sample_grid, teacher_cross_entropy, tokenizer_psnr
+    from ..evaluation.base import sample_grid, teacher_cross_entropy, tokenizer_chroma, tokenizer_psnr
     from ..export import bundle_base
     from ..presets import get_preset
     from ..tokenizer.loading import load_vae
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         initial = preset.build_transformer().eval()
     info = {"preset": preset.name, "resolution": size,
             "tokenizer_heldout_psnr_db": round(tokenizer_psnr(vae, size), 3),
+            **{f"tokenizer_heldout_{k}": round(v, 3) for k, v in tokenizer_chroma(vae, size).items()},
             "teacher_heldout_cross_entropy": round(teacher_cross_entropy(transformer, vae, text, size), 4),
             "initial_heldout_cross_entropy": round(teacher_cross_entropy(initial, vae, text, size), 4),
             "tokenizer_source": str(args.tokenizer), "teacher_source": str(args.teacher),

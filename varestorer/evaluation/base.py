@@ -2,6 +2,7 @@
 
 - :func:`tokenizer_psnr`: PSNR (dB, RGB, images in [0, 1]) of the VAE's reconstructions through
   the multi-scale quantizer at the resolution's schedule: the ceiling of anything decoded from it.
+- :func:`tokenizer_chroma`: how much of the photos' colour the reconstructions keep.
 - :func:`teacher_cross_entropy`: the next-scale bitwise cross-entropy (nats per bit, weighted over
   scales as Infinity trains) of the transformer on the held-out tokens, teacher-forced, with the
   photos' captions; a random initialisation scores ln 2 = 0.693.
@@ -31,6 +32,18 @@ def tokenizer_psnr(vae, size: int) -> float:
     x = images * 2 - 1
     tokens = vae.quantizer(vae.encode_latent(x), vae.schedule(size))
     return float(psnr_db(vae.decode_latent(tokens.quantized), x))
+
+
+@torch.no_grad()
+def tokenizer_chroma(vae, size: int) -> dict[str, float]:
+    """How much colour the reconstructions keep: the energy of their chroma (each pixel minus its
+    mean over RGB) relative to the photos', and the correlation of the two (1 and 1: all of it)."""
+    _, images, _ = _heldout_batch(size)
+    x = images * 2 - 1
+    y = vae.decode_latent(vae.quantizer(vae.encode_latent(x), vae.schedule(size)).quantized)
+    cx, cy = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return {"chroma_energy_ratio": float(cy.pow(2).mean() / cx.pow(2).mean()),
+            "chroma_correlation": float((cx * cy).sum() / (cx.norm() * cy.norm()))}
 
 
 @torch.no_grad()
