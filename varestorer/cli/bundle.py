@@ -31,7 +31,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation.base import sample_grid, teacher_cross_entropy, tokenizer_chroma, tokenizer_psnr
+    from ..evaluation.base import sample_grid, teacher_cross_entropy, tokenizer_quality
     from ..export import bundle_base
     from ..presets import get_preset
     from ..tokenizer.loading import load_vae
@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         initial = preset.build_transformer().eval()
     info = {"preset": preset.name, "resolution": size,
-            "tokenizer_heldout_psnr_db": round(tokenizer_psnr(vae, size), 3),
-            **{f"tokenizer_heldout_{k}": round(v, 3) for k, v in tokenizer_chroma(vae, size).items()},
+            **{f"tokenizer_heldout_{k}": round(v, 3) for k, v in tokenizer_quality(vae, size).items()},
             "teacher_heldout_cross_entropy": round(teacher_cross_entropy(transformer, vae, text, size), 4),
             "initial_heldout_cross_entropy": round(teacher_cross_entropy(initial, vae, text, size), 4),
             "tokenizer_source": str(args.tokenizer), "teacher_source": str(args.teacher),

@@ -69,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
     model = out / "train" / "final"  # the export form (adapter, encoder, config)
 
     heldout = write_heldout(out / "heldout", recipe.model.resolution, recipe.degradation.preset,
-                            recipe.degradation.scale, seed=args.seed)
-    if args.images is not None:
-        for folder in (heldout["hq"], heldout["lq"]):
-            for extra in sorted(folder.glob("*.png"))[args.images:]:
-                extra.unlink()
+                            recipe.degradation.scale, seed=args.seed, limit=args.images)
     evaluation = out / "evaluation"
     argv = ["evaluate", "--model", str(model), "--lq", str(heldout["lq"]), "--gt", str(heldout["hq"]),
             "--out", str(evaluation), "--caption", str(heldout["captions"]), "--crop-border", "4",

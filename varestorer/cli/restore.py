@@ -22,6 +22,7 @@ scale with the LQ image as prefix tokens).
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
@@ -76,20 +77,26 @@ def prompts_for(args, paths: list[Path]) -> str | list[str] | None:
 
     if args.prompt is not None or args.caption in ("blip", "none"):
         return args.prompt
-    if not hasattr(args, "_caption_file"):
-        from ..data.captions import CaptionFile
-
-        if not Path(args.caption).is_file():
-            raise ConfigError(f"--caption {args.caption}: not blip, none or a caption file")
-        args._caption_file = CaptionFile(args.caption)
-        args._caption_names = {Path(k).name: v for k, v in args._caption_file.captions.items()}
+    captions, by_name = _caption_lookup(args.caption)
     prompts = []
     for path in paths:
-        found = args._caption_file.lookup(str(path), path) or args._caption_names.get(Path(path).name)
+        found = captions.lookup(str(path), path) or by_name.get(Path(path).name)
         if found is None:
             raise ConfigError(f"{path} has no caption in {args.caption}: add a line for it, or pass --caption none")
         prompts.append(found)
     return prompts
+
+
+@functools.cache
+def _caption_lookup(path: str):
+    """A caption file, read once: the file and its captions by file name."""
+    from ..data.captions import CaptionFile
+    from ..errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--caption {path}: not blip, none or a caption file")
+    captions = CaptionFile(path)
+    return captions, {Path(k).name: v for k, v in captions.captions.items()}
 
 
 def add_running_options(p) -> None:

@@ -42,6 +42,11 @@ def to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
 
 
+def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random draws of one item's crop: a function of ``(seed, epoch, index)`` only."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + index * 104_729) & 0x7FFFFFFF)
+
+
 def fit_crop(image: torch.Tensor, size: int, random_crop: bool,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """(3, H, W) -> (3, size, size): resize up if smaller, then a random or the center crop."""
@@ -73,13 +78,9 @@ class PreparedDataset(Dataset):
     def __len__(self) -> int:
         return len(self._ds)
 
-    def _generator(self, index: int) -> torch.Generator:
-        mixed = self.seed * 1_000_003 + self.epoch * 7_919 + index * 104_729
-        return torch.Generator().manual_seed(mixed & 0x7FFFFFFF)
-
     def __getitem__(self, index: int) -> dict:
         row = self._ds[int(index)]
-        image = fit_crop(to_tensor(row["image"]), self.size, self.random_crop, self._generator(int(index)))
+        image = fit_crop(to_tensor(row["image"]), self.size, self.random_crop, crop_generator(self.seed, self.epoch, int(index)))
         return {"pixel_values": image, "caption": row["caption"] or "", "index": int(index)}
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .dataset import to_tensor
+from .dataset import crop_generator, to_tensor
 
 PHOTOS_DIR = Path(__file__).resolve().parent.parent / "assets" / "photos"
 MANIFEST = "photos.json"
@@ -90,7 +90,7 @@ class PhotoCollection(Dataset):
         photo = load_photo(entry["file"])
         if not self.random_crop:
             return {"pixel_values": _center(photo, self.size), "caption": entry["caption"], "index": index}
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + index * 104_729) & 0x7FFFFFFF)
+        g = crop_generator(self.seed, self.epoch, index)
         short = int(torch.randint(self.size, min(2 * self.size, STORED_SHORT_SIDE) + 1, (1,), generator=g))
         im = _resize_short(photo, short)
         h, w = im.shape[-2:]
@@ -123,10 +123,10 @@ def heldout_crops(size: int = 128) -> list[tuple[str, torch.Tensor, str]]:
 
 
 def write_heldout(out: str | Path, size: int = 128, degradation: str = "realesrgan-x4", scale: int = 4,
-                  seed: int = 0) -> dict[str, Path]:
-    """The evaluation set as files: ``out/hq/NAME.png`` (:func:`heldout_crops`), ``out/lq/NAME.png``
-    (degraded with ``degradation``, image ``i`` with seed ``seed + i``: the same files on every run)
-    and ``out/captions.jsonl`` (each LQ file's caption). Returns the three paths."""
+                  seed: int = 0, limit: int | None = None) -> dict[str, Path]:
+    """The evaluation set as files: ``out/hq/NAME.png`` (:func:`heldout_crops`; the first ``limit`` by name),
+    ``out/lq/NAME.png`` (degraded with ``degradation``, image ``i`` with seed ``seed + i``: the same
+    files on every run) and ``out/captions.jsonl`` (each LQ file's caption). Returns the three paths."""
     from PIL import Image
 
     from ..degradations import DegradationPipeline
@@ -138,7 +138,8 @@ def write_heldout(out: str | Path, size: int = 128, degradation: str = "realesrg
     (out / "lq").mkdir(parents=True, exist_ok=True)
     deg = DegradationPipeline.from_preset(degradation, scale=scale)
     captions = {}
-    for i, (name, hq, caption) in enumerate(heldout_crops(size)):
+    crops = sorted(enumerate(heldout_crops(size)), key=lambda c: c[1][0])[:limit]  # the first by name
+    for i, (name, hq, caption) in crops:  # each keeps its seed, whatever the limit
         lq = deg(hq[None], [seed + i]).lq[0]
         Image.fromarray(to_uint8(hq)).save(out / "hq" / f"{name}.png")
         Image.fromarray(to_uint8(lq)).save(out / "lq" / f"{name}.png")

@@ -1,8 +1,8 @@
 """How good a pre-trained base is, on the held-out photos (what the ``small`` base's card reports).
 
-- :func:`tokenizer_psnr`: PSNR (dB, RGB, images in [0, 1]) of the VAE's reconstructions through
-  the multi-scale quantizer at the resolution's schedule: the ceiling of anything decoded from it.
-- :func:`tokenizer_chroma`: how much of the photos' colour the reconstructions keep.
+- :func:`tokenizer_quality`: PSNR (dB, RGB, images in [0, 1]) of the VAE's reconstructions through
+  the multi-scale quantizer at the resolution's schedule (the ceiling of anything decoded from
+  it), and how much of the photos' colour they keep.
 - :func:`teacher_cross_entropy`: the next-scale bitwise cross-entropy (nats per bit, weighted over
   scales as Infinity trains) of the transformer on the held-out tokens, teacher-forced, with the
   photos' captions; a random initialisation scores ln 2 = 0.693.
@@ -25,24 +25,19 @@ def _heldout_batch(size: int):
 
 
 @torch.no_grad()
-def tokenizer_psnr(vae, size: int) -> float:
+def tokenizer_quality(vae, size: int) -> dict[str, float]:
+    """The held-out crops through the VAE and its multi-scale quantizer, once: ``psnr_db`` (RGB,
+    images in [0, 1]), and how much colour the reconstructions keep: ``chroma_energy_ratio`` (the
+    energy of their chroma, each pixel minus its mean over RGB, relative to the photos') and
+    ``chroma_correlation`` (1 and 1: all of it)."""
     from ..tokenizer.training import psnr_db
 
     _, images, _ = _heldout_batch(size)
     x = images * 2 - 1
-    tokens = vae.quantizer(vae.encode_latent(x), vae.schedule(size))
-    return float(psnr_db(vae.decode_latent(tokens.quantized), x))
-
-
-@torch.no_grad()
-def tokenizer_chroma(vae, size: int) -> dict[str, float]:
-    """How much colour the reconstructions keep: the energy of their chroma (each pixel minus its
-    mean over RGB) relative to the photos', and the correlation of the two (1 and 1: all of it)."""
-    _, images, _ = _heldout_batch(size)
-    x = images * 2 - 1
     y = vae.decode_latent(vae.quantizer(vae.encode_latent(x), vae.schedule(size)).quantized)
     cx, cy = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    return {"chroma_energy_ratio": float(cy.pow(2).mean() / cx.pow(2).mean()),
+    return {"psnr_db": float(psnr_db(y, x)),
+            "chroma_energy_ratio": float(cy.pow(2).mean() / cx.pow(2).mean()),
             "chroma_correlation": float((cx * cy).sum() / (cx.norm() * cy.norm()))}
 
 
@@ -60,9 +55,7 @@ def teacher_cross_entropy(transformer, vae, text_encoder, size: int) -> float:
 @torch.no_grad()
 def sample_grid(transformer, vae, text_encoder, size: int, path: str | Path, seeds=(0, 1), sampler=None) -> Path:
     """Per held-out photo (first crop): ``photo | a sample per seed`` from its caption; a PNG."""
-    from PIL import Image
-
-    from ..inference.compare import comparison_strip
+    from ..inference.compare import comparison_strip, stack_rows
     from ..transformer.sampling import sample
 
     names, images, captions = _heldout_batch(size)
@@ -76,11 +69,6 @@ def sample_grid(transformer, vae, text_encoder, size: int, path: str | Path, see
         panels = [images[i]] + [(s[j] + 1) / 2 for s in samples]
         labels = [captions[i][:21]] + [f"sample, seed {s}" for s in seeds]  # the held-out photo, its caption
         rows.append(comparison_strip(panels, labels))
-    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for r in rows:
-        grid.paste(r, (0, y))
-        y += r.height
     path = Path(path)
-    grid.save(path)
+    stack_rows(rows).save(path)
     return path

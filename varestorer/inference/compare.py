@@ -72,8 +72,6 @@ def method_grid(lq_dir: str | Path, hq_dir: str | Path, restored_dir: str | Path
                 path: str | Path):
     """One row per image of ``hq_dir``: ``LQ | each method's restoration | HQ`` (the restorations
     are ``restored_dir/METHOD/NAME.png``, as ``varestorer evaluate`` writes them); a PNG at ``path``."""
-    from PIL import Image
-
     from ..data.images import read_rgb
     from .pipeline import to_tensor
 
@@ -85,13 +83,19 @@ def method_grid(lq_dir: str | Path, hq_dir: str | Path, restored_dir: str | Path
         panels.append(to_tensor(read_rgb(hq_path)))
         labels = ["LQ"] + [METHOD_LABELS.get(m, m) for m in methods] + ["HQ"]
         rows.append(comparison_strip(panels, [f"{label}" if i else f"{hq_path.stem}: LQ" for i, label in enumerate(labels)]))
-    width = max(r.width for r in rows)
-    grid = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stack_rows(rows).save(path)
+    return path
+
+
+def stack_rows(rows):
+    """PIL images one under the other on white, left-aligned; a PIL image."""
+    from PIL import Image
+
+    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
     for r in rows:
         grid.paste(r, (0, y))
         y += r.height
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    return grid

@@ -137,11 +137,11 @@ class TokenizerModel(TrainingModule):
         shipped collection (``data.dataset: photos``; other datasets have no held-out split here)."""
         if self.recipe.data.dataset != "photos":
             return {}
-        from ..evaluation.base import tokenizer_psnr
+        from ..evaluation.base import tokenizer_quality
 
         was = self.training
         self.eval()
-        psnr = tokenizer_psnr(self.vae, self.recipe.model.resolution)
+        psnr = tokenizer_quality(self.vae, self.recipe.model.resolution)["psnr_db"]
         self.train(was)
         return {"heldout_psnr": psnr}
 

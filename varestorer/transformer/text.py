@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import string
+from pathlib import Path
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -183,10 +184,8 @@ class TextEncoder(nn.Module):
         source = preset.text_encoder if source is None else source
         t = preset.transformer
         if str(source) == "local":
-            folder = preset.weights_dir()
-            weights = folder / TEXT_ENCODER_FILE if folder is not None else None
-            if weights is not None and not weights.is_file():
-                preset.default_weights(TEXT_ENCODER_FILE)  # raises: says how to get them
+            shipped = preset.weights_dir() is not None  # else random weights from the seed (tiny)
+            weights = Path(preset.default_weights(TEXT_ENCODER_FILE)) / TEXT_ENCODER_FILE if shipped else None
             return cls.local(channels=t.get("text_channels", 64), max_length=t.get("text_maxlen", 128), weights=weights)
         return cls.from_pretrained(source, max_length=t.get("text_maxlen", 512), **kwargs)
 
