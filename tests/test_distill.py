@@ -462,3 +462,21 @@ def test_push_to_hub_needs_a_repo_id(tmp_path):
 
     with pytest.raises(ConfigError, match="hub_model_id"):
         tiny_recipe(tmp_path, "train.push_to_hub=true")
+
+
+def test_a_one_process_cpu_run_on_one_thread_is_told_how_to_use_every_core(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from varestorer.distill import trainer
+
+    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    with caplog.at_level("WARNING", logger=trainer.__name__):
+        trainer._warn_single_thread_cpu(cpu)
+    assert "OMP_NUM_THREADS=2 accelerate launch" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    trainer._warn_single_thread_cpu(cpu)
+    trainer._warn_single_thread_cpu(SimpleNamespace(device=torch.device("cpu"), num_processes=2))
+    assert not caplog.text

@@ -43,10 +43,10 @@ def test_the_small_preset_has_the_sizes_its_card_states():
     p = PRESETS["small"]
     with torch.device("meta"):
         vae, transformer = p.build_vae(), p.build_transformer()
-    assert sum(t.numel() for t in vae.parameters()) == 2_925_571
+    assert sum(t.numel() for t in vae.parameters()) == 2_919_747
     assert sum(t.numel() for t in transformer.parameters()) == 7_229_784
     assert vae.schedule(128)[-1] == (16, 16) and vae.codebook_dim == 32
-    assert all(m.num_groups == 8 for m in vae.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in vae.modules())  # no norms: see tokenizer/vae.py
 
 
 def test_a_preset_without_its_shipped_file_says_how_to_rebuild_it(tmp_path, monkeypatch):

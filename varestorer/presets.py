@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         name="small",
         description="Small Infinity pre-trained by this toolkit (shipped): 32 bits/token, 8x VAE, 128 px, 7M transformer",
-        vae=dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, codebook_dim=32, norm_groups=8, ln_before_quant=True),
+        vae=dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, codebook_dim=32, norm_groups=0, ln_before_quant=True),
         resolution=128,
         transformer=dict(depth=6, embed_dim=256, num_heads=4, mlp_ratio=4.0, text_channels=256,
                          text_maxlen=96, codebook_dim=32, num_block_chunks=2),

@@ -91,6 +91,16 @@ def _mixed_precision(recipe: Recipe) -> str | None:
     return wanted
 
 
+def _warn_single_thread_cpu(accelerator) -> None:
+    """``accelerate launch`` sets ``OMP_NUM_THREADS=1`` when it is unset: right for many processes
+    on one machine, half the speed (or less) for the one CPU process of a small run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() < cores:
+        logger.warning("training on the CPU with %d of its %d cores (OMP_NUM_THREADS=%s, which accelerate launch "
+                       "sets to 1): run it as OMP_NUM_THREADS=%d accelerate launch ... to use them all",
+                       torch.get_num_threads(), cores, os.environ.get("OMP_NUM_THREADS", "unset"), cores)
+
+
 def per_device_batch(recipe: Recipe, num_processes: int) -> int:
     t = recipe.train
     denom = num_processes * t.gradient_accumulation_steps
@@ -136,6 +146,7 @@ def train(recipe: Recipe) -> dict:
         Path(t.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(t.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     set_seed(t.seed)
+    _warn_single_thread_cpu(accelerator)
 
     model = build_model(recipe, accelerator.device)
     if t.gradient_checkpointing:

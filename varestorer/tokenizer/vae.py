@@ -31,11 +31,19 @@ class Conv(nn.Module):
 
 class Normalize(nn.Module):
     """``nn.GroupNorm`` under ``.norm``, eps 1e-6: Infinity's 32 groups (24 where the width needs
-    it), or ``groups``. Narrow VAEs need fewer: at width 32, 32 groups normalise every channel on its
-    own, which erases each channel's mean at every norm (the ``small`` preset uses 8)."""
+    it), or ``groups``; ``groups=0``: no normalisation at all (an identity, no parameters).
+
+    Every GroupNorm removes each image's own mean and scale from its features. A VAE trained for a
+    long time on much data learns to carry colour around that; a narrow one trained from scratch in
+    minutes does not: the ``small`` preset's tokenizer with 8 groups kept 12% of the photos' chroma
+    after 3000 steps (sepia reconstructions, 17.5 dB held out), without norms it kept most of it
+    after 400 (18.3 dB). So the ``small`` preset uses none."""
 
     def __init__(self, channels: int, groups: int | None = None):
         super().__init__()
+        if groups == 0:
+            self.norm = nn.Identity()
+            return
         if groups is None:
             groups = 32 if channels % 32 == 0 else 24 if channels % 24 == 0 else None
         if groups is None or channels % groups:
@@ -160,7 +168,7 @@ class BSQVAE(ModelMixin, ConfigMixin):
             down/upsamplings, so ``downsample == 2 ** (len(ch_mult) - 1)``.
         num_res_blocks: residual blocks per encoder level (the decoder has one more).
         codebook_dim: bits per token ``d`` (the latent width; 32 for d32).
-        norm_groups: GroupNorm groups (None: Infinity's 32; see :class:`Normalize`).
+        norm_groups: GroupNorm groups (None: Infinity's 32; 0: no norms; see :class:`Normalize`).
         ln_before_quant: Infinity's LayerNorm before the multi-scale quantizer (see :class:`MultiScaleBSQ`).
     """
 
