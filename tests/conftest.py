@@ -13,3 +13,25 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def seed():
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture
+def cpu_processes(tmp_path):
+    """``run(n, script, *args)``: ``script`` in ``n`` CPU processes over gloo, as a user launches
+    them (``ACCELERATE_USE_CPU=true torchrun``: ``accelerate launch --cpu --num_processes n``
+    starts a single process), with this checkout's package. Returns the finished process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(repo)}
+
+    def run(n: int, script, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", str(script),
+               *map(str, args)]
+        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    return run

@@ -195,6 +195,29 @@ def test_the_call_follows_diffusers_conventions(trained):
         pipe(x, "", method="onestep", cfg=3)
 
 
+@pytest.mark.parametrize("method", ["onestep", "zeroshot"])
+def test_a_half_precision_pipeline_holds_its_weights_in_that_precision(trained, method):
+    """to(dtype=bfloat16) holds the transformer's blocks and the text encoder in bfloat16 (as Infinity
+    runs the 2B model and T5); the rest stays float32; the restoration stays close to float32's."""
+    _, export = trained
+    full, half = VARestorerPipeline.from_pretrained(export), VARestorerPipeline.from_pretrained(export)
+    half.to("cpu", torch.bfloat16)
+    blocks = {id(p) for n, p in half.transformer.named_parameters() if ".block_chunks." in n and "_norm." not in n}
+    assert {p.dtype for p in half.text_encoder.parameters()} == {torch.bfloat16}
+    for n, p in [*half.transformer.named_parameters(), *half.vae.named_parameters(), *half.encoder.named_parameters()]:
+        assert p.dtype == (torch.bfloat16 if id(p) in blocks else torch.float32), n
+    assert 0.5 < len(blocks) / len(list(half.transformer.parameters()))
+    lq = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def run(pipe):
+        return pipe(lq, "a cat", method=method, generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    for a, b in zip(run(full), run(half)):
+        assert b.dtype == torch.float32 and (a - b).abs().mean() < 0.1
+    with pytest.raises(ConfigError, match="not supported"):
+        half.to(dtype=torch.int8)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_and_is_seeded(trained, trained_varsr, method):
     from varestorer.cli.restore import METHOD_CHOICES

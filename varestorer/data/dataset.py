@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .seeds import sample_seeds, split_key
 
 
 def open_prepared(path: str | Path):
@@ -40,11 +41,6 @@ def to_tensor(image) -> torch.Tensor:
     """A PIL image or (H, W, 3) uint8 array -> (3, H, W) float32 in [0, 1]."""
     a = np.array(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
     return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
-
-
-def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The random draws of one item's crop: a function of ``(seed, epoch, index)`` only."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + index * 104_729) & 0x7FFFFFFF)
 
 
 def fit_crop(image: torch.Tensor, size: int, random_crop: bool,
@@ -65,23 +61,23 @@ def fit_crop(image: torch.Tensor, size: int, random_crop: bool,
 
 
 class PreparedDataset(Dataset):
-    """A prepared folder as training items ``{"pixel_values", "caption", "index"}`` (module docstring)."""
+    """A prepared folder as training items ``{"pixel_values", "caption", "index", "seed"}`` (module docstring)."""
 
     def __init__(self, path: str | Path, size: int = 512, random_crop: bool = True, seed: int = 0):
         self.path, self.size, self.random_crop, self.seed = Path(path), int(size), random_crop, int(seed)
-        self.epoch = 0
         self._ds = open_prepared(self.path)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self._ds)
 
-    def __getitem__(self, index: int) -> dict:
-        row = self._ds[int(index)]
-        image = fit_crop(to_tensor(row["image"]), self.size, self.random_crop, crop_generator(self.seed, self.epoch, int(index)))
-        return {"pixel_values": image, "caption": row["caption"] or "", "index": int(index)}
+    def __getitem__(self, key) -> dict:
+        """``key``: an index, or the training sampler's ``(epoch, index)`` (see :mod:`.seeds`)."""
+        epoch, index = split_key(key)
+        seeds = sample_seeds(self.seed, epoch, index)
+        row = self._ds[index]
+        crop = torch.Generator().manual_seed(seeds.crop)
+        image = fit_crop(to_tensor(row["image"]), self.size, self.random_crop, crop)
+        return {"pixel_values": image, "caption": row["caption"] or "", "index": index, "seed": seeds.degradation}
 
 
 def iter_prepared(path: str | Path, size: int = 512, random_crop: bool = True, seed: int = 0,

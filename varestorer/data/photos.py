@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .dataset import crop_generator, to_tensor
+from .dataset import to_tensor
+from .seeds import sample_seeds, split_key
 
 PHOTOS_DIR = Path(__file__).resolve().parent.parent / "assets" / "photos"
 MANIFEST = "photos.json"
@@ -67,7 +68,7 @@ def _resize_short(image: torch.Tensor, short: int) -> torch.Tensor:
 
 
 class PhotoCollection(Dataset):
-    """Random crops of one split, ``{"pixel_values", "caption", "index"}`` per item (module doc).
+    """Random crops of one split, ``{"pixel_values", "caption", "index", "seed"}`` per item (module doc).
 
     ``repeats`` makes an epoch longer than the photos (each repeat draws new crops)."""
 
@@ -77,20 +78,20 @@ class PhotoCollection(Dataset):
                               f"is too large for data.dataset=photos (use a folder written by varestorer prepare)")
         self.size, self.repeats, self.seed, self.random_crop = size, repeats, seed, random_crop
         self.items = entries(split)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items) * self.repeats
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """``key``: an index, or the training sampler's ``(epoch, index)`` (see :mod:`.seeds`)."""
+        epoch, index = split_key(key)
+        seeds = sample_seeds(self.seed, epoch, index)
         entry = self.items[index % len(self.items)]
+        item = {"caption": entry["caption"], "index": index, "seed": seeds.degradation}
         photo = load_photo(entry["file"])
         if not self.random_crop:
-            return {"pixel_values": _center(photo, self.size), "caption": entry["caption"], "index": index}
-        g = crop_generator(self.seed, self.epoch, index)
+            return {"pixel_values": _center(photo, self.size), **item}
+        g = torch.Generator().manual_seed(seeds.crop)
         short = int(torch.randint(self.size, min(2 * self.size, STORED_SHORT_SIDE) + 1, (1,), generator=g))
         im = _resize_short(photo, short)
         h, w = im.shape[-2:]
@@ -99,7 +100,7 @@ class PhotoCollection(Dataset):
         crop = im[:, top : top + self.size, left : left + self.size]
         if torch.rand((), generator=g) < 0.5:
             crop = crop.flip(-1)
-        return {"pixel_values": crop.contiguous(), "caption": entry["caption"], "index": index}
+        return {"pixel_values": crop.contiguous(), **item}
 
 
 def _center(photo: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .seeds import sample_seeds, split_key
+
 #: scikit-image sample -> caption (written in the style of BLIP's captions).
 SAMPLES: dict[str, str] = {
     "astronaut": "a woman in a space suit standing in front of a flag",
@@ -37,7 +39,7 @@ def sample_image(name: str) -> torch.Tensor:
 
 
 class SampleImages(Dataset):
-    """Crops of the scikit-image photos, ``{"pixel_values", "caption", "index"}`` per item.
+    """Crops of the scikit-image photos, ``{"pixel_values", "caption", "index", "seed"}`` per item.
 
     Each photo is resized so its short side is ``1.5 * size`` and cropped to ``size``; the
     crop position depends only on ``(seed, epoch, index)``, so a run is reproducible.
@@ -47,11 +49,7 @@ class SampleImages(Dataset):
     def __init__(self, size: int, repeats: int = 1, seed: int = 0, random_crop: bool = True):
         self.size, self.repeats, self.seed, self.random_crop = size, repeats, seed, random_crop
         self.names = list(SAMPLES)
-        self.epoch = 0
         self._cache: dict[str, torch.Tensor] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.names) * self.repeats
@@ -64,15 +62,18 @@ class SampleImages(Dataset):
             self._cache[name] = F.interpolate(im, size=size, mode="area")[0].clamp(0, 1)
         return self._cache[name]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """``key``: an index, or the training sampler's ``(epoch, index)`` (see :mod:`.seeds`)."""
+        epoch, index = split_key(key)
+        seeds = sample_seeds(self.seed, epoch, index)
         name = self.names[index % len(self.names)]
         im = self._photo(name)
         h, w = im.shape[-2:]
         if self.random_crop:
-            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+            g = torch.Generator().manual_seed(seeds.crop)
             top = int(torch.randint(0, h - self.size + 1, (1,), generator=g))
             left = int(torch.randint(0, w - self.size + 1, (1,), generator=g))
         else:
             top, left = (h - self.size) // 2, (w - self.size) // 2
         crop = im[:, top : top + self.size, left : left + self.size].contiguous()
-        return {"pixel_values": crop, "caption": SAMPLES[name], "index": index}
+        return {"pixel_values": crop, "caption": SAMPLES[name], "index": index, "seed": seeds.degradation}

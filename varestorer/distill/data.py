@@ -3,8 +3,11 @@
 ``data.dataset: skimage`` trains on the photos scikit-image ships (tiny recipe, tests),
 ``photos`` on the training split of the collection shipped with the package (the ``small`` base's
 recipes and the demo); any other value is a folder written by ``varestorer prepare``. Batches are
-``{"pixel_values": (B, 3, R, R) in [0, 1], "caption": [str], "index": (B,)}``; the order of
-an epoch depends only on ``(train.seed, epoch)``, so a resumed run sees the same batches.
+``{"pixel_values": (B, 3, R, R) in [0, 1], "caption": [str], "index": (B,), "seed": (B,)}``: ``seed``
+is each sample's degradation seed (:mod:`varestorer.data.seeds`). The order of an epoch depends only
+on ``(train.seed, epoch)``, and every sample's crop and degradation only on
+``(train.seed, epoch, index)``, whatever the number of processes: a resumed run sees the same
+batches, and an 8-GPU run the same samples as a 1-GPU run at the same global batch.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from torch.utils.data import DataLoader, Sampler
 from .recipe import Recipe
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of the dataset drawn from ``seed + epoch`` (no global RNG involved)."""
+class EpochShuffleSampler(Sampler[tuple[int, int]]):
+    """A permutation of the dataset drawn from ``seed + epoch`` (no global RNG involved), as the
+    dataset keys ``(epoch, index)``: the epoch travels with each key to the dataset (and its
+    workers), so only this sampler needs ``set_epoch`` (which accelerate forwards to it)."""
 
     def __init__(self, length: int, seed: int = 0):
         self.length, self.seed, self.epoch = length, seed, 0
@@ -29,7 +34,7 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        return iter((self.epoch, i) for i in torch.randperm(self.length, generator=g).tolist())
 
 
 def collate(items: list[dict]) -> dict:
@@ -37,6 +42,7 @@ def collate(items: list[dict]) -> dict:
         "pixel_values": torch.stack([it["pixel_values"] for it in items]),
         "caption": [it["caption"] for it in items],
         "index": torch.tensor([it["index"] for it in items]),
+        "seed": torch.tensor([it["seed"] for it in items], dtype=torch.int64),
     }
 
 

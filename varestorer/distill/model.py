@@ -54,11 +54,6 @@ def check_base_checkpoint(recipe: Recipe) -> None:
     raise ConfigError(f"model.transformer={wanted} does not exist.{hint}")
 
 
-def sample_seeds(seed: int, epoch: int, index: Tensor) -> list[int]:
-    """Per-sample seeds of the degradation (and text dropout): a function of the sample only."""
-    return [(seed * 1_000_003 + epoch * 7_919 + int(i)) & 0x7FFFFFFF for i in index.tolist()]
-
-
 class VARestorerModel(TrainingModule):
     def __init__(self, recipe: Recipe, vae, transformer, text_encoder, degradation, lpips=None):
         super().__init__()
@@ -118,7 +113,10 @@ class VARestorerModel(TrainingModule):
         base.enable_gradient_checkpointing()
 
     def compile_transformer(self) -> None:
-        self.transformer = torch.compile(self.transformer)
+        """``torch.compile`` the transformer in place (``nn.Module.compile``): unlike wrapping it in
+        ``torch.compile(...)``, which prefixes every parameter with ``_orig_mod.``, the checkpoints
+        and the export keep their names, so a run resumes and exports across ``train.compile``."""
+        self.transformer.compile()
 
     def base_transformer(self):
         t = self.transformer
@@ -181,7 +179,7 @@ class VARestorerModel(TrainingModule):
 
     def degrade(self, batch: dict) -> tuple[Tensor, Tensor, list[int]]:
         hq = batch["pixel_values"].to(self.device_of(), torch.float32)
-        seeds = sample_seeds(self.recipe.train.seed, self.epoch, batch["index"])
+        seeds = batch["seed"].tolist()  # each sample's, from (train.seed, epoch, index): data/seeds.py
         if self.degradation is None:
             return hq * 2 - 1, None, seeds
         out = self.degradation(hq, seeds)

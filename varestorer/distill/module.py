@@ -21,8 +21,6 @@ class TrainingModule(nn.Module):
     """Subclasses define ``forward(batch) -> losses``, ``validation_images``, ``save_export`` and
     :meth:`frozen_modules`."""
 
-    epoch: int = 0
-
     def frozen_modules(self) -> tuple[nn.Module | None, ...]:
         """The submodules kept in eval mode (``None`` entries are skipped)."""
         return ()
@@ -33,9 +31,6 @@ class TrainingModule(nn.Module):
             if isinstance(frozen, nn.Module):
                 frozen.eval()
         return self
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def validation_metrics(self) -> dict[str, float]:
         """Numbers measured at each validation step besides the grid (logged; none by default)."""

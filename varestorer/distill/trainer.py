@@ -101,6 +101,18 @@ def _warn_single_thread_cpu(accelerator) -> None:
                        torch.get_num_threads(), cores, os.environ.get("OMP_NUM_THREADS", "unset"), cores)
 
 
+def _check_world(accelerator) -> None:
+    """Refuse a launch whose processes accelerate did not join: each would train alone, on the
+    whole batch, into the same ``output_dir``."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ConfigError(f"{launched} processes were launched (WORLD_SIZE={launched}) but accelerate runs this one "
+                          f"as {accelerator.num_processes} of {accelerator.num_processes}: on CPUs, launch with "
+                          "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N distill.py ... (accelerate launch "
+                          "--cpu --num_processes N starts a single process); on GPUs, accelerate launch "
+                          "--config_file launch/8gpu.yaml distill.py ...")
+
+
 def per_device_batch(recipe: Recipe, num_processes: int) -> int:
     t = recipe.train
     denom = num_processes * t.gradient_accumulation_steps
@@ -142,6 +154,7 @@ def train(recipe: Recipe) -> dict:
         log_with=_report_to(recipe),
         project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=str(Path(t.output_dir) / "logs")),
     )
+    _check_world(accelerator)
     if accelerator.is_main_process:
         Path(t.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(t.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
@@ -157,7 +170,12 @@ def train(recipe: Recipe) -> dict:
     scheduler = get_scheduler(recipe.optim.lr_scheduler, optimizer,
                               num_warmup_steps=recipe.optim.lr_warmup_steps * accelerator.num_processes,
                               num_training_steps=t.max_steps * accelerator.num_processes)
-    loader = build_dataloader(recipe, per_device_batch(recipe, accelerator.num_processes))
+    per_device = per_device_batch(recipe, accelerator.num_processes)
+    loader = build_dataloader(recipe, per_device)
+    n = accelerator.num_processes
+    accelerator.print(f"{recipe.name}: {n} process{'es' if n > 1 else ''} ({accelerator.distributed_type.value}, "
+                      f"{accelerator.device.type}), {per_device} images per process per step, global batch "
+                      f"{t.global_batch_size}")
 
     model.register_checkpoint_hooks(accelerator)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -181,8 +199,7 @@ def train(recipe: Recipe) -> dict:
     val_batch = None
     while global_step < t.max_steps:
         epoch, skip = divmod(global_step, steps_per_epoch)
-        loader.set_epoch(epoch)
-        core.set_epoch(epoch)
+        loader.set_epoch(epoch)  # to the sampler, whose keys carry it to the dataset (data/seeds.py)
         batches = accelerator.skip_first_batches(loader, skip * t.gradient_accumulation_steps) if skip else loader
         for batch in batches:
             if val_batch is None:

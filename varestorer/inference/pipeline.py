@@ -295,14 +295,22 @@ class VARestorerPipeline:
         return next(self.vae.parameters()).device
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VARestorerPipeline:
-        """Move every model to ``device``; ``dtype`` (bfloat16/float16) is the autocast precision of
-        the transformer and encoder (weights stay float32; the VAE decoder runs in float32)."""
-        if device is not None:
-            for m in (self.vae, self.encoder, self.transformer, self.text_encoder):
+        """Move every model to ``device``. ``dtype`` (bfloat16/float16): the transformer's blocks
+        (nearly all its weights, with the LoRA in them) and the text encoder are held in it, as
+        Infinity runs its 2B model (``block.bfloat16()``) and T5, and the transformer and LQ
+        encoder run under autocast in it; the embeddings, head, VAE and LQ encoder keep float32
+        weights. Casting back to float32 does not bring the lost digits back: load the model again
+        for exact float32."""
+        if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ConfigError(f"dtype {dtype} is not supported; float32, bfloat16 or float16")
+        for m in (self.vae, self.encoder, self.transformer, self.text_encoder):
+            if device is not None:
                 m.to(device)
         if dtype is not None:
-            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                raise ConfigError(f"dtype {dtype} is not supported; float32, bfloat16 or float16")
+            self._unmerge_lora()  # merged again in the new precision when it is next wanted
+            base = self.transformer.get_base_model() if hasattr(self.transformer, "get_base_model") else self.transformer
+            base.cast_blocks(dtype)
+            self.text_encoder.to(dtype=dtype)
             self.dtype = dtype
         return self
 

@@ -101,7 +101,8 @@ class TokenizerModel(TrainingModule):
         raise ConfigError("the tokenizer has no gradient checkpointing: set train.gradient_checkpointing=false")
 
     def compile_transformer(self) -> None:
-        self.vae = torch.compile(self.vae)
+        """``torch.compile`` the VAE in place: its parameter names (checkpoints, export) stay."""
+        self.vae.compile()
 
     # ------------------------------------------------------------------ the step
     def reconstruct(self, x: Tensor):
@@ -156,7 +157,7 @@ class TokenizerModel(TrainingModule):
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        vae = self.vae._orig_mod if hasattr(self.vae, "_orig_mod") else self.vae
+        vae = self.vae
         save_weights(copy.deepcopy(vae.state_dict()), out / VAE_FILE)
         config = {"format": "varestorer-tokenizer", "format_version": 1, "base_preset": self.recipe.model.preset,
                   "vae": dict(vae.config), "resolution": self.recipe.model.resolution,

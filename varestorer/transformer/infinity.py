@@ -305,6 +305,18 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         """All blocks in order (a plain list: the registered modules are ``block_chunks``)."""
         return [b for chunk in self.block_chunks for b in chunk.module]
 
+    def cast_blocks(self, dtype: torch.dtype) -> InfinityTransformer:
+        """Hold the blocks' weights (nearly all of them) in ``dtype``, as Infinity's ``bf16`` option
+        does (``block.bfloat16()`` for each block), but their LayerNorms (which CPU autocast does not
+        cast) and the embeddings, text projections and head stay float32. Run it under autocast in
+        ``dtype``."""
+        for blk in self.blocks:
+            blk.to(dtype=dtype)
+            for m in blk.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.float()
+        return self
+
     @property
     def codebook_dim(self) -> int:
         return self.config.codebook_dim
