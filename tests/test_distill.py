@@ -393,6 +393,16 @@ def _trainable(path):
     return load_file(str(path / TRAINABLE_FILE))
 
 
+def test_the_encoder_learns_at_its_own_rate_when_the_recipe_gives_one(model):
+    one = model.param_groups(1e-3)
+    assert len(one) == 1 and len(one[0]["params"]) == len(model.trainable_parameters())
+    adapter, encoder = model.param_groups(1e-3, encoder_lr=1e-5)
+    assert (adapter["lr"], encoder["lr"]) == (1e-3, 1e-5)
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.lq_encoder.parameters()}
+    assert all("lora_" in n for n, p in model.named_parameters() if any(p is q for q in adapter["params"]))
+    assert len(adapter["params"]) + len(encoder["params"]) == len(model.trainable_parameters())
+
+
 def test_compiling_keeps_the_names_of_the_trainable_weights(model, tmp_path):
     """train.compile compiles in place: checkpoints and exports of a compiled run have the names of
     an eager one (torch.compile(module) would prefix them with _orig_mod.), so a run resumes and

@@ -79,6 +79,17 @@ class VARestorerModel(TrainingModule):
         if self.mode in ("distill", "varsr"):
             self.lq_encoder = copy.deepcopy(vae.encoder).requires_grad_(s.train_encoder)
 
+    def param_groups(self, lr: float, encoder_lr: float | None = None) -> list[dict]:
+        """The adapter (or the transformer) at ``lr``, the LQ encoder copy in a group of its own at
+        ``encoder_lr`` (``optim.encoder_lr``) when one is given; otherwise one group (the layout of
+        the checkpoints written before the option existed)."""
+        encoder = [p for p in self.lq_encoder.parameters() if p.requires_grad] if self.lq_encoder is not None else []
+        if encoder_lr is None or not encoder:
+            return super().param_groups(lr)
+        ids = {id(p) for p in encoder}
+        return [{"params": [p for p in self.trainable_parameters() if id(p) not in ids], "lr": lr},
+                {"params": encoder, "lr": encoder_lr}]
+
     def frozen_modules(self):
         return self.vae, self.text_encoder, self.lpips, self.teacher
 

@@ -36,6 +36,11 @@ class TrainingModule(nn.Module):
         """Numbers measured at each validation step besides the grid (logged; none by default)."""
         return {}
 
+    def param_groups(self, lr: float, encoder_lr: float | None = None) -> list[dict]:
+        """The optimizer's parameter groups: one at ``lr`` (subclasses with an encoder split it
+        off at ``encoder_lr``)."""
+        return [{"params": self.trainable_parameters(), "lr": lr}]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

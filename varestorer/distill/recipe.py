@@ -107,6 +107,7 @@ class TokenizerSection:
 @dataclass
 class OptimSection:
     lr: float = 1e-6
+    encoder_lr: float | None = None  # the LQ encoder copy's learning rate (None: lr)
     weight_decay: float = 1e-2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8

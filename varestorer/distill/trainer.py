@@ -165,8 +165,9 @@ def train(recipe: Recipe) -> dict:
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas),
-                                  weight_decay=recipe.optim.weight_decay, eps=recipe.optim.eps)
+    o = recipe.optim
+    optimizer = torch.optim.AdamW(model.param_groups(o.lr, o.encoder_lr), betas=tuple(o.betas),
+                                  weight_decay=o.weight_decay, eps=o.eps)
     scheduler = get_scheduler(recipe.optim.lr_scheduler, optimizer,
                               num_warmup_steps=recipe.optim.lr_warmup_steps * accelerator.num_processes,
                               num_training_steps=t.max_steps * accelerator.num_processes)
