@@ -66,10 +66,26 @@ def test_the_shipped_small_base_loads_with_no_download_and_is_small_enough():
     assert sum(f.stat().st_size for f in folder.glob("*.safetensors")) <= 30 * 2**20
     vae, transformer = load_vae("small"), load_transformer("small")
     assert next(vae.parameters()).dtype == torch.float32  # float16 on disk, float32 as asked
-    info = json.loads((folder / "base_info.json").read_text())
-    # a real prior: far below a random initialisation's cross-entropy on the held-out tokens
-    assert info["teacher_heldout_cross_entropy"] < info["initial_heldout_cross_entropy"] - 0.05
     assert transformer.config.depth == 6
+
+
+def test_the_shipped_small_base_measures_what_its_card_says():
+    """Measured again here, not read back: the shipped tokenizer reconstructs the held-out photos
+    at its card's PSNR and keeps their colour; the teacher is a real prior on their tokens."""
+    from varestorer.evaluation.base import teacher_cross_entropy, tokenizer_quality
+    from varestorer.tokenizer.loading import load_vae
+    from varestorer.transformer.loading import load_transformer
+    from varestorer.transformer.text import TextEncoder
+
+    info = json.loads((get_preset("small").weights_dir() / "base_info.json").read_text())
+    vae, transformer = load_vae("small").eval(), load_transformer("small").eval()
+    with torch.no_grad():
+        q = tokenizer_quality(vae, 128)
+        ce = teacher_cross_entropy(transformer, vae, TextEncoder.from_preset(get_preset("small")), 128)
+    assert q["psnr_db"] == pytest.approx(info["tokenizer_heldout_psnr_db"], abs=0.05) and q["psnr_db"] > 24
+    assert q["chroma_energy_ratio"] > 0.85 and q["chroma_correlation"] > 0.95  # the colours kept
+    assert ce == pytest.approx(info["teacher_heldout_cross_entropy"], abs=1e-3)
+    assert ce < 0.5 * info["initial_heldout_cross_entropy"]  # far below a random initialisation's 0.693
 
 
 def test_the_rebuild_recipes_run_shortened_and_bundle_a_base_that_loads(tmp_path):

@@ -107,13 +107,13 @@ class TokenizerSection:
 @dataclass
 class OptimSection:
     lr: float = 1e-6
-    encoder_lr: float | None = None  # the LQ encoder copy's learning rate (None: lr)
     weight_decay: float = 1e-2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     max_grad_norm: float = 1.0
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     lr_warmup_steps: int = 0
+    encoder_lr: float | None = None  # the LQ encoder copy's learning rate (None: lr)
 
 
 @dataclass
