@@ -499,6 +499,32 @@ def test_bench_train_prints_its_figures(capsys):
     assert r["flops_per_step"] > 0 and r["peak_rss_gib"] > 0
 
 
+def test_the_memory_estimate_adds_up_weights_state_and_saved_activations(capsys):
+    """bench train --device meta: the step on fake tensors under bf16 autocast; checkpointing the
+    blocks lowers only the transformer's share; the figures are marked as estimated."""
+    import json
+
+    from varestorer.cli import main
+    from varestorer.distill.memory import estimate_train_memory
+    from varestorer.presets import get_preset
+
+    full = estimate_train_memory("tiny", 64, 2, gradient_checkpointing=False)
+    ckpt = estimate_train_memory("tiny", 64, 2, gradient_checkpointing=True)
+    assert full["trainable_params"] == ckpt["trainable_params"] > 0
+    assert full["training_state_gib"] == 16 * full["trainable_params"] / 2**30
+    f = full["frozen_params"]
+    assert f["transformer"] == sum(p.numel() for p in get_preset("tiny").build_transformer().parameters())  # LoRA apart
+    assert full["weights_gib"] == (4 * (f["transformer"] + f["vae"] + f["lpips"]) + 2 * f["text_encoder"]) / 2**30
+    a, b = full["activations_by_part_gib"], ckpt["activations_by_part_gib"]
+    assert all(v > 0 for k, v in a.items() if k != "other")
+    assert b["transformer"] < a["transformer"] and b["vae.decoder"] == a["vae.decoder"]
+    assert ckpt["peak_memory_gib"] == pytest.approx(ckpt["weights_gib"] + ckpt["training_state_gib"]
+                                                    + ckpt["activations_gib"])
+    assert main(["bench", "train", "--preset", "tiny", "--batch", "2", "--device", "meta", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["estimated"] is True and r["activations_gib"] == pytest.approx(full["activations_gib"])
+
+
 def test_push_to_hub_needs_a_repo_id(tmp_path):
     from varestorer.errors import ConfigError
 

@@ -47,7 +47,9 @@ def register_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     p.add_argument("--mode", default="distill", choices=("distill", "teacher", "varsr"))
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--device", default=None, help="device (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="device (default: cuda if available); meta: estimate the GPU memory of the step "
+                        "(no GPU, no weights, nothing timed)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_bench)
 
@@ -59,6 +61,15 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..presets import get_preset
 
     resolution = args.resolution or get_preset(args.preset).resolution
+    if args.device == "meta":
+        from ..distill.memory import estimate_train_memory, format_estimate
+        from ..errors import ConfigError
+
+        if args.mode != "distill":
+            raise ConfigError("--device meta estimates the distillation step only (--mode distill)")
+        r = estimate_train_memory(args.preset, resolution, args.batch, args.gradient_checkpointing)
+        print(json.dumps(r, indent=2) if args.json else format_estimate(r))
+        return 0
     r = bench_train(args.preset, resolution, args.batch, steps=args.steps, warmup=args.warmup, device=args.device,
                     mode=args.mode, gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(r, indent=2) if args.json else format_result(r))

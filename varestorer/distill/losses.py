@@ -30,16 +30,12 @@ def token_weights(schedule: list[Scale], weighting: str = "infinity") -> Tensor:
     one. ``per_scale``: each scale's mean, summed over scales (every scale weighs 1: a 1x1 token
     1024x a 32x32 one; sums to the number of scales). ``flat``: a plain mean over tokens.
     """
-    sizes = torch.tensor([h * w for h, w in schedule], dtype=torch.float64)
-    if weighting == "infinity":
-        per_scale = 1 / sizes.sqrt()
-    elif weighting == "per_scale":
-        per_scale = 1 / sizes
-    elif weighting == "flat":
-        per_scale = torch.ones_like(sizes)
-    else:
+    sizes = [h * w for h, w in schedule]
+    per_token = {"infinity": lambda n: n ** -0.5, "per_scale": lambda n: 1 / n, "flat": lambda n: 1.0}.get(weighting)
+    if per_token is None:
         raise ConfigError(f"loss.scale_weighting={weighting!r} is not valid; choose one of {', '.join(SCALE_WEIGHTINGS)}")
-    w = per_scale.repeat_interleave(sizes.long())
+    # built from Python numbers only (no data-dependent shapes: the memory estimate runs it on fake tensors)
+    w = torch.cat([torch.full((n,), per_token(n), dtype=torch.float64) for n in sizes])
     if weighting != "per_scale":
         w = w / w.sum()
     return w.float()
