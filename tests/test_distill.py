@@ -393,6 +393,22 @@ def _trainable(path):
     return load_file(str(path / TRAINABLE_FILE))
 
 
+def test_the_encoder_latent_loss_pulls_the_lq_latent_to_the_frozen_encoders_hq_latent(tmp_path):
+    torch.manual_seed(0)
+    model = VARestorerModel.from_recipe(tiny_recipe(tmp_path, "loss.encoder_latent=1.0"))
+    batch = fixed_batch()
+    x_hq = batch["pixel_values"] * 2 - 1
+    model.degrade = lambda b: (x_hq, x_hq, [0, 1])  # an LQ that is the HQ: the untrained copy is exact
+    assert model(batch)["encoder_latent"].item() == 0.0
+    with torch.no_grad():
+        next(model.lq_encoder.parameters()).add_(0.1)
+    out = model(batch)
+    assert out["encoder_latent"] > 0
+    out["loss"].backward()
+    assert next(model.lq_encoder.parameters()).grad.abs().sum() > 0
+    assert "encoder_latent" not in VARestorerModel.from_recipe(tiny_recipe(tmp_path))(batch)  # off by default
+
+
 def test_the_encoder_learns_at_its_own_rate_when_the_recipe_gives_one(model):
     one = model.param_groups(1e-3)
     assert len(one) == 1 and len(one[0]["params"]) == len(model.trainable_parameters())

@@ -223,7 +223,8 @@ class VARestorerModel(TrainingModule):
                                       prefix=prefix)
             ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
             return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
-        s_logits = self.student_logits(text, self.lq_tokens(x_lq))
+        lq_latent = self.lq_encoder(x_lq).float()
+        s_logits = self.student_logits(text, self.vae.quantizer(lq_latent, self.schedule))
         x_s = self.decode_student(s_logits)
         zero = torch.zeros((), device=x_s.device)
         kl = zero
@@ -232,7 +233,14 @@ class VARestorerModel(TrainingModule):
         mse = F.mse_loss(x_s.float(), x_hq)
         lp = self.lpips(x_s.float(), x_hq).mean() if self.lpips is not None else zero
         loss = lw.kl * kl + lw.lpips * lp + lw.mse * mse
-        return {"loss": loss, "kl": kl.detach(), "lpips": lp.detach(), "mse": mse.detach()}
+        out = {"kl": kl.detach(), "lpips": lp.detach(), "mse": mse.detach()}
+        if lw.encoder_latent > 0:
+            with torch.no_grad():
+                target = self.vae.encode_latent(x_hq)
+            anchor = F.mse_loss(lq_latent, target) / target.pow(2).mean()
+            loss = loss + lw.encoder_latent * anchor
+            out["encoder_latent"] = anchor.detach()
+        return {"loss": loss, **out}
 
     # ------------------------------------------------------------------ looking at it
     @torch.no_grad()

@@ -67,6 +67,9 @@ class LossSection:
     lpips: float = 0.25
     mse: float = 0.5
     cross_entropy: float = 1.0  # teacher and varsr modes: next-scale bitwise cross-entropy
+    # distill mode: the encoder copy's latent of the LQ image towards the frozen encoder's latent of
+    # the HQ one (relative MSE): "high-quality multi-scale token maps" from the LQ (0: off, the paper's)
+    encoder_latent: float = 0.0
     lpips_net: str = "vgg"
     lpips_pretrained: bool = True  # False: random VGG backbone (offline smoke tests only)
     text_dropout: float = 0.1  # teacher and varsr modes: captions replaced by cfg_uncond, as Infinity trains
