@@ -2,6 +2,7 @@
 prepared training loader for two epochs as the trainer does, and write what each process saw."""
 
 import json
+import os
 import sys
 
 from accelerate import Accelerator
@@ -13,7 +14,7 @@ from varestorer.distill.trainer import per_device_batch
 out = sys.argv[1]
 recipe = load_recipe("tiny", sys.argv[2:])
 accelerator = Accelerator()
-assert accelerator.num_processes == int(__import__("os").environ.get("WORLD_SIZE", "1"))
+assert accelerator.num_processes == int(os.environ.get("WORLD_SIZE", "1"))
 loader = accelerator.prepare(build_dataloader(recipe, per_device_batch(recipe, accelerator.num_processes)))
 seen = []
 for epoch in range(2):

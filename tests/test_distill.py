@@ -404,6 +404,10 @@ def test_the_encoder_latent_loss_pulls_the_lq_latent_to_the_frozen_encoders_hq_l
         next(model.lq_encoder.parameters()).add_(0.1)
     out = model(batch)
     assert out["encoder_latent"] > 0
+    model.recipe.loss.encoder_latent = 0.0  # the same step without the term: the loss differs by it alone
+    without = model(batch)
+    assert "encoder_latent" not in without
+    torch.testing.assert_close(out["loss"] - without["loss"], out["encoder_latent"])
     out["loss"].backward()
     assert next(model.lq_encoder.parameters()).grad.abs().sum() > 0
     assert "encoder_latent" not in VARestorerModel.from_recipe(tiny_recipe(tmp_path))(batch)  # off by default

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
+from ..transformer.lora import base_model
 from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl, build_lpips
 from .module import TrainingModule
 from .recipe import Recipe
@@ -130,8 +131,7 @@ class VARestorerModel(TrainingModule):
         self.transformer.compile()
 
     def base_transformer(self):
-        t = self.transformer
-        return t.get_base_model() if hasattr(t, "get_base_model") else t
+        return base_model(self.transformer)
 
     # ------------------------------------------------------------------ the step
     def _text(self, captions: list[str], seeds: list[int]):
@@ -165,11 +165,16 @@ class VARestorerModel(TrainingModule):
         with torch.no_grad(), self._teacher() as teacher:
             return teacher(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal")
 
-    def lq_tokens(self, lq_up: Tensor):
-        """The student's LQ pyramid: a trainable encoder copy, the same multi-scale quantizer.
+    def lq_latent(self, lq_up: Tensor) -> Tensor:
+        """The trainable encoder copy's latent of the LQ image (float32)."""
+        return self.lq_encoder(lq_up).float()
+
+    def lq_tokens(self, lq_up: Tensor | None = None, latent: Tensor | None = None):
+        """The student's LQ pyramid: a trainable encoder copy, the same multi-scale quantizer (of
+        ``latent`` when it is already computed).
 
         Gradients reach the encoder through the quantizer's straight-through estimator."""
-        return self.vae.quantizer(self.lq_encoder(lq_up).float(), self.schedule)
+        return self.vae.quantizer(self.lq_latent(lq_up) if latent is None else latent, self.schedule)
 
     def student_logits(self, text, lq_tokens) -> Tensor:
         s = self.recipe.student
@@ -223,8 +228,8 @@ class VARestorerModel(TrainingModule):
                                       prefix=prefix)
             ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
             return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
-        lq_latent = self.lq_encoder(x_lq).float()
-        s_logits = self.student_logits(text, self.vae.quantizer(lq_latent, self.schedule))
+        lq_latent = self.lq_latent(x_lq)
+        s_logits = self.student_logits(text, self.lq_tokens(latent=lq_latent))
         x_s = self.decode_student(s_logits)
         zero = torch.zeros((), device=x_s.device)
         kl = zero

@@ -308,8 +308,9 @@ class VARestorerPipeline:
                 m.to(device)
         if dtype is not None:
             self._unmerge_lora()  # merged again in the new precision when it is next wanted
-            base = self.transformer.get_base_model() if hasattr(self.transformer, "get_base_model") else self.transformer
-            base.cast_blocks(dtype)
+            from ..transformer.lora import base_model
+
+            base_model(self.transformer).cast_blocks(dtype)
             self.text_encoder.to(dtype=dtype)
             self.dtype = dtype
         return self

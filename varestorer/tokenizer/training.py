@@ -157,9 +157,8 @@ class TokenizerModel(TrainingModule):
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        vae = self.vae
-        save_weights(copy.deepcopy(vae.state_dict()), out / VAE_FILE)
+        save_weights(copy.deepcopy(self.vae.state_dict()), out / VAE_FILE)
         config = {"format": "varestorer-tokenizer", "format_version": 1, "base_preset": self.recipe.model.preset,
-                  "vae": dict(vae.config), "resolution": self.recipe.model.resolution,
+                  "vae": dict(self.vae.config), "resolution": self.recipe.model.resolution,
                   "scale_schedule": [list(s) for s in self.schedule], "recipe": dataclasses.asdict(self.recipe)}
         (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))

@@ -48,6 +48,11 @@ def lora_trainable_params(model: nn.Module, **kwargs) -> int:
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformer under a ``PeftModel`` (the model itself when it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def base_state_dict(model: nn.Module) -> dict:
     """The base weights of a (possibly PEFT-wrapped) transformer in the official key layout.
 
@@ -55,7 +60,7 @@ def base_state_dict(model: nn.Module) -> dict:
     beside ``lora_A``/``lora_B``; this gives the plain ``....weight`` keys of the base model
     (with the adapters not merged, i.e. the teacher's weights).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     out = {}
     for key, value in base.state_dict().items():
         if "lora_" in key:

@@ -28,6 +28,7 @@ from torch import Tensor
 from ..presets import OFFICIAL_SAMPLER
 from ..tokenizer.quantizer import MultiScaleBSQ, trilinear_resize
 from ..tokenizer.schedules import Scale
+from .lora import base_model
 from .text import TextFeatures
 
 
@@ -120,7 +121,7 @@ def sample(
     num_given = len(given) if num_given is None else num_given
     if num_given > len(given) or num_given > K:
         raise ValueError(f"num_given={num_given} but {len(given)} scales of bits are given for {K} scales")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     d = base.config.codebook_dim
     device = next(base.parameters()).device
     if generator is None and seed is not None:
