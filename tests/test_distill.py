@@ -467,7 +467,8 @@ def test_resume_continues_the_exact_trajectory(tmp_path):
 
 
 def test_checkpoints_total_limit_prunes_old_checkpoints(tmp_path):
-    from varestorer.distill.trainer import list_checkpoints, train
+    from varestorer.distill.checkpointing import list_checkpoints
+    from varestorer.distill.trainer import train
 
     _reset_accelerate()
     train(load_recipe("tiny", [f"train.output_dir={tmp_path}", "train.report_to=none", "train.max_steps=3",

@@ -11,3 +11,14 @@ class ConfigError(VARestorerError, ValueError):
 
 class CheckpointError(VARestorerError):
     """A checkpoint that cannot be found, read or does not fit the model."""
+
+
+class TrainingStopped(VARestorerError):
+    """A run that stopped before ``max_steps``: pre-empted by a signal (its checkpoint written), or
+    its loss went non-finite. ``exit_code``: 128 + the signal's number (what schedulers read as
+    "terminated"), or 2."""
+
+    def __init__(self, message: str, exit_code: int = 2, label: str = "error"):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.label = label

@@ -107,7 +107,7 @@ def read_export_config(folder: str | Path) -> dict:
 def find_export(path: str | Path) -> Path:
     """The export folder of ``path``: an export folder, a ``checkpoint-STEP`` folder (its
     ``export/``), or a training output folder (its ``final/``, else its latest checkpoint)."""
-    from .distill.trainer import list_checkpoints
+    from .distill.checkpointing import list_checkpoints
 
     path = Path(path).expanduser()
     if not path.exists():

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VARestorerError as exc:
-        print(f"varestorer {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"varestorer {args.command}: {getattr(exc, 'label', 'error')}: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
 
 
 if __name__ == "__main__":

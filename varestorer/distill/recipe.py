@@ -131,6 +131,7 @@ class TrainSection:
     output_dir: str = "outputs/run"
     checkpointing_steps: int = 1000
     checkpoints_total_limit: int | None = 3
+    max_nonfinite_steps: int = 5  # steps in a row with a non-finite loss/gradient (each skipped) before the run stops
     resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest"
     validation_steps: int = 500
     num_validation_images: int = 4
@@ -178,6 +179,16 @@ class Recipe:
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
+        t = self.train
+        if t.max_steps < 1 or t.checkpointing_steps < 1 or t.validation_steps < 1 or t.log_steps < 1:
+            raise ConfigError("train.max_steps, checkpointing_steps, validation_steps and log_steps must be >= 1")
+        if t.max_nonfinite_steps < 1:
+            raise ConfigError("train.max_nonfinite_steps must be >= 1 (steps in a row with a non-finite loss "
+                              "before the run stops)")
+        if t.checkpoints_total_limit is not None and t.checkpoints_total_limit < 1:
+            raise ConfigError("train.checkpoints_total_limit must be >= 1, or null to keep every checkpoint")
+        if self.optim.lr <= 0 or (self.optim.encoder_lr is not None and self.optim.encoder_lr <= 0):
+            raise ConfigError(f"optim.lr must be > 0 (got {self.optim.lr:g}); the paper's is 1e-6 for Infinity-2B")
         if self.train.global_batch_size < 1 or self.train.gradient_accumulation_steps < 1:
             raise ConfigError("train.global_batch_size and train.gradient_accumulation_steps must be >= 1")
         if self.train.push_to_hub and not self.train.hub_model_id:

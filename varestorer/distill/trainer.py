@@ -13,56 +13,19 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingStopped
+from .checkpointing import (StopSignals, atomic_folder, checkpoint_step, list_checkpoints, recipe_hash,
+                            remove_partials, resolve_resume, save_checkpoint)
 from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """``checkpoint-STEP`` folders of a run, oldest first."""
-    out = Path(output_dir)
-    if not out.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(recipe: Recipe) -> Path | None:
-    wanted = recipe.train.resume_from_checkpoint
-    if not wanted:
-        return None
-    if wanted == "latest":
-        found = list_checkpoints(recipe.train.output_dir)
-        if not found:
-            logger.info("resume_from_checkpoint=latest: no checkpoint in %s, starting a new run", recipe.train.output_dir)
-        return found[-1] if found else None
-    path = Path(wanted)
-    if not path.is_dir():
-        path = Path(recipe.train.output_dir) / wanted
-    if not path.is_dir():
-        raise ConfigError(f"checkpoint {wanted!r} not found (looked in {wanted} and {path}); "
-                          f"use 'latest' or a checkpoint-STEP folder")
-    return path
-
-
-def _prune(output_dir: str, limit: int | None) -> None:
-    """Keep at most ``limit - 1`` old checkpoints before a new one is written."""
-    if not limit:
-        return
-    found = list_checkpoints(output_dir)
-    for old in found[: max(0, len(found) - limit + 1)]:
-        logger.info("removing old checkpoint %s (checkpoints_total_limit=%d)", old, limit)
-        shutil.rmtree(old)
+__all__ = ["list_checkpoints", "per_device_batch", "train"]  # list_checkpoints: from .checkpointing
 
 
 def _report_to(recipe: Recipe) -> list[str] | None:
@@ -142,7 +105,7 @@ def train(recipe: Recipe) -> dict:
     from diffusers.optimization import get_scheduler
 
     from .data import build_dataloader
-    from .visualize import save_loss_plot, save_validation_grid
+    from .visualize import save_validation_grid
 
     t = recipe.train
     accelerator = Accelerator(
@@ -185,11 +148,14 @@ def train(recipe: Recipe) -> dict:
         core.compile_transformer()
 
     global_step = 0
-    resume = resolve_resume(recipe)
+    digest = recipe_hash(recipe.to_dict())
+    if accelerator.is_main_process:
+        remove_partials(t.output_dir)
+    resume = resolve_resume(t.resume_from_checkpoint, t.output_dir, digest)
     if resume is not None:
         accelerator.print(f"resuming from {resume}")
         accelerator.load_state(str(resume))
-        global_step = int(_CKPT.match(resume.name).group(1))
+        global_step = checkpoint_step(resume)
 
     steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation_steps)
     if accelerator.is_main_process:
@@ -198,63 +164,150 @@ def train(recipe: Recipe) -> dict:
     history: list[dict] = []
     logs: dict = {}
     val_batch = None
-    while global_step < t.max_steps:
-        epoch, skip = divmod(global_step, steps_per_epoch)
-        loader.set_epoch(epoch)  # to the sampler, whose keys carry it to the dataset (data/seeds.py)
-        batches = accelerator.skip_first_batches(loader, skip * t.gradient_accumulation_steps) if skip else loader
-        for batch in batches:
-            if val_batch is None:
-                val_batch = {k: v[: t.num_validation_images] for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                losses = model(batch)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients and recipe.optim.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, recipe.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            logs = {k: accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
-            logs["lr"] = scheduler.get_last_lr()[0]
-            history.append({"step": global_step, **logs})
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
-            if global_step % t.log_steps == 0 or global_step == t.max_steps:
-                accelerator.log(logs, step=global_step)
-            if global_step % t.checkpointing_steps == 0 or global_step == t.max_steps:
-                if accelerator.is_main_process:
-                    _prune(t.output_dir, t.checkpoints_total_limit)
-                accelerator.wait_for_everyone()
-                accelerator.save_state(str(Path(t.output_dir) / f"checkpoint-{global_step}"))
-            if accelerator.is_main_process and (global_step % t.validation_steps == 0 or global_step == t.max_steps):
-                grid = save_validation_grid(core, val_batch, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
-                _log_image(accelerator, grid, global_step)
-                measured = core.validation_metrics()
-                if measured:
-                    accelerator.log(measured, step=global_step)
-                    history[-1].update(measured)
-                    bar.write(f"step {global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
-            if global_step >= t.max_steps:
-                break
+    skipped, streak = 0, []  # steps skipped for a non-finite loss/gradient: in all, and the current run of them
+
+    def checkpoint(step: int) -> Path:
+        _refuse_nonfinite_weights(core, t.output_dir, f"checkpoint-{step}")
+        return save_checkpoint(accelerator, t.output_dir, step, digest, t.checkpoints_total_limit)
+
+    def stop(error: TrainingStopped):
+        bar.close()
+        _write_history(accelerator, history, t.output_dir)
+        accelerator.end_training()
+        raise error
+
+    with StopSignals() as signals:
+        while global_step < t.max_steps:
+            epoch, skip = divmod(global_step, steps_per_epoch)
+            loader.set_epoch(epoch)  # to the sampler, whose keys carry it to the dataset (data/seeds.py)
+            batches = accelerator.skip_first_batches(loader, skip * t.gradient_accumulation_steps) if skip else loader
+            for batch in batches:
+                if val_batch is None:
+                    val_batch = {k: v[: t.num_validation_images] for k, v in batch.items()}
+                with accelerator.accumulate(model):
+                    losses = model(batch)
+                    accelerator.backward(losses["loss"])
+                    finite = True
+                    if accelerator.sync_gradients:
+                        finite = _all_finite(accelerator, losses["loss"], params)
+                        if finite and recipe.optim.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(params, recipe.optim.max_grad_norm)
+                    if finite:  # a non-finite step changes no weight (and no optimizer moment)
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                skipped += not finite
+                streak = [] if finite else [*streak, global_step]
+                logs = {k: accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
+                logs["lr"] = scheduler.get_last_lr()[0]
+                logs["skipped_steps"] = skipped
+                history.append({"step": global_step, **logs})
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k not in ("lr", "skipped_steps")})
+                if not finite:
+                    bar.write(f"step {global_step}: the loss or a gradient is not finite; step skipped "
+                              f"({len(streak)} in a row, {skipped} in all)")
+                if len(streak) >= t.max_nonfinite_steps:
+                    stop(TrainingStopped(_nonfinite_message(recipe, streak)))
+                if global_step % t.log_steps == 0 or global_step == t.max_steps or not finite:
+                    accelerator.log(logs, step=global_step)
+                stopping = _signalled(accelerator, signals)
+                if global_step % t.checkpointing_steps == 0 or global_step == t.max_steps or stopping:
+                    written = checkpoint(global_step)
+                if stopping:
+                    name = signal_name(stopping)
+                    stop(TrainingStopped(
+                        f"{name} received: stopped after step {global_step} of {t.max_steps} and wrote {written}. "
+                        f"Resume with the same command plus train.resume_from_checkpoint=latest",
+                        exit_code=128 + stopping, label="stopped"))
+                if accelerator.is_main_process and (global_step % t.validation_steps == 0 or global_step == t.max_steps):
+                    grid = save_validation_grid(core, val_batch, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
+                    _log_image(accelerator, grid, global_step)
+                    measured = core.validation_metrics()
+                    if measured:
+                        accelerator.log(measured, step=global_step)
+                        history[-1].update(measured)
+                        bar.write(f"step {global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
+                if global_step >= t.max_steps:
+                    break
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_loss_plot(history, Path(t.output_dir) / "losses.png")
-        with open(Path(t.output_dir) / "losses.jsonl", "a") as f:  # appended: a resumed run adds its steps
-            f.writelines(json.dumps(h) + "\n" for h in history)
+        _write_history(accelerator, history, t.output_dir)
         final = Path(t.output_dir) / "final"
-        core.save_export(final)
+        _refuse_nonfinite_weights(core, t.output_dir, "final")
         from ..hub import CARD_FILE, publish, render_card
 
-        if recipe.mode != "tokenizer":  # a tokenizer export has no model card (yet)
-            render_card(final, t.hub_model_id or "USER/MODEL").save(final / CARD_FILE)
+        with atomic_folder(final, keep="the checkpoints are intact: free space and export one with varestorer "
+                                       "export") as partial:
+            core.save_export(partial)
+            if recipe.mode != "tokenizer":  # a tokenizer export has no model card (yet)
+                render_card(partial, t.hub_model_id or "USER/MODEL").save(partial / CARD_FILE)
         if t.push_to_hub:  # as diffusers' examples: the token is huggingface_hub's login / HF_TOKEN
             url = publish(final, t.hub_model_id).get("url")
             accelerator.print(f"published {final} to {url}")
     accelerator.end_training()
     return logs
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _signalled(accelerator, signals: StopSignals) -> int:
+    """The stop signal any process received (0: none), agreed by every process."""
+    if accelerator.num_processes == 1:
+        return signals.received or 0
+    got = torch.tensor([float(signals.received is not None)], device=accelerator.device)
+    if accelerator.reduce(got, "sum").item() == 0:
+        return 0
+    import signal
+
+    return signals.received or signal.SIGTERM  # another process's: Slurm signals every task
+
+
+def _all_finite(accelerator, loss: torch.Tensor, params) -> bool:
+    """Whether this step's loss and every gradient are finite, on every process."""
+    checks = [torch.isfinite(loss.detach()).all()]
+    checks += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    bad = (~torch.stack(checks).all()).float().reshape(1)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    return bad.item() == 0
+
+
+def _refuse_nonfinite_weights(core, output_dir: str, what: str) -> None:
+    broken = [k for k, v in core.trainable_state_dict().items() if not torch.isfinite(v).all()]
+    if broken:
+        found = list_checkpoints(output_dir)
+        last = f"the last checkpoint is {found[-1]}" if found else "no checkpoint was written"
+        raise TrainingStopped(f"the trainable weights are not finite ({len(broken)} tensors, e.g. {broken[0]}): "
+                              f"{what} was not written; {last}. Lower optim.lr and start again from it")
+
+
+def _nonfinite_message(recipe: Recipe, streak: list[int]) -> str:
+    found = list_checkpoints(recipe.train.output_dir)
+    resume = (f"The last checkpoint is {found[-1]} (its weights are finite): resume from it with "
+              f"train.resume_from_checkpoint={found[-1].name}" if found else "No checkpoint was written yet")
+    return (f"the loss or its gradients were not finite for {len(streak)} steps in a row (steps {streak[0]}-"
+            f"{streak[-1]}; train.max_nonfinite_steps={recipe.train.max_nonfinite_steps}); those steps changed no "
+            f"weight and the run stopped. {resume}, after lowering optim.lr (now {recipe.optim.lr:g}) or "
+            f"train.mixed_precision=fp16 -> bf16, or checking the data for broken images")
+
+
+def _write_history(accelerator, history: list[dict], output_dir: str) -> None:
+    if not accelerator.is_main_process or not history:
+        return
+    from .visualize import save_loss_plot
+
+    save_loss_plot(history, Path(output_dir) / "losses.png")
+    with open(Path(output_dir) / "losses.jsonl", "a") as f:  # appended: a resumed run adds its steps
+        f.writelines(json.dumps(h) + "\n" for h in history)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

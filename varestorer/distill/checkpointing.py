@@ -1,0 +1,258 @@
+"""A run's checkpoints on disk: complete or absent, verified on resume, written safely.
+
+``checkpoint-STEP/`` is what accelerate's ``save_state`` writes (the trainable weights, the
+optimizer, scheduler and random states, and the export form) plus ``manifest.json``: the step,
+a hash of the recipe and every file's size and SHA-256. It is written as
+``.checkpoint-STEP.partial/`` and renamed when complete, so a run killed mid-write (SIGKILL,
+node failure, a full disk) leaves no folder that looks like a checkpoint; old checkpoints are
+pruned only after the new one exists. ``resume_from_checkpoint=latest`` takes the newest
+checkpoint whose files match its manifest and names, with a warning, those it skipped.
+
+A checkpoint folder holds accelerate's pickles (``optimizer.bin``, ``scheduler.bin``,
+``random_states_*.pkl``), which ``load_state`` unpickles: resume only from checkpoints you (or
+your own runs) wrote. Export, restore and publish never read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+_PARTIAL = re.compile(r"^\.(checkpoint-\d+|final)\.partial$")
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    m = _CKPT.match(Path(path).name)
+    if m is None:
+        raise ConfigError(f"{path} is not a checkpoint-STEP folder")
+    return int(m.group(1))
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-STEP`` folders of a run, oldest first (complete ones: partial writes have
+    another name)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def recipe_hash(recipe_dict: dict) -> str:
+    """What a checkpoint was trained by, without the keys that may change on resume."""
+    train = {k: v for k, v in recipe_dict.get("train", {}).items()
+             if k not in ("resume_from_checkpoint", "max_steps", "output_dir", "push_to_hub", "hub_model_id")}
+    text = json.dumps({**recipe_dict, "train": train}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def write_manifest(folder: Path, step: int, recipe_digest: str) -> None:
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in _files(folder)}
+    manifest = {"step": step, "recipe_hash": recipe_digest, "files": files}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+
+
+def check_checkpoint(folder: str | os.PathLike) -> str | None:
+    """What is wrong with a checkpoint folder (``None``: complete, every file as its manifest says)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return f"it has no {MANIFEST_FILE} (an incomplete write, or a checkpoint of an older varestorer)"
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"its {MANIFEST_FILE} is unreadable ({exc})"
+    for name, want in files.items():
+        p = folder / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != want["bytes"]:
+            return f"{name} has {p.stat().st_size} bytes, its manifest says {want['bytes']}"
+        if _sha256(p) != want["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def resolve_resume(wanted: str | None, output_dir: str | os.PathLike, recipe_digest: str | None = None) -> Path | None:
+    """The checkpoint to resume from: ``latest`` (the newest complete one; ``None`` if none) or a
+    named folder, which must be complete."""
+    if not wanted:
+        return None
+    if wanted == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            logger.info("resume_from_checkpoint=latest: no checkpoint in %s, starting a new run", output_dir)
+        for ckpt in reversed(found):
+            problem = check_checkpoint(ckpt)
+            if problem is None:
+                return _note_recipe_change(ckpt, recipe_digest)
+            logger.warning("skipping %s: %s; trying the one before it", ckpt, problem)
+        if found:
+            raise CheckpointError(f"no usable checkpoint in {output_dir}: each of {', '.join(p.name for p in found)} "
+                                  f"is incomplete or damaged (see the warnings above). Start a new run in another "
+                                  f"train.output_dir, or resume from one of them by name if you trust it")
+        return None
+    path = Path(wanted)
+    if not path.is_dir():
+        path = Path(output_dir) / wanted
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint {wanted!r} not found (looked in {wanted} and {path}); "
+                          f"use 'latest' or a checkpoint-STEP folder")
+    problem = check_checkpoint(path)
+    if problem is not None and not (path / MANIFEST_FILE).exists() and (path / "trainable.safetensors").is_file():
+        logger.warning("resuming from %s, which has no %s (written before checkpoints had one): not verified",
+                       path, MANIFEST_FILE)
+        return path
+    if problem is not None:
+        raise CheckpointError(f"cannot resume from {path}: {problem}. Resume from an earlier checkpoint-STEP "
+                              f"folder, or with train.resume_from_checkpoint=latest (the newest complete one)")
+    return _note_recipe_change(path, recipe_digest)
+
+
+def _note_recipe_change(path: Path, recipe_digest: str | None) -> Path:
+    """A changed recipe is allowed (a lower lr after a divergence), but said: the trajectory is
+    then not the one the checkpoint's run would have followed."""
+    written = json.loads((path / MANIFEST_FILE).read_text()).get("recipe_hash")
+    if recipe_digest is not None and written != recipe_digest:
+        logger.warning("%s was written with other recipe settings than this run's (recipe hash %s, now %s): "
+                       "resuming with the new ones", path, written, recipe_digest)
+    return path
+
+
+def remove_partials(output_dir: str | os.PathLike) -> None:
+    """Delete what a killed run left half-written (``.checkpoint-STEP.partial``, ``.final.partial``)."""
+    out = Path(output_dir)
+    if out.is_dir():
+        for p in out.iterdir():
+            if p.is_dir() and _PARTIAL.match(p.name):
+                logger.info("removing %s, left half-written by an interrupted run", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def prune(output_dir: str | os.PathLike, limit: int | None) -> None:
+    """Keep the newest ``limit`` checkpoints (called after a new one is complete)."""
+    if not limit:
+        return
+    found = list_checkpoints(output_dir)
+    for old in found[: max(0, len(found) - limit)]:
+        logger.info("removing old checkpoint %s (checkpoints_total_limit=%d)", old, limit)
+        shutil.rmtree(old)
+
+
+def _disk_full_message(what: Path, exc: OSError, keep: str) -> str:
+    reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{type(exc).__name__}: {exc}"
+    return f"writing {what.name} to {what.parent} failed: {reason}. Nothing half-written was left; {keep}"
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, keep: str = "the previous one is intact") -> Iterator[Path]:
+    """Write into ``.NAME.partial`` next to ``final``; on success it replaces ``final``, on an
+    ``OSError`` (disk full, quota, permissions) it is removed and a :class:`CheckpointError` says
+    what happened."""
+    final = Path(final)
+    partial = final.parent / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(_disk_full_message(final, exc, keep)) from exc
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, recipe_digest: str,
+                    limit: int | None) -> Path:
+    """``accelerator.save_state`` into ``checkpoint-STEP`` atomically, with its manifest; then
+    prune to ``limit``. Every process takes part (each writes its random states)."""
+    final = Path(output_dir) / f"checkpoint-{step}"
+    partial = final.parent / f".{final.name}.partial"
+    failure = None
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+    except OSError as exc:
+        failure = exc
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        try:
+            if failure is not None:
+                raise failure
+            write_manifest(partial, step, recipe_digest)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            previous = [p.name for p in list_checkpoints(output_dir)]
+            keep = (f"the previous checkpoint {previous[-1]} is intact. Free space and resume with "
+                    f"train.resume_from_checkpoint=latest" if previous else "no checkpoint was written yet")
+            raise CheckpointError(_disk_full_message(final, exc, keep)) from exc
+        prune(output_dir, limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 (what Slurm and Kubernetes send before they pre-empt a job) ask the
+    loop to stop after the current step instead of killing it. Installed only from the main
+    thread; the previous handlers come back on exit."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            logger.warning("received %s: stopping after this step and writing a checkpoint",
+                           signal.Signals(signum).name)
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
