@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from varestorer.distill.checkpointing import check_checkpoint, list_checkpoints
 from varestorer.distill.module import TRAINABLE_FILE
 from varestorer.distill.recipe import load_recipe
-from varestorer.errors import CheckpointError, TrainingStopped
+from varestorer.errors import CheckpointError, ConfigError, TrainingStopped
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("train_probe.py")
@@ -200,3 +200,24 @@ def test_a_diverged_run_stops_naming_the_last_good_checkpoint_and_never_writes_n
         assert all(torch.isfinite(v).all() for v in state.values()), ckpt
         export = load_file(str(ckpt / "export" / "adapter_model.safetensors"))
         assert all(torch.isfinite(v).all() for v in export.values()), ckpt
+
+
+def test_a_second_training_into_the_same_output_dir_is_refused_while_the_first_runs(tmp_path):
+    from varestorer.distill.checkpointing import run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out):  # the first run
+        with pytest.raises(ConfigError, match="another training is writing to .* another train.output_dir"):
+            train_here(out, "train.max_steps=1")
+    train_here(out, "train.max_steps=1")  # released however the first ended: no stale lock
+
+
+def test_errors_print_one_paragraph_and_exit_2_and_debug_shows_the_traceback(tmp_path, capsys):
+    from varestorer.cli import main
+
+    bad = ["train", "--recipe", "tiny", "optim.lr=-1", f"train.output_dir={tmp_path}"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("varestorer train: error: optim.lr must be > 0") and "Traceback" not in err
+    with pytest.raises(ConfigError):
+        main(["--debug", *bad])

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"varestorer {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (by default: its message)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VARestorerError as exc:
+        if args.debug:
+            raise
         print(f"varestorer {args.command}: {getattr(exc, 'label', 'error')}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
 

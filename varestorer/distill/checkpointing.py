@@ -256,3 +256,35 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+LOCK_FILE = ".varestorer-train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Refuse a second training into ``output_dir`` while one runs there: an exclusive ``flock``
+    on ``OUTPUT_DIR/.varestorer-train.lock``, released by the kernel however the holder ends
+    (so a killed run leaves no stale lock). Holds who has it, for the message."""
+    import fcntl
+    import socket
+    import time
+
+    path = Path(output_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(f"another training is writing to {output_dir} ({holder}): wait for it to end, or "
+                              f"give this one another train.output_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
+    finally:
+        f.close()

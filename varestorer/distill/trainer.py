@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingStopped
 from .checkpointing import (StopSignals, atomic_folder, checkpoint_step, list_checkpoints, recipe_hash,
-                            remove_partials, resolve_resume, save_checkpoint)
+                            remove_partials, resolve_resume, run_lock, save_checkpoint)
 from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,16 @@ def build_model(recipe: Recipe, device="cpu"):
 
 
 def train(recipe: Recipe) -> dict:
-    """Run a recipe to ``train.max_steps``; returns the last logged losses."""
+    """Run a recipe to ``train.max_steps``; returns the last logged losses.
+
+    Only one training at a time writes to an output folder (the main process holds a lock on it)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(recipe)
+    with run_lock(recipe.train.output_dir):
+        return _train(recipe)
+
+
+def _train(recipe: Recipe) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
