@@ -39,7 +39,7 @@ def test_overrides_are_parsed_as_yaml():
 
 
 def test_unknown_keys_name_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr' in optim; valid keys: lr, weight_decay"):
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr' in optim \(did you mean optim.lr\?\); valid keys: lr, weight_decay"):
         load_recipe("tiny", ["optim.lrr=1"])
     with pytest.raises(ConfigError, match=r"unknown key 'bogus' in the recipe; valid keys: name, mode, model"):
         load_recipe("tiny", ["bogus=1"])

@@ -202,6 +202,11 @@ class Recipe:
             raise ConfigError("mode=tokenizer trains nothing with tokenizer.train_encoder=false and train_decoder=false")
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
+        from ..presets import get_preset
+        from ..tokenizer.schedules import scale_schedule
+
+        preset = get_preset(self.model.preset)  # unknown presets and resolutions: before anything is built
+        scale_schedule(self.model.resolution, 2 ** (len(preset.vae["ch_mult"]) - 1))
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self
@@ -239,7 +244,8 @@ def _build(cls, data: dict, prefix: str = ""):
     unknown = [k for k in data if k not in names]
     if unknown:
         where = prefix.rstrip(".") or "the recipe"
-        raise ConfigError(f"unknown key {prefix + unknown[0]!r} in {where}; valid keys: {', '.join(names)}")
+        raise ConfigError(f"unknown key {prefix + unknown[0]!r} in {where}{_did_you_mean(prefix, unknown[0])}; "
+                          f"valid keys: {', '.join(names)}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -248,6 +254,25 @@ def _build(cls, data: dict, prefix: str = ""):
         else:
             kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _all_keys(cls=None, prefix: str = "") -> list[str]:
+    """Every dotted key of the recipe: ``train.max_steps``, ``optim.lr``, ..."""
+    out = []
+    for f in dataclasses.fields(cls or Recipe):
+        tp = typing.get_type_hints(cls or Recipe)[f.name]
+        out += _all_keys(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [prefix + f.name]
+    return out
+
+
+def _did_you_mean(prefix: str, key: str) -> str:
+    """`` (did you mean train.max_steps?)`` for a key that exists in another section, or a typo."""
+    import difflib
+
+    keys = _all_keys()
+    exact = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+    close = exact or difflib.get_close_matches(prefix + key, keys, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -268,7 +293,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     path = find_resource("recipes", name_or_path)
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError(f"{path} is not a valid YAML recipe{at}: {getattr(exc, 'problem', None) or exc}; "
+                          f"see recipes/tiny.yaml for the form") from None
     data.setdefault("name", Path(path).stem)
     return _build(Recipe, apply_overrides(data, list(overrides or []))).validate()
 

@@ -133,6 +133,8 @@ def _train(recipe: Recipe) -> dict:
     set_seed(t.seed)
     _warn_single_thread_cpu(accelerator)
 
+    per_device = per_device_batch(recipe, accelerator.num_processes)
+    loader = build_dataloader(recipe, per_device)  # before the model: a missing dataset is said at once
     model = build_model(recipe, accelerator.device)
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -143,8 +145,6 @@ def _train(recipe: Recipe) -> dict:
     scheduler = get_scheduler(recipe.optim.lr_scheduler, optimizer,
                               num_warmup_steps=recipe.optim.lr_warmup_steps * accelerator.num_processes,
                               num_training_steps=t.max_steps * accelerator.num_processes)
-    per_device = per_device_batch(recipe, accelerator.num_processes)
-    loader = build_dataloader(recipe, per_device)
     n = accelerator.num_processes
     accelerator.print(f"{recipe.name}: {n} process{'es' if n > 1 else ''} ({accelerator.distributed_type.value}, "
                       f"{accelerator.device.type}), {per_device} images per process per step, global batch "

@@ -1,0 +1,146 @@
+"""The README's bad-input table, row by row: what a user can get wrong, and what they get back
+(one paragraph saying what to do, exit code 2, no traceback, nothing half-written)."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from varestorer.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(map(str, argv)))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_refused(code: int, err: str, command: str, *fragments: str) -> None:
+    assert code == 2, err
+    assert err.startswith(f"varestorer {command}: error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """One good image and one of each kind of bad image file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(src / "good.png")
+    (src / "zero.png").write_bytes(b"")
+    (src / "text.png").write_text("hello, not a png")
+    data = (src / "good.png").read_bytes()
+    (src / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("I;16", (32, 32)).save(src / "sixteen-bit.png")
+    Image.new("RGBA", (32, 32), (1, 2, 3, 100)).save(src / "alpha.png")
+    Image.new("P", (32, 32)).save(src / "palette.png")
+    Image.new("L", (2, 2)).save(src / "two-pixels.png")
+    Image.new("RGB", (32, 32)).save(src / "ñame-é.png")
+    Image.new("1", (20000, 20000)).save(src / "bomb.png")  # 400 Mpx in 48 kB
+    return src
+
+
+def test_restore_converts_what_it_can_and_lists_every_file_it_skipped_with_the_reason(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["restore", str(photos), "-o", str(out), "--method", "bicubic"]) == 0
+    printed = capsys.readouterr().out
+    listed = (out / "skipped.tsv").read_text()
+    skipped = dict(line.split("\t")[:2] for line in listed.splitlines())
+    assert {Path(p).name: r.split(":")[0] for p, r in skipped.items()} == {
+        "zero.png": "empty file", "text.png": "not an image", "truncated.png": "truncated or corrupt",
+        "bomb.png": "too large"}, listed
+    assert "skipped 4 file(s)" in printed
+    restored = sorted(p.name for p in out.glob("*.png"))
+    assert restored == sorted(["good.png", "sixteen-bit.png", "alpha.png", "palette.png", "two-pixels.png",
+                               "ñame-é.png"])
+    for p in out.glob("*.png"):
+        assert Image.open(p).mode == "RGB"
+
+
+def test_an_unreadable_file_is_skipped_and_named(photos, tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    (photos / "good.png").chmod(0)
+    out = tmp_path / "out"
+    assert main(["restore", str(photos / "good.png"), str(photos / "alpha.png"), "-o", str(out),
+                 "--method", "bicubic"]) == 0
+    assert "good.png" in (out / "skipped.tsv").read_text()
+
+
+def test_folders_that_cannot_be_used_are_refused(photos, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert_refused(*run(capsys, "restore", tmp_path / "empty", "-o", tmp_path / "o1", "--method", "bicubic"),
+                   "restore", "no images in")
+    assert_refused(*run(capsys, "restore", tmp_path / "missing", "-o", tmp_path / "o2", "--method", "bicubic"),
+                   "restore", "does not exist")
+    assert_refused(*run(capsys, "restore", photos, "-o", photos, "--method", "bicubic"),
+                   "restore", "would write over the input", "choose another -o folder")
+    assert sorted(p.name for p in photos.iterdir()) == sorted(
+        ["good.png", "zero.png", "text.png", "truncated.png", "sixteen-bit.png", "alpha.png", "palette.png",
+         "two-pixels.png", "ñame-é.png", "bomb.png"])  # nothing written into the input
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["max_steps=3"], ["unknown key 'max_steps'", "did you mean train.max_steps?"]),
+    (["optim.lrr=1"], ["did you mean optim.lr?"]),
+    (["train.max_steps=many"], ["train.max_steps must be int"]),
+    (["optim.lr=-1"], ["optim.lr must be > 0"]),
+    (["model.preset=nope"], ["unknown preset 'nope'", "valid presets"]),
+    (["model.resolution=100"], ["no Infinity scale schedule for 100px", "valid resolutions"]),
+    (["data.dataset=/nonexistent/folder"], ["not a dataset written by varestorer prepare"]),
+    (["student.attention=sideways"], ["choose one of full, causal"]),
+])
+def test_recipe_mistakes_are_refused_before_anything_is_written(tmp_path, capsys, args, fragments):
+    out = tmp_path / "run"
+    code, err = run(capsys, "train", "--recipe", "tiny", f"train.output_dir={out}", "train.max_steps=1",
+                    "train.report_to=none", *args)
+    assert_refused(code, err, "train", *fragments)
+    assert not out.exists() or not any(p.name.startswith("checkpoint") for p in out.iterdir())
+
+
+def test_a_recipe_file_that_is_not_yaml_or_does_not_exist_is_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mode: distill\n  bad: [\n")
+    assert_refused(*run(capsys, "train", "--recipe", bad), "train", "not a valid YAML recipe (line 2")
+    assert_refused(*run(capsys, "train", "--recipe", "nope"), "train", "no recipe 'nope'")
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    """The export form of a tiny model (random LoRA), as training writes it."""
+    import torch
+
+    from varestorer.distill.model import VARestorerModel
+    from varestorer.distill.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = VARestorerModel.from_recipe(load_recipe("tiny", [f"train.output_dir={root}", "train.report_to=none"]))
+    model.save_export(root / "export")
+    return root / "export"
+
+
+def _restore(capsys, model: Path, tmp_path: Path) -> tuple[int, str]:
+    image = tmp_path / "lq.png"
+    Image.new("RGB", (16, 16), (90, 120, 60)).save(image)
+    return run(capsys, "restore", image, "-o", tmp_path / "restored", "--model", model, "--caption", "none")
+
+
+def test_models_that_are_not_exports_or_are_damaged_are_refused(export, tmp_path, capsys):
+    assert_refused(*_restore(capsys, tmp_path, tmp_path), "restore", "not a VARestorer export",
+                   "varestorer export CHECKPOINT OUT")
+    assert_refused(*run(capsys, "export", tmp_path, tmp_path / "x"), "export", "no trained model found")
+    missing = tmp_path / "missing-adapter"
+    shutil.copytree(export, missing)
+    (missing / "adapter_model.safetensors").unlink()
+    assert_refused(*_restore(capsys, missing, tmp_path), "restore", "holds no adapter_model.safetensors")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(export, truncated)
+    data = (truncated / "encoder.safetensors").read_bytes()
+    (truncated / "encoder.safetensors").write_bytes(data[: len(data) // 2])
+    assert_refused(*_restore(capsys, truncated, tmp_path), "restore", "encoder.safetensors")
+    assert not (tmp_path / "restored").exists() or not list((tmp_path / "restored").iterdir())
