@@ -93,6 +93,12 @@ class MultiScaleTokens:
             return self.pyramid_sequence()
         if form == "shifted":
             return self.teacher_input_sequence()
+        if form == "tokens":
+            return self.code_sequence()
+        if form == "negtokens":
+            return -self.code_sequence()
+        if form == "reflected":
+            return _sequence([2 * t - p for t, p in zip(self.teacher_inputs, self.pyramid)])
         raise ValueError(f"LQ input form must be one of {LQ_INPUT_FORMS}, got {form!r}")
 
     def prefix_sequence(self) -> Tensor:
@@ -106,7 +112,7 @@ class MultiScaleTokens:
 
 
 #: How the student reads the LQ tokens (``student.lq_input`` of a recipe).
-LQ_INPUT_FORMS = ("pyramid", "shifted")
+LQ_INPUT_FORMS = ("pyramid", "shifted", "tokens", "negtokens", "reflected")
 
 
 def _sequence(maps: list[Tensor]) -> Tensor:

@@ -398,7 +398,14 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         with _autocast_off(context.cond):
             parts = []
             if first == 0:
-                parts.append(context.cond[:, None] + self.pos_start.float())
+                start = context.cond[:, None] + self.pos_start.float()
+                n0 = schedule[0][0] * schedule[0][1]
+                if inputs is not None and inputs.shape[1] == sum(h * w for h, w in schedule):
+                    # every scale's own tokens (the student's ``tokens`` form): the first scale's
+                    # join the start token at its position
+                    start = start + self.word_embed(inputs[:, :n0].float())
+                    inputs = inputs[:, n0:]
+                parts.append(start)
             if inputs is not None and inputs.shape[1]:
                 parts.append(self.word_embed(inputs.float()))
             x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
