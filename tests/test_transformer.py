@@ -114,6 +114,19 @@ def test_bad_inputs_are_refused(model, text):
         model(long, inputs[:1], SCHEDULE)
 
 
+def test_the_tokens_form_gives_every_scale_its_own_negated_codes_the_first_with_the_start_token(model, text):
+    t = tokens()
+    seq = t.lq_input_sequence("tokens")
+    assert seq.shape[1] == L and torch.equal(seq, -t.code_sequence())
+    n0 = SCHEDULE[0][0] * SCHEDULE[0][1]
+    with torch.no_grad():
+        context = model.text_context(text)
+        got = model.embed(context, seq, SCHEDULE)
+        rest = model.embed(context, seq[:, n0:], SCHEDULE)  # the other scales as usual
+    torch.testing.assert_close(got[:, n0:], rest[:, n0:], atol=0, rtol=0)
+    torch.testing.assert_close(got[:, :n0], rest[:, :n0] + model.word_embed(seq[:, :n0]), atol=1e-6, rtol=0)
+
+
 def test_text_dropout_replaces_captions_by_cfg_uncond(model, text):
     inputs = tokens().teacher_input_sequence()
     dropped = text.with_drop([True, False])

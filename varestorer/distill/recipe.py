@@ -51,7 +51,8 @@ class DegradationSection:
 class StudentSection:
     attention: str = "full"  # full (cross-scale pyramid conditioning) | causal (w/o cross ablation)
     # pyramid: position k reads the LQ codes accumulated through scale k (the paper's pyramid);
-    # shifted: through scale k - 1, the teacher-forcing form (never shows the finest LQ scale)
+    # shifted: through scale k - 1, the teacher-forcing form (never shows the finest LQ scale);
+    # tokens: scale k's own LQ codes, negated, at every scale (MultiScaleTokens.lq_input_sequence)
     lq_input: str = "pyramid"
     lora_rank: int = 32
     lora_alpha: int = 32

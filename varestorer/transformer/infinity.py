@@ -401,8 +401,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
                 start = context.cond[:, None] + self.pos_start.float()
                 n0 = schedule[0][0] * schedule[0][1]
                 if inputs is not None and inputs.shape[1] == sum(h * w for h, w in schedule):
-                    # every scale's own tokens (the student's ``tokens`` form): the first scale's
-                    # join the start token at its position
+                    # all L tokens (the student's ``tokens`` form): the first scale's join the
+                    # start token at its position
                     start = start + self.word_embed(inputs[:, :n0].float())
                     inputs = inputs[:, n0:]
                 parts.append(start)
@@ -468,7 +468,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
                 replace with ``cfg_uncond``.
             inputs: ``(B, L - first_scale_tokens, d)``: the teacher-forcing input sequence of
                 scales ``1..K-1`` (``MultiScaleTokens.teacher_input_sequence()``); ``None`` for a
-                one-scale schedule.
+                one-scale schedule. ``(B, L, d)`` (an input for every scale, the student's
+                ``tokens`` form): the first scale's are added to the start token.
             schedule: the ``(h, w)`` of every scale; ``L = sum(h * w)``.
             attention: ``"causal"``: block-wise causal mask (a scale sees itself and the scales
                 before it: Infinity's training, the teacher); ``"full"``: every token sees every
