@@ -102,7 +102,11 @@ def train(recipe: Recipe) -> dict:
     """Run a recipe to ``train.max_steps``; returns the last logged losses.
 
     Only one training at a time writes to an output folder (the main process holds a lock on it)."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    from accelerate import PartialState
+
+    state = PartialState()  # the process group the Accelerator below joins
+    _check_world(state)  # before anything is written
+    if not state.is_main_process:
         return _train(recipe)
     with run_lock(recipe.train.output_dir):
         return _train(recipe)
