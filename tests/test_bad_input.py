@@ -19,7 +19,7 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 
 def assert_refused(code: int, err: str, command: str, *fragments: str) -> None:
     assert code == 2, err
-    assert err.startswith(f"varestorer {command}: error: "), err
+    assert f"varestorer {command}: error: " in err, err  # after any library warnings
     assert "Traceback" not in err
     for f in fragments:
         assert f in err, err
@@ -78,7 +78,11 @@ def test_folders_that_cannot_be_used_are_refused(photos, tmp_path, capsys):
     assert_refused(*run(capsys, "restore", tmp_path / "missing", "-o", tmp_path / "o2", "--method", "bicubic"),
                    "restore", "does not exist")
     assert_refused(*run(capsys, "restore", photos, "-o", photos, "--method", "bicubic"),
-                   "restore", "would write over the input", "choose another -o folder")
+                   "restore", "is the input folder", "choose an -o folder outside it")
+    assert_refused(*run(capsys, "restore", photos, "-o", photos / "restored", "--method", "bicubic"),
+                   "restore", "is inside the input folder", "searched recursively")
+    assert_refused(*run(capsys, "restore", photos / "good.png", "-o", photos, "--ext", "png", "--method", "bicubic"),
+                   "restore", "would write over the input")
     assert sorted(p.name for p in photos.iterdir()) == sorted(
         ["good.png", "zero.png", "text.png", "truncated.png", "sixteen-bit.png", "alpha.png", "palette.png",
          "two-pixels.png", "ñame-é.png", "bomb.png"])  # nothing written into the input
@@ -144,3 +148,26 @@ def test_models_that_are_not_exports_or_are_damaged_are_refused(export, tmp_path
     (truncated / "encoder.safetensors").write_bytes(data[: len(data) // 2])
     assert_refused(*_restore(capsys, truncated, tmp_path), "restore", "encoder.safetensors")
     assert not (tmp_path / "restored").exists() or not list((tmp_path / "restored").iterdir())
+
+
+def test_an_adapter_that_does_not_fit_the_base_is_refused_naming_it(export, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(export, foreign)
+    state = load_file(str(foreign / "adapter_model.safetensors"))
+    save_file({k: torch.cat([v, v]) if "lora_A" in k else v for k, v in state.items()},  # twice the rank
+              str(foreign / "adapter_model.safetensors"))
+    assert_refused(*_restore(capsys, foreign, tmp_path), "restore", "does not fit the tiny base transformer",
+                   "--base")
+
+
+def test_resuming_with_another_lora_rank_or_preset_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["train", "--recipe", "tiny", f"train.output_dir={out}", "train.report_to=none",
+              "train.validation_steps=100"]
+    assert main([*common, "train.max_steps=1"]) == 0
+    capsys.readouterr()
+    code, err = run(capsys, *common, "train.max_steps=2", "student.lora_rank=2", "train.resume_from_checkpoint=latest")
+    assert_refused(code, err, "train", "another preset or LoRA rank", "resume it with its own recipe")

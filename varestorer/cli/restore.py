@@ -160,6 +160,20 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     return found
 
 
+def check_output_outside_inputs(inputs: list[str], out: Path) -> None:
+    """Input folders are searched recursively: an output folder in one would be read back as
+    input by the next run."""
+    from ..errors import ConfigError
+
+    here = out.expanduser().resolve()
+    for item in inputs:
+        folder = Path(item).expanduser().resolve()
+        if folder.is_dir() and (here == folder or folder in here.parents):
+            raise ConfigError(f"the output folder {out} is {'the' if here == folder else 'inside the'} input folder "
+                              f"{item}, which is searched recursively: a later run would restore the restored images "
+                              f"too; choose an -o folder outside it")
+
+
 def plan_outputs(found: list[tuple[Path, Path]], out: Path, ext: str) -> list[tuple[Path, Path]]:
     """``(input, output)`` pairs: unique output names, never an input's path."""
     from ..errors import ConfigError
@@ -189,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.pipeline import output_size, to_tensor
 
     out = Path(args.output).expanduser()
+    check_output_outside_inputs(args.inputs, out)
     pairs = plan_outputs(collect_inputs(args.inputs), out, args.ext)
     todo = [(i, o) for i, o in pairs if args.overwrite or not o.exists()]
     kept = len(pairs) - len(todo)

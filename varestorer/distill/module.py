@@ -70,11 +70,16 @@ class TrainingModule(nn.Module):
                 core = accelerator.unwrap_model(models.pop())
                 state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
                 expected = core.trainable_state_dict()
-                if set(state) != set(expected):
-                    from ..errors import CheckpointError
+                from ..errors import CheckpointError
 
+                if set(state) != set(expected):
                     raise CheckpointError(f"{input_dir} holds trainable weights of another recipe "
                                           f"({len(state)} tensors, this recipe trains {len(expected)})")
+                wrong = [k for k, v in expected.items() if state[k].shape != v.shape]
+                if wrong:
+                    raise CheckpointError(f"{input_dir} holds trainable weights of another preset or LoRA rank "
+                                          f"({wrong[0]}: {tuple(state[wrong[0]].shape)} there, "
+                                          f"{tuple(expected[wrong[0]].shape)} here); resume it with its own recipe")
                 with torch.no_grad():
                     for k, v in expected.items():
                         v.copy_(state[k])

@@ -102,23 +102,8 @@ def train(recipe: Recipe) -> dict:
     """Run a recipe to ``train.max_steps``; returns the last logged losses.
 
     Only one training at a time writes to an output folder (the main process holds a lock on it)."""
-    from accelerate import PartialState
-
-    state = PartialState()  # the process group the Accelerator below joins
-    _check_world(state)  # before anything is written
-    if not state.is_main_process:
-        return _train(recipe)
-    with run_lock(recipe.train.output_dir):
-        return _train(recipe)
-
-
-def _train(recipe: Recipe) -> dict:
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
-
-    from .data import build_dataloader
-    from .visualize import save_validation_grid
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     t = recipe.train
     accelerator = Accelerator(
@@ -130,7 +115,21 @@ def _train(recipe: Recipe) -> dict:
         log_with=_report_to(recipe),
         project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=str(Path(t.output_dir) / "logs")),
     )
-    _check_world(accelerator)
+    _check_world(accelerator)  # before anything is written
+    if not accelerator.is_main_process:
+        return _train(recipe, accelerator)
+    with run_lock(t.output_dir):
+        return _train(recipe, accelerator)
+
+
+def _train(recipe: Recipe, accelerator) -> dict:
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    from .data import build_dataloader
+    from .visualize import save_validation_grid
+
+    t = recipe.train
     if accelerator.is_main_process:
         Path(t.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(t.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))

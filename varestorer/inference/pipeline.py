@@ -248,7 +248,13 @@ class VARestorerPipeline:
         if adapter:
             from peft import PeftModel
 
-            transformer = PeftModel.from_pretrained(transformer, str(folder), is_trainable=False)
+            try:
+                transformer = PeftModel.from_pretrained(transformer, str(folder), is_trainable=False)
+            except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, foreign target modules
+                first = str(exc).strip().splitlines()[0][:300]
+                raise CheckpointError(f"the LoRA adapter in {folder} does not fit the {config['base_preset']} base "
+                                      f"transformer ({first}): it was trained on another base; pass that base with "
+                                      f"--base (base=... in Python), or re-export the run") from exc
         encoder = copy.deepcopy(the_vae.encoder)
         if config.get("has_encoder"):
             if not local(ENCODER_FILE):
