@@ -171,3 +171,11 @@ def test_resuming_with_another_lora_rank_or_preset_is_refused(tmp_path, capsys):
     capsys.readouterr()
     code, err = run(capsys, *common, "train.max_steps=2", "student.lora_rank=2", "train.resume_from_checkpoint=latest")
     assert_refused(code, err, "train", "another preset or LoRA rank", "resume it with its own recipe")
+
+
+def test_a_caption_file_that_is_not_utf8_is_refused_naming_the_line(photos, tmp_path, capsys):
+    captions = tmp_path / "captions.jsonl"
+    captions.write_bytes(b'{"path": "good.png", "caption": "a field"}\n{"path": "alpha.png", "caption": "caf\xe9"}\n')
+    code, err = run(capsys, "restore", photos / "good.png", "-o", tmp_path / "out", "--method", "bicubic",
+                    "--caption", captions)
+    assert_refused(code, err, "restore", "captions.jsonl:2: not UTF-8 (byte 0xe9)")

@@ -81,6 +81,10 @@ class CaptionFile:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise ConfigError(f"cannot read the caption file {self.path}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            line = self.path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{self.path}:{line}: not UTF-8 (byte {exc.object[exc.start]:#04x}); save the caption "
+                              f"file as UTF-8 JSON lines") from None
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
