@@ -179,3 +179,13 @@ def test_a_caption_file_that_is_not_utf8_is_refused_naming_the_line(photos, tmp_
     code, err = run(capsys, "restore", photos / "good.png", "-o", tmp_path / "out", "--method", "bicubic",
                     "--caption", captions)
     assert_refused(code, err, "restore", "captions.jsonl:2: not UTF-8 (byte 0xe9)")
+
+
+def test_a_file_name_that_is_not_utf8_is_restored_under_the_same_bytes(tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(src / "x.png")
+    os.rename(os.fsencode(src / "x.png"), os.fsencode(src) + b"/\xff\xfe.png")  # Latin-1 bytes, not UTF-8
+    assert main(["restore", str(src), "-o", str(out), "--method", "bicubic"]) == 0
+    assert os.listdir(os.fsencode(out)) == [b"\xff\xfe.png"]
+    assert "restored 1 image(s)" in capsys.readouterr().out
