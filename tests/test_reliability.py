@@ -221,3 +221,23 @@ def test_errors_print_one_paragraph_and_exit_2_and_debug_shows_the_traceback(tmp
     assert err.startswith("varestorer train: error: optim.lr must be > 0") and "Traceback" not in err
     with pytest.raises(ConfigError):
         main(["--debug", *bad])
+
+
+def test_sigterm_to_a_two_process_run_stops_every_process_at_the_same_step(tmp_path):
+    """torchrun forwards SIGTERM to its workers; they agree (all-reduce) to stop after the same
+    step and write one complete checkpoint with both processes' random states."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+           "PROBE_SLOW_CHECKPOINT_AT": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(PROBE), f"train.output_dir={out}", *COMMON, "train.max_steps=6",
+                             "train.global_batch_size=4"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_line(proc, "WRITING 2")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert err.count("SIGTERM received: stopped after step 3 of 6") == 2, err[-3000:]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
+    assert check_checkpoint(out / "checkpoint-3") is None
+    assert {p.name for p in (out / "checkpoint-3").glob("random_states_*.pkl")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}
