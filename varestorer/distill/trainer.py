@@ -284,9 +284,12 @@ def _signalled(accelerator, signals: StopSignals) -> int:
 
 
 def _all_finite(accelerator, loss: torch.Tensor, params) -> bool:
-    """Whether this step's loss and every gradient are finite, on every process."""
+    """Whether this step's loss and every gradient are finite, on every process. Under fp16
+    the gradients are left to accelerate's GradScaler, which skips an overflowing step and
+    lowers its scale (skipping it here would keep the scale too high for ever)."""
     checks = [torch.isfinite(loss.detach()).all()]
-    checks += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    if accelerator.scaler is None:
+        checks += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
     bad = (~torch.stack(checks).all()).float().reshape(1)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, "sum")
