@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
+from .module import TRAINABLE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def recipe_hash(recipe_dict: dict) -> str:
@@ -129,7 +135,7 @@ def resolve_resume(wanted: str | None, output_dir: str | os.PathLike, recipe_dig
         raise ConfigError(f"checkpoint {wanted!r} not found (looked in {wanted} and {path}); "
                           f"use 'latest' or a checkpoint-STEP folder")
     problem = check_checkpoint(path)
-    if problem is not None and not (path / MANIFEST_FILE).exists() and (path / "trainable.safetensors").is_file():
+    if problem is not None and not (path / MANIFEST_FILE).exists() and (path / TRAINABLE_FILE).is_file():
         logger.warning("resuming from %s, which has no %s (written before checkpoints had one): not verified",
                        path, MANIFEST_FILE)
         return path
@@ -169,6 +175,17 @@ def prune(output_dir: str | os.PathLike, limit: int | None) -> None:
         shutil.rmtree(old)
 
 
+def _partial(final: Path) -> Path:
+    """Where ``final`` is written before it is complete."""
+    return final.parent / f".{final.name}.partial"
+
+
+def _replace(partial: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
 def _disk_full_message(what: Path, exc: OSError, keep: str) -> str:
     reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{type(exc).__name__}: {exc}"
     return f"writing {what.name} to {what.parent} failed: {reason}. Nothing half-written was left; {keep}"
@@ -180,14 +197,12 @@ def atomic_folder(final: Path, keep: str = "the previous one is intact") -> Iter
     ``OSError`` (disk full, quota, permissions) it is removed and a :class:`CheckpointError` says
     what happened."""
     final = Path(final)
-    partial = final.parent / f".{final.name}.partial"
+    partial = _partial(final)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         yield partial
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        _replace(partial, final)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise CheckpointError(_disk_full_message(final, exc, keep)) from exc
@@ -201,7 +216,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, recip
     """``accelerator.save_state`` into ``checkpoint-STEP`` atomically, with its manifest; then
     prune to ``limit``. Every process takes part (each writes its random states)."""
     final = Path(output_dir) / f"checkpoint-{step}"
-    partial = final.parent / f".{final.name}.partial"
+    partial = _partial(final)
     failure = None
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
@@ -216,13 +231,11 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, recip
             if failure is not None:
                 raise failure
             write_manifest(partial, step, recipe_digest)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
+            _replace(partial, final)
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
-            previous = [p.name for p in list_checkpoints(output_dir)]
-            keep = (f"the previous checkpoint {previous[-1]} is intact. Free space and resume with "
+            previous = latest_checkpoint(output_dir)
+            keep = (f"the previous checkpoint {previous.name} is intact. Free space and resume with "
                     f"train.resume_from_checkpoint=latest" if previous else "no checkpoint was written yet")
             raise CheckpointError(_disk_full_message(final, exc, keep)) from exc
         prune(output_dir, limit)
@@ -243,8 +256,7 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.received is None:
-            logger.warning("received %s: stopping after this step and writing a checkpoint",
-                           signal.Signals(signum).name)
+            logger.warning("received %s: stopping after this step and writing a checkpoint", self.name(signum))
         self.received = signum
 
     def __enter__(self) -> StopSignals:
@@ -256,6 +268,21 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+    def agreed(self, accelerator) -> int:
+        """The stop signal any process received (0: none), the same on every process."""
+        if accelerator.num_processes == 1:
+            return self.received or 0
+        import torch
+
+        got = torch.tensor([float(self.received is not None)], device=accelerator.device)
+        if accelerator.reduce(got, "sum").item() == 0:
+            return 0
+        return self.received or signal.SIGTERM  # another process's: Slurm signals every task
+
+    @staticmethod
+    def name(signum: int) -> str:
+        return signal.Signals(signum).name
 
 
 LOCK_FILE = ".varestorer-train.lock"

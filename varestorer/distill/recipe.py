@@ -204,10 +204,10 @@ class Recipe:
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
         from ..presets import get_preset
-        from ..tokenizer.schedules import scale_schedule
+        from ..tokenizer.schedules import scale_schedule, vae_downsample
 
         preset = get_preset(self.model.preset)  # unknown presets and resolutions: before anything is built
-        scale_schedule(self.model.resolution, 2 ** (len(preset.vae["ch_mult"]) - 1))
+        scale_schedule(self.model.resolution, vae_downsample(preset.vae["ch_mult"]))
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self

@@ -19,13 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingStopped
-from .checkpointing import (StopSignals, atomic_folder, checkpoint_step, list_checkpoints, recipe_hash,
+from .checkpointing import (StopSignals, atomic_folder, checkpoint_step, latest_checkpoint, recipe_hash,
                             remove_partials, resolve_resume, run_lock, save_checkpoint)
 from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["list_checkpoints", "per_device_batch", "train"]  # list_checkpoints: from .checkpointing
 
 
 def _report_to(recipe: Recipe) -> list[str] | None:
@@ -226,17 +224,18 @@ def _train(recipe: Recipe, accelerator) -> dict:
                     stop(TrainingStopped(_nonfinite_message(recipe, streak)))
                 if global_step % t.log_steps == 0 or global_step == t.max_steps or not finite:
                     accelerator.log(logs, step=global_step)
-                stopping = _signalled(accelerator, signals)
+                stopping = signals.agreed(accelerator)
                 if global_step % t.checkpointing_steps == 0 or global_step == t.max_steps or stopping:
                     written = checkpoint(global_step)
                 if stopping:
-                    name = signal_name(stopping)
                     stop(TrainingStopped(
-                        f"{name} received: stopped after step {global_step} of {t.max_steps} and wrote {written}. "
-                        f"Resume with the same command plus train.resume_from_checkpoint=latest",
+                        f"{signals.name(stopping)} received: stopped after step {global_step} of {t.max_steps} "
+                        f"and wrote {written}. Resume with the same command plus train.resume_from_checkpoint=latest",
                         exit_code=128 + stopping, label="stopped"))
-                if accelerator.is_main_process and (global_step % t.validation_steps == 0 or global_step == t.max_steps):
-                    grid = save_validation_grid(core, val_batch, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
+                validating = global_step % t.validation_steps == 0 or global_step == t.max_steps
+                if accelerator.is_main_process and validating:
+                    out = Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png"
+                    grid = save_validation_grid(core, val_batch, out)
                     _log_image(accelerator, grid, global_step)
                     measured = core.validation_metrics()
                     if measured:
@@ -265,24 +264,6 @@ def _train(recipe: Recipe, accelerator) -> dict:
     return logs
 
 
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
-
-
-def _signalled(accelerator, signals: StopSignals) -> int:
-    """The stop signal any process received (0: none), agreed by every process."""
-    if accelerator.num_processes == 1:
-        return signals.received or 0
-    got = torch.tensor([float(signals.received is not None)], device=accelerator.device)
-    if accelerator.reduce(got, "sum").item() == 0:
-        return 0
-    import signal
-
-    return signals.received or signal.SIGTERM  # another process's: Slurm signals every task
-
-
 def _all_finite(accelerator, loss: torch.Tensor, params) -> bool:
     """Whether this step's loss and every gradient are finite, on every process. Under fp16
     the gradients are left to accelerate's GradScaler, which skips an overflowing step and
@@ -299,16 +280,16 @@ def _all_finite(accelerator, loss: torch.Tensor, params) -> bool:
 def _refuse_nonfinite_weights(core, output_dir: str, what: str) -> None:
     broken = [k for k, v in core.trainable_state_dict().items() if not torch.isfinite(v).all()]
     if broken:
-        found = list_checkpoints(output_dir)
-        last = f"the last checkpoint is {found[-1]}" if found else "no checkpoint was written"
+        found = latest_checkpoint(output_dir)
+        last = f"the last checkpoint is {found}" if found else "no checkpoint was written"
         raise TrainingStopped(f"the trainable weights are not finite ({len(broken)} tensors, e.g. {broken[0]}): "
                               f"{what} was not written; {last}. Lower optim.lr and start again from it")
 
 
 def _nonfinite_message(recipe: Recipe, streak: list[int]) -> str:
-    found = list_checkpoints(recipe.train.output_dir)
-    resume = (f"The last checkpoint is {found[-1]} (its weights are finite): resume from it with "
-              f"train.resume_from_checkpoint={found[-1].name}" if found else "No checkpoint was written yet")
+    found = latest_checkpoint(recipe.train.output_dir)
+    resume = (f"The last checkpoint is {found} (its weights are finite): resume from it with "
+              f"train.resume_from_checkpoint={found.name}" if found else "No checkpoint was written yet")
     return (f"the loss or its gradients were not finite for {len(streak)} steps in a row (steps {streak[0]}-"
             f"{streak[-1]}; train.max_nonfinite_steps={recipe.train.max_nonfinite_steps}); those steps changed no "
             f"weight and the run stopped. {resume}, after lowering optim.lr (now {recipe.optim.lr:g}) or "

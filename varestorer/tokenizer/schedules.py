@@ -22,6 +22,12 @@ Scale = tuple[int, int]
 LISTED_SIDES: tuple[int, ...] = (8, 16, 32, 48, 64)
 
 
+def vae_downsample(ch_mult) -> int:
+    """The downsampling factor of a BSQ-VAE with these channel multipliers (one 2x per level after
+    the first)."""
+    return 2 ** (len(ch_mult) - 1)
+
+
 def latent_resolutions(downsample: int, sides: tuple[int, ...] = SQUARE_SIDES) -> list[int]:
     """Pixel resolutions a VAE with this downsampling factor has a schedule for."""
     return [side * downsample for side in sides if side >= 4]

@@ -15,7 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from .quantizer import MultiScaleBSQ, MultiScaleTokens
-from .schedules import Scale, scale_schedule
+from .schedules import Scale, scale_schedule, vae_downsample
 
 
 class Conv(nn.Module):
@@ -190,7 +190,7 @@ class BSQVAE(ModelMixin, ConfigMixin):
 
     @property
     def downsample(self) -> int:
-        return 2 ** (len(self.config.ch_mult) - 1)
+        return vae_downsample(self.config.ch_mult)
 
     @property
     def codebook_dim(self) -> int:
