@@ -74,10 +74,11 @@ def test_each_loss_term_is_nonzero_with_gradients_only_on_lora_and_encoder(model
         x_hq, x_lq, seeds = model.degrade(batch)
         text = model._text(batch["caption"], seeds)
         t_logits = model.teacher_logits(text, model.vae.tokenize(x_hq, model.schedule))
-        s_logits = model.student_logits(text, model.lq_tokens(x_lq))
+        lq_tokens = model.lq_tokens(x_lq)
+        s_logits = model.student_logits(text, lq_tokens)
         from varestorer.distill.losses import bitwise_kl
 
-        x_s = model.decode_student(s_logits)
+        x_s = model.decode_student(s_logits, lq_tokens)
         value = {"kl": lambda: bitwise_kl(t_logits, s_logits, model.schedule),
                  "lpips": lambda: model.lpips(x_s, x_hq).mean(),
                  "mse": lambda: torch.nn.functional.mse_loss(x_s, x_hq)}[term]()

@@ -62,8 +62,9 @@ def _student_images(model, batch):
     with torch.no_grad():
         x_hq, x_lq, seeds = model.degrade(batch)
         text = model._text(batch["caption"], seeds)
-        logits = model.student_logits(text, model.lq_tokens(x_lq))
-        return (x_lq + 1) / 2, logits, (model.decode_student(logits) + 1) / 2
+        lq_tokens = model.lq_tokens(x_lq)
+        logits = model.student_logits(text, lq_tokens)
+        return (x_lq + 1) / 2, logits, (model.decode_student(logits, lq_tokens) + 1) / 2
 
 
 def test_exported_pipeline_equals_the_in_training_student(trained):
@@ -80,6 +81,32 @@ def test_exported_pipeline_equals_the_in_training_student(trained):
     torch.testing.assert_close(merged.student_logits(lq, batch["caption"]), logits, rtol=0, atol=1e-5)
     # the model moved: its output is not the base model's
     assert not torch.equal(model.lq_encoder.conv_in.conv.weight, model.vae.encoder.conv_in.conv.weight)
+
+
+def test_a_student_that_keeps_the_lq_first_scale_restores_with_it_in_training_and_in_the_pipeline(tmp_path):
+    from varestorer.tokenizer import MultiScaleBSQ
+
+    torch.manual_seed(0)
+    recipe = load_recipe("tiny", [f"train.output_dir={tmp_path}", "train.report_to=none", "student.keep_lq_scales=1"])
+    model = VARestorerModel.from_recipe(recipe).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_export(tmp_path / "export")
+    batch = _batch()
+    lq, logits, reference = _student_images(model, batch)
+    with torch.no_grad():
+        bits = MultiScaleBSQ.split_sequence((logits.softmax(-1)[..., 1] > 0.5).float(), model.schedule)
+        lq_bits = model.lq_tokens(lq * 2 - 1).bits[0].float()
+        assert not torch.equal(bits[0], lq_bits)  # the student's own 1x1 scale is not what is used
+        expected = (model.vae.decode_bits([lq_bits] + bits[1:]) + 1) / 2
+    torch.testing.assert_close(reference, expected, rtol=0, atol=1e-5)  # same bits; the memory layout differs
+    pipe = VARestorerPipeline.from_pretrained(tmp_path / "export", merge_lora=False)
+    assert pipe.config["keep_lq_scales"] == 1
+    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt").images
+    for o, r in zip(out, reference):
+        assert torch.equal(o, r)
 
 
 def test_peft_loads_the_exported_adapter_on_the_base(trained):

@@ -50,7 +50,9 @@ def test_bad_values_are_errors():
         load_recipe("tiny", ["train.max_steps=many"])
     with pytest.raises(ConfigError, match="student.attention='sideways' is not valid; choose one of full, causal"):
         load_recipe("tiny", ["student.attention=sideways"])
-    with pytest.raises(ConfigError, match="must look like section.key=value"):
+    with pytest.raises(ConfigError, match=r"student.keep_lq_scales must be in \[0, 4\] \(the 64 px schedule has 5"):
+        load_recipe("tiny", ["student.keep_lq_scales=5"])
+    with pytest.raises(ConfigError, match=r"must look like section.key=value"):
         load_recipe("tiny", ["optim.lr"])
     with pytest.raises(ConfigError, match="no recipe 'nope'"):
         load_recipe("nope")

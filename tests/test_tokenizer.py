@@ -138,6 +138,19 @@ def test_the_pyramid_gives_each_scale_the_codes_accumulated_through_that_scale()
         tokens.lq_input_sequence("sideways")
 
 
+def test_kept_scales_are_the_tokens_own_bits_and_carry_the_quantizers_gradient():
+    q = MultiScaleBSQ(4)
+    latent = hand_made_latent().requires_grad_(True)
+    tokens = q(latent, ODD_SCHEDULE)
+    predicted = [torch.full_like(b, 0.3, dtype=torch.float32) for b in tokens.bits]
+    kept = tokens.keep_scales(predicted, 2)
+    for k in range(len(ODD_SCHEDULE)):
+        assert torch.equal(kept[k].detach(), tokens.bits[k].float() if k < 2 else predicted[k])
+    kept[0].sum().backward()  # straight through the quantizer to the latent (the LQ encoder's output)
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    assert tokens.keep_scales(predicted, 0) == predicted
+
+
 def test_self_correction_flips_feed_later_scales_and_their_labels_correct_them():
     q = MultiScaleBSQ(4)
     lat = hand_made_latent()

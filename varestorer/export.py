@@ -59,6 +59,7 @@ def export_config(model) -> dict:
         "upscale": recipe.degradation.scale,
         "attention": recipe.student.attention,
         "lq_input": recipe.student.lq_input,
+        "keep_lq_scales": recipe.student.keep_lq_scales,
         "use_captions": recipe.data.use_captions,
         "has_adapter": hasattr(model.transformer, "peft_config"),
         "has_encoder": model.lq_encoder is not None,

@@ -188,9 +188,11 @@ class VARestorerModel(TrainingModule):
                      prefix=self.lq_tokens(x_lq).prefix_sequence())
         return self.vae.decode_latent(out.latent)
 
-    def decode_student(self, logits: Tensor) -> Tensor:
-        """Most likely bits forward, gradient through their probabilities -> image in [-1, 1]."""
+    def decode_student(self, logits: Tensor, lq_tokens) -> Tensor:
+        """Most likely bits forward, gradient through their probabilities -> image in [-1, 1]
+        (the first ``student.keep_lq_scales`` scales are the LQ tokens' own)."""
         bits = MultiScaleBSQ.split_sequence(bit_probabilities(logits), self.schedule)
+        bits = lq_tokens.keep_scales(bits, self.recipe.student.keep_lq_scales)
         return self.vae.decode_bits(bits, straight_through=True)
 
     def degrade(self, batch: dict) -> tuple[Tensor, Tensor, list[int]]:
@@ -229,8 +231,9 @@ class VARestorerModel(TrainingModule):
             ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
             return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
         lq_latent = self.lq_latent(x_lq)
-        s_logits = self.student_logits(text, self.lq_tokens(latent=lq_latent))
-        x_s = self.decode_student(s_logits)
+        lq_tokens = self.lq_tokens(latent=lq_latent)
+        s_logits = self.student_logits(text, lq_tokens)
+        x_s = self.decode_student(s_logits, lq_tokens)
         zero = torch.zeros((), device=x_s.device)
         kl = zero
         if self.uses_teacher:  # w/o KL: the teacher does not run at all
@@ -261,8 +264,10 @@ class VARestorerModel(TrainingModule):
         if self.mode == "varsr":  # the multi-step restorer, scale by scale (most likely bits)
             student = self.varsr_restore(text, x_lq)
         else:
-            student = self.decode_student(self.student_logits(text, self.lq_tokens(x_lq))) if x_lq is not None \
-                else teacher
+            student = teacher
+            if x_lq is not None:
+                lq_tokens = self.lq_tokens(x_lq)
+                student = self.decode_student(self.student_logits(text, lq_tokens), lq_tokens)
         self.train(was)
         lq = x_lq if x_lq is not None else x_hq
         return {k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()}

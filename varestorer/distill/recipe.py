@@ -54,6 +54,9 @@ class StudentSection:
     # shifted: through scale k - 1, the teacher-forcing form (never shows the finest LQ scale);
     # tokens: scale k's own LQ codes, negated, at every scale (MultiScaleTokens.lq_input_sequence)
     lq_input: str = "pyramid"
+    # the first N scales of the restoration are the LQ tokens' own instead of predicted (0: the
+    # paper's student, which predicts every scale); 1 keeps the LQ's 1x1 scale, its mean colour
+    keep_lq_scales: int = 0
     lora_rank: int = 32
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -207,7 +210,10 @@ class Recipe:
         from ..tokenizer.schedules import scale_schedule, vae_downsample
 
         preset = get_preset(self.model.preset)  # unknown presets and resolutions: before anything is built
-        scale_schedule(self.model.resolution, vae_downsample(preset.vae["ch_mult"]))
+        schedule = scale_schedule(self.model.resolution, vae_downsample(preset.vae["ch_mult"]))
+        if not 0 <= self.student.keep_lq_scales < len(schedule):
+            raise ConfigError(f"student.keep_lq_scales must be in [0, {len(schedule) - 1}] (the {self.model.resolution} px "
+                              f"schedule has {len(schedule)} scales); got {self.student.keep_lq_scales}")
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self

@@ -354,11 +354,13 @@ class VARestorerPipeline:
         return self.text_encoder(list(prompts), device=self.device)
 
     @torch.no_grad()
-    def student_logits(self, x: Tensor, prompts: Sequence[str]) -> Tensor:
-        """Bit logits ``(N, L, d, 2)`` of the one-step pass on ``x`` (N, 3, R, R) in [0, 1]."""
+    def student_logits(self, x: Tensor, prompts: Sequence[str], lq_tokens=None) -> Tensor:
+        """Bit logits ``(N, L, d, 2)`` of the one-step pass on ``x`` (N, 3, R, R) in [0, 1]
+        (``lq_tokens``: :meth:`lq_tokens` of ``x`` when they are already computed)."""
         with self._autocast():
+            lq_tokens = self.lq_tokens(x) if lq_tokens is None else lq_tokens
             # exports written before `lq_input` existed were trained on the shifted form
-            lq = self.lq_tokens(x).lq_input_sequence(self.config.get("lq_input", "shifted"))
+            lq = lq_tokens.lq_input_sequence(self.config.get("lq_input", "shifted"))
             return self.transformer(self.text(prompts), lq, self.schedule,
                                     attention=self.attention).float()
 
@@ -370,15 +372,23 @@ class VARestorerPipeline:
         return self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule)
 
     @torch.no_grad()
-    def decode_logits(self, logits: Tensor) -> Tensor:
-        """The most likely bits of every scale -> images (N, 3, R, R) in [0, 1]."""
+    def decode_logits(self, logits: Tensor, lq_tokens=None) -> Tensor:
+        """The most likely bits of every scale -> images (N, 3, R, R) in [0, 1]; the first
+        ``keep_lq_scales`` scales are ``lq_tokens``' own when the student was trained so."""
         from ..tokenizer import MultiScaleBSQ
 
         bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
+        keep = self.config.get("keep_lq_scales", 0)
+        if keep:
+            if lq_tokens is None:
+                raise ValueError(f"this student keeps the LQ tokens' first {keep} scale(s): pass lq_tokens")
+            bits = lq_tokens.keep_scales(bits, keep)
         return (self.vae.decode_bits(bits).float() + 1) / 2
 
+    @torch.no_grad()
     def restore_onestep(self, x: Tensor, prompts: Sequence[str]) -> Tensor:
-        return self.decode_logits(self.student_logits(x, prompts))
+        lq_tokens = self.lq_tokens(x)
+        return self.decode_logits(self.student_logits(x, prompts, lq_tokens), lq_tokens)
 
     @torch.no_grad()
     def sample_base(self, x: Tensor, prompts: Sequence[str], *, num_given: int, seed: int = 0,

@@ -108,6 +108,16 @@ class MultiScaleTokens:
         ``(B, h_K * w_K, d)``: VARSR's prefix tokens (the image as the condition of every scale)."""
         return self.quantized.flatten(2).transpose(1, 2)
 
+    def keep_scales(self, bits: list[Tensor], n: int) -> list[Tensor]:
+        """``bits`` (per scale ``(B, h_k, w_k, d)``, hard or probabilities) with the first ``n``
+        scales replaced by these tokens' own bits (the student's ``keep_lq_scales``). They come
+        are exactly the hard bits, and pass the codes' straight-through gradient on to the encoder."""
+        own = []
+        for b, c in zip(self.bits[:n], self.codes[:n]):
+            soft = (c.permute(0, 2, 3, 1) * math.sqrt(c.shape[1]) + 1) / 2
+            own.append(b.to(soft.dtype) + (soft - soft.detach()))
+        return own + list(bits[n:])
+
     def code_sequence(self) -> Tensor:
         """Every scale's own codes in token order: ``(B, L, d)``."""
         return torch.cat([c.flatten(2).transpose(1, 2) for c in self.codes], dim=1)
