@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from varestorer.distill.checkpointing import check_checkpoint, list_checkpoints
-from varestorer.distill.module import TRAINABLE_FILE
+from varestorer.checkpoints import list_checkpoints
+from varestorer.distill.checkpointing import TRAINABLE_FILE, check_checkpoint
 from varestorer.distill.recipe import load_recipe
 from varestorer.errors import CheckpointError, ConfigError, TrainingStopped
 

@@ -8,7 +8,7 @@ import torch
 
 from varestorer.data.samples import SampleImages
 from varestorer.data.seeds import sample_seeds, split_key
-from varestorer.distill.data import EpochShuffleSampler
+from varestorer.distill.dataloader import EpochShuffleSampler
 
 TESTS = Path(__file__).resolve().parent
 
