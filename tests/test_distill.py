@@ -478,6 +478,7 @@ def test_checkpoints_total_limit_prunes_old_checkpoints(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, cpu_processes):
     """DDP over gloo with 2 CPU processes x batch 2 == 1 process x batch 4: the same losses at every
     step (1e-5), the same weights (1e-4: the conv biases right before the tiny VAE's one-channel

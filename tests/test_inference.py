@@ -132,8 +132,8 @@ def test_peft_loads_the_exported_adapter_on_the_base(trained):
 def test_an_adapter_written_by_peft_itself_loads_in_place_with_the_same_output(trained, tmp_path):
     from peft import get_peft_model
 
-    from varestorer.transformer.lora import is_adapted, load_adapter, lora_config
     from varestorer.transformer.loading import load_transformer
+    from varestorer.transformer.lora import is_adapted, load_adapter, lora_config
 
     model, export = trained
     torch.manual_seed(3)
