@@ -35,3 +35,13 @@ def cpu_processes(tmp_path):
         return res
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests skip where no CUDA device is (``-m 'not slow'`` deselects the long multi-process ones)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -7,7 +7,7 @@ import sys
 
 from accelerate import Accelerator
 
-from varestorer.distill.data import build_dataloader
+from varestorer.distill.dataloader import build_dataloader
 from varestorer.distill.recipe import load_recipe
 from varestorer.distill.trainer import per_device_batch
 

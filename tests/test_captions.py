@@ -20,8 +20,15 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "o
 def tiny_blip(tmp_path_factory):
     """A BLIP checkpoint folder (model + processor + tokenizer) with random weights."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor, BlipTextConfig, BlipVisionConfig)
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+    )
 
     out = tmp_path_factory.mktemp("tiny-blip")
     vocab = {w: i for i, w in enumerate(WORDS)}

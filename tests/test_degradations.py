@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from varestorer.data.samples import sample_image
-from varestorer.degradations import DegradationPipeline, load_preset, preset_names
-from varestorer.degradations import ops
+from varestorer.degradations import DegradationPipeline, load_preset, ops, preset_names
 from varestorer.errors import ConfigError
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]

@@ -1,17 +1,17 @@
 """The distillation step and trainer on the tiny preset (CPU)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from varestorer.distill.data import collate
+from varestorer.distill.checkpointing import TRAINABLE_FILE
+from varestorer.distill.dataloader import collate
 from varestorer.distill.model import VARestorerModel
-from varestorer.distill.module import TRAINABLE_FILE
 from varestorer.distill.recipe import load_recipe
+from varestorer.transformer.lora import adapters_disabled, is_adapted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,8 +97,8 @@ def test_zero_lora_and_untouched_encoder_reproduce_the_base_full_attention_pass(
         x_hq, x_lq, seeds = model.degrade(batch)
         text = model._text(batch["caption"], seeds)
         student = model.student_logits(text, model.lq_tokens(x_lq))
-        base = model.base_transformer()
-        with model.transformer.disable_adapter():
+        base = model.transformer
+        with adapters_disabled(model.transformer):
             reference = base(text, model.vae.tokenize(x_lq, model.schedule).pyramid_sequence(),
                              model.schedule, attention="full")
     assert torch.equal(student, reference)
@@ -138,7 +138,7 @@ def _randomize_lora(model, seed=1):
     """Random LoRA weights and a head of full size (the random base starts at p = 1/2 for every bit)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        model.base_transformer().head.weight.mul_(50)
+        model.transformer.head.weight.mul_(50)
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
@@ -152,7 +152,7 @@ class Calls:
         from peft.tuners.lora import LoraLayer
 
         self.lora = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        targets = [model.base_transformer()] + ([model.teacher] if model.teacher is not None else [])
+        targets = [model.transformer] + ([model.teacher] if model.teacher is not None else [])
         for t in targets:
             t.register_forward_pre_hook(self.hook, with_kwargs=True)
 
@@ -180,8 +180,8 @@ def test_the_total_loss_is_0_1_kl_plus_0_25_lpips_plus_0_5_mse_computed_independ
     teacher_call, student_call = calls.of("teacher"), calls.of("student")
     text = model._text(batch["caption"], model.degrade(batch)[2])
     with torch.no_grad():
-        with model.transformer.disable_adapter():
-            t = model.base_transformer()(text, teacher_call["inputs"], model.schedule, attention="causal")
+        with adapters_disabled(model.transformer):
+            t = model.transformer(text, teacher_call["inputs"], model.schedule, attention="causal")
         s = model.transformer(text, student_call["inputs"], model.schedule, attention="full")
     p_t, p_s = t.double().softmax(-1)[..., 1], s.double().softmax(-1)[..., 1]
     kl = (_bernoulli_kl(p_t, p_s).mean(-1) * _scale_weights_by_hand(model.schedule)).sum(-1).mean()
@@ -256,8 +256,8 @@ def test_kv_cached_sampling_with_the_hq_bits_given_reproduces_the_teacher_forced
     text = model._text(batch["caption"], seeds)
     tokens = model.vae.tokenize(x_hq, model.schedule)
     teacher = model.teacher_logits(text, tokens)
-    with model.transformer.disable_adapter():
-        out = sample(model.base_transformer(), text, model.schedule, cfg=1, tau=1, top_k=0, top_p=0,
+    with adapters_disabled(model.transformer):
+        out = sample(model.transformer, text, model.schedule, cfg=1, tau=1, top_k=0, top_p=0,
                      given_bits=tokens.bits, return_logits=True)
     torch.testing.assert_close(torch.cat(out.logits, dim=1), teacher, rtol=1e-4, atol=1e-4)
 
@@ -344,9 +344,9 @@ def test_varsr_mode_trains_next_scale_prediction_of_hq_tokens_with_the_lq_prefix
     assert "mode=varsr" in overrides and "student.attention=causal" in overrides
     torch.manual_seed(0)
     m = VARestorerModel.from_recipe(tiny_recipe(tmp_path, *overrides, "loss.text_dropout=0"))
-    assert m.lq_encoder is not None and m.lpips is None and hasattr(m.transformer, "peft_config")
+    assert m.lq_encoder is not None and m.lpips is None and is_adapted(m.transformer)
     prefixes = []
-    m.base_transformer().register_forward_pre_hook(lambda mod, a, kw: prefixes.append(kw.get("prefix")), with_kwargs=True)
+    m.transformer.register_forward_pre_hook(lambda mod, a, kw: prefixes.append(kw.get("prefix")), with_kwargs=True)
     calls = Calls(m)
     batch = fixed_batch()
     out = m(batch)
@@ -362,7 +362,7 @@ def test_varsr_mode_trains_next_scale_prediction_of_hq_tokens_with_the_lq_prefix
         logits = m.transformer(m._text(batch["caption"], seeds), hq.teacher_input_sequence(), m.schedule,
                                attention="causal", prefix=lq.prefix_sequence())
     torch.testing.assert_close(out["cross_entropy"], bitwise_cross_entropy(logits, hq.bit_labels(), m.schedule))
-    grads = torch.autograd.grad(out["loss"], [p for p in m.lq_encoder.parameters()][:1])
+    grads = torch.autograd.grad(out["loss"], list(m.lq_encoder.parameters())[:1])
     assert grads[0].abs().sum() > 0  # the prefix trains the encoder
     losses = train_steps(m, batch, steps=10, lr=3e-2, key="cross_entropy")
     assert losses[-1] < losses[0] - 2e-3, losses  # LoRA from zero on a random base: a slow but steady fall
@@ -468,7 +468,7 @@ def test_resume_continues_the_exact_trajectory(tmp_path):
 
 
 def test_checkpoints_total_limit_prunes_old_checkpoints(tmp_path):
-    from varestorer.distill.checkpointing import list_checkpoints
+    from varestorer.checkpoints import list_checkpoints
     from varestorer.distill.trainer import train
 
     _reset_accelerate()
@@ -478,6 +478,7 @@ def test_checkpoints_total_limit_prunes_old_checkpoints(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, cpu_processes):
     """DDP over gloo with 2 CPU processes x batch 2 == 1 process x batch 4: the same losses at every
     step (1e-5), the same weights (1e-4: the conv biases right before the tiny VAE's one-channel
@@ -499,9 +500,8 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, cpu_
 
 
 def test_processes_that_accelerate_did_not_join_are_refused(tmp_path, monkeypatch):
-    from varestorer.errors import ConfigError
-
     from varestorer.distill.trainer import train
+    from varestorer.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun without ACCELERATE_USE_CPU on a CPU machine
     _reset_accelerate()
@@ -528,14 +528,14 @@ def test_the_memory_estimate_adds_up_weights_state_and_saved_activations(capsys)
 
     from varestorer.cli import main
     from varestorer.distill.memory import estimate_train_memory
-    from varestorer.presets import get_preset
+    from varestorer.transformer.loading import build_transformer
 
     full = estimate_train_memory("tiny", 64, 2, gradient_checkpointing=False)
     ckpt = estimate_train_memory("tiny", 64, 2, gradient_checkpointing=True)
     assert full["trainable_params"] == ckpt["trainable_params"] > 0
     assert full["training_state_gib"] == 16 * full["trainable_params"] / 2**30
     f = full["frozen_params"]
-    assert f["transformer"] == sum(p.numel() for p in get_preset("tiny").build_transformer().parameters())  # LoRA apart
+    assert f["transformer"] == sum(p.numel() for p in build_transformer("tiny").parameters())  # LoRA apart
     assert full["weights_gib"] == (4 * (f["transformer"] + f["vae"] + f["lpips"]) + 2 * f["text_encoder"]) / 2**30
     a, b = full["activations_by_part_gib"], ckpt["activations_by_part_gib"]
     assert all(v > 0 for k, v in a.items() if k != "other")

@@ -97,7 +97,7 @@ def test_metrics_that_cannot_run_say_why_and_niqe_runs_offline(monkeypatch):
     assert small["niqe"] is None and "192x192" in problems["niqe"] and small["psnr"] == math.inf
     with pytest.raises(ConfigError, match="unknown metrics"):
         build_metrics(["psnr", "fidelity"])
-    assert [m for m in METRICS][:3] == ["psnr", "ssim", "lpips"]
+    assert list(METRICS)[:3] == ["psnr", "ssim", "lpips"]
 
 
 def test_images_pair_by_name_whatever_the_dataset_tags(tmp_path):

@@ -8,12 +8,20 @@ import torch
 from torch import nn
 
 from varestorer.cli import main
-from varestorer.presets import get_preset
 from varestorer.tokenizer.schedules import scale_schedule
 from varestorer.transformer.flops import (
-    CATEGORIES, analytic_flops, count, count_multistep, count_pass, flops_report, linear_flops,
-    meta_text, multistep_segments, one_pass_segments,
+    CATEGORIES,
+    analytic_flops,
+    count,
+    count_multistep,
+    count_pass,
+    flops_report,
+    linear_flops,
+    meta_text,
+    multistep_segments,
+    one_pass_segments,
 )
+from varestorer.transformer.loading import build_transformer
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]  # the tiny preset at 64 px
 SIZES = [h * w for h, w in SCHEDULE]
@@ -24,7 +32,7 @@ VISIBLE = sum(n * sum(SIZES[:k + 1]) for k, n in enumerate(SIZES))  # causal (qu
 @pytest.fixture(scope="module")
 def tiny():
     with torch.device("meta"):
-        return get_preset("tiny").build_transformer()
+        return build_transformer("tiny")
 
 
 def test_the_counter_gives_2_in_out_tokens_for_one_linear_layer():

@@ -19,7 +19,7 @@ from varestorer.inference.tiling import restore_tiled
 
 def _batch(n=2, size=64):
     from varestorer.data.samples import SampleImages
-    from varestorer.distill.data import collate
+    from varestorer.distill.dataloader import collate
 
     data = SampleImages(size, random_crop=False)
     return collate([data[i] for i in range(n)])
@@ -120,13 +120,37 @@ def test_peft_loads_the_exported_adapter_on_the_base(trained):
     assert not list(export.glob("*.bin")) and not list(export.glob("*.pt*"))  # no pickles
     base = load_transformer("tiny", export / "base_transformer.safetensors")
     peft_model = PeftModel.from_pretrained(base, str(export))
-    trained_lora = {k: v for k, v in model.transformer.state_dict().items() if "lora_" in k}
+    trained_lora = {"base_model.model." + k: v for k, v in model.transformer.state_dict().items() if "lora_" in k}
     loaded = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
     assert trained_lora.keys() == loaded.keys() and trained_lora
     assert all(torch.equal(trained_lora[k], loaded[k]) for k in trained_lora)
     config = json.loads((export / CONFIG_FILE).read_text())
     assert config["base_preset"] == "tiny" and config["resolution"] == 64 and config["scale_schedule"] == [[1, 1], [2, 2], [4, 4], [6, 6], [8, 8]]
     assert config["recipe"]["name"] == "tiny" and config["attention"] == "full"
+
+
+def test_an_adapter_written_by_peft_itself_loads_in_place_with_the_same_output(trained, tmp_path):
+    from peft import get_peft_model
+
+    from varestorer.transformer.loading import load_transformer
+    from varestorer.transformer.lora import is_adapted, load_adapter, lora_config
+
+    model, export = trained
+    torch.manual_seed(3)
+    wrapped = get_peft_model(load_transformer("tiny", export / "base_transformer.safetensors"),
+                             lora_config(rank=4, init=False))  # lora_B random: the adapter changes the output
+    wrapped.save_pretrained(str(tmp_path / "peft"))
+    inner = load_transformer("tiny", export / "base_transformer.safetensors")
+    assert load_adapter(inner, tmp_path / "peft") is inner and is_adapted(inner)
+    with torch.no_grad():
+        text = model.text_encoder(["a red door"], device="cpu")
+        inputs = model.lq_tokens(torch.rand(1, 3, 64, 64) * 2 - 1).lq_input_sequence("pyramid")
+        assert torch.equal(inner(text, inputs, model.schedule, attention="full"),
+                           wrapped(text, inputs, model.schedule, attention="full"))
+    (tmp_path / "peft" / "adapter_config.json").write_text(
+        (tmp_path / "peft" / "adapter_config.json").read_text().replace('"r": 4', '"r": 8'))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the pipeline turns it into a CheckpointError
+        load_adapter(load_transformer("tiny", export / "base_transformer.safetensors"), tmp_path / "peft")
 
 
 def test_save_pretrained_round_trip(trained, tmp_path):
@@ -229,7 +253,7 @@ def test_a_half_precision_pipeline_holds_its_weights_in_that_precision(trained, 
     _, export = trained
     full, half = VARestorerPipeline.from_pretrained(export), VARestorerPipeline.from_pretrained(export)
     half.to("cpu", torch.bfloat16)
-    blocks = {id(p) for n, p in half.transformer.named_parameters() if ".block_chunks." in n and "_norm." not in n}
+    blocks = {id(p) for n, p in half.transformer.named_parameters() if n.startswith("block_chunks.") and "_norm." not in n}
     assert {p.dtype for p in half.text_encoder.parameters()} == {torch.bfloat16}
     for n, p in [*half.transformer.named_parameters(), *half.vae.named_parameters(), *half.encoder.named_parameters()]:
         assert p.dtype == (torch.bfloat16 if id(p) in blocks else torch.float32), n

@@ -199,7 +199,7 @@ def test_prepared_dataset_captions_loader_and_streaming(tmp_path):
     from torch.utils.data import DataLoader
 
     from varestorer.data.dataset import PreparedDataset, iter_prepared
-    from varestorer.distill.data import collate
+    from varestorer.distill.dataloader import collate
 
     src = tmp_path / "src"
     cap, captions = make_photo_folder(src, n=4)

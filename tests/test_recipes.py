@@ -31,6 +31,44 @@ def test_paper_setting():
     assert load_recipe("teacher-512").mode == "teacher"
 
 
+def _flat(recipe) -> dict:
+    return {f"{s}.{k}" if isinstance(v, dict) else s: x for s, v in recipe.to_dict().items()
+            for k, x in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("ablation-no-kl", {"loss.kl"}),
+    ("ablation-no-cross-attention", {"student.attention"}),
+    ("ablation-full-finetune", {"student.full_finetune"}),
+    ("ablation-retrain-without-captions", {"data.use_captions"}),
+    ("ablation-no-distill", {"mode", "student.attention", "optim.lr"}),
+    ("varestorer-2b-1024", {"model.transformer", "model.resolution", "data.dataset"}),
+])
+def test_an_ablation_is_its_base_recipe_with_only_its_own_lines_changed(name, changed):
+    base, ablation = _flat(load_recipe("varestorer-2b-512")), _flat(load_recipe(name))
+    differ = {k for k in base if base[k] != ablation[k]}
+    assert differ == changed | {"name", "train.output_dir"}
+
+
+def test_a_recipe_inherits_from_a_base_beside_it_and_bad_bases_are_errors(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: tiny\noptim:\n  lr: 3.0e-4\n")
+    (tmp_path / "child.yaml").write_text("base: mine\ntrain:\n  max_steps: 3\n")
+    r = load_recipe(str(tmp_path / "child.yaml"), ["train.log_steps=2"])
+    tiny = load_recipe("tiny")
+    assert (r.name, r.optim.lr, r.train.max_steps, r.train.log_steps) == ("child", 3e-4, 3, 2)
+    assert r.model == tiny.model and r.student == tiny.student  # the rest is tiny's, two levels down
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"recipe bases loop: a.yaml -> b.yaml -> a.yaml"):
+        load_recipe(str(tmp_path / "a.yaml"))
+    (tmp_path / "orphan.yaml").write_text("base: nowhere\n")
+    with pytest.raises(ConfigError, match=r"no recipe 'nowhere': pass a file path or one of"):
+        load_recipe(str(tmp_path / "orphan.yaml"))
+    (tmp_path / "typo.yaml").write_text("base: tiny\ntrain:\n  max_step: 3\n")
+    with pytest.raises(ConfigError, match=r"did you mean train.max_steps"):
+        load_recipe(str(tmp_path / "typo.yaml"))
+
+
 def test_overrides_are_parsed_as_yaml():
     r = load_recipe("tiny", ["optim.lr=1e-4", "train.max_steps=7", "student.lora_targets=[sa.proj]",
                              "train.resume_from_checkpoint=latest"])

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from varestorer.distill.checkpointing import check_checkpoint, list_checkpoints
-from varestorer.distill.module import TRAINABLE_FILE
+from varestorer.checkpoints import list_checkpoints
+from varestorer.distill.checkpointing import TRAINABLE_FILE, check_checkpoint
 from varestorer.distill.recipe import load_recipe
 from varestorer.errors import CheckpointError, ConfigError, TrainingStopped
 
@@ -71,6 +71,7 @@ def reference(tmp_path_factory) -> dict:
     return final_weights(out)
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_and_between_checkpoint_writes_resumes_to_the_same_weights(tmp_path, reference):
     out = tmp_path / "run"
     # 1. SIGKILL while checkpoint-4 is being written: only its .partial folder exists
@@ -116,6 +117,7 @@ def test_resuming_from_a_named_damaged_checkpoint_says_what_is_wrong(tmp_path):
         train_here(out, "train.max_steps=4", "train.resume_from_checkpoint=checkpoint-2")
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_with_how_to_resume(tmp_path, reference):
     out = tmp_path / "run"
     proc = start_probe(out, "train.max_steps=6", slow_at=2)
@@ -223,6 +225,7 @@ def test_errors_print_one_paragraph_and_exit_2_and_debug_shows_the_traceback(tmp
         main(["--debug", *bad])
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_two_process_run_stops_every_process_at_the_same_step(tmp_path):
     """torchrun forwards SIGTERM to its workers; they agree (all-reduce) to stop after the same
     step and write one complete checkpoint with both processes' random states."""

@@ -4,11 +4,12 @@ N processes, new every epoch, never shared between two samples (varestorer/data/
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from varestorer.data.samples import SampleImages
 from varestorer.data.seeds import sample_seeds, split_key
-from varestorer.distill.data import EpochShuffleSampler
+from varestorer.distill.dataloader import EpochShuffleSampler
 
 TESTS = Path(__file__).resolve().parent
 
@@ -41,6 +42,7 @@ def test_a_sample_gets_a_new_crop_and_degradation_seed_every_epoch():
     assert torch.equal(data[(1, 5)]["pixel_values"], b["pixel_values"]) and data[5]["seed"] == a["seed"]
 
 
+@pytest.mark.slow
 def test_two_processes_see_the_samples_of_one_process_new_every_epoch(tmp_path, cpu_processes):
     """Two processes over gloo (accelerate shards the loader), two epochs, against one process."""
     def probe(processes: int) -> list[dict]:

@@ -39,9 +39,12 @@ def test_photo_crops_are_a_function_of_seed_epoch_and_index():
 
 
 def test_the_small_preset_has_the_sizes_its_card_states():
+    from varestorer.tokenizer.loading import build_vae
+    from varestorer.transformer.loading import build_transformer
+
     p = PRESETS["small"]
     with torch.device("meta"):
-        vae, transformer = p.build_vae(), p.build_transformer()
+        vae, transformer = build_vae(p), build_transformer(p)
     assert sum(t.numel() for t in vae.parameters()) == 2_919_747
     assert sum(t.numel() for t in transformer.parameters()) == 7_229_784
     assert vae.schedule(128)[-1] == (16, 16) and vae.codebook_dim == 32

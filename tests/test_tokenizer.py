@@ -13,9 +13,8 @@ from skimage import data as skdata
 from varestorer.checkpoints import resolve_file
 from varestorer.cli import main
 from varestorer.errors import CheckpointError, ConfigError
-from varestorer.presets import get_preset
 from varestorer.tokenizer import BSQVAE, MultiScaleBSQ, num_tokens, scale_schedule
-from varestorer.tokenizer.loading import load_vae
+from varestorer.tokenizer.loading import build_vae, load_vae
 
 
 def photos(size=64):
@@ -31,7 +30,7 @@ def photos(size=64):
 @pytest.fixture(scope="module")
 def tiny_vae():
     torch.manual_seed(0)
-    return get_preset("tiny").build_vae().eval()
+    return build_vae("tiny").eval()
 
 
 def multiscale_latent(batch, dim, side, seed=0):
@@ -273,7 +272,7 @@ def test_missing_hub_file_says_how_to_get_it(monkeypatch, tmp_path):
 
 def test_infinity_2b_vae_on_meta_has_the_exact_counts():
     with torch.device("meta"):
-        vae = get_preset("infinity-2b").build_vae()
+        vae = build_vae("infinity-2b")
     assert sum(p.numel() for p in vae.parameters()) == 110_118_051
     assert sum(p.numel() for p in vae.encoder.parameters()) == 45_025_696
     assert vae.downsample == 16 and vae.codebook_dim == 32

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 
 from varestorer.cli import main
 from varestorer.errors import CheckpointError
-from varestorer.presets import get_preset
 from varestorer.tokenizer import MultiScaleBSQ
 from varestorer.transformer import InfinityTransformer, TextEncoder, TextFeatures
-from varestorer.transformer.loading import load_transformer
-from varestorer.transformer.lora import apply_lora
+from varestorer.transformer.loading import build_transformer, load_transformer
+from varestorer.transformer.lora import adapters_disabled, apply_lora
 from varestorer.transformer.sampling import filter_logits, sample
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]  # the tiny preset at 64 px
@@ -27,7 +26,7 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return get_preset("tiny").build_transformer().eval()
+    return build_transformer("tiny").eval()
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +146,7 @@ def test_text_dropout_replaces_captions_by_cfg_uncond(model, text):
 
 def test_gradient_checkpointing_per_block_gives_the_same_gradients(text):
     torch.manual_seed(1)
-    m = get_preset("tiny").build_transformer()
+    m = build_transformer("tiny")
     inputs = tokens().teacher_input_sequence()
 
     def grads():
@@ -157,13 +156,29 @@ def test_gradient_checkpointing_per_block_gives_the_same_gradients(text):
         return out.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
     out, g = grads()
-    m.enable_gradient_checkpointing(blocks=[1])
+    m.set_gradient_checkpointing(True, blocks=[1])
     assert [b.gradient_checkpointing for b in m.blocks] == [False, True]
     out2, g2 = grads()
     torch.testing.assert_close(out2, out, atol=0, rtol=0)
     assert g.keys() == g2.keys()
     for n in g:
         torch.testing.assert_close(g2[n], g[n], atol=1e-6, rtol=1e-5)
+    # diffusers' ModelMixin interface: every block, with the checkpoint function it is given
+    calls = []
+
+    def counting(block, *args):
+        calls.append(block)
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+
+    m.enable_gradient_checkpointing(gradient_checkpointing_func=counting)
+    assert [b.gradient_checkpointing for b in m.blocks] == [True, True]
+    out3, g3 = grads()
+    assert calls == list(m.blocks)
+    torch.testing.assert_close(out3, out, atol=0, rtol=0)
+    for n in g:
+        torch.testing.assert_close(g3[n], g[n], atol=1e-6, rtol=1e-5)
+    m.disable_gradient_checkpointing()
+    assert not any(b.gradient_checkpointing for b in m.blocks)
     m.disable_gradient_checkpointing()
     assert not any(b.gradient_checkpointing for b in m.blocks)
 
@@ -181,11 +196,12 @@ def test_bfloat16_autocast_keeps_float32_logits_close(model, text):
 # ---------------------------------------------------------------------- LoRA
 def test_zero_lora_gives_identical_logits_and_disabling_adapters_gives_the_base(text):
     torch.manual_seed(2)
-    base = get_preset("tiny").build_transformer().eval()
+    base = build_transformer("tiny").eval()
     inputs = tokens().teacher_input_sequence()
     with torch.no_grad():
         ref = base(text, inputs, SCHEDULE, attention="full")
     peft = apply_lora(base, rank=4)
+    assert peft is base  # the adapters are inside the model (PeftAdapterMixin), not a wrapper around it
     trainable = {n for n, p in peft.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("text_proj_for_sos" in n for n in trainable)  # its ca.* is not a block's
@@ -196,8 +212,9 @@ def test_zero_lora_gives_identical_logits_and_disabling_adapters_gives_the_base(
             if "lora_B" in name:
                 p.normal_()
         moved = peft(text, inputs, SCHEDULE, attention="full")
-        with peft.disable_adapter():
+        with adapters_disabled(peft):
             assert torch.equal(peft(text, inputs, SCHEDULE, attention="full"), ref)
+        assert torch.equal(peft(text, inputs, SCHEDULE, attention="full"), moved)  # on again after the block
     assert not torch.allclose(moved, ref, atol=1e-4)
 
 
@@ -205,7 +222,7 @@ def test_infinity_2b_on_meta_has_the_exact_counts(capsys):
     from varestorer.transformer.lora import lora_trainable_params
 
     with torch.device("meta"):
-        model = get_preset("infinity-2b").build_transformer()
+        model = build_transformer("infinity-2b")
     assert sum(p.numel() for p in model.parameters()) == 2_204_564_032
     assert lora_trainable_params(model) == 27_262_976
     assert main(["info", "--preset", "infinity-2b", "--json"]) == 0
@@ -216,7 +233,7 @@ def test_infinity_2b_on_meta_has_the_exact_counts(capsys):
 
 def test_infinity_2b_key_layout_is_the_official_one():
     with torch.device("meta"):
-        sd = get_preset("infinity-2b").build_transformer().state_dict()
+        sd = build_transformer("infinity-2b").state_dict()
     top = {k for k in sd if not k.startswith("block_chunks.")}
     assert top == {
         "cfg_uncond", "pos_start", "text_norm.weight", "lvl_embed.weight", "word_embed.weight", "word_embed.bias",

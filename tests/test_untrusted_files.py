@@ -59,13 +59,13 @@ def run(tmp_path_factory):
 def test_no_loader_unpickles_a_crafted_checkpoint(tmp_path, suffix):
     from varestorer.inference.pipeline import load_encoder
     from varestorer.presets import get_preset
-    from varestorer.tokenizer.loading import load_vae
+    from varestorer.tokenizer.loading import build_vae, load_vae
     from varestorer.transformer.loading import load_transformer
 
     marker = tmp_path / "pwned"
     path = crafted(tmp_path / f"evil{suffix}", marker)
     tiny = get_preset("tiny")
-    vae = tiny.build_vae()
+    vae = build_vae(tiny)
     for load in (lambda: load_vae(tiny, path), lambda: load_transformer(tiny, path),
                  lambda: load_encoder(vae.encoder, path)):
         with pytest.raises(VARestorerError, match="cannot read checkpoint"):

@@ -1,4 +1,5 @@
-"""Finding, reading and strictly loading checkpoints (local path or the Hugging Face Hub).
+"""Finding, reading and strictly loading checkpoints (local path or the Hugging Face Hub), and
+finding a run's ``checkpoint-STEP`` folders.
 
 Never unpickles code: ``.pth``/``.pt``/``.bin`` files are read with
 ``torch.load(weights_only=True)``, everything else as safetensors. A checkpoint that does
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +21,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    m = _CKPT.match(Path(path).name)
+    if m is None:
+        raise ConfigError(f"{path} is not a checkpoint-STEP folder")
+    return int(m.group(1))
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-STEP`` folders of a run, oldest first (complete ones: partial writes have
+    another name)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _LIST_LIMIT = 12

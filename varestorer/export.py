@@ -15,7 +15,13 @@
                                                      (tiny preset, demo): they exist nowhere else
 
 Training writes this form into every ``checkpoint-STEP/export`` and into ``OUTPUT_DIR/final``;
-:func:`find_export` finds it from a run folder, a checkpoint or the export folder itself.
+:func:`find_export` finds it from a run folder, a checkpoint or the export folder itself. A
+``tokenizer``-mode run writes ``vae.safetensors`` and ``tokenizer_config.json`` instead
+(:func:`write_tokenizer_export`).
+
+The format is the library's: :func:`write_export` takes the trained parts (transformer, encoder,
+config), not a training module, and this module imports nothing of the trainer; the trainer's
+checkpoint hooks (``distill/checkpointing.py``) call it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .checkpoints import list_checkpoints
 from .errors import ConfigError
 
 CONFIG_FILE = "varestorer_config.json"
@@ -34,6 +41,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 BASE_TRANSFORMER_FILE = "base_transformer.safetensors"
 BASE_VAE_FILE = "base_vae.safetensors"
 FORMAT_VERSION = 1
+TOKENIZER_VAE_FILE = "vae.safetensors"  # a tokenizer-mode run's export (write_tokenizer_export)
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 def save_weights(state: dict, path: str | Path) -> None:
@@ -43,8 +52,10 @@ def save_weights(state: dict, path: str | Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
 
 
-def export_config(model) -> dict:
-    recipe, preset = model.recipe, model.recipe.model
+def export_config(recipe, schedule, *, has_adapter: bool, has_encoder: bool) -> dict:
+    """``varestorer_config.json``: what the trained parts apply to (the base, its resolution and
+    scale schedule), how the student reads its input, and the whole recipe."""
+    preset = recipe.model
     return {
         "format": "varestorer",
         "format_version": FORMAT_VERSION,
@@ -55,37 +66,58 @@ def export_config(model) -> dict:
         "text_encoder": preset.text_encoder,
         "random_init_base": preset.random_init,
         "resolution": preset.resolution,
-        "scale_schedule": [list(s) for s in model.schedule],
+        "scale_schedule": [list(s) for s in schedule],
         "upscale": recipe.degradation.scale,
         "attention": recipe.student.attention,
         "lq_input": recipe.student.lq_input,
         "keep_lq_scales": recipe.student.keep_lq_scales,
         "use_captions": recipe.data.use_captions,
-        "has_adapter": hasattr(model.transformer, "peft_config"),
-        "has_encoder": model.lq_encoder is not None,
+        "has_adapter": has_adapter,
+        "has_encoder": has_encoder,
         "recipe": recipe.to_dict(),
     }
 
 
-def write_export(model, out: Path) -> Path:
-    """Write ``model`` (a :class:`~varestorer.distill.model.VARestorerModel`) to ``out``."""
-    from .transformer.lora import base_state_dict
+def write_export(out: str | Path, *, transformer, config: dict, encoder=None, base_vae=None) -> Path:
+    """Write the export form into ``out`` from its parts.
+
+    Args:
+        transformer: the student's transformer: with LoRA adapters (PEFT), the adapter is written;
+            otherwise (full fine-tuning, teacher mode) all its weights, official layout.
+        config: :func:`export_config` of the run.
+        encoder: the fine-tuned LQ encoder, if the run trains one.
+        base_vae: the base's VAE when the base has random weights (the tiny preset): such a base
+            can be downloaded from nowhere, so it travels with the export (with the base transformer).
+    """
+    from .transformer.lora import base_state_dict, is_adapted, save_adapter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    transformer = model.transformer
-    if hasattr(transformer, "peft_config"):
-        transformer.save_pretrained(str(out))
+    if is_adapted(transformer):
+        save_adapter(transformer, out)
     else:
-        save_weights(model.base_transformer().state_dict(), out / TRANSFORMER_FILE)
-    if model.lq_encoder is not None:
-        save_weights({f"encoder.{k}": v for k, v in model.lq_encoder.state_dict().items()}, out / ENCODER_FILE)
-    if model.recipe.model.random_init:
-        # a random base can be downloaded from nowhere: it travels with the export
-        if hasattr(transformer, "peft_config"):
+        save_weights(transformer.state_dict(), out / TRANSFORMER_FILE)
+    if encoder is not None:
+        save_weights({f"encoder.{k}": v for k, v in encoder.state_dict().items()}, out / ENCODER_FILE)
+    if base_vae is not None:
+        if is_adapted(transformer):
             save_weights(base_state_dict(transformer), out / BASE_TRANSFORMER_FILE)
-        save_weights(model.vae.state_dict(), out / BASE_VAE_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(export_config(model), indent=2))
+        save_weights(base_vae.state_dict(), out / BASE_VAE_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return out
+
+
+def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule) -> Path:
+    """A ``tokenizer``-mode run's export form: ``vae.safetensors`` (the official key layout:
+    ``load_vae(preset, path)`` reads it) and ``tokenizer_config.json`` (preset, architecture,
+    resolution, scale schedule, the recipe)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights({k: v.clone() for k, v in vae.state_dict().items()}, out / TOKENIZER_VAE_FILE)
+    config = {"format": "varestorer-tokenizer", "format_version": 1, "base_preset": recipe.model.preset,
+              "vae": dict(vae.config), "resolution": recipe.model.resolution,
+              "scale_schedule": [list(s) for s in schedule], "recipe": recipe.to_dict()}
+    (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
     return out
 
 
@@ -108,8 +140,6 @@ def read_export_config(folder: str | Path) -> dict:
 def find_export(path: str | Path) -> Path:
     """The export folder of ``path``: an export folder, a ``checkpoint-STEP`` folder (its
     ``export/``), or a training output folder (its ``final/``, else its latest checkpoint)."""
-    from .distill.checkpointing import list_checkpoints
-
     path = Path(path).expanduser()
     if not path.exists():
         raise ConfigError(f"{path} does not exist; pass a training output folder, a checkpoint-STEP "

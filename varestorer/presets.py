@@ -5,6 +5,9 @@ flan-t5-xl); ``small`` is the same architecture pre-trained by this toolkit on a
 photos, its weights shipped inside the package (the demo's base: it really restores);
 ``tiny`` is the same code at toy widths with random weights, for the fast unit tests.
 Print one with ``varestorer info --preset NAME``.
+
+Presets are plain data: the models are built next to their code, by
+:func:`varestorer.tokenizer.loading.build_vae` and :func:`varestorer.transformer.loading.build_transformer`.
 """
 
 from __future__ import annotations
@@ -67,16 +70,6 @@ class Preset:
             raise ConfigError(f"preset {self.name!r} has no pre-trained weights: pass a checkpoint, or "
                               f"model.random_init=true in a recipe")
         return self.hub_repo
-
-    def build_vae(self):
-        from .tokenizer import BSQVAE
-
-        return BSQVAE(**self.vae)
-
-    def build_transformer(self):
-        from .transformer import InfinityTransformer
-
-        return InfinityTransformer(**self.transformer)
 
 
 PRESETS: dict[str, Preset] = {

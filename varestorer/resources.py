@@ -1,12 +1,15 @@
-"""The data folders that ship beside the package: ``recipes/``, ``degradations/``, ``model_cards/``.
+"""The data that ships with the package: ``recipes/``, ``degradations/`` (presets) and
+``model_cards/`` (templates), found with :mod:`importlib.resources` as package data.
 
-In a source checkout (``pip install -e .``) they are read from the repository root; an
-installed wheel carries them under ``<prefix>/share/varestorer/`` (``data_files`` in setup.cfg).
+In the repository they are the top-level folders (what a user of a checkout edits and passes by
+path); ``varestorer/shipped/`` links to them, so a wheel carries them inside the package and they
+are found the same way however it was installed (``pip install``, ``--user``, a virtual
+environment, ``-e .``).
 """
 
 from __future__ import annotations
 
-import sys
+from importlib.resources import files
 from pathlib import Path
 
 from .errors import ConfigError
@@ -15,12 +18,14 @@ _KINDS = ("recipes", "degradations", "model_cards")
 
 
 def resource_dir(kind: str) -> Path:
+    """The shipped folder of ``kind`` (a real folder: the package is installed unzipped)."""
     if kind not in _KINDS:
         raise ValueError(f"unknown resource kind {kind!r}; one of {_KINDS}")
-    for root in (Path(__file__).resolve().parent.parent, Path(sys.prefix) / "share" / "varestorer"):
-        if (root / kind).is_dir():
-            return root / kind
-    raise ConfigError(f"the {kind}/ folder of varestorer is not installed; reinstall the package")
+    folder = Path(str(files("varestorer").joinpath("shipped", kind)))
+    if not folder.is_dir():
+        raise ConfigError(f"the {kind}/ folder of varestorer is not installed ({folder} is missing); reinstall the "
+                          f"package (from a checkout: pip install -e .)")
+    return folder
 
 
 def find_resource(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:

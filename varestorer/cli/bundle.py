@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import bundle_base
     from ..presets import get_preset
     from ..tokenizer.loading import load_vae
-    from ..transformer.loading import load_transformer
+    from ..transformer.loading import build_transformer, load_transformer
     from ..transformer.text import TextEncoder
 
     preset = get_preset(args.preset)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     size = preset.resolution
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        initial = preset.build_transformer().eval()
+        initial = build_transformer(preset).eval()
     info = {"preset": preset.name, "resolution": size,
             **{f"tokenizer_heldout_{k}": round(v, 3) for k, v in tokenizer_quality(vae, size).items()},
             "teacher_heldout_cross_entropy": round(teacher_cross_entropy(transformer, vae, text, size), 4),

@@ -142,8 +142,7 @@ def _record(args, rows: list[dict]) -> None:
 
 
 def _read(path: Path):
-    from ..data.images import read_rgb
-    from ..inference.pipeline import to_tensor, to_uint8
+    from ..data.images import read_rgb, to_tensor, to_uint8
 
     return to_uint8(to_tensor(read_rgb(path)))
 
@@ -156,8 +155,9 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from ..data.images import to_tensor, to_uint8
     from ..evaluation.pairs import check_sizes
-    from ..inference.pipeline import resize_images, to_tensor, to_uint8
+    from ..inference.pipeline import resize_images
     from .restore import method_kwargs, prompts_for
 
     if method is None:

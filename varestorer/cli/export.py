@@ -47,12 +47,15 @@ def run(args: argparse.Namespace) -> int:
             for path in write_samples(pipe, out, args.samples):
                 print(f"  sample {path.relative_to(out)}")
         if args.merge:
-            if not hasattr(pipe.transformer, "merge_and_unload"):
+            from ..transformer.lora import base_state_dict, is_adapted
+
+            if not is_adapted(pipe.transformer):
                 print("  --merge: this model has no adapter (its transformer is already whole); nothing to merge")
             else:
                 from ..export import save_weights
 
-                save_weights(pipe.transformer.merge_and_unload().state_dict(), out / MERGED_FILE)
+                pipe.merge_lora()  # fused: the base layers hold base + LoRA
+                save_weights(base_state_dict(pipe.transformer), out / MERGED_FILE)
                 print(f"  {MERGED_FILE}: the base with the LoRA merged in")
     render_card(out, args.repo_id).save(out / CARD_FILE)
     for path in sorted(p for p in out.rglob("*") if p.is_file()):

@@ -22,10 +22,11 @@ def vae_facts(preset) -> dict:
     import torch
 
     from ..tokenizer import num_tokens, scale_schedule
+    from ..tokenizer.loading import build_vae
     from ..tokenizer.schedules import LISTED_SIDES, latent_resolutions
 
     with torch.device("meta"):
-        vae = preset.build_vae()
+        vae = build_vae(preset)
     schedules = {}
     for res in latent_resolutions(vae.downsample, LISTED_SIDES):
         sched = scale_schedule(res, vae.downsample)
@@ -46,10 +47,11 @@ def transformer_facts(preset) -> dict:
         return {}
     import torch
 
+    from ..transformer.loading import build_transformer
     from ..transformer.lora import DEFAULT_RANK, lora_trainable_params
 
     with torch.device("meta"):
-        model = preset.build_transformer()
+        model = build_transformer(preset)
     c = model.config
     return {
         "transformer_params": _count(model),

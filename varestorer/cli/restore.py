@@ -198,9 +198,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..data.images import ImageSkip, read_rgb
+    from ..data.images import ImageSkip, read_rgb, to_tensor
     from ..errors import ConfigError
-    from ..inference.pipeline import output_size, to_tensor
+    from ..inference.pipeline import output_size
 
     out = Path(args.output).expanduser()
     check_output_outside_inputs(args.inputs, out)

@@ -17,12 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .images import to_tensor
 from .seeds import sample_seeds, split_key
 
 
@@ -35,12 +35,6 @@ def open_prepared(path: str | Path):
         hint = " (the preparation has not finished a shard yet)" if (path / "prepare.json").exists() else ""
         raise ConfigError(f"{path} is not a dataset written by varestorer prepare{hint}")
     return datasets.load_from_disk(str(path))
-
-
-def to_tensor(image) -> torch.Tensor:
-    """A PIL image or (H, W, 3) uint8 array -> (3, H, W) float32 in [0, 1]."""
-    a = np.array(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
-    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
 
 
 def fit_crop(image: torch.Tensor, size: int, random_crop: bool,

@@ -3,7 +3,8 @@
 :func:`read_rgb` applies the EXIF orientation, converts every mode (CMYK, grayscale, palette,
 with or without transparency, 16-bit and float) to 8-bit sRGB RGB, and raises
 :class:`ImageSkip` with a short, countable ``reason`` for what cannot be used (empty files,
-non-images, truncated or corrupt files, decompression bombs). Nothing here writes anything.
+non-images, truncated or corrupt files, decompression bombs). :func:`to_tensor` is the one
+conversion of any image input into a float tensor. Nothing here writes anything.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ConfigError
 
 #: File name endings taken as images by the folder walk (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -149,3 +153,47 @@ def encode(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     else:
         raise ValueError(f"unknown image format {fmt!r}; png, jpeg or webp")
     return buf.getvalue()
+
+
+def to_tensor(image) -> torch.Tensor:
+    """A path, PIL image, ``(H, W[, C])`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)``
+    tensor in [0, 1] -> float32 ``(3, H, W)`` in [0, 1]: the one image conversion of the package
+    (training data, the pipeline, the commands). Grayscale, palette, RGBA (over white), CMYK and
+    16-bit images are converted as ``varestorer prepare`` converts them."""
+    if isinstance(image, (str, Path)):
+        try:
+            image = read_rgb(image)
+        except ImageSkip as exc:
+            raise ConfigError(f"cannot restore {image}: {exc}") from None
+    if isinstance(image, Image.Image):
+        image = to_rgb(image)
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.ndim != 3 or a.shape[-1] not in (3, 4):
+            raise ConfigError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got {a.shape}")
+        full = 65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else 1.0
+        a = a.astype(np.float32) / full
+        if a.shape[-1] == 4:  # straight alpha over white
+            a = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
+        image = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise ConfigError(f"cannot restore a {type(image).__name__}: pass paths, PIL images, arrays or tensors")
+    x = image.detach().float().cpu()
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ConfigError(f"an image tensor must be (3, H, W) or (1, H, W) in [0, 1]; got {tuple(image.shape)}")
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    if not torch.isfinite(x).all():
+        raise ConfigError("the image holds NaN or infinite values")
+    return x.clamp(0, 1).contiguous()
+
+
+def to_uint8(x) -> np.ndarray:
+    """``(3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8."""
+    return (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)

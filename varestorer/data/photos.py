@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .dataset import to_tensor
+from .images import to_tensor
 from .seeds import sample_seeds, split_key
 
 PHOTOS_DIR = Path(__file__).resolve().parent.parent / "assets" / "photos"

@@ -1,6 +1,6 @@
 """Every training sample's randomness, drawn in one place from ``(seed, epoch, index)``.
 
-The training sampler (:class:`varestorer.distill.data.EpochShuffleSampler`) hands the dataset keys
+The training sampler (:class:`varestorer.distill.dataloader.EpochShuffleSampler`) hands the dataset keys
 ``(epoch, index)``. The dataset draws the sample's crop from :func:`sample_seeds`' ``crop`` seed
 and puts its ``degradation`` seed in the batch (``"seed"``), from which the model draws the
 sample's Real-ESRGAN degradation, caption dropout and bit flips. No object keeps the epoch as

@@ -23,10 +23,10 @@ def bench_train(preset: str, resolution: int, batch: int, steps: int = 5, warmup
                 device: str | None = None, mode: str = "distill", gradient_checkpointing: bool = False) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .data import collate
+    from ..data.samples import SampleImages
+    from .dataloader import collate
     from .model import VARestorerModel
     from .recipe import recipe_from_dict
-    from ..data.samples import SampleImages
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = recipe_from_dict({

@@ -28,36 +28,56 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
+from ..checkpoints import latest_checkpoint, list_checkpoints
 from ..errors import CheckpointError, ConfigError
-from .module import TRAINABLE_FILE
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
+TRAINABLE_FILE = "trainable.safetensors"  # the trainable weights of a checkpoint (see register_checkpoint_hooks)
 _PARTIAL = re.compile(r"^\.(checkpoint-\d+|final)\.partial$")
 
 
-def checkpoint_step(path: str | os.PathLike) -> int:
-    m = _CKPT.match(Path(path).name)
-    if m is None:
-        raise ConfigError(f"{path} is not a checkpoint-STEP folder")
-    return int(m.group(1))
+def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
+    """What accelerate's ``save_state``/``load_state`` keep of a ``module_cls`` (a
+    :class:`~varestorer.distill.module.TrainingModule`): ``save_state`` writes only its trainable
+    weights (``trainable.safetensors``) and its export form (``export/``, the library's format),
+    never a frozen base; ``load_state`` refuses the trainable weights of another recipe."""
+    from safetensors.torch import load_file
 
+    from ..export import save_weights
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """``checkpoint-STEP`` folders of a run, oldest first (complete ones: partial writes have
-    another name)."""
-    out = Path(output_dir)
-    if not out.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CKPT.match(p.name))]
-    return [p for _, p in sorted(found)]
+    def save_hook(models, weights, output_dir):
+        for model in models:
+            core = accelerator.unwrap_model(model)
+            if isinstance(core, module_cls) and accelerator.is_main_process:
+                save_weights(core.trainable_state_dict(), Path(output_dir) / TRAINABLE_FILE)
+                core.save_export(Path(output_dir) / "export")
+        weights.clear()
 
+    def load_hook(models, input_dir):
+        while models:
+            core = accelerator.unwrap_model(models.pop())
+            state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
+            expected = core.trainable_state_dict()
+            # checkpoints written while the transformer was a PeftModel name its weights one level deeper
+            state = {k.replace(".base_model.model.", ".", 1) if k not in expected else k: v for k, v in state.items()}
+            if set(state) != set(expected):
+                raise CheckpointError(f"{input_dir} holds trainable weights of another recipe "
+                                      f"({len(state)} tensors, this recipe trains {len(expected)})")
+            wrong = [k for k, v in expected.items() if state[k].shape != v.shape]
+            if wrong:
+                raise CheckpointError(f"{input_dir} holds trainable weights of another preset or LoRA rank "
+                                      f"({wrong[0]}: {tuple(state[wrong[0]].shape)} there, "
+                                      f"{tuple(expected[wrong[0]].shape)} here); resume it with its own recipe")
+            with torch.no_grad():
+                for k, v in expected.items():
+                    v.copy_(state[k])
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
 
 
 def recipe_hash(recipe_dict: dict) -> str:
@@ -273,8 +293,6 @@ class StopSignals:
         """The stop signal any process received (0: none), the same on every process."""
         if accelerator.num_processes == 1:
             return self.received or 0
-        import torch
-
         got = torch.tensor([float(self.received is not None)], device=accelerator.device)
         if accelerator.reduce(got, "sum").item() == 0:
             return 0

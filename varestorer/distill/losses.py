@@ -16,7 +16,6 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..tokenizer.schedules import Scale
 
-
 #: Ways to weigh the tokens of the scales (``loss.scale_weighting``; see :func:`token_weights`).
 SCALE_WEIGHTINGS = ("infinity", "per_scale", "flat")
 

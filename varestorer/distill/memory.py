@@ -106,6 +106,8 @@ def estimate_train_memory(preset_name: str, resolution: int, batch: int, gradien
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..presets import get_preset
+    from ..tokenizer.loading import build_vae
+    from ..transformer.loading import build_transformer
     from .losses import build_lpips
     from .model import VARestorerModel
     from .recipe import recipe_from_dict
@@ -117,7 +119,7 @@ def estimate_train_memory(preset_name: str, resolution: int, batch: int, gradien
         "student": {"lora_rank": lora_rank, "lora_alpha": lora_rank},
         "loss": {"lpips_pretrained": False}, "train": {"global_batch_size": batch, "mixed_precision": "bf16"}})
     with torch.device("meta"):
-        vae, transformer = preset.build_vae(), preset.build_transformer()
+        vae, transformer = build_vae(preset), build_transformer(preset)
     lpips = build_lpips(recipe.loss.lpips_net, pretrained=False).to("meta")
     text = _FeaturesOnly(transformer.config.text_channels, caption_tokens)
     model = VARestorerModel(recipe, vae, transformer, text, None, lpips=lpips)

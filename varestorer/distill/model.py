@@ -1,4 +1,4 @@
-"""Teacher and student in one module: what one training step computes (DESIGN.md, "Data flow").
+"""Teacher and student in one module: what one training step computes (README, "What the step computes, exactly").
 
 ``VARestorerModel(batch)`` runs, for a batch of HQ crops with captions:
 on-device degradation -> T5 features (cached) -> HQ tokens (frozen VAE) -> frozen teacher
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..export import export_config, write_export
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
-from ..transformer.lora import base_model
+from ..transformer.lora import adapters_disabled, is_adapted
 from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl, build_lpips
 from .module import TrainingModule
 from .recipe import Recipe
@@ -100,16 +101,16 @@ class VARestorerModel(TrainingModule):
         """Build every part of ``recipe``'s model; ``device`` is where it will run (the T5 encoder
         is then loaded in its precision there: float16 on CUDA, as Infinity runs it)."""
         from ..degradations import DegradationPipeline
-        from ..tokenizer.loading import load_vae
-        from ..transformer.loading import load_transformer
+        from ..tokenizer.loading import build_vae, load_vae
+        from ..transformer.loading import build_transformer, load_transformer
         from ..transformer.text import TextEncoder
 
         m = recipe.model
         preset = get_preset(m.preset)
         check_base_checkpoint(recipe)
         # random_init: random weights for each part no checkpoint is given for (pre-training from scratch)
-        vae = preset.build_vae() if m.random_init and m.vae is None else load_vae(preset, m.vae)
-        transformer = (preset.build_transformer() if m.random_init and m.transformer is None
+        vae = build_vae(preset) if m.random_init and m.vae is None else load_vae(preset, m.vae)
+        transformer = (build_transformer(preset) if m.random_init and m.transformer is None
                        else load_transformer(preset, m.transformer))
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
         degradation = None
@@ -121,17 +122,13 @@ class VARestorerModel(TrainingModule):
         return cls(recipe, vae, transformer, text_encoder, degradation, lpips)
 
     def enable_gradient_checkpointing(self) -> None:
-        base = self.base_transformer()
-        base.enable_gradient_checkpointing()
+        self.transformer.enable_gradient_checkpointing()
 
     def compile_transformer(self) -> None:
         """``torch.compile`` the transformer in place (``nn.Module.compile``): unlike wrapping it in
         ``torch.compile(...)``, which prefixes every parameter with ``_orig_mod.``, the checkpoints
         and the export keep their names, so a run resumes and exports across ``train.compile``."""
         self.transformer.compile()
-
-    def base_transformer(self):
-        return base_model(self.transformer)
 
     # ------------------------------------------------------------------ the step
     def _text(self, captions: list[str], seeds: list[int]):
@@ -150,11 +147,9 @@ class VARestorerModel(TrainingModule):
         """The frozen teacher: the same weights with the LoRA adapters switched off."""
         if self.teacher is not None:
             yield self.teacher
-        elif hasattr(self.transformer, "disable_adapter"):
-            with self.transformer.disable_adapter():
-                yield self.transformer
         else:
-            yield self.transformer
+            with adapters_disabled(self.transformer):
+                yield self.transformer
 
     @property
     def uses_teacher(self) -> bool:
@@ -287,8 +282,10 @@ class VARestorerModel(TrainingModule):
 
     # ------------------------------------------------------------------ saving
     def save_export(self, out: Path) -> None:
-        """The export form: PEFT adapter, fine-tuned encoder, and what they apply to."""
-        from ..export import write_export
-
-        write_export(self, Path(out))
+        """The export form (the library's, :mod:`varestorer.export`): PEFT adapter, fine-tuned
+        encoder, and what they apply to."""
+        config = export_config(self.recipe, self.schedule, has_adapter=is_adapted(self.transformer),
+                               has_encoder=self.lq_encoder is not None)
+        write_export(out, transformer=self.transformer, config=config, encoder=self.lq_encoder,
+                     base_vae=self.vae if self.recipe.model.random_init else None)
 

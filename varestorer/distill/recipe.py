@@ -2,7 +2,8 @@
 
 A recipe is data. ``load_recipe("tiny", ["optim.lr=1e-4", "train.max_steps=20"])`` reads
 ``recipes/tiny.yaml`` (or a path), applies ``key=value`` overrides (values parsed as YAML),
-and checks every key: an unknown one is an error naming the valid keys of its section.
+and checks every key: an unknown one is an error naming the valid keys of its section. A recipe
+may name a ``base:`` recipe and hold only what differs from it (the ablations do).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ def _coerce(value, tp, key: str):
             return float(value)
         except ValueError:
             pass
-    if tp in (int, bool, str, float) and not (type(value) is tp):
+    if tp in (int, bool, str, float) and type(value) is not tp:
         raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}")
     return value
 
@@ -298,8 +299,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
-    path = find_resource("recipes", name_or_path)
+def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -307,6 +307,42 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
         raise ConfigError(f"{path} is not a valid YAML recipe{at}: {getattr(exc, 'problem', None) or exc}; "
                           f"see recipes/tiny.yaml for the form") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (see recipes/tiny.yaml), got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``, section by section (lists and values are replaced whole)."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe's YAML as a dict, with its ``base:`` recipe (a name, or a path relative to the
+    recipe) merged under it: an ablation is its base plus the lines that differ."""
+    path = find_resource("recipes", str(name_or_path)).resolve()
+    if path in _chain:
+        loop = " -> ".join(p.name for p in (*_chain, path))
+        raise ConfigError(f"recipe bases loop: {loop}; remove one of the base: keys")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the name or path of another recipe, got {base!r}")
+    local = path.parent / base
+    local = local if local.is_file() else local.with_name(local.name + ".yaml")
+    parent = read_recipe(local if local.is_file() else base, (*_chain, path))
+    parent.pop("name", None)  # a recipe's name is its own
+    return _merge(parent, data)
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    path = find_resource("recipes", name_or_path)
+    data = read_recipe(path)
     data.setdefault("name", Path(path).stem)
     return _build(Recipe, apply_overrides(data, list(overrides or []))).validate()
 

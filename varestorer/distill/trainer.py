@@ -18,9 +18,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoints import checkpoint_step, latest_checkpoint
 from ..errors import ConfigError, TrainingStopped
-from .checkpointing import (StopSignals, atomic_folder, checkpoint_step, latest_checkpoint, recipe_hash,
-                            remove_partials, resolve_resume, run_lock, save_checkpoint)
+from .checkpointing import (
+    StopSignals,
+    atomic_folder,
+    recipe_hash,
+    register_checkpoint_hooks,
+    remove_partials,
+    resolve_resume,
+    run_lock,
+    save_checkpoint,
+)
 from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -124,7 +133,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    from .data import build_dataloader
+    from .dataloader import build_dataloader
     from .visualize import save_validation_grid
 
     t = recipe.train
@@ -151,7 +160,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
                       f"{accelerator.device.type}), {per_device} images per process per step, global batch "
                       f"{t.global_batch_size}")
 
-    model.register_checkpoint_hooks(accelerator)
+    register_checkpoint_hooks(accelerator, type(model))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     core = accelerator.unwrap_model(model)
     if t.compile:

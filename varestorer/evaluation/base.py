@@ -30,7 +30,7 @@ def tokenizer_quality(vae, size: int) -> dict[str, float]:
     images in [0, 1]), and how much colour the reconstructions keep: ``chroma_energy_ratio`` (the
     energy of their chroma, each pixel minus its mean over RGB, relative to the photos') and
     ``chroma_correlation`` (1 and 1: all of it)."""
-    from ..tokenizer.training import psnr_db
+    from .metrics import psnr_db
 
     _, images, _ = _heldout_batch(size)
     x = images * 2 - 1

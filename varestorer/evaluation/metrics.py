@@ -76,6 +76,13 @@ def psnr(pred, gt, crop_border: int = 0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
+def psnr_db(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR (dB, RGB) of image batches in [-1, 1], computed in [0, 1], differentiable: what
+    tokenizer training logs (the tables' PSNR is :func:`psnr`, on Y)."""
+    mse = ((x.float() - y.float()) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return (10 * torch.log10(1 / mse)).mean()
+
+
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
     """The normalised 2-D Gaussian window of SSIM (the outer product of two 1-D ones)."""
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2

@@ -41,13 +41,15 @@ class RandomText(nn.Module):
 def build_random_pipeline(preset: str, resolution: int, device: torch.device, mode: str = "distill"):
     """A :class:`VARestorerPipeline` of ``preset`` with random weights (LoRA included)."""
     from ..presets import get_preset
+    from ..tokenizer.loading import build_vae
+    from ..transformer.loading import build_transformer
     from ..transformer.lora import apply_lora
     from .pipeline import VARestorerPipeline
 
     p = get_preset(preset)
     torch.manual_seed(0)
     with torch.device(device):
-        vae, transformer = p.build_vae(), apply_lora(p.build_transformer())
+        vae, transformer = build_vae(p), apply_lora(build_transformer(p))
     with torch.no_grad():
         for name, w in transformer.named_parameters():
             if "lora_B" in name:

@@ -72,8 +72,7 @@ def method_grid(lq_dir: str | Path, hq_dir: str | Path, restored_dir: str | Path
                 path: str | Path):
     """One row per image of ``hq_dir``: ``LQ | each method's restoration | HQ`` (the restorations
     are ``restored_dir/METHOD/NAME.png``, as ``varestorer evaluate`` writes them); a PNG at ``path``."""
-    from ..data.images import read_rgb
-    from .pipeline import to_tensor
+    from ..data.images import read_rgb, to_tensor
 
     rows = []
     for hq_path in sorted(Path(hq_dir).glob("*.png")):

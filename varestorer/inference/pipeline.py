@@ -5,7 +5,7 @@
     pipe.set_captioner(BlipCaptioner())                  # prompts for calls that give none
     restored = pipe(["photo.jpg"], prompt=None)          # list of PIL images, 4x the input size
 
-What a call does (DESIGN.md, "Inference"): each LQ image is upsampled (bicubic) to its output
+What a call does: each LQ image is upsampled (bicubic) to its output
 size, as training made the student's input; an output no larger than the model's resolution is
 resized to ``resolution x resolution`` (the paper), a larger one is cut into overlapping tiles
 that are blended (:mod:`.tiling`); the fine-tuned encoder gives the LQ token pyramid, one
@@ -24,23 +24,28 @@ take the preset's sampler settings (Infinity's) unless given, and ``generator``/
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
+from ..data.images import to_tensor, to_uint8
 from ..errors import CheckpointError, ConfigError
 from ..export import (
-    BASE_TRANSFORMER_FILE, BASE_VAE_FILE, ENCODER_FILE, MERGED_FILE, TRANSFORMER_FILE, read_export_config,
+    BASE_TRANSFORMER_FILE,
+    BASE_VAE_FILE,
+    ENCODER_FILE,
+    MERGED_FILE,
+    TRANSFORMER_FILE,
+    read_export_config,
 )
+from ..transformer.lora import adapters_disabled, is_adapted, save_adapter
 from .tiling import restore_tiled
 
 logger = logging.getLogger(__name__)
@@ -54,54 +59,6 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 #: Largest output the pipeline makes (pixels); beyond it a call fails before allocating anything.
 MAX_OUTPUT_PIXELS = 8192 * 8192
 
-
-
-# ---------------------------------------------------------------------------------------- inputs
-def to_tensor(image) -> Tensor:
-    """A path, PIL image, ``(H, W[, C])`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)``
-    tensor in [0, 1] -> float32 ``(3, H, W)`` in [0, 1]. Grayscale, palette, RGBA (over white),
-    CMYK and 16-bit images are converted as ``varestorer prepare`` converts them."""
-    from PIL import Image
-
-    from ..data.images import ImageSkip, read_rgb, to_rgb
-
-    if isinstance(image, (str, Path)):
-        try:
-            image = read_rgb(image)
-        except ImageSkip as exc:
-            raise ConfigError(f"cannot restore {image}: {exc}") from None
-    if isinstance(image, Image.Image):
-        image = to_rgb(image)
-    if isinstance(image, np.ndarray):
-        a = image
-        if a.ndim == 3 and a.shape[-1] == 1:
-            a = a[..., 0]
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=2)
-        if a.ndim != 3 or a.shape[-1] not in (3, 4):
-            raise ConfigError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got {a.shape}")
-        full = 65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else 1.0
-        a = a.astype(np.float32) / full
-        if a.shape[-1] == 4:  # straight alpha over white
-            a = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
-        image = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
-    if not isinstance(image, Tensor):
-        raise ConfigError(f"cannot restore a {type(image).__name__}: pass paths, PIL images, arrays or tensors")
-    x = image.detach().float().cpu()
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3 or x.shape[0] not in (1, 3):
-        raise ConfigError(f"an image tensor must be (3, H, W) or (1, H, W) in [0, 1]; got {tuple(image.shape)}")
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    if not torch.isfinite(x).all():
-        raise ConfigError("the image holds NaN or infinite values")
-    return x.clamp(0, 1).contiguous()
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """``(3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8."""
-    return (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -215,8 +172,8 @@ class VARestorerPipeline:
                 one the export names (``base_transformer`` in its config; ``None`` there means
                 the preset's official weights on the Hub). Not needed with a merged export.
             vae, text_encoder: likewise for the VAE and the T5 encoder.
-            merge_lora: merge the LoRA into the base weights for speed (PEFT ``merge_adapter``;
-                reversible: the ``teacher`` method unmerges it).
+            merge_lora: merge the LoRA into the base weights for speed (``fuse_lora``;
+                reversible: the sampling methods unfuse it).
         """
         from ..presets import get_preset
         from ..tokenizer.loading import load_vae
@@ -246,10 +203,10 @@ class VARestorerPipeline:
             source = base or local(BASE_TRANSFORMER_FILE) or config.get("base_transformer")
             transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
         if adapter:
-            from peft import PeftModel
+            from ..transformer.lora import load_adapter
 
             try:
-                transformer = PeftModel.from_pretrained(transformer, str(folder), is_trainable=False)
+                load_adapter(transformer, folder)
             except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, foreign target modules
                 first = str(exc).strip().splitlines()[0][:300]
                 raise CheckpointError(f"the LoRA adapter in {folder} does not fit the {config['base_preset']} base "
@@ -269,13 +226,13 @@ class VARestorerPipeline:
     def merge_lora(self) -> None:
         """Fold the LoRA into the base weights (one matmul per layer, as fast as the base)."""
         self._merge_wanted = True
-        if hasattr(self.transformer, "merge_adapter") and not self._merged:
-            self.transformer.merge_adapter()
+        if is_adapted(self.transformer) and not self._merged:
+            self.transformer.fuse_lora()
             self._merged = True
 
     def _unmerge_lora(self) -> None:
         if self._merged:
-            self.transformer.unmerge_adapter()
+            self.transformer.unfuse_lora()
             self._merged = False
 
     def set_captioner(self, captioner, caption_from: str = "restored") -> VARestorerPipeline:
@@ -314,9 +271,7 @@ class VARestorerPipeline:
                 m.to(device)
         if dtype is not None:
             self._unmerge_lora()  # merged again in the new precision when it is next wanted
-            from ..transformer.lora import base_model
-
-            base_model(self.transformer).cast_blocks(dtype)
+            self.transformer.cast_blocks(dtype)
             self.text_encoder.to(dtype=dtype)
             self.dtype = dtype
         return self
@@ -330,8 +285,8 @@ class VARestorerPipeline:
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.transformer, "peft_config"):
-            self.transformer.save_pretrained(str(out))
+        if is_adapted(self.transformer):
+            save_adapter(self.transformer, out)
         elif self.source is None or not any((self.source / n).is_file() for n in (TRANSFORMER_FILE, MERGED_FILE)):
             save_weights(self.transformer.state_dict(), out / TRANSFORMER_FILE)
         if self.config.get("has_encoder"):
@@ -404,14 +359,13 @@ class VARestorerPipeline:
             raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
         settings = self._sampler_settings(sampler)
         is_teacher = self.config.get("mode") == "teacher"  # a fine-tuned teacher: its weights are the teacher
-        if not (is_teacher or hasattr(self.transformer, "disable_adapter")):
+        if not (is_teacher or is_adapted(self.transformer)):
             raise ConfigError("sampling the base model needs the base weights and the adapter apart; this model "
                               "was loaded from a merged or fully fine-tuned transformer: pass --base (the base "
                               "checkpoint) with an adapter export")
         self._unmerge_lora()
         lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule) if num_given else None
-        adapters_off = contextlib.nullcontext() if is_teacher else self.transformer.disable_adapter()
-        with adapters_off, self._autocast():
+        with adapters_disabled(self.transformer), self._autocast():
             out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, generator=generator,
                          given_bits=lq.bits if lq else None, num_given=num_given, guidance=guidance,
                          greedy=greedy, **settings)

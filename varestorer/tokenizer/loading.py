@@ -21,10 +21,15 @@ from .vae import BSQVAE
 _WRAPPED = (".conv", ".norm")
 
 
+def build_vae(preset: str | Preset) -> BSQVAE:
+    """The preset's BSQ-VAE with freshly initialised weights (on the current default device)."""
+    return BSQVAE(**get_preset(preset).vae)
+
+
 @functools.cache
 def _model_keys(preset_name: str) -> dict[str, tuple]:
     with torch.device("meta"):
-        vae = PRESETS[preset_name].build_vae()
+        vae = build_vae(PRESETS[preset_name])
     return {k: tuple(v.shape) for k, v in vae.state_dict().items()}
 
 
@@ -72,7 +77,7 @@ def load_vae(
     state, unused = select_state_dict(read_file(path), ("vae", "ema", "state_dict", "model"))
     state = cast_floats(state, dtype)  # the dtype asked for, whatever the file's (a shipped base is float16)
     with torch.device("meta"):
-        vae = preset.build_vae()
+        vae = build_vae(preset)
     load_vae_state(vae, state, source=str(path), unused_top_level=unused)
     vae = vae.to(device) if dtype == torch.float32 else vae.to(device=device, dtype=dtype)
     return vae.eval().requires_grad_(False)

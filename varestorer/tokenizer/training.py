@@ -22,7 +22,6 @@ Logged besides: the batch's reconstruction PSNR (dB, images in [0, 1]).
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -30,9 +29,7 @@ import torch
 from torch import Tensor
 
 from ..distill.module import TrainingModule
-
-VAE_FILE = "vae.safetensors"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+from ..evaluation.metrics import psnr_db
 
 
 def _entropy(p: Tensor) -> Tensor:
@@ -55,12 +52,6 @@ def commitment(z: Tensor, codes: Tensor) -> Tensor:
     return (z.float() - codes.detach().float()).pow(2).sum(1).mean()
 
 
-def psnr_db(x: Tensor, y: Tensor) -> Tensor:
-    """Mean PSNR (dB) of images in [-1, 1], computed in [0, 1]."""
-    mse = ((x.float() - y.float()) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return (10 * torch.log10(1 / mse)).mean()
-
-
 class TokenizerModel(TrainingModule):
     """The BSQ-VAE under training, with the trainer's interface (see the module doc)."""
 
@@ -81,11 +72,11 @@ class TokenizerModel(TrainingModule):
     def from_recipe(cls, recipe, device="cpu") -> TokenizerModel:
         from ..distill.losses import build_lpips
         from ..presets import get_preset
-        from .loading import load_vae
+        from .loading import build_vae, load_vae
 
         m = recipe.model
         preset = get_preset(m.preset)
-        vae = preset.build_vae() if m.random_init and m.vae is None else load_vae(preset, m.vae)
+        vae = build_vae(preset) if m.random_init and m.vae is None else load_vae(preset, m.vae)
         lpips = None
         if recipe.tokenizer.lpips > 0:
             lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
@@ -148,17 +139,7 @@ class TokenizerModel(TrainingModule):
 
     # ------------------------------------------------------------------ saving
     def save_export(self, out: Path) -> None:
-        """``vae.safetensors`` (the official key layout: ``load_vae(preset, path)`` reads it) and
-        ``tokenizer_config.json`` (preset, architecture, resolution, the recipe)."""
-        import dataclasses
-        import json
+        """The tokenizer's export form (:func:`varestorer.export.write_tokenizer_export`)."""
+        from ..export import write_tokenizer_export
 
-        from ..export import save_weights
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_weights(copy.deepcopy(self.vae.state_dict()), out / VAE_FILE)
-        config = {"format": "varestorer-tokenizer", "format_version": 1, "base_preset": self.recipe.model.preset,
-                  "vae": dict(self.vae.config), "resolution": self.recipe.model.resolution,
-                  "scale_schedule": [list(s) for s in self.schedule], "recipe": dataclasses.asdict(self.recipe)}
-        (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
+        write_tokenizer_export(out, vae=self.vae, recipe=self.recipe, schedule=self.schedule)

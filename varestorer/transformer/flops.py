@@ -258,6 +258,8 @@ def flops_report(preset: str = "infinity-2b", resolution: int | None = None,
     """Every figure of ``varestorer bench flops`` for one image of ``preset`` at ``resolution``
     (default: the preset's) with a prompt of ``prompt_tokens`` T5 tokens (default: 30)."""
     from ..presets import get_preset
+    from ..tokenizer.loading import build_vae
+    from .loading import build_transformer
 
     p = get_preset(preset)
     if not p.transformer:
@@ -265,7 +267,7 @@ def flops_report(preset: str = "infinity-2b", resolution: int | None = None,
     resolution = resolution or p.resolution
     prompt_tokens = DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens
     with torch.device("meta"):
-        model, vae = p.build_transformer(), p.build_vae()
+        model, vae = build_transformer(p), build_vae(p)
     schedule = vae.schedule(resolution)
     L, params = sum(scale_sizes(schedule)), sum(t.numel() for t in model.parameters())
 

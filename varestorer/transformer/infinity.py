@@ -32,10 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -211,7 +213,7 @@ class DecodeState:
     next_scale: int = 0
 
 
-class InfinityTransformer(ModelMixin, ConfigMixin):
+class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Infinity's next-scale bitwise transformer (see the module doc for the key layout).
 
     Args:
@@ -322,17 +324,13 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         return self.config.codebook_dim
 
     def set_gradient_checkpointing(self, enable: bool = True, blocks: Iterable[int] | None = None) -> None:
-        """Recompute the activations of the given blocks (all by default) in the backward pass."""
+        """Recompute the activations of the given blocks (all by default) in the backward pass.
+        ``enable_gradient_checkpointing(gradient_checkpointing_func=None)`` and
+        ``disable_gradient_checkpointing()`` are diffusers' ``ModelMixin``'s (every block)."""
         chosen = set(range(self.config.depth)) if blocks is None else set(blocks)
         for i, blk in enumerate(self.blocks):
             if i in chosen:
                 blk.gradient_checkpointing = enable
-
-    def enable_gradient_checkpointing(self, blocks: Iterable[int] | None = None) -> None:  # noqa: D102
-        self.set_gradient_checkpointing(True, blocks)
-
-    def disable_gradient_checkpointing(self) -> None:  # noqa: D102
-        self.set_gradient_checkpointing(False)
 
     # ------------------------------------------------------------------ pieces
     def rope(self, schedule: list[Scale], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -420,7 +418,9 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         for i, blk in enumerate(self.blocks):
             cache = caches[i] if caches is not None else None
             if blk.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
-                x = checkpoint(blk, x, context.gss, context.kv, context.kv_mask, rope, mask, use_reentrant=False)
+                # diffusers' enable_gradient_checkpointing sets the function; torch's by default
+                fn = getattr(blk, "_gradient_checkpointing_func", None) or partial(checkpoint, use_reentrant=False)
+                x = fn(blk, x, context.gss, context.kv, context.kv_mask, rope, mask)
             else:
                 x = blk(x, context.gss, context.kv, context.kv_mask, rope, mask, cache)
         return x

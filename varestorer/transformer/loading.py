@@ -39,6 +39,11 @@ KNOWN_EXTRAS: dict[str, str] = {
 }
 _PREFIXES = ("module.", "_orig_mod.")
 
+
+def build_transformer(preset: str | Preset) -> InfinityTransformer:
+    """The preset's transformer with freshly initialised weights (on the current default device)."""
+    return InfinityTransformer(**get_preset(preset).transformer)
+
 #: Infinity's scaling-study layer configurations (``tools/run_infinity.py``), with the 2B's
 #: text encoder and d32 tokenizer; no public weights. Used to name a checkpoint's layout.
 INFINITY_LAYER_CONFIGS: dict[str, dict] = {
@@ -126,7 +131,7 @@ def load_transformer(
     state, unused = _transformer_weights(read_file(path))
     state = cast_floats(state, dtype)  # the dtype asked for, whatever the file's (a shipped base is float16)
     with torch.device("meta"):
-        model = preset.build_transformer()
+        model = build_transformer(preset)
     load_transformer_state(model, state, source=str(path), unused_top_level=unused)
     model = model.to(device) if dtype == torch.float32 else model.to(device=device, dtype=dtype)
     return model.eval()

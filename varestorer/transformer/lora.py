@@ -1,4 +1,5 @@
-"""The student's LoRA: rank 32 on the attention projections of every block (PEFT).
+"""The student's LoRA: rank 32 on the attention projections of every block (PEFT, added in
+place through diffusers' ``PeftAdapterMixin``; saved and read in PEFT's own adapter format).
 
 ``sa.mat_qkv, sa.proj, ca.mat_q, ca.mat_kv, ca.proj`` of all blocks of Infinity-2B: 27,262,976
 trainable parameters. The targets are matched inside ``block_chunks`` only: the text pooling
@@ -7,13 +8,18 @@ trainable parameters. The targets are matched inside ``block_chunks`` only: the 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from torch import nn
 
 DEFAULT_TARGETS: tuple[str, ...] = ("sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj")
 DEFAULT_RANK = 32
+PEFT_PREFIX = "base_model.model."  # the keys of PEFT's adapter files start with it
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def lora_config(rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0,
@@ -32,37 +38,88 @@ def lora_config(rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: f
 
 def apply_lora(model: nn.Module, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0,
                targets: Sequence[str] = DEFAULT_TARGETS, **kwargs):
-    """Wrap ``model`` in a ``peft.PeftModel`` with the LoRA adapters (base weights frozen).
+    """Add the LoRA adapters to ``model`` in place (diffusers' ``PeftAdapterMixin.add_adapter``:
+    the model stays the model, no wrapper) and freeze every other weight; returns ``model``.
 
-    The wrapped model is called like the base one; ``with peft_model.disable_adapter():``
-    gives the base model (the teacher) with the same weights.
+    ``with adapters_disabled(model):`` gives the base model (the teacher) with the same weights.
     """
-    from peft import get_peft_model
-
-    return get_peft_model(model, lora_config(rank, alpha, dropout, targets, **kwargs))
+    model.requires_grad_(False)
+    model.add_adapter(lora_config(rank, alpha, dropout, targets, **kwargs))
+    return model
 
 
 def lora_trainable_params(model: nn.Module, **kwargs) -> int:
     """Trainable parameters of the default LoRA on ``model`` (build it on the meta device to count for free)."""
-    peft_model = apply_lora(model, **kwargs)
-    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    apply_lora(model, **kwargs)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformer under a ``PeftModel`` (the model itself when it is not wrapped)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+def is_adapted(model: nn.Module) -> bool:
+    """Whether ``model`` carries LoRA adapters."""
+    return bool(getattr(model, "_hf_peft_config_loaded", False))
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """The base model (the teacher): ``model`` with its adapters switched off, then on again."""
+    if not is_adapted(model):
+        yield model
+        return
+    model.disable_adapters()
+    try:
+        yield model
+    finally:
+        model.enable_adapters()
+
+
+def adapter_state_dict(model: nn.Module) -> dict:
+    """The adapter's weights under the keys of PEFT's file format (``base_model.model.<module>.lora_A.weight``:
+    what ``PeftModel.save_pretrained`` writes and ``PeftModel.from_pretrained`` reads)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {PEFT_PREFIX + k: v for k, v in get_peft_model_state_dict(model).items()}
+
+
+def save_adapter(model: nn.Module, out) -> None:
+    """``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's format."""
+    from safetensors.torch import save_file
+
+    config = copy.copy(model.peft_config["default"])
+    config.inference_mode = True
+    config.save_pretrained(str(out))
+    save_file({k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()},
+              str(Path(out) / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def load_adapter(model: nn.Module, folder) -> nn.Module:
+    """Add the PEFT-format adapter in ``folder`` to ``model`` (in place). Raises ``ValueError``
+    when its weights do not fit the model (another base, another rank)."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = LoraConfig.from_pretrained(str(folder))
+    model.add_adapter(config)
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(Path(folder) / ADAPTER_WEIGHTS_FILE)).items()}
+    result = set_peft_model_state_dict(model, state)
+    if result.unexpected_keys:
+        raise ValueError(f"{len(result.unexpected_keys)} adapter weights fit no module of this model "
+                         f"(first: {result.unexpected_keys[0]})")
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ValueError(f"{len(missing)} adapter weights are missing (first: {missing[0]})")
+    return model.requires_grad_(False)
 
 
 def base_state_dict(model: nn.Module) -> dict:
-    """The base weights of a (possibly PEFT-wrapped) transformer in the official key layout.
+    """The base weights of a transformer with adapters in the official key layout.
 
-    Under a ``PeftModel`` the adapted layers hold their weights as ``....base_layer.weight``
-    beside ``lora_A``/``lora_B``; this gives the plain ``....weight`` keys of the base model
-    (with the adapters not merged, i.e. the teacher's weights).
+    An adapted layer holds its weight as ``....base_layer.weight`` beside ``lora_A``/``lora_B``;
+    this gives the plain ``....weight`` keys of the base model (the adapters not fused: the
+    teacher's weights; fused, the merged model's).
     """
-    base = base_model(model)
     out = {}
-    for key, value in base.state_dict().items():
+    for key, value in model.state_dict().items():
         if "lora_" in key:
             continue
         out[key.replace(".base_layer.", ".")] = value

@@ -28,7 +28,6 @@ from torch import Tensor
 from ..presets import OFFICIAL_SAMPLER
 from ..tokenizer.quantizer import MultiScaleBSQ, trilinear_resize
 from ..tokenizer.schedules import Scale
-from .lora import base_model
 from .text import TextFeatures
 
 
@@ -121,9 +120,8 @@ def sample(
     num_given = len(given) if num_given is None else num_given
     if num_given > len(given) or num_given > K:
         raise ValueError(f"num_given={num_given} but {len(given)} scales of bits are given for {K} scales")
-    base = base_model(model)
-    d = base.config.codebook_dim
-    device = next(base.parameters()).device
+    d = model.config.codebook_dim
+    device = next(model.parameters()).device
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     guided = any(c != 1 for c in cfgs)
@@ -138,10 +136,10 @@ def sample(
     if prefix is not None:
         prefix = prefix.to(device)
         prefix = torch.cat((prefix, prefix)) if guided else prefix
-    state = base.start_decoding(text, schedule, prefix=prefix)
+    state = model.start_decoding(text, schedule, prefix=prefix)
     inputs, summed, bits_out, logits_out = None, None, [], []
     for k, (h, w) in enumerate(schedule):
-        logits = base.decode_scale(state, inputs) / taus[k]
+        logits = model.decode_scale(state, inputs) / taus[k]
         if guided:
             logits = cfgs[k] * logits[:B] + (1 - cfgs[k]) * logits[B:] if cfgs[k] != 1 else logits[:B]
         if k < num_given:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 import string
-from pathlib import Path
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
