@@ -51,12 +51,16 @@ def test_restore_converts_what_it_can_and_lists_every_file_it_skipped_with_the_r
     listed = (out / "skipped.tsv").read_text()
     skipped = dict(line.split("\t")[:2] for line in listed.splitlines())
     assert {Path(p).name: r.split(":")[0] for p, r in skipped.items()} == {
-        "zero.png": "empty file", "text.png": "not an image", "truncated.png": "truncated or corrupt",
-        "bomb.png": "too large"}, listed
+        "zero.png": "empty file",
+        "text.png": "not an image",
+        "truncated.png": "truncated or corrupt",
+        "bomb.png": "too large",
+    }, listed
     assert "skipped 4 file(s)" in printed
     restored = sorted(p.name for p in out.glob("*.png"))
-    assert restored == sorted(["good.png", "sixteen-bit.png", "alpha.png", "palette.png", "two-pixels.png",
-                               "ñame-é.png"])
+    assert restored == sorted(
+        ["good.png", "sixteen-bit.png", "alpha.png", "palette.png", "two-pixels.png", "ñame-é.png"]
+    )
     for p in out.glob("*.png"):
         assert Image.open(p).mode == "RGB"
 
@@ -66,42 +70,83 @@ def test_an_unreadable_file_is_skipped_and_named(photos, tmp_path, capsys):
         pytest.skip("root reads files whatever their mode")
     (photos / "good.png").chmod(0)
     out = tmp_path / "out"
-    assert main(["restore", str(photos / "good.png"), str(photos / "alpha.png"), "-o", str(out),
-                 "--method", "bicubic"]) == 0
+    assert (
+        main(["restore", str(photos / "good.png"), str(photos / "alpha.png"), "-o", str(out), "--method", "bicubic"])
+        == 0
+    )
     assert "good.png" in (out / "skipped.tsv").read_text()
 
 
 def test_folders_that_cannot_be_used_are_refused(photos, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert_refused(*run(capsys, "restore", tmp_path / "empty", "-o", tmp_path / "o1", "--method", "bicubic"),
-                   "restore", "no images in")
-    assert_refused(*run(capsys, "restore", tmp_path / "missing", "-o", tmp_path / "o2", "--method", "bicubic"),
-                   "restore", "does not exist")
-    assert_refused(*run(capsys, "restore", photos, "-o", photos, "--method", "bicubic"),
-                   "restore", "is the input folder", "choose an -o folder outside it")
-    assert_refused(*run(capsys, "restore", photos, "-o", photos / "restored", "--method", "bicubic"),
-                   "restore", "is inside the input folder", "searched recursively")
-    assert_refused(*run(capsys, "restore", photos / "good.png", "-o", photos, "--ext", "png", "--method", "bicubic"),
-                   "restore", "would write over the input")
+    assert_refused(
+        *run(capsys, "restore", tmp_path / "empty", "-o", tmp_path / "o1", "--method", "bicubic"),
+        "restore",
+        "no images in",
+    )
+    assert_refused(
+        *run(capsys, "restore", tmp_path / "missing", "-o", tmp_path / "o2", "--method", "bicubic"),
+        "restore",
+        "does not exist",
+    )
+    assert_refused(
+        *run(capsys, "restore", photos, "-o", photos, "--method", "bicubic"),
+        "restore",
+        "is the input folder",
+        "choose an -o folder outside it",
+    )
+    assert_refused(
+        *run(capsys, "restore", photos, "-o", photos / "restored", "--method", "bicubic"),
+        "restore",
+        "is inside the input folder",
+        "searched recursively",
+    )
+    assert_refused(
+        *run(capsys, "restore", photos / "good.png", "-o", photos, "--ext", "png", "--method", "bicubic"),
+        "restore",
+        "would write over the input",
+    )
     assert sorted(p.name for p in photos.iterdir()) == sorted(
-        ["good.png", "zero.png", "text.png", "truncated.png", "sixteen-bit.png", "alpha.png", "palette.png",
-         "two-pixels.png", "ñame-é.png", "bomb.png"])  # nothing written into the input
+        [
+            "good.png",
+            "zero.png",
+            "text.png",
+            "truncated.png",
+            "sixteen-bit.png",
+            "alpha.png",
+            "palette.png",
+            "two-pixels.png",
+            "ñame-é.png",
+            "bomb.png",
+        ]
+    )  # nothing written into the input
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["max_steps=3"], ["unknown key 'max_steps'", "did you mean train.max_steps?"]),
-    (["optim.lrr=1"], ["did you mean optim.lr?"]),
-    (["train.max_steps=many"], ["train.max_steps must be int"]),
-    (["optim.lr=-1"], ["optim.lr must be > 0"]),
-    (["model.preset=nope"], ["unknown preset 'nope'", "valid presets"]),
-    (["model.resolution=100"], ["no Infinity scale schedule for 100px", "valid resolutions"]),
-    (["data.dataset=/nonexistent/folder"], ["not a dataset written by varestorer prepare"]),
-    (["student.attention=sideways"], ["choose one of full, causal"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["max_steps=3"], ["unknown key 'max_steps'", "did you mean train.max_steps?"]),
+        (["optim.lrr=1"], ["did you mean optim.lr?"]),
+        (["train.max_steps=many"], ["train.max_steps must be int"]),
+        (["optim.lr=-1"], ["optim.lr must be > 0"]),
+        (["model.preset=nope"], ["unknown preset 'nope'", "valid presets"]),
+        (["model.resolution=100"], ["no Infinity scale schedule for 100px", "valid resolutions"]),
+        (["data.dataset=/nonexistent/folder"], ["not a dataset written by varestorer prepare"]),
+        (["student.attention=sideways"], ["choose one of full, causal"]),
+    ],
+)
 def test_recipe_mistakes_are_refused_before_anything_is_written(tmp_path, capsys, args, fragments):
     out = tmp_path / "run"
-    code, err = run(capsys, "train", "--recipe", "tiny", f"train.output_dir={out}", "train.max_steps=1",
-                    "train.report_to=none", *args)
+    code, err = run(
+        capsys,
+        "train",
+        "--recipe",
+        "tiny",
+        f"train.output_dir={out}",
+        "train.max_steps=1",
+        "train.report_to=none",
+        *args,
+    )
     assert_refused(code, err, "train", *fragments)
     assert not out.exists() or not any(p.name.startswith("checkpoint") for p in out.iterdir())
 
@@ -135,8 +180,9 @@ def _restore(capsys, model: Path, tmp_path: Path) -> tuple[int, str]:
 
 
 def test_models_that_are_not_exports_or_are_damaged_are_refused(export, tmp_path, capsys):
-    assert_refused(*_restore(capsys, tmp_path, tmp_path), "restore", "not a VARestorer export",
-                   "varestorer export CHECKPOINT OUT")
+    assert_refused(
+        *_restore(capsys, tmp_path, tmp_path), "restore", "not a VARestorer export", "varestorer export CHECKPOINT OUT"
+    )
     assert_refused(*run(capsys, "export", tmp_path, tmp_path / "x"), "export", "no trained model found")
     missing = tmp_path / "missing-adapter"
     shutil.copytree(export, missing)
@@ -157,16 +203,23 @@ def test_an_adapter_that_does_not_fit_the_base_is_refused_naming_it(export, tmp_
     foreign = tmp_path / "foreign"
     shutil.copytree(export, foreign)
     state = load_file(str(foreign / "adapter_model.safetensors"))
-    save_file({k: torch.cat([v, v]) if "lora_A" in k else v for k, v in state.items()},  # twice the rank
-              str(foreign / "adapter_model.safetensors"))
-    assert_refused(*_restore(capsys, foreign, tmp_path), "restore", "does not fit the tiny base transformer",
-                   "--base")
+    save_file(
+        {k: torch.cat([v, v]) if "lora_A" in k else v for k, v in state.items()},  # twice the rank
+        str(foreign / "adapter_model.safetensors"),
+    )
+    assert_refused(*_restore(capsys, foreign, tmp_path), "restore", "does not fit the tiny base transformer", "--base")
 
 
 def test_resuming_with_another_lora_rank_or_preset_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["train", "--recipe", "tiny", f"train.output_dir={out}", "train.report_to=none",
-              "train.validation_steps=100"]
+    common = [
+        "train",
+        "--recipe",
+        "tiny",
+        f"train.output_dir={out}",
+        "train.report_to=none",
+        "train.validation_steps=100",
+    ]
     assert main([*common, "train.max_steps=1"]) == 0
     capsys.readouterr()
     code, err = run(capsys, *common, "train.max_steps=2", "student.lora_rank=2", "train.resume_from_checkpoint=latest")
@@ -176,8 +229,9 @@ def test_resuming_with_another_lora_rank_or_preset_is_refused(tmp_path, capsys):
 def test_a_caption_file_that_is_not_utf8_is_refused_naming_the_line(photos, tmp_path, capsys):
     captions = tmp_path / "captions.jsonl"
     captions.write_bytes(b'{"path": "good.png", "caption": "a field"}\n{"path": "alpha.png", "caption": "caf\xe9"}\n')
-    code, err = run(capsys, "restore", photos / "good.png", "-o", tmp_path / "out", "--method", "bicubic",
-                    "--caption", captions)
+    code, err = run(
+        capsys, "restore", photos / "good.png", "-o", tmp_path / "out", "--method", "bicubic", "--caption", captions
+    )
     assert_refused(code, err, "restore", "captions.jsonl:2: not UTF-8 (byte 0xe9)")
 
 

@@ -12,8 +12,34 @@ from PIL import Image
 from varestorer.data.captions import BlipCaptioner, CaptionFile
 from varestorer.errors import ConfigError
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "of", "cat", "dog", "woman", "cup",
-         "coffee", "rocket", "sky", "the", "on", "in", "red", "blue", "with", "and", "an", "astronaut", "flag"]
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[DEC]",
+    "a",
+    "photo",
+    "of",
+    "cat",
+    "dog",
+    "woman",
+    "cup",
+    "coffee",
+    "rocket",
+    "sky",
+    "the",
+    "on",
+    "in",
+    "red",
+    "blue",
+    "with",
+    "and",
+    "an",
+    "astronaut",
+    "flag",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +61,41 @@ def tiny_blip(tmp_path_factory):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(out / "tokenizer.json"))
-    tokenizer = BertTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), unk_token="[UNK]", pad_token="[PAD]",
-                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]")
-    text = BlipTextConfig(vocab_size=len(WORDS), hidden_size=32, encoder_hidden_size=32, intermediate_size=37,
-                          num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
-                          bos_token_id=vocab["[DEC]"], eos_token_id=vocab["[SEP]"], sep_token_id=vocab["[SEP]"],
-                          pad_token_id=0, initializer_range=0.5)
-    vision = BlipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=32, patch_size=8, initializer_range=0.5)
-    config = BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=32,
-                        image_text_hidden_size=32)
+    tokenizer = BertTokenizerFast(
+        tokenizer_file=str(out / "tokenizer.json"),
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[DEC]",
+    )
+    text = BlipTextConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        encoder_hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=vocab["[DEC]"],
+        eos_token_id=vocab["[SEP]"],
+        sep_token_id=vocab["[SEP]"],
+        pad_token_id=0,
+        initializer_range=0.5,
+    )
+    vision = BlipVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        initializer_range=0.5,
+    )
+    config = BlipConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=32, image_text_hidden_size=32
+    )
     torch.manual_seed(0)
     BlipForConditionalGeneration(config).save_pretrained(out)
     processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
@@ -86,8 +137,17 @@ def test_prepare_with_blip_captions(tiny_blip, tmp_path):
     for i, im in enumerate(images()[:4]):
         Image.fromarray(np.asarray(Image.fromarray(im).resize((80, 72)))).save(src / "a" / f"{i}.png")
     out = tmp_path / "out"
-    report = prepare_dataset(src, out, size=64, caption="blip", caption_model=str(tiny_blip), caption_batch_size=3,
-                             device="cpu", shard_size=3, progress=False)
+    report = prepare_dataset(
+        src,
+        out,
+        size=64,
+        caption="blip",
+        caption_model=str(tiny_blip),
+        caption_batch_size=3,
+        device="cpu",
+        shard_size=3,
+        progress=False,
+    )
     assert report.images == 4
     ds = datasets.load_from_disk(str(out))
     direct = BlipCaptioner(str(tiny_blip), device="cpu")([r["image"] for r in ds])
@@ -97,8 +157,11 @@ def test_prepare_with_blip_captions(tiny_blip, tmp_path):
 
 def test_caption_file_formats(tmp_path):
     f = tmp_path / "caps.jsonl"
-    f.write_text('{"path": "a/b.jpg", "caption": "a  cat\\n on a mat"}\n\n{"c.png": "a dog"}\n'
-                 + json.dumps({"path": str(tmp_path / "src" / "d.png"), "caption": "absolute"}) + "\n")
+    f.write_text(
+        '{"path": "a/b.jpg", "caption": "a  cat\\n on a mat"}\n\n{"c.png": "a dog"}\n'
+        + json.dumps({"path": str(tmp_path / "src" / "d.png"), "caption": "absolute"})
+        + "\n"
+    )
     caps = CaptionFile(f, root=tmp_path / "src")
     assert len(caps) == 3
     assert caps.lookup("a/b.jpg") == "a cat on a mat"

@@ -147,7 +147,7 @@ def test_ragged_resize_matches_interpolate(mode):
         ref = F.interpolate(x[i : i + 1, :, :h, :w], scale_factor=scales[i], mode=mode)
         assert new[i] == tuple(ref.shape[-2:])
         assert torch.allclose(out[i : i + 1, :, : new[i][0], : new[i][1]], ref, atol=1e-5)
-        assert out[i, :, new[i][0]:].abs().sum() == 0 and out[i, :, :, new[i][1]:].abs().sum() == 0
+        assert out[i, :, new[i][0] :].abs().sum() == 0 and out[i, :, :, new[i][1] :].abs().sum() == 0
 
 
 def test_ragged_filter_matches_basicsr_filter2d():
@@ -237,8 +237,15 @@ def test_heavy_is_blurrier_and_noisier_than_light(hq96):
     seeds = list(range(12))
     presets = ("light", "realesrgan-x4", "heavy")
     # blur, measured without noise: high-frequency energy of the LQ relative to the clean downscale
-    quiet = dict(noise_range=[0, 0], poisson_scale_range=[0, 0], noise_range2=[0, 0], poisson_scale_range2=[0, 0],
-                 jpeg_range=[95, 95], jpeg_range2=[95, 95], usm_sharpen_gt=False)
+    quiet = dict(
+        noise_range=[0, 0],
+        poisson_scale_range=[0, 0],
+        noise_range2=[0, 0],
+        poisson_scale_range2=[0, 0],
+        jpeg_range=[95, 95],
+        jpeg_range2=[95, 95],
+        usm_sharpen_gt=False,
+    )
     clean = _high_freq(F.interpolate(hq96, scale_factor=0.25, mode="area"))
     sharp = {p: _high_freq(_stats(p, hq96, seeds, **quiet).lq) / clean for p in presets}
     assert sharp["light"] > sharp["realesrgan-x4"] > sharp["heavy"], sharp
@@ -266,8 +273,21 @@ def test_degrade_cli_writes_lq_hq_params_sheet(tmp_path, capsys):
         Image.fromarray((sample_image(n).permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(src / f"{n}.png")
     (src / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
-    args = ["degrade", str(tmp_path / "src"), str(out), "--size", "64", "--resize", "--save-hq", "--seed", "7",
-            "--batch", "2", "--sheet-samples", "2"]
+    args = [
+        "degrade",
+        str(tmp_path / "src"),
+        str(out),
+        "--size",
+        "64",
+        "--resize",
+        "--save-hq",
+        "--seed",
+        "7",
+        "--batch",
+        "2",
+        "--sheet-samples",
+        "2",
+    ]
     assert main(args) == 0
     assert "wrote 3 LQ images" in capsys.readouterr().out
     lq = sorted((out / "lq").rglob("*.png"))

@@ -79,9 +79,11 @@ def test_each_loss_term_is_nonzero_with_gradients_only_on_lora_and_encoder(model
         from varestorer.distill.losses import bitwise_kl
 
         x_s = model.decode_student(s_logits, lq_tokens)
-        value = {"kl": lambda: bitwise_kl(t_logits, s_logits, model.schedule),
-                 "lpips": lambda: model.lpips(x_s, x_hq).mean(),
-                 "mse": lambda: torch.nn.functional.mse_loss(x_s, x_hq)}[term]()
+        value = {
+            "kl": lambda: bitwise_kl(t_logits, s_logits, model.schedule),
+            "lpips": lambda: model.lpips(x_s, x_hq).mean(),
+            "mse": lambda: torch.nn.functional.mse_loss(x_s, x_hq),
+        }[term]()
         torch.testing.assert_close(value.detach(), out[term])
         value.backward()
         with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -99,8 +101,9 @@ def test_zero_lora_and_untouched_encoder_reproduce_the_base_full_attention_pass(
         student = model.student_logits(text, model.lq_tokens(x_lq))
         base = model.transformer
         with adapters_disabled(model.transformer):
-            reference = base(text, model.vae.tokenize(x_lq, model.schedule).pyramid_sequence(),
-                             model.schedule, attention="full")
+            reference = base(
+                text, model.vae.tokenize(x_lq, model.schedule).pyramid_sequence(), model.schedule, attention="full"
+            )
     assert torch.equal(student, reference)
 
 
@@ -158,14 +161,24 @@ class Calls:
 
     def hook(self, module, args, kwargs):
         text, inputs, schedule = args[:3]
-        self.calls.append({"module": module, "inputs": inputs.detach().clone(), "attention": kwargs.get("attention"),
-                           "lora_on": any(not m.disable_adapters for m in self.lora) and module is not self.model.teacher,
-                           "captions": text})
+        self.calls.append(
+            {
+                "module": module,
+                "inputs": inputs.detach().clone(),
+                "attention": kwargs.get("attention"),
+                "lora_on": any(not m.disable_adapters for m in self.lora) and module is not self.model.teacher,
+                "captions": text,
+            }
+        )
 
     def of(self, role):
         """The one call of the teacher (LoRA off or the frozen copy) or of the student."""
-        found = [c for c in self.calls if c["lora_on"] == (role == "student") and
-                 (role == "student" or c["module"] is not self.model.transformer or self.model.teacher is None)]
+        found = [
+            c
+            for c in self.calls
+            if c["lora_on"] == (role == "student")
+            and (role == "student" or c["module"] is not self.model.transformer or self.model.teacher is None)
+        ]
         assert len(found) == 1, (role, len(found))
         return found[0]
 
@@ -225,7 +238,9 @@ def test_the_scale_weighting_is_infinitys_in_both_stages():
         for pos in (0, 20):
             wrong = sure.clone()
             wrong[0, pos, 0] = torch.tensor([-5.0, 5.0])
-            costs.append(bitwise_kl(sure, wrong, sched) if stage == "kl" else bitwise_cross_entropy(wrong, labels, sched))
+            costs.append(
+                bitwise_kl(sure, wrong, sched) if stage == "kl" else bitwise_cross_entropy(wrong, labels, sched)
+            )
         assert abs(costs[0] / costs[1] - 4) < 1e-3, (stage, costs)
 
 
@@ -257,8 +272,17 @@ def test_kv_cached_sampling_with_the_hq_bits_given_reproduces_the_teacher_forced
     tokens = model.vae.tokenize(x_hq, model.schedule)
     teacher = model.teacher_logits(text, tokens)
     with adapters_disabled(model.transformer):
-        out = sample(model.transformer, text, model.schedule, cfg=1, tau=1, top_k=0, top_p=0,
-                     given_bits=tokens.bits, return_logits=True)
+        out = sample(
+            model.transformer,
+            text,
+            model.schedule,
+            cfg=1,
+            tau=1,
+            top_k=0,
+            top_p=0,
+            given_bits=tokens.bits,
+            return_logits=True,
+        )
     torch.testing.assert_close(torch.cat(out.logits, dim=1), teacher, rtol=1e-4, atol=1e-4)
 
 
@@ -267,17 +291,31 @@ def _ablation_overrides(name):
     import dataclasses
 
     def flat(d, prefix=""):
-        return {k2: v2 for k, v in d.items() for k2, v2 in
-                (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+        return {
+            k2: v2
+            for k, v in d.items()
+            for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])
+        }
 
     base, ablation = (flat(dataclasses.asdict(load_recipe(n))) for n in ("varestorer-2b-512", name))
     ignore = {"name", "train.output_dir", "model.resolution", "model.transformer", "data.dataset"}
-    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ablation.items()
-            if base[k] != v and k not in ignore]
+    return [
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+        for k, v in ablation.items()
+        if base[k] != v and k not in ignore
+    ]
 
 
-@pytest.mark.parametrize("name", ["ablation-no-kl", "ablation-no-cross-attention", "ablation-full-finetune",
-                                  "ablation-retrain-without-captions", "lq-input-shifted"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ablation-no-kl",
+        "ablation-no-cross-attention",
+        "ablation-full-finetune",
+        "ablation-retrain-without-captions",
+        "lq-input-shifted",
+    ],
+)
 def test_each_ablation_changes_at_runtime_what_its_name_says(tmp_path, name):
     overrides = ["student.lq_input=shifted"] if name == "lq-input-shifted" else _ablation_overrides(name)
     assert overrides, f"{name} changes nothing"
@@ -313,8 +351,15 @@ def test_each_ablation_changes_at_runtime_what_its_name_says(tmp_path, name):
 
 def test_teacher_mode_builds_trains_and_applies_bitwise_self_correction(tmp_path):
     torch.manual_seed(0)
-    recipe = tiny_recipe(tmp_path, "mode=teacher", "student.full_finetune=true", "student.train_encoder=false",
-                         "self_correction.layers=3", "self_correction.strength=0.3", "loss.text_dropout=0")
+    recipe = tiny_recipe(
+        tmp_path,
+        "mode=teacher",
+        "student.full_finetune=true",
+        "student.train_encoder=false",
+        "self_correction.layers=3",
+        "self_correction.strength=0.3",
+        "loss.text_dropout=0",
+    )
     m = VARestorerModel.from_recipe(recipe)
     assert m.lq_encoder is None and m.lpips is None and m.teacher is None
     batch = fixed_batch()
@@ -359,8 +404,13 @@ def test_varsr_mode_trains_next_scale_prediction_of_hq_tokens_with_the_lq_prefix
     assert torch.equal(call["inputs"], hq.teacher_input_sequence())
     assert torch.equal(prefixes[0], lq.prefix_sequence())
     with torch.no_grad():
-        logits = m.transformer(m._text(batch["caption"], seeds), hq.teacher_input_sequence(), m.schedule,
-                               attention="causal", prefix=lq.prefix_sequence())
+        logits = m.transformer(
+            m._text(batch["caption"], seeds),
+            hq.teacher_input_sequence(),
+            m.schedule,
+            attention="causal",
+            prefix=lq.prefix_sequence(),
+        )
     torch.testing.assert_close(out["cross_entropy"], bitwise_cross_entropy(logits, hq.bit_labels(), m.schedule))
     grads = torch.autograd.grad(out["loss"], list(m.lq_encoder.parameters())[:1])
     assert grads[0].abs().sum() > 0  # the prefix trains the encoder
@@ -447,12 +497,30 @@ def test_resume_continues_the_exact_trajectory(tmp_path):
     # a validation after every step: it must not change the next step (frozen LPIPS keeps its dropout off)
     common = ["train.checkpointing_steps=2", "train.validation_steps=1", "train.checkpoints_total_limit=null"]
     _reset_accelerate()
-    train(load_recipe("tiny", [f"train.output_dir={tmp_path / 'a'}", "train.report_to=none", "train.max_steps=4", *common]))
+    train(
+        load_recipe(
+            "tiny", [f"train.output_dir={tmp_path / 'a'}", "train.report_to=none", "train.max_steps=4", *common]
+        )
+    )
     _reset_accelerate()
-    train(load_recipe("tiny", [f"train.output_dir={tmp_path / 'b'}", "train.report_to=none", "train.max_steps=2", *common]))
+    train(
+        load_recipe(
+            "tiny", [f"train.output_dir={tmp_path / 'b'}", "train.report_to=none", "train.max_steps=2", *common]
+        )
+    )
     _reset_accelerate()
-    train(load_recipe("tiny", [f"train.output_dir={tmp_path / 'b'}", "train.report_to=none", "train.max_steps=4",
-                               "train.resume_from_checkpoint=latest", *common]))
+    train(
+        load_recipe(
+            "tiny",
+            [
+                f"train.output_dir={tmp_path / 'b'}",
+                "train.report_to=none",
+                "train.max_steps=4",
+                "train.resume_from_checkpoint=latest",
+                *common,
+            ],
+        )
+    )
     a, b = _trainable(tmp_path / "a" / "checkpoint-4"), _trainable(tmp_path / "b" / "checkpoint-4")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
@@ -462,7 +530,8 @@ def test_resume_continues_the_exact_trajectory(tmp_path):
     # a checkpoint carries the export form
     export = tmp_path / "a" / "checkpoint-4" / "export"
     assert {"adapter_model.safetensors", "adapter_config.json", "encoder.safetensors", "varestorer_config.json"} <= {
-        p.name for p in export.iterdir()}
+        p.name for p in export.iterdir()
+    }
     assert (tmp_path / "a" / "validation" / "step-000004.png").is_file()
     assert (tmp_path / "a" / "losses.png").is_file()
 
@@ -472,9 +541,19 @@ def test_checkpoints_total_limit_prunes_old_checkpoints(tmp_path):
     from varestorer.distill.trainer import train
 
     _reset_accelerate()
-    train(load_recipe("tiny", [f"train.output_dir={tmp_path}", "train.report_to=none", "train.max_steps=3",
-                               "train.checkpointing_steps=1", "train.checkpoints_total_limit=2",
-                               "train.validation_steps=100"]))
+    train(
+        load_recipe(
+            "tiny",
+            [
+                f"train.output_dir={tmp_path}",
+                "train.report_to=none",
+                "train.max_steps=3",
+                "train.checkpointing_steps=1",
+                "train.checkpoints_total_limit=2",
+                "train.validation_steps=100",
+            ],
+        )
+    )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
 
 
@@ -484,13 +563,22 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, cpu_
     step (1e-5), the same weights (1e-4: the conv biases right before the tiny VAE's one-channel
     GroupNorms get no gradient but rounding noise, which Adam scales up to ~4e-5; a different batch
     moves every tensor by ~lr = 1e-3)."""
-    args = ["--recipe", "tiny", "train.max_steps=2", "train.checkpointing_steps=2", "train.validation_steps=100",
-            "train.report_to=none", "train.global_batch_size=4"]
+    args = [
+        "--recipe",
+        "tiny",
+        "train.max_steps=2",
+        "train.checkpointing_steps=2",
+        "train.validation_steps=100",
+        "train.report_to=none",
+        "train.global_batch_size=4",
+    ]
     for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
         res = cpu_processes(n, REPO / "distill.py", *args, f"train.output_dir={out}")
         assert f"{n} process{'es' if n > 1 else ''} (" in res.stdout  # really n processes, not n runs of one
-    losses = [[json.loads(line) for line in (tmp_path / run / "losses.jsonl").read_text().splitlines()]
-              for run in ("one", "two")]
+    losses = [
+        [json.loads(line) for line in (tmp_path / run / "losses.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
     for a, b in zip(*losses, strict=True):
         for k in ("loss", "mse", "lpips", "kl"):
             assert a[k] == pytest.approx(b[k], rel=1e-5), (a["step"], k)
@@ -540,8 +628,9 @@ def test_the_memory_estimate_adds_up_weights_state_and_saved_activations(capsys)
     a, b = full["activations_by_part_gib"], ckpt["activations_by_part_gib"]
     assert all(v > 0 for k, v in a.items() if k != "other")
     assert b["transformer"] < a["transformer"] and b["vae.decoder"] == a["vae.decoder"]
-    assert ckpt["peak_memory_gib"] == pytest.approx(ckpt["weights_gib"] + ckpt["training_state_gib"]
-                                                    + ckpt["activations_gib"])
+    assert ckpt["peak_memory_gib"] == pytest.approx(
+        ckpt["weights_gib"] + ckpt["training_state_gib"] + ckpt["activations_gib"]
+    )
     assert main(["bench", "train", "--preset", "tiny", "--batch", "2", "--device", "meta", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["estimated"] is True and r["activations_gib"] == pytest.approx(full["activations_gib"])

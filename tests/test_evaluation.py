@@ -101,26 +101,41 @@ def test_metrics_that_cannot_run_say_why_and_niqe_runs_offline(monkeypatch):
 
 
 def test_images_pair_by_name_whatever_the_dataset_tags(tmp_path):
-    names = {"Canon_001_LR4.png": "canon_001", "Canon_001_HR.png": "canon_001", "DSC_1454_x4.png": "dsc_1454",
-             "0801x4.png": "0801", "0801.png": "0801", "photo_lq.jpg": "photo", "box4.png": "box4"}
+    names = {
+        "Canon_001_LR4.png": "canon_001",
+        "Canon_001_HR.png": "canon_001",
+        "DSC_1454_x4.png": "dsc_1454",
+        "0801x4.png": "0801",
+        "0801.png": "0801",
+        "photo_lq.jpg": "photo",
+        "box4.png": "box4",
+    }
     for name, key in names.items():
         assert pair_key(tmp_path / name) == key, name
     root = tmp_path / "RealSR"
-    for sub, name in (("test_HR", "Canon_001_HR.png"), ("test_HR", "Nikon_002_HR.png"),
-                      ("test_LR", "Canon_001_LR4.png"), ("test_LR", "Nikon_002_LR4.png")):
+    for sub, name in (
+        ("test_HR", "Canon_001_HR.png"),
+        ("test_HR", "Nikon_002_HR.png"),
+        ("test_LR", "Canon_001_LR4.png"),
+        ("test_LR", "Nikon_002_LR4.png"),
+    ):
         (root / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / sub / name)
     gt, lq = index_images(resolve_folder(root, "gt"), "gt"), index_images(resolve_folder(root, "lq"), "lq")
     pairs = match(gt, lq=lq)
-    assert [(p.gt.name, p.lq.name) for p in pairs] == [("Canon_001_HR.png", "Canon_001_LR4.png"),
-                                                        ("Nikon_002_HR.png", "Nikon_002_LR4.png")]
+    assert [(p.gt.name, p.lq.name) for p in pairs] == [
+        ("Canon_001_HR.png", "Canon_001_LR4.png"),
+        ("Nikon_002_HR.png", "Nikon_002_LR4.png"),
+    ]
     v3 = tmp_path / "Canon" / "Test" / "4"  # RealSR V3: HR and LR side by side
     v3.mkdir(parents=True)
     for name in ("Canon_003_HR.png", "Canon_003_LR4.png", "Canon_004_HR.png", "Canon_004_LR4.png"):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(v3 / name)
     both = match(index_images(v3, "gt"), lq=index_images(v3, "lq"))
-    assert [(p.gt.name, p.lq.name) for p in both] == [("Canon_003_HR.png", "Canon_003_LR4.png"),
-                                                       ("Canon_004_HR.png", "Canon_004_LR4.png")]
+    assert [(p.gt.name, p.lq.name) for p in both] == [
+        ("Canon_003_HR.png", "Canon_003_LR4.png"),
+        ("Canon_004_HR.png", "Canon_004_LR4.png"),
+    ]
     del lq["nikon_002"]
     with pytest.raises(ConfigError, match="Nikon_002_HR.png.*--allow-missing"):
         match(gt, lq=lq)
@@ -145,8 +160,27 @@ def _folders(tmp_path, shift=0):
 def test_evaluate_scores_restorations_and_writes_the_table(tmp_path, capsys):
     d = _folders(tmp_path)
     out = tmp_path / "eval"
-    assert main(["evaluate", "--pred", str(d / "SR"), "--gt", str(d / "HR"), "--lq", str(d / "LR"),
-                 "--crop-border", "4", "--metrics", "psnr,ssim,lpips,niqe", "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(d / "SR"),
+                "--gt",
+                str(d / "HR"),
+                "--lq",
+                str(d / "LR"),
+                "--crop-border",
+                "4",
+                "--metrics",
+                "psnr,ssim,lpips,niqe",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["method"] for r in rows] == ["pred", "bicubic"]
@@ -174,13 +208,30 @@ def test_evaluate_refuses_mismatched_sizes_naming_the_pair(tmp_path, capsys):
 def test_evaluate_restores_with_bicubic_without_a_model(tmp_path, capsys):
     d = _folders(tmp_path)
     out = tmp_path / "e"
-    assert main(["evaluate", "--method", "bicubic", "--lq", str(d / "LR"), "--gt", str(d / "HR"),
-                 "--metrics", "psnr,ssim", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--method",
+                "bicubic",
+                "--lq",
+                str(d / "LR"),
+                "--gt",
+                str(d / "HR"),
+                "--metrics",
+                "psnr,ssim",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["method"] for r in rows] == ["bicubic"] and float(rows[0]["sec_per_image"]) > 0
     assert (out / "bicubic" / "astronaut.png").is_file()
-    assert main(["evaluate", "--method", "onestep", "--lq", str(d / "LR"), "--gt", str(d / "HR"),
-                 "--out", str(out)]) == 2
+    assert (
+        main(["evaluate", "--method", "onestep", "--lq", str(d / "LR"), "--gt", str(d / "HR"), "--out", str(out)]) == 2
+    )
     assert "needs --model" in capsys.readouterr().err
 
 
@@ -192,8 +243,24 @@ def test_a_per_set_metric_compares_each_methods_folder_with_the_ground_truth_fol
     fake = metrics.Metric("fid", False, True, lambda device: lambda p, g: seen.append((p, g)) or 12.5, per_set=True)
     monkeypatch.setitem(metrics.METRICS, "fid", fake)
     out = tmp_path / "e"
-    assert main(["evaluate", "--pred", str(d / "SR"), "--gt", str(d / "HR"), "--lq", str(d / "LR"),
-                 "--metrics", "psnr,fid", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(d / "SR"),
+                "--gt",
+                str(d / "HR"),
+                "--lq",
+                str(d / "LR"),
+                "--metrics",
+                "psnr,fid",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [(p.name, g.name) for p, g in seen] == [("SR", "HR"), ("bicubic", "HR")]
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [float(r["fid"]) for r in rows] == [12.5, 12.5]

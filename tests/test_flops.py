@@ -26,7 +26,7 @@ from varestorer.transformer.loading import build_transformer
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]  # the tiny preset at 64 px
 SIZES = [h * w for h, w in SCHEDULE]
 L = sum(SIZES)  # 121
-VISIBLE = sum(n * sum(SIZES[:k + 1]) for k, n in enumerate(SIZES))  # causal (query, key) pairs: 1+20+336+2052+7744
+VISIBLE = sum(n * sum(SIZES[: k + 1]) for k, n in enumerate(SIZES))  # causal (query, key) pairs: 1+20+336+2052+7744
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +92,17 @@ def test_full_and_causal_differ_by_the_hidden_blocks_of_self_attention(tiny):
 def test_bench_flops_prints_and_jsons_its_figures_on_the_tiny_preset(capsys):
     assert main(["bench", "flops", "--preset", "tiny", "--resolution", "64"]) == 0
     out = capsys.readouterr().out
-    for text in ("one-step, full attention [counted]", "block-causal, dense mask [counted]",
-                 "block-causal, visible blocks [analytic]", "multistep, KV cache, CFG x2 [counted]",
-                 "VAE decoder", "VAE encoder", "estimate 2 N L", "attn share", "MFLOPs"):
+    for text in (
+        "one-step, full attention [counted]",
+        "block-causal, dense mask [counted]",
+        "block-causal, visible blocks [analytic]",
+        "multistep, KV cache, CFG x2 [counted]",
+        "VAE decoder",
+        "VAE encoder",
+        "estimate 2 N L",
+        "attn share",
+        "MFLOPs",
+    ):
         assert text in out
     assert main(["bench", "flops", "--preset", "tiny", "--resolution", "64", "--prompt-tokens", "12", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -118,7 +126,7 @@ def test_infinity_2b_counts_on_meta_in_seconds_with_its_known_parameter_count():
     assert time.perf_counter() - start < 90
     assert r["params"] == 2_204_564_032 and r["tokens"] == 2521
     assert r["estimate_2NL"] == 2 * 2_204_564_032 * 2521
-    assert r["full"]["self_attention"] == 32 * 4 * 2048 * 2521 ** 2
+    assert r["full"]["self_attention"] == 32 * 4 * 2048 * 2521**2
     assert r["analytic_matches_counter"]
     assert r["difference_visible"] > 0 == r["difference_counted"]
     assert r["paper"]["paper_ratio"] == pytest.approx(1.28)

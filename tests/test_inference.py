@@ -47,8 +47,9 @@ def trained_varsr(tmp_path_factory):
     """A tiny multi-step VARSR-style model (mode varsr) with a LoRA away from zero, exported."""
     root = tmp_path_factory.mktemp("varsr")
     torch.manual_seed(0)
-    recipe = load_recipe("tiny", [f"train.output_dir={root}", "train.report_to=none", "mode=varsr",
-                                  "student.attention=causal"])
+    recipe = load_recipe(
+        "tiny", [f"train.output_dir={root}", "train.report_to=none", "mode=varsr", "student.attention=causal"]
+    )
     model = VARestorerModel.from_recipe(recipe)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -116,7 +117,8 @@ def test_peft_loads_the_exported_adapter_on_the_base(trained):
 
     model, export = trained
     assert {"adapter_model.safetensors", "adapter_config.json", "encoder.safetensors", CONFIG_FILE} <= {
-        p.name for p in export.iterdir()}
+        p.name for p in export.iterdir()
+    }
     assert not list(export.glob("*.bin")) and not list(export.glob("*.pt*"))  # no pickles
     base = load_transformer("tiny", export / "base_transformer.safetensors")
     peft_model = PeftModel.from_pretrained(base, str(export))
@@ -125,7 +127,11 @@ def test_peft_loads_the_exported_adapter_on_the_base(trained):
     assert trained_lora.keys() == loaded.keys() and trained_lora
     assert all(torch.equal(trained_lora[k], loaded[k]) for k in trained_lora)
     config = json.loads((export / CONFIG_FILE).read_text())
-    assert config["base_preset"] == "tiny" and config["resolution"] == 64 and config["scale_schedule"] == [[1, 1], [2, 2], [4, 4], [6, 6], [8, 8]]
+    assert (
+        config["base_preset"] == "tiny"
+        and config["resolution"] == 64
+        and config["scale_schedule"] == [[1, 1], [2, 2], [4, 4], [6, 6], [8, 8]]
+    )
     assert config["recipe"]["name"] == "tiny" and config["attention"] == "full"
 
 
@@ -137,18 +143,22 @@ def test_an_adapter_written_by_peft_itself_loads_in_place_with_the_same_output(t
 
     model, export = trained
     torch.manual_seed(3)
-    wrapped = get_peft_model(load_transformer("tiny", export / "base_transformer.safetensors"),
-                             lora_config(rank=4, init=False))  # lora_B random: the adapter changes the output
+    wrapped = get_peft_model(
+        load_transformer("tiny", export / "base_transformer.safetensors"), lora_config(rank=4, init=False)
+    )  # lora_B random: the adapter changes the output
     wrapped.save_pretrained(str(tmp_path / "peft"))
     inner = load_transformer("tiny", export / "base_transformer.safetensors")
     assert load_adapter(inner, tmp_path / "peft") is inner and is_adapted(inner)
     with torch.no_grad():
         text = model.text_encoder(["a red door"], device="cpu")
         inputs = model.lq_tokens(torch.rand(1, 3, 64, 64) * 2 - 1).lq_input_sequence("pyramid")
-        assert torch.equal(inner(text, inputs, model.schedule, attention="full"),
-                           wrapped(text, inputs, model.schedule, attention="full"))
+        assert torch.equal(
+            inner(text, inputs, model.schedule, attention="full"),
+            wrapped(text, inputs, model.schedule, attention="full"),
+        )
     (tmp_path / "peft" / "adapter_config.json").write_text(
-        (tmp_path / "peft" / "adapter_config.json").read_text().replace('"r": 4', '"r": 8'))
+        (tmp_path / "peft" / "adapter_config.json").read_text().replace('"r": 4', '"r": 8')
+    )
     with pytest.raises(RuntimeError, match="size mismatch"):  # the pipeline turns it into a CheckpointError
         load_adapter(load_transformer("tiny", export / "base_transformer.safetensors"), tmp_path / "peft")
 
@@ -253,7 +263,9 @@ def test_a_half_precision_pipeline_holds_its_weights_in_that_precision(trained, 
     _, export = trained
     full, half = VARestorerPipeline.from_pretrained(export), VARestorerPipeline.from_pretrained(export)
     half.to("cpu", torch.bfloat16)
-    blocks = {id(p) for n, p in half.transformer.named_parameters() if n.startswith("block_chunks.") and "_norm." not in n}
+    blocks = {
+        id(p) for n, p in half.transformer.named_parameters() if n.startswith("block_chunks.") and "_norm." not in n
+    }
     assert {p.dtype for p in half.text_encoder.parameters()} == {torch.bfloat16}
     for n, p in [*half.transformer.named_parameters(), *half.vae.named_parameters(), *half.encoder.named_parameters()]:
         assert p.dtype == (torch.bfloat16 if id(p) in blocks else torch.float32), n
@@ -455,14 +467,15 @@ def test_restore_command(trained, tmp_path, capsys):
     assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "x")]) == 2
     assert "needs --model" in capsys.readouterr().err
     # --no-prompt: the paper's "w/o prompt" (an empty text, no captioner, no warning)
-    assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "np"), "--model", str(export),
-                 "--no-prompt"]) == 0
+    assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "np"), "--model", str(export), "--no-prompt"]) == 0
     pipe = VARestorerPipeline.from_pretrained(export)
     expected = pipe([src / "a.jpg"], prompt="", output_type="np").images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "np" / "a.png")), expected)
     # an output too large is refused per image, before any work, and listed
-    assert main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "big"), "--method", "bicubic",
-                 "--upscale", "1000"]) == 1
+    assert (
+        main(["restore", str(src / "a.jpg"), "-o", str(tmp_path / "big"), "--method", "bicubic", "--upscale", "1000"])
+        == 1
+    )
     assert "lower --upscale" in (tmp_path / "big" / "skipped.tsv").read_text()
 
 
@@ -477,11 +490,28 @@ def test_export_command_and_publish_dry_run(tmp_path, capsys):
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    train(load_recipe("tiny", [f"train.output_dir={run}", "train.report_to=none", "train.max_steps=1",
-                               "train.validation_steps=100"]))
+    train(
+        load_recipe(
+            "tiny",
+            [f"train.output_dir={run}", "train.report_to=none", "train.max_steps=1", "train.validation_steps=100"],
+        )
+    )
     out = tmp_path / "exported"
-    assert main(["export", str(run / "checkpoint-1"), str(out), "--merge", "--samples", "2",
-                 "--repo-id", "someone/varestorer-tiny"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run / "checkpoint-1"),
+                str(out),
+                "--merge",
+                "--samples",
+                "2",
+                "--repo-id",
+                "someone/varestorer-tiny",
+            ]
+        )
+        == 0
+    )
     names = {p.name for p in out.iterdir()}
     assert {"adapter_model.safetensors", "encoder.safetensors", CONFIG_FILE, MERGED_FILE, "README.md"} <= names
     assert len(list((out / "samples").glob("*.png"))) == 2
@@ -543,9 +573,31 @@ def test_evaluate_restores_with_each_method_at_the_ground_truth_size_and_scores_
         hr.save(tmp_path / "HR" / f"img{i}_HR.png")
         hr.resize((16, 16), Image.BICUBIC).save(tmp_path / "LR" / f"img{i}_LR4.png")
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(export), "--method", "onestep", "--method", "zeroshot", "--method",
-                 "bicubic", "--lq", str(tmp_path / "LR"), "--gt", str(tmp_path / "HR"), "--no-prompt",
-                 "--metrics", "psnr,ssim", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(export),
+                "--method",
+                "onestep",
+                "--method",
+                "zeroshot",
+                "--method",
+                "bicubic",
+                "--lq",
+                str(tmp_path / "LR"),
+                "--gt",
+                str(tmp_path / "HR"),
+                "--no-prompt",
+                "--metrics",
+                "psnr,ssim",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["method"] for r in rows] == ["onestep", "zeroshot", "bicubic"]
     assert all(float(r["sec_per_image"]) > 0 and r["images"] == "2" for r in rows)
@@ -555,8 +607,27 @@ def test_evaluate_restores_with_each_method_at_the_ground_truth_size_and_scores_
     expected = pipe(lq, prompt="", output_type="np").images[0]  # one batch, as evaluate's --batch-size 4 makes it
     assert restored.shape == (64, 64, 3) and np.array_equal(restored, expected)  # the pipeline's own output
     # --record: the onestep row goes into the model folder, where the model card finds it
-    assert main(["evaluate", "--model", str(export), "--lq", str(tmp_path / "LR"), "--gt", str(tmp_path / "HR"),
-                 "--no-prompt", "--metrics", "psnr,ssim", "--out", str(out), "--record", "toy-set"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(export),
+                "--lq",
+                str(tmp_path / "LR"),
+                "--gt",
+                str(tmp_path / "HR"),
+                "--no-prompt",
+                "--metrics",
+                "psnr,ssim",
+                "--out",
+                str(out),
+                "--record",
+                "toy-set",
+            ]
+        )
+        == 0
+    )
     from varestorer.hub import render_card
 
     recorded = json.loads((export / "evaluation.json").read_text())["toy-set"]

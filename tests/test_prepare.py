@@ -94,8 +94,11 @@ def test_read_rgb_converts_every_mode(tmp_path):
     assert rot.shape == (120, 80, 3)  # EXIF orientation applied: portrait
     # the red top-left quadrant is now top-right (rotated 90 degrees clockwise)
     assert rot[10, 70, 0] > 200 and rot[10, 70, 2] < 60 and rot[10, 10, 2] > 200
-    for name, reason in (("truncated.jpg", "truncated or corrupt"), ("zero.png", "empty file"),
-                         ("text.jpg", "not an image")):
+    for name, reason in (
+        ("truncated.jpg", "truncated or corrupt"),
+        ("zero.png", "empty file"),
+        ("text.jpg", "not an image"),
+    ):
         with pytest.raises(ImageSkip) as e:
             read_rgb(tmp_path / name)
         assert e.value.reason == reason
@@ -109,8 +112,25 @@ def test_bad_inputs_are_converted_or_skipped_and_reported(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     expected = make_bad_input_folder(src)
-    assert main(["prepare", str(src), str(out), "--size", "64", "--caption", "none", "--workers", "0",
-                 "--shard-size", "5", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(src),
+                str(out),
+                "--size",
+                "64",
+                "--caption",
+                "none",
+                "--workers",
+                "0",
+                "--shard-size",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     skipped = {k: v for k, v in expected.items() if v}
     kept = sorted(k for k, v in expected.items() if not v)
@@ -131,8 +151,17 @@ def test_bad_inputs_are_converted_or_skipped_and_reported(tmp_path, capsys):
 
 # -------------------------------------------------------------------------------- resumability
 def make_photo_folder(root, n=9):
-    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-             "camera", "brick"]
+    names = [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "camera",
+        "brick",
+    ]
     for i in range(n):
         sub = root / f"part{i % 3}"
         sub.mkdir(parents=True, exist_ok=True)
@@ -225,8 +254,9 @@ def test_prepared_dataset_captions_loader_and_streaming(tmp_path):
     assert torch.equal(center[(5, 2)]["pixel_values"], first)
     stored = np.asarray(ds[2]["image"].convert("RGB"), dtype=np.float32) / 255
     top, left = (stored.shape[0] - 64) // 2, (stored.shape[1] - 64) // 2
-    torch.testing.assert_close(first, torch.from_numpy(stored[top:top + 64, left:left + 64]).permute(2, 0, 1),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        first, torch.from_numpy(stored[top : top + 64, left : left + 64]).permute(2, 0, 1), rtol=0, atol=1e-6
+    )
     batch = next(iter(DataLoader(train, batch_size=2, collate_fn=collate)))
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["caption"]) == 2
     pairs = list(iter_prepared(out, size=64, random_crop=False))

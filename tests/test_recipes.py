@@ -32,18 +32,24 @@ def test_paper_setting():
 
 
 def _flat(recipe) -> dict:
-    return {f"{s}.{k}" if isinstance(v, dict) else s: x for s, v in recipe.to_dict().items()
-            for k, x in (v.items() if isinstance(v, dict) else [(None, v)])}
+    return {
+        f"{s}.{k}" if isinstance(v, dict) else s: x
+        for s, v in recipe.to_dict().items()
+        for k, x in (v.items() if isinstance(v, dict) else [(None, v)])
+    }
 
 
-@pytest.mark.parametrize("name, changed", [
-    ("ablation-no-kl", {"loss.kl"}),
-    ("ablation-no-cross-attention", {"student.attention"}),
-    ("ablation-full-finetune", {"student.full_finetune"}),
-    ("ablation-retrain-without-captions", {"data.use_captions"}),
-    ("ablation-no-distill", {"mode", "student.attention", "optim.lr"}),
-    ("varestorer-2b-1024", {"model.transformer", "model.resolution", "data.dataset"}),
-])
+@pytest.mark.parametrize(
+    "name, changed",
+    [
+        ("ablation-no-kl", {"loss.kl"}),
+        ("ablation-no-cross-attention", {"student.attention"}),
+        ("ablation-full-finetune", {"student.full_finetune"}),
+        ("ablation-retrain-without-captions", {"data.use_captions"}),
+        ("ablation-no-distill", {"mode", "student.attention", "optim.lr"}),
+        ("varestorer-2b-1024", {"model.transformer", "model.resolution", "data.dataset"}),
+    ],
+)
 def test_an_ablation_is_its_base_recipe_with_only_its_own_lines_changed(name, changed):
     base, ablation = _flat(load_recipe("varestorer-2b-512")), _flat(load_recipe(name))
     differ = {k for k in base if base[k] != ablation[k]}
@@ -70,14 +76,18 @@ def test_a_recipe_inherits_from_a_base_beside_it_and_bad_bases_are_errors(tmp_pa
 
 
 def test_overrides_are_parsed_as_yaml():
-    r = load_recipe("tiny", ["optim.lr=1e-4", "train.max_steps=7", "student.lora_targets=[sa.proj]",
-                             "train.resume_from_checkpoint=latest"])
+    r = load_recipe(
+        "tiny",
+        ["optim.lr=1e-4", "train.max_steps=7", "student.lora_targets=[sa.proj]", "train.resume_from_checkpoint=latest"],
+    )
     assert r.optim.lr == 1e-4 and r.train.max_steps == 7 and r.student.lora_targets == ["sa.proj"]
     assert r.train.resume_from_checkpoint == "latest"
 
 
 def test_unknown_keys_name_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr' in optim \(did you mean optim.lr\?\); valid keys: lr, weight_decay"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'optim.lrr' in optim \(did you mean optim.lr\?\); valid keys: lr, weight_decay"
+    ):
         load_recipe("tiny", ["optim.lrr=1"])
     with pytest.raises(ConfigError, match=r"unknown key 'bogus' in the recipe; valid keys: name, mode, model"):
         load_recipe("tiny", ["bogus=1"])

@@ -20,8 +20,12 @@ from varestorer.errors import CheckpointError, ConfigError, TrainingStopped
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("train_probe.py")
-COMMON = ["train.report_to=none", "train.checkpointing_steps=2", "train.validation_steps=100",
-          "train.checkpoints_total_limit=null"]
+COMMON = [
+    "train.report_to=none",
+    "train.checkpointing_steps=2",
+    "train.validation_steps=100",
+    "train.checkpoints_total_limit=null",
+]
 
 
 def _reset_accelerate():
@@ -50,10 +54,19 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 def start_probe(out: Path, *overrides: str, slow_at: int = 0) -> subprocess.Popen:
     # the threads of this process: a different count changes float sums, and the weights with them
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads()),
-           "PROBE_SLOW_CHECKPOINT_AT": str(slow_at)}
-    return subprocess.Popen([sys.executable, str(PROBE), f"train.output_dir={out}", *COMMON, *overrides],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        "PROBE_SLOW_CHECKPOINT_AT": str(slow_at),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(PROBE), f"train.output_dir={out}", *COMMON, *overrides],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_line(proc: subprocess.Popen, text: str) -> None:
@@ -182,8 +195,10 @@ def test_a_non_finite_step_is_skipped_without_touching_the_weights_and_counted(t
     out = tmp_path / "run"
     logs = train_here(out, "train.max_steps=4", "train.checkpointing_steps=1")
     assert logs["skipped_steps"] == 1
-    two, three = load_file(str(out / "checkpoint-2" / TRAINABLE_FILE)), load_file(
-        str(out / "checkpoint-3" / TRAINABLE_FILE))
+    two, three = (
+        load_file(str(out / "checkpoint-2" / TRAINABLE_FILE)),
+        load_file(str(out / "checkpoint-3" / TRAINABLE_FILE)),
+    )
     assert all(torch.equal(two[k], three[k]) for k in two)  # step 3 changed nothing
     four = load_file(str(out / "checkpoint-4" / TRAINABLE_FILE))
     assert any(not torch.equal(three[k], four[k]) for k in three)  # step 4 trained again
@@ -193,8 +208,9 @@ def test_a_non_finite_step_is_skipped_without_touching_the_weights_and_counted(t
 def test_a_diverged_run_stops_naming_the_last_good_checkpoint_and_never_writes_nan_weights(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingStopped, match=r"not finite for 3 steps in a row.*lower|not finite \(") as err:
-        train_here(out, "optim.lr=1e6", "train.max_steps=40", "train.max_nonfinite_steps=3",
-                   "train.checkpointing_steps=1")
+        train_here(
+            out, "optim.lr=1e6", "train.max_steps=40", "train.max_nonfinite_steps=3", "train.checkpointing_steps=1"
+        )
     assert "optim.lr" in str(err.value)
     assert not (out / "final").exists()
     for ckpt in list_checkpoints(out):
@@ -230,12 +246,32 @@ def test_sigterm_to_a_two_process_run_stops_every_process_at_the_same_step(tmp_p
     """torchrun forwards SIGTERM to its workers; they agree (all-reduce) to stop after the same
     step and write one complete checkpoint with both processes' random states."""
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
-           "PROBE_SLOW_CHECKPOINT_AT": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(PROBE), f"train.output_dir={out}", *COMMON, "train.max_steps=6",
-                             "train.global_batch_size=4"],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+        "PROBE_SLOW_CHECKPOINT_AT": "2",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(PROBE),
+            f"train.output_dir={out}",
+            *COMMON,
+            "train.max_steps=6",
+            "train.global_batch_size=4",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_line(proc, "WRITING 2")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
@@ -243,4 +279,6 @@ def test_sigterm_to_a_two_process_run_stops_every_process_at_the_same_step(tmp_p
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
     assert check_checkpoint(out / "checkpoint-3") is None
     assert {p.name for p in (out / "checkpoint-3").glob("random_states_*.pkl")} == {
-        "random_states_0.pkl", "random_states_1.pkl"}
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }

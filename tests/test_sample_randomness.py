@@ -45,6 +45,7 @@ def test_a_sample_gets_a_new_crop_and_degradation_seed_every_epoch():
 @pytest.mark.slow
 def test_two_processes_see_the_samples_of_one_process_new_every_epoch(tmp_path, cpu_processes):
     """Two processes over gloo (accelerate shards the loader), two epochs, against one process."""
+
     def probe(processes: int) -> list[dict]:
         out = tmp_path / f"p{processes}"
         out.mkdir()

@@ -96,8 +96,14 @@ def test_the_rebuild_recipes_run_shortened_and_bundle_a_base_that_loads(tmp_path
     from varestorer.distill.recipe import load_recipe
     from varestorer.distill.trainer import train
 
-    short = ["train.max_steps=2", "train.global_batch_size=2", "train.report_to=none", "train.checkpointing_steps=2",
-             "train.validation_steps=2", "train.num_validation_images=1"]
+    short = [
+        "train.max_steps=2",
+        "train.global_batch_size=2",
+        "train.report_to=none",
+        "train.checkpointing_steps=2",
+        "train.validation_steps=2",
+        "train.num_validation_images=1",
+    ]
     tok = tmp_path / "tok"
     logs = train(load_recipe("small-tokenizer", short + [f"train.output_dir={tok}"]))
     assert "psnr" in logs
@@ -108,15 +114,22 @@ def test_the_rebuild_recipes_run_shortened_and_bundle_a_base_that_loads(tmp_path
     history = [json.loads(line) for line in (teacher / "losses.jsonl").read_text().splitlines()]
     assert 0.5 < history[-1]["heldout_cross_entropy"] < 0.8
     out = tmp_path / "bundle"
-    assert main(["bundle", "--tokenizer", str(tok / "final"), "--teacher", str(teacher / "final"), "--out", str(out)]) == 0
+    assert (
+        main(["bundle", "--tokenizer", str(tok / "final"), "--teacher", str(teacher / "final"), "--out", str(out)]) == 0
+    )
     info = json.loads((out / "base_info.json").read_text())
-    assert set(info) >= {"tokenizer_heldout_psnr_db", "tokenizer_heldout_chroma_energy_ratio",
-                         "teacher_heldout_cross_entropy", "initial_heldout_cross_entropy"}
+    assert set(info) >= {
+        "tokenizer_heldout_psnr_db",
+        "tokenizer_heldout_chroma_energy_ratio",
+        "teacher_heldout_cross_entropy",
+        "initial_heldout_cross_entropy",
+    }
     assert (out / "samples.png").is_file()
     from safetensors.torch import load_file
 
-    assert all(v.dtype == torch.float16 for v in load_file(out / "transformer.safetensors").values()
-               if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float16 for v in load_file(out / "transformer.safetensors").values() if v.is_floating_point()
+    )
 
 
 def test_a_caption_file_gives_each_image_its_caption(tmp_path):
@@ -138,8 +151,22 @@ def test_the_demo_distils_the_small_base_and_reports_every_method(tmp_path, caps
     from varestorer.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out), "--steps", "2", "--images", "2",
-                 "--methods", "bicubic,zeroshot,multistep,onestep"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--output-dir",
+                str(out),
+                "--steps",
+                "2",
+                "--images",
+                "2",
+                "--methods",
+                "bicubic,zeroshot,multistep,onestep",
+            ]
+        )
+        == 0
+    )
     report = (out / "report.md").read_text()
     for method in ("bicubic", "zeroshot", "multistep", "onestep"):
         assert f"| {method} |" in report

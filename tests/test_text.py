@@ -72,8 +72,18 @@ def test_loads_a_local_t5_folder(tmp_path):
 
     tok = word_tokenizer()
     torch.manual_seed(0)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                                 relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+        )
+    )
     t5.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     enc = TextEncoder.from_pretrained(tmp_path, max_length=8)
@@ -93,12 +103,30 @@ def sentencepiece_t5_folder(path):
     path.mkdir(parents=True, exist_ok=True)
     corpus = path / "corpus.txt"
     corpus.write_text("\n".join(["a photo of a cat on the street", "two dogs in the snow", "a red car"] * 30))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(path / "spiece"), vocab_size=24,
-                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(path / "spiece"),
+        vocab_size=24,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
     (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 4}))
     torch.manual_seed(0)
-    T5EncoderModel(T5Config(vocab_size=28, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")).save_pretrained(path)
+    T5EncoderModel(
+        T5Config(
+            vocab_size=28,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+        )
+    ).save_pretrained(path)
     return path
 
 

@@ -36,8 +36,10 @@ def tiny_vae():
 def multiscale_latent(batch, dim, side, seed=0):
     """A latent with structure at every scale, like an encoder's output."""
     g = torch.Generator().manual_seed(seed)
-    lat = sum(F.interpolate(torch.randn(batch, dim, s, s, generator=g), size=(side, side), mode="bilinear")
-              for s in (1, 2, 4, 8, side))
+    lat = sum(
+        F.interpolate(torch.randn(batch, dim, s, s, generator=g), size=(side, side), mode="bilinear")
+        for s in (1, 2, 4, 8, side)
+    )
     return lat / lat.norm(dim=1, keepdim=True).mean() * 2
 
 
@@ -68,7 +70,7 @@ def test_encode_decode_shapes_and_ranges(tiny_vae):
     for b in tokens.bits:
         assert b.dtype == torch.int64 and set(b.unique().tolist()) <= {0, 1}
     # every code is on the sphere: +-1/sqrt(d)
-    assert torch.allclose(tokens.codes[3].abs(), torch.full_like(tokens.codes[3], 16 ** -0.5))
+    assert torch.allclose(tokens.codes[3].abs(), torch.full_like(tokens.codes[3], 16**-0.5))
 
 
 def test_bits_decode_back_to_exactly_the_quantized_latent(tiny_vae):
@@ -83,11 +85,13 @@ def test_bits_decode_back_to_exactly_the_quantized_latent(tiny_vae):
 
 def _linear_resize_by_hand(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Half-pixel linear resize of (..., H, W), written out: Infinity's trilinear on (1, h, w)."""
+
     def axis(n_in, n_out):
         src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
         i0 = np.floor(src).astype(int)
         i1 = np.minimum(i0 + 1, n_in - 1)
         return i0, i1, src - i0
+
     r0, r1, a = axis(x.shape[-2], out_h)
     c0, c1, b = axis(x.shape[-1], out_w)
     rows = x[..., r0, :] * (1 - a)[:, None] + x[..., r1, :] * a[:, None]
@@ -114,8 +118,12 @@ def test_teacher_inputs_are_the_accumulated_codes_resized_trilinearly_as_infinit
         expected = _linear_resize_by_hand(acc, *ODD_SCHEDULE[k + 1])
         np.testing.assert_allclose(tokens.teacher_inputs[k].double().numpy(), expected, rtol=0, atol=1e-6)
         # the rule is upstream's 5-D trilinear interpolation, not area (which the tokenizer used to take)
-        five_d = F.interpolate(torch.from_numpy(acc).float()[:, :, None], size=(1, *ODD_SCHEDULE[k + 1]),
-                               mode="trilinear", align_corners=False)[:, :, 0]
+        five_d = F.interpolate(
+            torch.from_numpy(acc).float()[:, :, None],
+            size=(1, *ODD_SCHEDULE[k + 1]),
+            mode="trilinear",
+            align_corners=False,
+        )[:, :, 0]
         torch.testing.assert_close(tokens.teacher_inputs[k], five_d, rtol=0, atol=1e-6)
         if ODD_SCHEDULE[k + 1] == (5, 5):  # the test can tell the two rules apart
             area = F.interpolate(torch.from_numpy(acc).float(), size=(5, 5), mode="area")
@@ -158,8 +166,9 @@ def test_self_correction_flips_feed_later_scales_and_their_labels_correct_them()
     noisy = q(lat, ODD_SCHEDULE, flips=flips)
     assert all(torch.equal(a, b) for a, b in zip(clean.bits[:2], noisy.bits[:2]))  # own labels stay true
     flipped = [clean.bits[0], 1 - clean.bits[1]]
-    torch.testing.assert_close(noisy.teacher_inputs[1],
-                               F.interpolate(q.bits_to_latent(flipped, size=(8, 8)), size=(3, 3), mode="bilinear"))
+    torch.testing.assert_close(
+        noisy.teacher_inputs[1], F.interpolate(q.bits_to_latent(flipped, size=(8, 8)), size=(3, 3), mode="bilinear")
+    )
     assert not torch.equal(clean.bits[2], noisy.bits[2])  # scale 2 now corrects scale 1's flipped bits
     # and its residual is taken against the flipped accumulation: the final latent stays close
     err_clean = (lat - clean.quantized).norm()
@@ -171,8 +180,7 @@ def test_residual_error_shrinks_scale_by_scale():
     sched = scale_schedule(128, 8)
     latent = multiscale_latent(2, 16, 16, seed=1)
     tokens = q(latent, sched)
-    errors = [(latent - q.bits_to_latent(tokens.bits[: k + 1], size=(16, 16))).norm().item()
-              for k in range(len(sched))]
+    errors = [(latent - q.bits_to_latent(tokens.bits[: k + 1], size=(16, 16))).norm().item() for k in range(len(sched))]
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
 
 
@@ -205,8 +213,13 @@ def official_layout(vae: BSQVAE, plain: bool = False) -> dict:
     sd = {k: v.clone() for k, v in vae.state_dict().items()}
     sd["quantize.lfq.mask"] = sd["quantizer.lfq.mask"].clone()
     if plain:  # the plain layout Infinity's loader also accepts: no .conv/.norm wrappers
-        sd = {k.replace(".conv.weight", ".weight").replace(".conv.bias", ".bias")
-               .replace(".norm.weight", ".weight").replace(".norm.bias", ".bias"): v for k, v in sd.items()}
+        sd = {
+            k.replace(".conv.weight", ".weight")
+            .replace(".conv.bias", ".bias")
+            .replace(".norm.weight", ".weight")
+            .replace(".norm.bias", ".bias"): v
+            for k, v in sd.items()
+        }
     return sd
 
 
@@ -282,6 +295,10 @@ def test_info_cli_json(capsys):
     assert main(["info", "--preset", "infinity-2b", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["vae_params"] == 110_118_051 and info["vae_encoder_params"] == 45_025_696
-    assert info["scale_schedules"]["512"] == {"sides": [1, 2, 4, 6, 8, 12, 16, 20, 24, 32], "scales": 10, "tokens": 2521}
+    assert info["scale_schedules"]["512"] == {
+        "sides": [1, 2, 4, 6, 8, 12, 16, 20, 24, 32],
+        "scales": 10,
+        "tokens": 2521,
+    }
     assert main(["info", "--preset", "nope"]) == 2
     assert "valid presets: infinity-2b, tiny" in capsys.readouterr().err

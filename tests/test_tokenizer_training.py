@@ -27,9 +27,20 @@ def test_tokenizer_mode_trains_the_vae_and_exports_what_load_vae_reads(tmp_path)
     from varestorer.tokenizer.loading import load_vae
 
     out = tmp_path / "run"
-    recipe = load_recipe("tiny", [f"train.output_dir={out}", "train.report_to=none", "mode=tokenizer",
-                                  "tokenizer.lpips=0", "train.max_steps=12", "train.checkpointing_steps=12",
-                                  "train.validation_steps=12", "optim.lr=2e-3", "data.random_crop=false"])
+    recipe = load_recipe(
+        "tiny",
+        [
+            f"train.output_dir={out}",
+            "train.report_to=none",
+            "mode=tokenizer",
+            "tokenizer.lpips=0",
+            "train.max_steps=12",
+            "train.checkpointing_steps=12",
+            "train.validation_steps=12",
+            "optim.lr=2e-3",
+            "data.random_crop=false",
+        ],
+    )
     logs = train(recipe)
     history = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     assert {"l1", "commitment", "entropy", "psnr"} <= set(history[0])
@@ -60,8 +71,10 @@ def test_ln_before_quant_puts_every_latent_at_unit_norm_so_each_scale_quantizes_
     with_ln = vae.quantizer(latent, schedule)
     vae.quantizer.layernorm = None
     without = vae.quantizer(latent, schedule)
+
     # without it, the finest scale repeats the coarser scales' signs far more often
     def agreement(tokens):
         coarse = torch.nn.functional.interpolate(tokens.codes[1], size=(4, 4), mode="nearest")
         return (coarse.sign() == tokens.codes[2].sign()).float().mean().item()
+
     assert agreement(without) > agreement(with_ln) + 0.1

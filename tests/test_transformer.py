@@ -37,8 +37,9 @@ def text():
 def tokens(batch=2, seed=0):
     """Multi-scale tokens of a structured latent, as the tokenizer gives them."""
     g = torch.Generator().manual_seed(seed)
-    lat = sum(F.interpolate(torch.randn(batch, 16, s, s, generator=g), size=(8, 8), mode="bilinear")
-              for s in (1, 2, 4, 8))
+    lat = sum(
+        F.interpolate(torch.randn(batch, 16, s, s, generator=g), size=(8, 8), mode="bilinear") for s in (1, 2, 4, 8)
+    )
     return MultiScaleBSQ(16)(lat, SCHEDULE)
 
 
@@ -56,7 +57,7 @@ def test_teacher_forcing_equals_kv_cached_decoding_scale_by_scale(model, text):
         assert logits.shape == (2, L, 16, 2)
         state = model.start_decoding(text, SCHEDULE)
         for k, expected in enumerate(per_scale(logits)):
-            x = None if k == 0 else inputs[:, STARTS[k] - 1:STARTS[k + 1] - 1]
+            x = None if k == 0 else inputs[:, STARTS[k] - 1 : STARTS[k + 1] - 1]
             step = model.decode_scale(state, x)
             torch.testing.assert_close(step, expected, atol=ATOL, rtol=0)
         with pytest.raises(ValueError, match="all 5 scales are decoded"):
@@ -73,7 +74,7 @@ def test_prefix_tokens_teacher_forced_equal_kv_cached_decoding_and_condition_eve
         plain = model(text, inputs, SCHEDULE, attention="causal")
         state = model.start_decoding(text, SCHEDULE, prefix=prefix)
         for k, expected in enumerate(per_scale(logits)):
-            x = None if k == 0 else inputs[:, STARTS[k] - 1:STARTS[k + 1] - 1]
+            x = None if k == 0 else inputs[:, STARTS[k] - 1 : STARTS[k + 1] - 1]
             torch.testing.assert_close(model.decode_scale(state, x), expected, atol=ATOL, rtol=0)
             assert not torch.allclose(per_scale(plain)[k], expected, atol=1e-4)  # every scale sees it
         # the prefix sees only itself: the scales' tokens cannot change what it contributes
@@ -87,7 +88,7 @@ def test_prefix_tokens_teacher_forced_equal_kv_cached_decoding_and_condition_eve
 def test_full_attention_differs_from_causal_only_through_the_mask(model, text):
     inputs = tokens().teacher_input_sequence()
     changed = inputs.clone()
-    changed[:, STARTS[3] - 1:STARTS[4] - 1] += 0.5  # the input of scale 3
+    changed[:, STARTS[3] - 1 : STARTS[4] - 1] += 0.5  # the input of scale 3
     with torch.no_grad():
         causal, causal2 = model(text, inputs, SCHEDULE, "causal"), model(text, changed, SCHEDULE, "causal")
         full, full2 = model(text, inputs, SCHEDULE, "full"), model(text, changed, SCHEDULE, "full")
@@ -236,19 +237,52 @@ def test_infinity_2b_key_layout_is_the_official_one():
         sd = build_transformer("infinity-2b").state_dict()
     top = {k for k in sd if not k.startswith("block_chunks.")}
     assert top == {
-        "cfg_uncond", "pos_start", "text_norm.weight", "lvl_embed.weight", "word_embed.weight", "word_embed.bias",
-        "text_proj_for_sos.ca.mat_q", "text_proj_for_sos.ca.v_bias", "text_proj_for_sos.ca.zero_k_bias",
-        "text_proj_for_sos.ca.mat_kv.weight", "text_proj_for_sos.ca.proj.weight", "text_proj_for_sos.ca.proj.bias",
-        "text_proj_for_ca.0.weight", "text_proj_for_ca.0.bias", "text_proj_for_ca.2.weight", "text_proj_for_ca.2.bias",
-        "shared_ada_lin.1.weight", "shared_ada_lin.1.bias", "head_nm.ada_lin.1.weight", "head_nm.ada_lin.1.bias",
-        "head.weight", "head.bias",
+        "cfg_uncond",
+        "pos_start",
+        "text_norm.weight",
+        "lvl_embed.weight",
+        "word_embed.weight",
+        "word_embed.bias",
+        "text_proj_for_sos.ca.mat_q",
+        "text_proj_for_sos.ca.v_bias",
+        "text_proj_for_sos.ca.zero_k_bias",
+        "text_proj_for_sos.ca.mat_kv.weight",
+        "text_proj_for_sos.ca.proj.weight",
+        "text_proj_for_sos.ca.proj.bias",
+        "text_proj_for_ca.0.weight",
+        "text_proj_for_ca.0.bias",
+        "text_proj_for_ca.2.weight",
+        "text_proj_for_ca.2.bias",
+        "shared_ada_lin.1.weight",
+        "shared_ada_lin.1.bias",
+        "head_nm.ada_lin.1.weight",
+        "head_nm.ada_lin.1.bias",
+        "head.weight",
+        "head.bias",
     }
     blocks = {re.sub(r"^block_chunks\.\d+\.module\.\d+\.", "", k) for k in sd if k.startswith("block_chunks.")}
     assert blocks == {
-        "ada_gss", "sa.mat_qkv.weight", "sa.q_bias", "sa.v_bias", "sa.zero_k_bias", "sa.scale_mul_1H11",
-        "sa.proj.weight", "sa.proj.bias", "ca.mat_q.weight", "ca.mat_q.bias", "ca.mat_kv.weight", "ca.v_bias",
-        "ca.zero_k_bias", "ca.proj.weight", "ca.proj.bias", "ca_norm.weight", "ca_norm.bias",
-        "ffn.fc1.weight", "ffn.fc1.bias", "ffn.fc2.weight", "ffn.fc2.bias",
+        "ada_gss",
+        "sa.mat_qkv.weight",
+        "sa.q_bias",
+        "sa.v_bias",
+        "sa.zero_k_bias",
+        "sa.scale_mul_1H11",
+        "sa.proj.weight",
+        "sa.proj.bias",
+        "ca.mat_q.weight",
+        "ca.mat_q.bias",
+        "ca.mat_kv.weight",
+        "ca.v_bias",
+        "ca.zero_k_bias",
+        "ca.proj.weight",
+        "ca.proj.bias",
+        "ca_norm.weight",
+        "ca_norm.bias",
+        "ffn.fc1.weight",
+        "ffn.fc1.bias",
+        "ffn.fc2.weight",
+        "ffn.fc2.bias",
     }
     chunks = {tuple(map(int, re.findall(r"\d+", k)[:2])) for k in sd if k.startswith("block_chunks.")}
     assert chunks == {(c, i) for c in range(8) for i in range(4)}
@@ -353,8 +387,12 @@ PLAIN = dict(cfg=1.0, tau=1.0, top_k=0, top_p=0.0)
 def test_sampling_defaults_are_infinitys_released_settings(model, text):
     from varestorer.presets import OFFICIAL_SAMPLER, PRESETS
 
-    assert (OFFICIAL_SAMPLER.cfg, OFFICIAL_SAMPLER.tau, OFFICIAL_SAMPLER.top_k, OFFICIAL_SAMPLER.top_p) == \
-        (4.0, 0.5, 900, 0.97)  # scripts/infer.sh and gen_one_img of FoundationVision/Infinity
+    assert (OFFICIAL_SAMPLER.cfg, OFFICIAL_SAMPLER.tau, OFFICIAL_SAMPLER.top_k, OFFICIAL_SAMPLER.top_p) == (
+        4.0,
+        0.5,
+        900,
+        0.97,
+    )  # scripts/infer.sh and gen_one_img of FoundationVision/Infinity
     assert all(p.sampler == OFFICIAL_SAMPLER for p in PRESETS.values())
     default = sample(model, text, SCHEDULE, seed=2, return_logits=True)
     official = sample(model, text, SCHEDULE, seed=2, return_logits=True, cfg=4.0, tau=0.5, top_k=900, top_p=0.97)

@@ -46,8 +46,18 @@ def run(tmp_path_factory):
     mp.setenv("HF_TOKEN", MARKER_TOKEN)
     try:
         _reset_accelerate()
-        train(load_recipe("tiny", [f"train.output_dir={root / 'run'}", "train.report_to=tensorboard",
-                                   "train.max_steps=2", "train.checkpointing_steps=1", "train.validation_steps=1"]))
+        train(
+            load_recipe(
+                "tiny",
+                [
+                    f"train.output_dir={root / 'run'}",
+                    "train.report_to=tensorboard",
+                    "train.max_steps=2",
+                    "train.checkpointing_steps=1",
+                    "train.validation_steps=1",
+                ],
+            )
+        )
         assert main(["export", str(root / "run"), str(root / "exported"), "--samples", "1"]) == 0
         assert main(["publish", str(root / "exported"), "--repo-id", "someone/tiny", "--dry-run"]) == 0
     finally:
@@ -66,8 +76,11 @@ def test_no_loader_unpickles_a_crafted_checkpoint(tmp_path, suffix):
     path = crafted(tmp_path / f"evil{suffix}", marker)
     tiny = get_preset("tiny")
     vae = build_vae(tiny)
-    for load in (lambda: load_vae(tiny, path), lambda: load_transformer(tiny, path),
-                 lambda: load_encoder(vae.encoder, path)):
+    for load in (
+        lambda: load_vae(tiny, path),
+        lambda: load_transformer(tiny, path),
+        lambda: load_encoder(vae.encoder, path),
+    ):
         with pytest.raises(VARestorerError, match="cannot read checkpoint"):
             load()
         assert not marker.exists()
@@ -80,7 +93,8 @@ def test_a_t5_folder_with_a_crafted_pytorch_model_bin_is_refused_unread(tmp_path
 
     folder = tmp_path / "t5"
     T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).save_pretrained(
-        folder)
+        folder
+    )
     for f in folder.glob("*.safetensors"):  # the weights only as the legacy pickle
         f.unlink()
     marker = tmp_path / "pwned"
@@ -103,8 +117,21 @@ def test_export_restore_and_publish_never_read_a_checkpoints_pickles(run, tmp_pa
 
     Image.new("RGB", (16, 16), (90, 120, 60)).save(image)
     assert main(["export", str(ckpt), str(tmp_path / "out")]) == 0
-    assert main(["restore", str(image), "-o", str(tmp_path / "restored"), "--model", str(ckpt / "export"),
-                 "--caption", "none"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(image),
+                "-o",
+                str(tmp_path / "restored"),
+                "--model",
+                str(ckpt / "export"),
+                "--caption",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert main(["publish", str(ckpt), "--repo-id", "someone/tiny", "--dry-run"]) == 0
     assert not marker.exists()
     # and the export form itself holds no pickle at all

@@ -49,6 +49,7 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
 
+
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _LIST_LIMIT = 12
 
@@ -65,12 +66,16 @@ def resolve_file(path_or_repo: str | os.PathLike, filename: str | None = None, *
     if path.is_dir():
         if filename and (path / filename).is_file():
             return path / filename
-        raise CheckpointError(f"{path} is a folder without {filename or 'the checkpoint file'}; "
-                              f"pass the file itself or a folder that holds it")
+        raise CheckpointError(
+            f"{path} is a folder without {filename or 'the checkpoint file'}; "
+            f"pass the file itself or a folder that holds it"
+        )
     text = str(path_or_repo)
     if filename is None or text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"checkpoint {text!r} not found: pass an existing file, or a Hub repo id "
-                              f"('owner/name') together with the file name in it")
+        raise CheckpointError(
+            f"checkpoint {text!r} not found: pass an existing file, or a Hub repo id "
+            f"('owner/name') together with the file name in it"
+        )
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -110,8 +115,10 @@ def select_state_dict(obj: Mapping, keys: tuple[str, ...]) -> tuple[dict, list[s
     for key in keys:
         if isinstance(obj.get(key), Mapping):
             return dict(obj[key]), [k for k in obj if k != key]
-    raise CheckpointError(f"checkpoint has no weights under any of {list(keys)}; "
-                          f"its top-level entries are {sorted(map(str, obj))[:_LIST_LIMIT]}")
+    raise CheckpointError(
+        f"checkpoint has no weights under any of {list(keys)}; "
+        f"its top-level entries are {sorted(map(str, obj))[:_LIST_LIMIT]}"
+    )
 
 
 def _listing(title: str, items: list[str]) -> str:
@@ -189,31 +196,46 @@ def load_strict(
     report.unexpected = [k for k in extra if k not in (known_extras or {})]
     report.mis_shaped = [
         f"{k} {tuple(renamed[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected if k in renamed and tuple(renamed[k].shape) != tuple(expected[k].shape)
+        for k in expected
+        if k in renamed and tuple(renamed[k].shape) != tuple(expected[k].shape)
     ]
     if not report.ok:
         msg = f"{what} checkpoint {source} does not fit the model."
-        for title, items in (("missing", report.missing), ("unexpected", report.unexpected),
-                             ("mis-shaped", report.mis_shaped)):
+        for title, items in (
+            ("missing", report.missing),
+            ("unexpected", report.unexpected),
+            ("mis-shaped", report.mis_shaped),
+        ):
             if items:
                 msg += _listing(title, items)
         if report.unexpected:
             known = f"; known harmless extras, ignored: {', '.join(known_extras)}" if known_extras else ""
-            msg += (f"\n  The model has no parameter or buffer of the unexpected names{known}. Is the file of "
-                    f"another model or version? If you know those entries are unused, delete them from the state "
-                    f"dict and save it again.")
+            msg += (
+                f"\n  The model has no parameter or buffer of the unexpected names{known}. Is the file of "
+                f"another model or version? If you know those entries are unused, delete them from the state "
+                f"dict and save it again."
+            )
         if candidates:
-            name, score = closest_preset({k: tuple(v.shape) for k, v in renamed.items() if k not in report.ignored},
-                                        candidates)
-            msg += (f"\n  It looks most like the {name!r} preset ({score:.0%} of keys and shapes agree): "
-                    f"pass --preset {name} if that is what it is." if score > 0 else
-                    f"\n  It matches none of the presets {sorted(candidates)}: is it a {what} checkpoint?")
+            name, score = closest_preset(
+                {k: tuple(v.shape) for k, v in renamed.items() if k not in report.ignored}, candidates
+            )
+            msg += (
+                f"\n  It looks most like the {name!r} preset ({score:.0%} of keys and shapes agree): "
+                f"pass --preset {name} if that is what it is."
+                if score > 0
+                else f"\n  It matches none of the presets {sorted(candidates)}: is it a {what} checkpoint?"
+            )
         raise CheckpointError(msg)
     on_meta = any(t.is_meta for t in expected.values())
     model.load_state_dict({k: renamed[k] for k in expected}, strict=True, assign=on_meta)
     if report.ignored:
-        logger.info("%s checkpoint %s: ignored %d known harmless entries the model does not have: %s", what,
-                    source, len(report.ignored), "; ".join(f"{k} ({known_extras[k]})" for k in report.ignored))
+        logger.info(
+            "%s checkpoint %s: ignored %d known harmless entries the model does not have: %s",
+            what,
+            source,
+            len(report.ignored),
+            "; ".join(f"{k} ({known_extras[k]})" for k in report.ignored),
+        )
     if report.unused:
         logger.warning("%s checkpoint %s: entries not used by the model: %s", what, source, report.unused)
     return report

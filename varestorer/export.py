@@ -114,9 +114,15 @@ def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_weights({k: v.clone() for k, v in vae.state_dict().items()}, out / TOKENIZER_VAE_FILE)
-    config = {"format": "varestorer-tokenizer", "format_version": 1, "base_preset": recipe.model.preset,
-              "vae": dict(vae.config), "resolution": recipe.model.resolution,
-              "scale_schedule": [list(s) for s in schedule], "recipe": recipe.to_dict()}
+    config = {
+        "format": "varestorer-tokenizer",
+        "format_version": 1,
+        "base_preset": recipe.model.preset,
+        "vae": dict(vae.config),
+        "resolution": recipe.model.resolution,
+        "scale_schedule": [list(s) for s in schedule],
+        "recipe": recipe.to_dict(),
+    }
     (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
     return out
 
@@ -124,16 +130,19 @@ def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule) -> Path:
 def read_export_config(folder: str | Path) -> dict:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(f"{folder} is not a VARestorer export (no {CONFIG_FILE}); "
-                          f"make one with: varestorer export CHECKPOINT OUT")
+        raise ConfigError(
+            f"{folder} is not a VARestorer export (no {CONFIG_FILE}); make one with: varestorer export CHECKPOINT OUT"
+        )
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON ({exc}); re-export the model") from None
     version = config.get("format_version")
     if config.get("format") != "varestorer" or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ConfigError(f"{path} is a format this varestorer does not read (format {config.get('format')!r}, "
-                          f"version {version!r}; this version reads up to {FORMAT_VERSION}): upgrade varestorer")
+        raise ConfigError(
+            f"{path} is a format this varestorer does not read (format {config.get('format')!r}, "
+            f"version {version!r}; this version reads up to {FORMAT_VERSION}): upgrade varestorer"
+        )
     return config
 
 
@@ -142,23 +151,33 @@ def find_export(path: str | Path) -> Path:
     ``export/``), or a training output folder (its ``final/``, else its latest checkpoint)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise ConfigError(f"{path} does not exist; pass a training output folder, a checkpoint-STEP "
-                          f"folder or an export folder")
+        raise ConfigError(
+            f"{path} does not exist; pass a training output folder, a checkpoint-STEP folder or an export folder"
+        )
     for candidate in (path, path / "export", path / "final"):
         if (candidate / CONFIG_FILE).is_file():
             return candidate
     found = [c / "export" for c in list_checkpoints(path) if (c / "export" / CONFIG_FILE).is_file()]
     if found:
         return found[-1]
-    raise ConfigError(f"no trained model found in {path}: expected {CONFIG_FILE} in it, in its export/ or "
-                      f"final/ folder, or a checkpoint-STEP/export folder (written by distill.py)")
+    raise ConfigError(
+        f"no trained model found in {path}: expected {CONFIG_FILE} in it, in its export/ or "
+        f"final/ folder, or a checkpoint-STEP/export folder (written by distill.py)"
+    )
 
 
 def export_files(folder: str | Path) -> list[Path]:
     """The files of the export form in ``folder`` (what ``varestorer export`` copies)."""
     folder = Path(folder)
-    names = (CONFIG_FILE, ENCODER_FILE, TRANSFORMER_FILE, MERGED_FILE, BASE_TRANSFORMER_FILE, BASE_VAE_FILE,
-             *ADAPTER_FILES)
+    names = (
+        CONFIG_FILE,
+        ENCODER_FILE,
+        TRANSFORMER_FILE,
+        MERGED_FILE,
+        BASE_TRANSFORMER_FILE,
+        BASE_VAE_FILE,
+        *ADAPTER_FILES,
+    )
     return [folder / n for n in names if (folder / n).is_file()]
 
 
@@ -193,6 +212,7 @@ def bundle_base(preset, vae_checkpoint, transformer_checkpoint, out: str | Path 
     vae = load_vae(preset, vae_checkpoint)
     transformer = load_transformer(preset, transformer_checkpoint)
     for model, name in ((vae, preset.vae_file), (transformer, preset.transformer_file)):
-        save_weights({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()},
-                     out / name)
+        save_weights(
+            {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()}, out / name
+        )
     return out

@@ -62,15 +62,24 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
     base = _base_model_id(config)
     dataset = recipe["data"]["dataset"] or "skimage"
     data = ModelCardData(
-        license=LICENSE, library_name="varestorer", pipeline_tag=PIPELINE_TAG, base_model=base,
+        license=LICENSE,
+        library_name="varestorer",
+        pipeline_tag=PIPELINE_TAG,
+        base_model=base,
         tags=["super-resolution", "image-restoration", "visual-autoregressive", "infinity", "lora", "varestorer"],
         datasets=[dataset] if "/" in str(dataset) and not Path(dataset).exists() else None,
     )
     loss = recipe["loss"]
-    loss_text = (f"{loss['kl']} KL + {loss['lpips']} LPIPS + {loss['mse']} MSE" if config["mode"] == "distill"
-                 else f"{loss['cross_entropy']} bitwise cross-entropy")
-    trainable = ("LoRA rank {r} on {t}".format(r=recipe["student"]["lora_rank"], t=", ".join(recipe["student"]["lora_targets"]))
-                 if config["has_adapter"] else "all transformer weights")
+    loss_text = (
+        f"{loss['kl']} KL + {loss['lpips']} LPIPS + {loss['mse']} MSE"
+        if config["mode"] == "distill"
+        else f"{loss['cross_entropy']} bitwise cross-entropy"
+    )
+    trainable = (
+        "LoRA rank {r} on {t}".format(r=recipe["student"]["lora_rank"], t=", ".join(recipe["student"]["lora_targets"]))
+        if config["has_adapter"]
+        else "all transformer weights"
+    )
     if config["has_encoder"]:
         trainable += " + the VAE encoder"
     files = [(p.name, _FILE_NOTES.get(p.name, "")) for p in sorted(folder.iterdir()) if p.is_file()]
@@ -78,14 +87,30 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
         files.append((CARD_FILE, _FILE_NOTES[CARD_FILE]))
     samples = sorted(str(p.relative_to(folder)) for p in folder.glob("samples/*.png"))
     return ModelCard.from_template(
-        data, template_path=str(find_resource("model_cards", template, ".md")),
-        model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=base, base_model_name=base,
-        base_preset=config["base_preset"], text_encoder=config.get("text_encoder") or "the preset's T5",
-        resolution=config["resolution"], num_scales=len(config["scale_schedule"]), attention=config["attention"],
-        has_adapter=config["has_adapter"], files=files, recipe_name=recipe["name"], mode=config["mode"],
-        max_steps=recipe["train"]["max_steps"], global_batch_size=recipe["train"]["global_batch_size"],
-        lr=recipe["optim"]["lr"], loss=loss_text, trainable=trainable, dataset=dataset,
-        degradation=recipe["degradation"]["preset"], eval_table=_eval_table(folder), samples=samples,
+        data,
+        template_path=str(find_resource("model_cards", template, ".md")),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        base_model=base,
+        base_model_name=base,
+        base_preset=config["base_preset"],
+        text_encoder=config.get("text_encoder") or "the preset's T5",
+        resolution=config["resolution"],
+        num_scales=len(config["scale_schedule"]),
+        attention=config["attention"],
+        has_adapter=config["has_adapter"],
+        files=files,
+        recipe_name=recipe["name"],
+        mode=config["mode"],
+        max_steps=recipe["train"]["max_steps"],
+        global_batch_size=recipe["train"]["global_batch_size"],
+        lr=recipe["optim"]["lr"],
+        loss=loss_text,
+        trainable=trainable,
+        dataset=dataset,
+        degradation=recipe["degradation"]["preset"],
+        eval_table=_eval_table(folder),
+        samples=samples,
     )
 
 
@@ -108,8 +133,13 @@ def validate_card(text: str) -> list[str]:
     return problems
 
 
-def publish(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
-            commit_message: str = "Upload VARestorer model") -> dict:
+def publish(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    dry_run: bool = False,
+    commit_message: str = "Upload VARestorer model",
+) -> dict:
     """Write/refresh the card, then create the repo and upload the folder (unless ``dry_run``)."""
     folder = Path(folder)
     card = render_card(folder, repo_id)
@@ -118,9 +148,13 @@ def publish(folder: str | Path, repo_id: str, private: bool = False, dry_run: bo
         raise VARestorerError("the model card is not valid: " + "; ".join(problems))
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != CARD_FILE)
     files.append(CARD_FILE)
-    result = {"repo_id": repo_id, "private": private, "files": sorted(files),
-              "bytes": sum((folder / f).stat().st_size for f in files if (folder / f).is_file()),
-              "card_metadata": card.data.to_dict()}
+    result = {
+        "repo_id": repo_id,
+        "private": private,
+        "files": sorted(files),
+        "bytes": sum((folder / f).stat().st_size for f in files if (folder / f).is_file()),
+        "card_metadata": card.data.to_dict(),
+    }
     if dry_run:
         result["card"] = str(card)
         return result

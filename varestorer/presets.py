@@ -63,12 +63,16 @@ class Preset:
         folder = self.weights_dir()
         if folder is not None:
             if not (folder / filename).is_file():
-                raise ConfigError(f"the {self.name} preset's {filename} is not in {folder}: reinstall varestorer, or "
-                                  f"rebuild the base with the commands in model_cards/varestorer-{self.name}-base.md")
+                raise ConfigError(
+                    f"the {self.name} preset's {filename} is not in {folder}: reinstall varestorer, or "
+                    f"rebuild the base with the commands in model_cards/varestorer-{self.name}-base.md"
+                )
             return folder
         if self.hub_repo is None:
-            raise ConfigError(f"preset {self.name!r} has no pre-trained weights: pass a checkpoint, or "
-                              f"model.random_init=true in a recipe")
+            raise ConfigError(
+                f"preset {self.name!r} has no pre-trained weights: pass a checkpoint, or "
+                f"model.random_init=true in a recipe"
+            )
         return self.hub_repo
 
 
@@ -79,8 +83,16 @@ PRESETS: dict[str, Preset] = {
         vae=dict(ch=128, ch_mult=(1, 2, 4, 4, 4), num_res_blocks=2, codebook_dim=32),
         resolution=512,
         # tools/run_infinity.py, model_type infinity_2b: block_chunks 8, text_maxlen 512, flan-t5-xl
-        transformer=dict(depth=32, embed_dim=2048, num_heads=16, mlp_ratio=4.0, text_channels=2048,
-                         text_maxlen=512, codebook_dim=32, num_block_chunks=8),
+        transformer=dict(
+            depth=32,
+            embed_dim=2048,
+            num_heads=16,
+            mlp_ratio=4.0,
+            text_channels=2048,
+            text_maxlen=512,
+            codebook_dim=32,
+            num_block_chunks=8,
+        ),
         hub_repo="FoundationVision/Infinity",
         vae_file="infinity_vae_d32reg.pth",
         transformer_file="infinity_2b_reg.pth",
@@ -90,8 +102,16 @@ PRESETS: dict[str, Preset] = {
         description="Tiny Infinity for tests and the CPU demo: 16 bits/token, 8x VAE, locally initialised",
         vae=dict(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, codebook_dim=16),
         resolution=64,
-        transformer=dict(depth=2, embed_dim=64, num_heads=4, mlp_ratio=4.0, text_channels=64,
-                         text_maxlen=128, codebook_dim=16, num_block_chunks=2),
+        transformer=dict(
+            depth=2,
+            embed_dim=64,
+            num_heads=4,
+            mlp_ratio=4.0,
+            text_channels=64,
+            text_maxlen=128,
+            codebook_dim=16,
+            num_block_chunks=2,
+        ),
         text_encoder="local",
     ),
     # Sizes chosen by measurement on a 2-core CPU (batch 8, 128 px, fwd+bwd+AdamW): VAE ch 32 1.6 s
@@ -103,8 +123,16 @@ PRESETS: dict[str, Preset] = {
         description="Small Infinity pre-trained by this toolkit (shipped): 32 bits/token, 8x VAE, 128 px, 7M transformer",
         vae=dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, codebook_dim=32, norm_groups=0, ln_before_quant=True),
         resolution=128,
-        transformer=dict(depth=6, embed_dim=256, num_heads=4, mlp_ratio=4.0, text_channels=256,
-                         text_maxlen=96, codebook_dim=32, num_block_chunks=2),
+        transformer=dict(
+            depth=6,
+            embed_dim=256,
+            num_heads=4,
+            mlp_ratio=4.0,
+            text_channels=256,
+            text_maxlen=96,
+            codebook_dim=32,
+            num_block_chunks=2,
+        ),
         text_encoder="local",
         bundled="small",
         vae_file="vae.safetensors",

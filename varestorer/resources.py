@@ -23,8 +23,10 @@ def resource_dir(kind: str) -> Path:
         raise ValueError(f"unknown resource kind {kind!r}; one of {_KINDS}")
     folder = Path(str(files("varestorer").joinpath("shipped", kind)))
     if not folder.is_dir():
-        raise ConfigError(f"the {kind}/ folder of varestorer is not installed ({folder} is missing); reinstall the "
-                          f"package (from a checkout: pip install -e .)")
+        raise ConfigError(
+            f"the {kind}/ folder of varestorer is not installed ({folder} is missing); reinstall the "
+            f"package (from a checkout: pip install -e .)"
+        )
     return folder
 
 
@@ -38,4 +40,6 @@ def find_resource(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
     if candidate.is_file():
         return candidate
     names = sorted(p.stem for p in folder.glob(f"*{suffix}"))
-    raise ConfigError(f"no {kind[:-1].replace('_', ' ')} {name_or_path!r}: pass a file path or one of {', '.join(names)}")
+    raise ConfigError(
+        f"no {kind[:-1].replace('_', ' ')} {name_or_path!r}: pass a file path or one of {', '.join(names)}"
+    )

@@ -12,7 +12,19 @@ from .. import __version__
 from ..errors import VARestorerError
 
 #: Subcommand modules, in the order ``--help`` lists them (the data flow).
-COMMANDS = ("info", "prepare", "degrade", "train", "bundle", "demo", "export", "restore", "evaluate", "publish", "bench")
+COMMANDS = (
+    "info",
+    "prepare",
+    "degrade",
+    "train",
+    "bundle",
+    "demo",
+    "export",
+    "restore",
+    "evaluate",
+    "publish",
+    "bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except VARestorerError as exc:

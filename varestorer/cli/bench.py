@@ -19,8 +19,11 @@ BENCHMARKS: dict[str, str] = {
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (" + ", ".join(BENCHMARKS) + ")",
-                       description="Measure the throughput of a part of the toolkit on this machine.")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks (" + ", ".join(BENCHMARKS) + ")",
+        description="Measure the throughput of a part of the toolkit on this machine.",
+    )
     inner = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, target in BENCHMARKS.items():
         module, function = target.split(":")

@@ -18,11 +18,17 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bundle", help="ship a pre-trained base (tokenizer + teacher runs) with a preset, and measure it",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bundle",
+        help="ship a pre-trained base (tokenizer + teacher runs) with a preset, and measure it",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="small", help="the preset whose shipped weights to write (default: small)")
     p.add_argument("--tokenizer", required=True, help="a tokenizer-mode run's final/ folder (or its vae.safetensors)")
-    p.add_argument("--teacher", required=True, help="a teacher-mode run's final/ folder (or its transformer.safetensors)")
+    p.add_argument(
+        "--teacher", required=True, help="a teacher-mode run's final/ folder (or its transformer.safetensors)"
+    )
     p.add_argument("--out", default=None, help="write here instead of the preset's folder in the package")
     p.add_argument("--grid", default=None, help="where to write the sample grid PNG (default: OUT/samples.png)")
     p.set_defaults(func=run)
@@ -46,16 +52,21 @@ def run(args: argparse.Namespace) -> int:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         initial = build_transformer(preset).eval()
-    info = {"preset": preset.name, "resolution": size,
-            **{f"tokenizer_heldout_{k}": round(v, 3) for k, v in tokenizer_quality(vae, size).items()},
-            "teacher_heldout_cross_entropy": round(teacher_cross_entropy(transformer, vae, text, size), 4),
-            "initial_heldout_cross_entropy": round(teacher_cross_entropy(initial, vae, text, size), 4),
-            "tokenizer_source": str(args.tokenizer), "teacher_source": str(args.teacher),
-            "vae_parameters": sum(p.numel() for p in vae.parameters()),
-            "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
-            "text_encoder_parameters": sum(p.numel() for p in text.encoder.parameters())}
-    grid = sample_grid(transformer, vae, text, size, Path(args.grid) if args.grid else out / "samples.png",
-                       sampler=preset.sampler)
+    info = {
+        "preset": preset.name,
+        "resolution": size,
+        **{f"tokenizer_heldout_{k}": round(v, 3) for k, v in tokenizer_quality(vae, size).items()},
+        "teacher_heldout_cross_entropy": round(teacher_cross_entropy(transformer, vae, text, size), 4),
+        "initial_heldout_cross_entropy": round(teacher_cross_entropy(initial, vae, text, size), 4),
+        "tokenizer_source": str(args.tokenizer),
+        "teacher_source": str(args.teacher),
+        "vae_parameters": sum(p.numel() for p in vae.parameters()),
+        "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
+        "text_encoder_parameters": sum(p.numel() for p in text.encoder.parameters()),
+    }
+    grid = sample_grid(
+        transformer, vae, text, size, Path(args.grid) if args.grid else out / "samples.png", sampler=preset.sampler
+    )
     (out / "base_info.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
     total = sum(f.stat().st_size for f in out.glob("*.safetensors"))

@@ -8,16 +8,19 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "degrade", help="degrade images with a preset: see what the model will see, build paired test sets",
+        "degrade",
+        help="degrade images with a preset: see what the model will see, build paired test sets",
         description="Center-crop every image of SRC (a folder, a folder written by 'prepare', or 'skimage' for the "
-                    "photos scikit-image ships) to SIZE and write its LQ through the degradation preset to OUT/lq "
-                    "(the HQ crop to OUT/hq with --save-hq), the random choices of each to OUT/params.jsonl, and "
-                    "OUT/sheet.png: HQ | LQ under each shipped preset for the first images. An image's LQ depends "
-                    "only on (--seed, its path).")
+        "photos scikit-image ships) to SIZE and write its LQ through the degradation preset to OUT/lq "
+        "(the HQ crop to OUT/hq with --save-hq), the random choices of each to OUT/params.jsonl, and "
+        "OUT/sheet.png: HQ | LQ under each shipped preset for the first images. An image's LQ depends "
+        "only on (--seed, its path).",
+    )
     p.add_argument("src", help="folder of images, a prepared dataset folder, or 'skimage'")
     p.add_argument("out", help="output folder")
-    p.add_argument("--preset", default="realesrgan-x4", help="preset name in degradations/ or a YAML path "
-                                                             "(default: realesrgan-x4)")
+    p.add_argument(
+        "--preset", default="realesrgan-x4", help="preset name in degradations/ or a YAML path (default: realesrgan-x4)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     p.add_argument("--size", type=int, default=512, help="HQ crop size (default: 512; LQ is SIZE/scale)")
     p.add_argument("--resize", action="store_true", help="resize the short side to SIZE before cropping")
@@ -27,18 +30,30 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="device (default: cuda if available)")
     p.add_argument("--no-sheet", action="store_true", help="do not write OUT/sheet.png")
     p.add_argument("--sheet-samples", type=int, default=4, help="images on the comparison sheet (default: 4)")
-    p.add_argument("--sheet-presets", default=None,
-                   help="comma-separated presets on the sheet (default: every shipped preset)")
+    p.add_argument(
+        "--sheet-presets", default=None, help="comma-separated presets on the sheet (default: every shipped preset)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..degradations.folder import degrade_folder
 
-    report = degrade_folder(args.src, args.out, preset=args.preset, seed=args.seed, size=args.size,
-                            resize=args.resize, save_hq=args.save_hq, batch=args.batch, device=args.device,
-                            limit=args.limit, sheet=not args.no_sheet, sheet_samples=args.sheet_samples,
-                            sheet_presets=args.sheet_presets.split(",") if args.sheet_presets else None)
+    report = degrade_folder(
+        args.src,
+        args.out,
+        preset=args.preset,
+        seed=args.seed,
+        size=args.size,
+        resize=args.resize,
+        save_hq=args.save_hq,
+        batch=args.batch,
+        device=args.device,
+        limit=args.limit,
+        sheet=not args.no_sheet,
+        sheet_samples=args.sheet_samples,
+        sheet_presets=args.sheet_presets.split(",") if args.sheet_presets else None,
+    )
     print(report.summary())
     if not args.no_sheet and report.written:
         print(f"comparison sheet: {report.out / 'sheet.png'}")
@@ -48,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- varestorer bench degrade
 def register_bench(sub) -> None:
     p = sub.add_parser(
-        "degrade", help="images/s of the on-device degradation pipeline vs sequential basicsr",
+        "degrade",
+        help="images/s of the on-device degradation pipeline vs sequential basicsr",
         description="Time the batched on-device pipeline and, in the same run, the sequential per-image run of "
-                    "the same basicsr calls (Real-ESRGAN's way), on scikit-image photos.")
+        "the same basicsr calls (Real-ESRGAN's way), on scikit-image photos.",
+    )
     p.add_argument("--preset", default="realesrgan-x4", help="preset (default: realesrgan-x4)")
     p.add_argument("--size", type=int, default=512, help="HQ size (default: 512)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
@@ -66,7 +83,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from ..degradations.bench import bench_degrade, format_result
 
-    r = bench_degrade(args.preset, size=args.size, batch=args.batch, steps=args.steps, device=args.device,
-                      sequential=not args.no_sequential)
+    r = bench_degrade(
+        args.preset,
+        size=args.size,
+        batch=args.batch,
+        steps=args.steps,
+        device=args.device,
+        sequential=not args.no_sequential,
+    )
     print(json.dumps(r, indent=2) if args.json else format_result(r))
     return 0

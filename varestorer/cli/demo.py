@@ -31,15 +31,22 @@ DEMO_METRICS = "psnr,ssim,lpips,dists,musiq,clipiqa"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="distil the shipped small base, restore held-out photos with every method, report",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="distil the shipped small base, restore held-out photos with every method, report",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--output-dir", default="outputs/demo", help="where to write (default: outputs/demo)")
     p.add_argument("--recipe", default="small", help="the distillation recipe (default: small)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--images", type=int, default=None, help="score only the first N held-out images (default: all)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated restoration methods out of {','.join(DEMO_METHODS)} "
-                        f"(default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated restoration methods out of {','.join(DEMO_METHODS)} "
+        f"(default: {','.join(DEFAULT_METHODS)})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out degradations and the samplers")
     p.set_defaults(func=run)
 
@@ -68,12 +75,36 @@ def run(args: argparse.Namespace) -> int:
     print("\nlast step: " + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
     model = out / "train" / "final"  # the export form (adapter, encoder, config)
 
-    heldout = write_heldout(out / "heldout", recipe.model.resolution, recipe.degradation.preset,
-                            recipe.degradation.scale, seed=args.seed, limit=args.images)
+    heldout = write_heldout(
+        out / "heldout",
+        recipe.model.resolution,
+        recipe.degradation.preset,
+        recipe.degradation.scale,
+        seed=args.seed,
+        limit=args.images,
+    )
     evaluation = out / "evaluation"
-    argv = ["evaluate", "--model", str(model), "--lq", str(heldout["lq"]), "--gt", str(heldout["hq"]),
-            "--out", str(evaluation), "--caption", str(heldout["captions"]), "--crop-border", "4",
-            "--seed", str(args.seed), "--device", "cpu", "--metrics", DEMO_METRICS]
+    argv = [
+        "evaluate",
+        "--model",
+        str(model),
+        "--lq",
+        str(heldout["lq"]),
+        "--gt",
+        str(heldout["hq"]),
+        "--out",
+        str(evaluation),
+        "--caption",
+        str(heldout["captions"]),
+        "--crop-border",
+        "4",
+        "--seed",
+        str(args.seed),
+        "--device",
+        "cpu",
+        "--metrics",
+        DEMO_METRICS,
+    ]
     for m in methods:
         argv += ["--method", m]
     if cli_main(argv):

@@ -29,26 +29,46 @@ from .restore import METHOD_CHOICES, add_method_options, add_prompt_options, add
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="PSNR/SSIM/LPIPS/NIQE/... of restorations, or restore with methods and score",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="PSNR/SSIM/LPIPS/NIQE/... of restorations, or restore with methods and score",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--gt", required=True, help="ground-truth (HR) folder, or a dataset root holding test_HR/")
     p.add_argument("--pred", help="restored images to score")
     p.add_argument("--lq", help="LQ folder (or a root holding test_LR/): restored with --method, or a bicubic row")
     p.add_argument("--model", help="export folder or Hub repo id, to restore --lq with each --method")
-    p.add_argument("--method", action="append", choices=METHOD_CHOICES,
-                   help="a restoration method (repeat for several rows; default onestep with --model)")
+    p.add_argument(
+        "--method",
+        action="append",
+        choices=METHOD_CHOICES,
+        help="a restoration method (repeat for several rows; default onestep with --model)",
+    )
     p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
     p.add_argument("--crop-border", type=int, default=0, help="pixels cut from each side before scoring (papers: 4)")
-    p.add_argument("--ssim-convention", default="pyiqa", choices=("pyiqa", "basicsr"),
-                   help="pyiqa (default: Y rounded as MATLAB, as recent SR papers' tables) or basicsr (Y unrounded)")
+    p.add_argument(
+        "--ssim-convention",
+        default="pyiqa",
+        choices=("pyiqa", "basicsr"),
+        help="pyiqa (default: Y rounded as MATLAB, as recent SR papers' tables) or basicsr (Y unrounded)",
+    )
     p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; unavailable ones say why)")
     p.add_argument("--allow-missing", action="store_true", help="skip ground-truth images without a partner")
     p.add_argument("--json", action="store_true", help="also print results.json")
-    p.add_argument("--warmup", type=int, default=1, choices=(0, 1),
-                   help="restore the first image once untimed before timing each method (default 1)")
-    p.add_argument("--record", metavar="DATASET",
-                   help="with a local --model folder: add the onestep row to its evaluation.json under DATASET "
-                        "(the model card, rendered by export/publish, shows it)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="restore the first image once untimed before timing each method (default 1)",
+    )
+    p.add_argument(
+        "--record",
+        metavar="DATASET",
+        help="with a local --model folder: add the onestep row to its evaluation.json under DATASET "
+        "(the model card, rendered by export/publish, shows it)",
+    )
     add_prompt_options(p)
     add_running_options(p)
     add_method_options(p)
@@ -68,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
     methods = tuple(args.method or (("onestep",) if args.model else ()))
     if args.pred is None and not methods:
-        raise ConfigError("say what to score: --pred RESTORED_DIR, or --method M (with --lq, and --model unless M is "
-                          "bicubic)")
+        raise ConfigError(
+            "say what to score: --pred RESTORED_DIR, or --method M (with --lq, and --model unless M is bicubic)"
+        )
     if methods and args.lq is None:
         raise ConfigError("--method needs --lq: the LQ images to restore")
     if args.pred is not None and args.model is not None:
@@ -95,11 +116,20 @@ def run(args: argparse.Namespace) -> int:
         images, seconds = _restorations(args, pipe, pairs, truth, method, out / name)
         scored = []
         for pair, image, gt_image in tqdm(list(zip(pairs, images, truth)), desc=f"score ({name})", unit="image"):
-            scored.append({"method": name, "image": pair.gt.name,
-                           **score(fns, image, gt_image, args.crop_border, problems, args.ssim_convention)})
+            scored.append(
+                {
+                    "method": name,
+                    "image": pair.gt.name,
+                    **score(fns, image, gt_image, args.crop_border, problems, args.ssim_convention),
+                }
+            )
         per_image += scored
-        row = {"method": name, **summarise(scored, [m for m in fns if not METRICS[m].per_set]), "images": len(scored),
-               "sec_per_image": seconds}
+        row = {
+            "method": name,
+            **summarise(scored, [m for m in fns if not METRICS[m].per_set]),
+            "images": len(scored),
+            "sec_per_image": seconds,
+        }
         for m in (m for m in fns if METRICS[m].per_set):  # FID: restorations folder vs ground-truth folder
             row[m] = fns[m](pred_dir if method is None else out / name, gt_dir)
         rows.append(row)
@@ -107,16 +137,26 @@ def run(args: argparse.Namespace) -> int:
     for m, why in problems.items():  # ran, but not on every image
         n = sum(1 for r in per_image if r.get(m) is None)
         unavailable.setdefault(m, f"not computed for {n} of {len(per_image)} images ({why})")
-    settings = {"gt": str(args.gt), "lq": args.lq, "pred": args.pred, "model": args.model,
-                "crop_border": args.crop_border, "ssim_convention": args.ssim_convention, "device": device,
-                "pairs": len(pairs),
-                "title": f"{len(pairs)} images of {args.gt}, crop border {args.crop_border}"}
+    settings = {
+        "gt": str(args.gt),
+        "lq": args.lq,
+        "pred": args.pred,
+        "model": args.model,
+        "crop_border": args.crop_border,
+        "ssim_convention": args.ssim_convention,
+        "device": device,
+        "pairs": len(pairs),
+        "title": f"{len(pairs)} images of {args.gt}, crop border {args.crop_border}",
+    }
     doc = write_report(out, rows, per_image, metrics, unavailable, settings)
     if args.record:
         _record(args, rows)
     print((out / "results.md").read_text())
-    written = [f for f in ("results.md", "results.csv", "per_image.csv", "results.json", "metric_vs_time.png")
-               if (out / f).is_file()]
+    written = [
+        f
+        for f in ("results.md", "results.csv", "per_image.csv", "results.json", "metric_vs_time.png")
+        if (out / f).is_file()
+    ]
     print(f"wrote {out}/: {', '.join(written)}" + "".join(f", {name}/" for name, m in sources if m))
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
@@ -173,8 +213,15 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
     def restore(chunk):
         h = chunk[0][2][0]
         prompt = prompts_for(args, [pair.lq for pair, _, _ in chunk])
-        return pipe([x for _, x, _ in chunk], prompt=prompt, method=method, upscale=h / chunk[0][1].shape[-2],
-                    output_type="pt", batch_size=args.batch_size, **method_kwargs(args, method)).images
+        return pipe(
+            [x for _, x, _ in chunk],
+            prompt=prompt,
+            method=method,
+            upscale=h / chunk[0][1].shape[-2],
+            output_type="pt",
+            batch_size=args.batch_size,
+            **method_kwargs(args, method),
+        ).images
 
     if args.warmup and todo:
         restore(todo[:1])  # one untimed call: one-time set-up (kernels, caches) is not a cost per image

@@ -12,14 +12,25 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="write a trained model as a shareable folder (adapter, encoder, card)",
-                       description=__doc__.split("\n\n", 1)[1])
+    p = sub.add_parser(
+        "export",
+        help="write a trained model as a shareable folder (adapter, encoder, card)",
+        description=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("checkpoint", help="training output folder, checkpoint-STEP folder or export folder")
     p.add_argument("out", help="the folder to write")
-    p.add_argument("--merge", action="store_true",
-                   help="also write merged_transformer.safetensors (base + LoRA, official key layout)")
-    p.add_argument("--samples", type=int, default=4, metavar="N",
-                   help="LQ | restored | HQ comparisons on N sample photos for the card (default 4; 0: none)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="also write merged_transformer.safetensors (base + LoRA, official key layout)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        metavar="N",
+        help="LQ | restored | HQ comparisons on N sample photos for the card (default 4; 0: none)",
+    )
     p.add_argument("--repo-id", default="USER/MODEL", help="the Hub repo the card's usage code names")
     p.add_argument("--base", help="base transformer checkpoint, when not the one the export names")
     p.add_argument("--device", default=None, help="device for --merge and --samples (default: cuda if present)")

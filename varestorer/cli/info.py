@@ -7,8 +7,11 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="facts of a model preset (parameter counts, scale schedules)",
-                       description="Print the facts of a preset without allocating its weights.")
+    p = sub.add_parser(
+        "info",
+        help="facts of a model preset (parameter counts, scale schedules)",
+        description="Print the facts of a preset without allocating its weights.",
+    )
     p.add_argument("--preset", default="infinity-2b", help="preset name (default: infinity-2b)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -72,8 +75,13 @@ def facts(name: str) -> dict:
     from ..presets import get_preset
 
     preset = get_preset(name)
-    out = {"preset": preset.name, "description": preset.description, "resolution": preset.resolution,
-           "text_encoder": preset.text_encoder, "sampler": preset.sampler.as_kwargs()}
+    out = {
+        "preset": preset.name,
+        "description": preset.description,
+        "resolution": preset.resolution,
+        "text_encoder": preset.text_encoder,
+        "sampler": preset.sampler.as_kwargs(),
+    }
     for section in SECTIONS:
         out.update(section(preset))
     return out

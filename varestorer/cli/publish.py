@@ -12,8 +12,11 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("publish", help="upload an export folder (with its model card) to the Hugging Face Hub",
-                       description=__doc__.split("\n\n", 1)[1])
+    p = sub.add_parser(
+        "publish",
+        help="upload an export folder (with its model card) to the Hugging Face Hub",
+        description=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("folder", help="an export folder (varestorer export), or a run folder / checkpoint")
     p.add_argument("--repo-id", required=True, help="USER/NAME (or ORG/NAME) on the Hub")
     p.add_argument("--private", action="store_true", help="create the repo private")
@@ -31,14 +34,17 @@ def run(args: argparse.Namespace) -> int:
     if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
         raise ConfigError(f"--repo-id {args.repo_id!r} must look like USER/NAME")
     folder = find_export(args.folder)
-    result = publish(folder, args.repo_id, private=args.private, dry_run=args.dry_run,
-                     commit_message=args.commit_message)
+    result = publish(
+        folder, args.repo_id, private=args.private, dry_run=args.dry_run, commit_message=args.commit_message
+    )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "card"}, indent=2))
         return 0
     what = "would upload" if args.dry_run else "uploaded"
-    print(f"{what} {len(result['files'])} files ({result['bytes'] / 2**20:.2f} MiB) from {folder} "
-          f"to {args.repo_id}{' (private)' if args.private else ''}:")
+    print(
+        f"{what} {len(result['files'])} files ({result['bytes'] / 2**20:.2f} MiB) from {folder} "
+        f"to {args.repo_id}{' (private)' if args.private else ''}:"
+    )
     for name in result["files"]:
         print(f"  {name}")
     print("card metadata: " + json.dumps(result["card_metadata"]))

@@ -31,8 +31,12 @@ METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "vars
 
 
 def register(sub) -> None:
-    p = sub.add_parser("restore", help="restore images with a trained model (one forward pass)",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "restore",
+        help="restore images with a trained model (one forward pass)",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--model", help="export folder or Hub repo id (not needed for --method bicubic)")
@@ -40,8 +44,12 @@ def register(sub) -> None:
     add_prompt_options(p)
     g = p.add_argument_group("size")
     g.add_argument("--upscale", type=float, default=None, help="output size / input size (default: the model's)")
-    g.add_argument("--mode", default="auto", choices=("auto", "resize", "tile"),
-                   help="auto: one pass when the output fits the model's resolution, tiles otherwise")
+    g.add_argument(
+        "--mode",
+        default="auto",
+        choices=("auto", "resize", "tile"),
+        help="auto: one pass when the output fits the model's resolution, tiles otherwise",
+    )
     g.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: 1/4 tile)")
     add_running_options(p)
     g = p.add_argument_group("output")
@@ -55,19 +63,33 @@ def register(sub) -> None:
 def add_prompt_options(p) -> None:
     """Where prompts come from (``restore`` and ``evaluate`` share them)."""
     g = p.add_argument_group("prompts")
-    g.add_argument("--caption", default="blip", metavar="{blip,none,FILE}",
-                   help="where prompts come from when --prompt is not given (default: blip; none: empty "
-                        "prompts, with a warning for a model trained with captions; FILE: a caption file, JSON "
-                        "lines {\"path\": ..., \"caption\": ...} with paths as given or by file name)")
-    g.add_argument("--caption-from", default="restored", choices=("restored", "input"),
-                   help="what BLIP looks at: the model's own one-pass restoration without a prompt (default, "
-                        "as training captioned clean images) or the LQ input")
-    g.add_argument("--caption-model", default=None,
-                   help="BLIP Hub id or folder (default Salesforce/blip-image-captioning-large)")
+    g.add_argument(
+        "--caption",
+        default="blip",
+        metavar="{blip,none,FILE}",
+        help="where prompts come from when --prompt is not given (default: blip; none: empty "
+        "prompts, with a warning for a model trained with captions; FILE: a caption file, JSON "
+        'lines {"path": ..., "caption": ...} with paths as given or by file name)',
+    )
+    g.add_argument(
+        "--caption-from",
+        default="restored",
+        choices=("restored", "input"),
+        help="what BLIP looks at: the model's own one-pass restoration without a prompt (default, "
+        "as training captioned clean images) or the LQ input",
+    )
+    g.add_argument(
+        "--caption-model", default=None, help="BLIP Hub id or folder (default Salesforce/blip-image-captioning-large)"
+    )
     prompt = g.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default=None, help="one prompt for every image")
-    prompt.add_argument("--no-prompt", dest="prompt", action="store_const", const="",
-                        help="restore with an empty prompt: the paper's 'w/o prompt' ablation (Table A)")
+    prompt.add_argument(
+        "--no-prompt",
+        dest="prompt",
+        action="store_const",
+        const="",
+        help="restore with an empty prompt: the paper's 'w/o prompt' ablation (Table A)",
+    )
 
 
 def prompts_for(args, paths: list[Path]) -> str | list[str] | None:
@@ -104,8 +126,12 @@ def add_running_options(p) -> None:
     g = p.add_argument_group("running")
     g.add_argument("--batch-size", type=int, default=4)
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
-    g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)")
+    g.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)",
+    )
     g.add_argument("--base", help="base transformer checkpoint, when not the one the model names")
     g.add_argument("--vae", help="VAE checkpoint, when not the one the model names")
     g.add_argument("--text-encoder", help="T5 encoder (Hub id or folder), when not the one the model names")
@@ -113,11 +139,17 @@ def add_running_options(p) -> None:
 
 def add_method_options(p) -> None:
     """The settings of the sampling methods (``restore`` and ``evaluate`` share them)."""
-    g = p.add_argument_group("sampling methods (zeroshot, multistep, guided, varsr)", "unset sampler settings are the "
-                             "base preset's (Infinity's released: cfg 4, tau 0.5, top_k 900, top_p 0.97)")
+    g = p.add_argument_group(
+        "sampling methods (zeroshot, multistep, guided, varsr)",
+        "unset sampler settings are the base preset's (Infinity's released: cfg 4, tau 0.5, top_k 900, top_p 0.97)",
+    )
     g.add_argument("--num-given", type=int, default=4, help="zeroshot: scales given from the LQ image (default 4)")
-    g.add_argument("--gamma", type=int, default=None,
-                   help="guided: first guided scale, 1-indexed (default: 8/10 of the scales, the paper's)")
+    g.add_argument(
+        "--gamma",
+        type=int,
+        default=None,
+        help="guided: first guided scale, 1-indexed (default: 8/10 of the scales, the paper's)",
+    )
     g.add_argument("--alpha", type=float, default=None, help="guided: step on the logits (default 1, the paper's)")
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--tau", type=float, default=None, help="temperature")
@@ -169,9 +201,11 @@ def check_output_outside_inputs(inputs: list[str], out: Path) -> None:
     for item in inputs:
         folder = Path(item).expanduser().resolve()
         if folder.is_dir() and (here == folder or folder in here.parents):
-            raise ConfigError(f"the output folder {out} is {'the' if here == folder else 'inside the'} input folder "
-                              f"{item}, which is searched recursively: a later run would restore the restored images "
-                              f"too; choose an -o folder outside it")
+            raise ConfigError(
+                f"the output folder {out} is {'the' if here == folder else 'inside the'} input folder "
+                f"{item}, which is searched recursively: a later run would restore the restored images "
+                f"too; choose an -o folder outside it"
+            )
 
 
 def plan_outputs(found: list[tuple[Path, Path]], out: Path, ext: str) -> list[tuple[Path, Path]]:
@@ -215,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(todo), desc=f"restore ({args.method})", unit="image")
     for start in range(0, len(todo), args.batch_size):
         chunk, images = [], []
-        for src, dst in todo[start:start + args.batch_size]:
+        for src, dst in todo[start : start + args.batch_size]:
             try:
                 image = to_tensor(read_rgb(src))
                 output_size(tuple(image.shape[-2:]), args.upscale or pipe.upscale)  # too large: say which, go on
@@ -236,8 +270,9 @@ def run(args: argparse.Namespace) -> int:
         bar.update(len(chunk))
     bar.close()
     done = len(todo) - len(skipped)
-    print(f"restored {done} image(s) into {out}" + (f"; kept {kept} existing (--overwrite replaces them)"
-                                                    if kept else ""))
+    print(
+        f"restored {done} image(s) into {out}" + (f"; kept {kept} existing (--overwrite replaces them)" if kept else "")
+    )
     if skipped:
         out.mkdir(parents=True, exist_ok=True)
         (out / "skipped.tsv").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
@@ -248,8 +283,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _call_kwargs(args) -> dict:
-    return dict(method=args.method, upscale=args.upscale, mode=args.mode, tile_overlap=args.tile_overlap,
-                batch_size=args.batch_size, output_type="pil", **method_kwargs(args, args.method))
+    return dict(
+        method=args.method,
+        upscale=args.upscale,
+        mode=args.mode,
+        tile_overlap=args.tile_overlap,
+        batch_size=args.batch_size,
+        output_type="pil",
+        **method_kwargs(args, args.method),
+    )
 
 
 def load_pipeline(args, device: str, methods: tuple[str, ...]):
@@ -266,18 +308,21 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
         return _Bicubic(getattr(args, "upscale", None) or 4.0)
     from ..inference import VARestorerPipeline
 
-    pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae,
-                                              text_encoder=args.text_encoder)
+    pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder)
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     pipe.to(device, getattr(torch, dtype))
-    wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.get("use_captions", True)
+    wants_captions = (
+        any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.get("use_captions", True)
+    )
     if args.caption not in ("blip", "none"):
         prompts_for(args, [])  # a caption file: read (and checked) now, before any restoration
     elif wants_captions and args.caption == "blip":
         from ..data.captions import DEFAULT_BLIP, BlipCaptioner
 
-        pipe.set_captioner(BlipCaptioner(args.caption_model or DEFAULT_BLIP, device=device,
-                                         batch_size=args.batch_size), caption_from=args.caption_from)
+        pipe.set_captioner(
+            BlipCaptioner(args.caption_model or DEFAULT_BLIP, device=device, batch_size=args.batch_size),
+            caption_from=args.caption_from,
+        )
     return pipe
 
 
@@ -314,9 +359,11 @@ def _save_compare(lq, restored, path: Path, method: str) -> None:
 
 def register_bench(sub) -> None:
     p = sub.add_parser(
-        "latency", help="seconds per image of onestep vs the multi-step methods, on the same weights",
+        "latency",
+        help="seconds per image of onestep vs the multi-step methods, on the same weights",
         description="Time every restoration method side by side on random weights of a preset: the one-step "
-                    "pass vs scale-by-scale sampling (multistep with CFG, zeroshot, guided, varsr).")
+        "pass vs scale-by-scale sampling (multistep with CFG, zeroshot, guided, varsr).",
+    )
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default: 1)")
@@ -324,8 +371,12 @@ def register_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default: 1)")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--device", default=None, help="device (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_bench)
 
@@ -340,7 +391,15 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in TIMED]
     if unknown or not methods:
         raise ConfigError(f"--methods {args.methods!r}: choose among {', '.join(TIMED)}")
-    r = bench_latency(args.preset, args.resolution, batch=args.batch, warmup=args.warmup, repeats=args.repeats,
-                      device=args.device, dtype=args.dtype, methods=methods)
+    r = bench_latency(
+        args.preset,
+        args.resolution,
+        batch=args.batch,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device,
+        dtype=args.dtype,
+        methods=methods,
+    )
     print(json.dumps(r, indent=2) if args.json else format_latency(r))
     return 0

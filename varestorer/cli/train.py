@@ -7,11 +7,12 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "train", help="run a training recipe (distillation, teacher fine-tuning, the VARSR baseline or the tokenizer)",
+        "train",
+        help="run a training recipe (distillation, teacher fine-tuning, the VARSR baseline or the tokenizer)",
         description="Run a recipe from recipes/ (or a YAML path). Launch it with accelerate for several "
-                    "processes: accelerate launch --config_file launch/8gpu.yaml distill.py --recipe NAME",
+        "processes: accelerate launch --config_file launch/8gpu.yaml distill.py --recipe NAME",
         epilog="Overrides: section.key=value, e.g. optim.lr=1e-5 train.max_steps=100 "
-               "train.resume_from_checkpoint=latest",
+        "train.resume_from_checkpoint=latest",
     )
     p.add_argument("--recipe", required=True, help="recipe name in recipes/ or a path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
@@ -37,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- varestorer bench train
 def register_bench(sub) -> None:
     p = sub.add_parser(
-        "train", help="seconds/step, images/s, peak memory (and MFU on a GPU) of the real training step",
+        "train",
+        help="seconds/step, images/s, peak memory (and MFU on a GPU) of the real training step",
         description="Time the real training step (degradation, teacher, student, losses, backward, AdamW) "
-                    "with random weights of a preset.")
+        "with random weights of a preset.",
+    )
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
     p.add_argument("--batch", type=int, default=4, help="images per step (default: 4)")
@@ -47,9 +50,12 @@ def register_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     p.add_argument("--mode", default="distill", choices=("distill", "teacher", "varsr"))
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--device", default=None,
-                   help="device (default: cuda if available); meta: estimate the GPU memory of the step "
-                        "(no GPU, no weights, nothing timed)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device (default: cuda if available); meta: estimate the GPU memory of the step "
+        "(no GPU, no weights, nothing timed)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_bench)
 
@@ -70,7 +76,15 @@ def run_bench(args: argparse.Namespace) -> int:
         r = estimate_train_memory(args.preset, resolution, args.batch, args.gradient_checkpointing)
         print(json.dumps(r, indent=2) if args.json else format_estimate(r))
         return 0
-    r = bench_train(args.preset, resolution, args.batch, steps=args.steps, warmup=args.warmup, device=args.device,
-                    mode=args.mode, gradient_checkpointing=args.gradient_checkpointing)
+    r = bench_train(
+        args.preset,
+        resolution,
+        args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        mode=args.mode,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     print(json.dumps(r, indent=2) if args.json else format_result(r))
     return 0

@@ -23,8 +23,15 @@ DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
 class BlipCaptioner:
     """``captioner(images) -> list[str]``: images are PIL images or (H, W, 3) uint8 arrays."""
 
-    def __init__(self, model: str = DEFAULT_BLIP, device: str | None = None, batch_size: int = 16,
-                 max_new_tokens: int = 40, prompt: str | None = None, dtype=None):
+    def __init__(
+        self,
+        model: str = DEFAULT_BLIP,
+        device: str | None = None,
+        batch_size: int = 16,
+        max_new_tokens: int = 40,
+        prompt: str | None = None,
+        dtype=None,
+    ):
         import torch
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -37,8 +44,10 @@ class BlipCaptioner:
             self.processor = BlipProcessor.from_pretrained(self.name)
             self.model = BlipForConditionalGeneration.from_pretrained(self.name, dtype=dtype)
         except (OSError, ValueError) as exc:  # missing files, no network, not a repo id
-            raise ConfigError(f"cannot load the BLIP captioner {self.name!r}: {exc}. Pass a local BLIP folder "
-                              f"with --caption-model, a caption file with --caption FILE, or --caption none") from None
+            raise ConfigError(
+                f"cannot load the BLIP captioner {self.name!r}: {exc}. Pass a local BLIP folder "
+                f"with --caption-model, a caption file with --caption FILE, or --caption none"
+            ) from None
         self.model.to(self.device).eval()
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
@@ -83,8 +92,10 @@ class CaptionFile:
             raise ConfigError(f"cannot read the caption file {self.path}: {exc}") from None
         except UnicodeDecodeError as exc:
             line = self.path.read_bytes()[: exc.start].count(b"\n") + 1
-            raise ConfigError(f"{self.path}:{line}: not UTF-8 (byte {exc.object[exc.start]:#04x}); save the caption "
-                              f"file as UTF-8 JSON lines") from None
+            raise ConfigError(
+                f"{self.path}:{line}: not UTF-8 (byte {exc.object[exc.start]:#04x}); save the caption "
+                f"file as UTF-8 JSON lines"
+            ) from None
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -97,7 +108,7 @@ class CaptionFile:
             elif isinstance(obj, dict) and len(obj) == 1:
                 items = list(obj.items())
             else:
-                raise ConfigError(f"{self.path}:{n}: expected {{\"path\": ..., \"caption\": ...}} or {{path: caption}}")
+                raise ConfigError(f'{self.path}:{n}: expected {{"path": ..., "caption": ...}} or {{path: caption}}')
             for key, caption in items:
                 if not isinstance(caption, str):
                     raise ConfigError(f"{self.path}:{n}: the caption of {key!r} is not a string")

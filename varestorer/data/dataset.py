@@ -37,8 +37,9 @@ def open_prepared(path: str | Path):
     return datasets.load_from_disk(str(path))
 
 
-def fit_crop(image: torch.Tensor, size: int, random_crop: bool,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def fit_crop(
+    image: torch.Tensor, size: int, random_crop: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(3, H, W) -> (3, size, size): resize up if smaller, then a random or the center crop."""
     h, w = image.shape[-2:]
     if min(h, w) < size:
@@ -74,8 +75,9 @@ class PreparedDataset(Dataset):
         return {"pixel_values": image, "caption": row["caption"] or "", "index": index, "seed": seeds.degradation}
 
 
-def iter_prepared(path: str | Path, size: int = 512, random_crop: bool = True, seed: int = 0,
-                  shuffle: bool = False) -> Iterator[tuple[torch.Tensor, str]]:
+def iter_prepared(
+    path: str | Path, size: int = 512, random_crop: bool = True, seed: int = 0, shuffle: bool = False
+) -> Iterator[tuple[torch.Tensor, str]]:
     """Yield ``(image (3, size, size) in [0, 1], caption)`` for every row of a prepared folder."""
     ds = PreparedDataset(path, size=size, random_crop=random_crop, seed=seed)
     order = range(len(ds))

@@ -23,8 +23,15 @@ from ..errors import ConfigError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 #: The reasons :class:`ImageSkip` gives (the skip report counts them).
-REASONS = ("empty file", "not an image", "truncated or corrupt", "too large", "too small", "unreadable",
-           "unsupported mode")
+REASONS = (
+    "empty file",
+    "not an image",
+    "truncated or corrupt",
+    "too large",
+    "too small",
+    "unreadable",
+    "unsupported mode",
+)
 
 
 class ImageSkip(Exception):

@@ -63,8 +63,9 @@ def _resize_short(image: torch.Tensor, short: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     scale = short / min(h, w)
     size = (max(short, round(h * scale)), max(short, round(w * scale)))
-    return F.interpolate(image[None], size=size, mode="area" if scale < 1 else "bicubic",
-                         align_corners=None if scale < 1 else False)[0].clamp(0, 1)
+    return F.interpolate(
+        image[None], size=size, mode="area" if scale < 1 else "bicubic", align_corners=None if scale < 1 else False
+    )[0].clamp(0, 1)
 
 
 class PhotoCollection(Dataset):
@@ -74,8 +75,10 @@ class PhotoCollection(Dataset):
 
     def __init__(self, size: int, split: str = "train", repeats: int = 1, seed: int = 0, random_crop: bool = True):
         if size > STORED_SHORT_SIDE:
-            raise ConfigError(f"the photo collection is stored at {STORED_SHORT_SIDE} px: model.resolution={size} "
-                              f"is too large for data.dataset=photos (use a folder written by varestorer prepare)")
+            raise ConfigError(
+                f"the photo collection is stored at {STORED_SHORT_SIDE} px: model.resolution={size} "
+                f"is too large for data.dataset=photos (use a folder written by varestorer prepare)"
+            )
         self.size, self.repeats, self.seed, self.random_crop = size, repeats, seed, random_crop
         self.items = entries(split)
 
@@ -118,13 +121,20 @@ def heldout_crops(size: int = 128) -> list[tuple[str, torch.Tensor, str]]:
         im = _resize_short(load_photo(entry["file"]), round(1.25 * size))
         h, w = im.shape[-2:]
         for tag, (top, left) in (("a", (0, 0)), ("b", (h - size, w - size))):
-            out.append((f"{entry['name']}-{tag}", im[:, top : top + size, left : left + size].contiguous(),
-                        entry["caption"]))
+            out.append(
+                (f"{entry['name']}-{tag}", im[:, top : top + size, left : left + size].contiguous(), entry["caption"])
+            )
     return out
 
 
-def write_heldout(out: str | Path, size: int = 128, degradation: str = "realesrgan-x4", scale: int = 4,
-                  seed: int = 0, limit: int | None = None) -> dict[str, Path]:
+def write_heldout(
+    out: str | Path,
+    size: int = 128,
+    degradation: str = "realesrgan-x4",
+    scale: int = 4,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict[str, Path]:
     """The evaluation set as files: ``out/hq/NAME.png`` (:func:`heldout_crops`; the first ``limit`` by name),
     ``out/lq/NAME.png`` (degraded with ``degradation``, image ``i`` with seed ``seed + i``: the same
     files on every run) and ``out/captions.jsonl`` (each LQ file's caption). Returns the three paths."""
@@ -165,8 +175,10 @@ def _source_image(entry: dict, root: Path):
             return Image.open(f).convert("RGB")
     path = root / entry["source_path"]
     if not path.is_file():
-        raise ConfigError(f"{path} is missing: extract the Debian package {entry['source']} into {root} "
-                          f"(apt-get download {entry['source']} && dpkg -x {entry['source']}_*.deb {root})")
+        raise ConfigError(
+            f"{path} is missing: extract the Debian package {entry['source']} into {root} "
+            f"(apt-get download {entry['source']} && dpkg -x {entry['source']}_*.deb {root})"
+        )
     return Image.open(path).convert("RGB")
 
 
@@ -179,8 +191,10 @@ def collect(root: str | Path, out: str | Path = PHOTOS_DIR) -> list[Path]:
     for entry in manifest():
         im = _source_image(entry, Path(root))
         scale = STORED_SHORT_SIDE / min(im.size)
-        im = im.resize((max(STORED_SHORT_SIDE, round(im.width * scale)), max(STORED_SHORT_SIDE, round(im.height * scale))),
-                       Image.Resampling.LANCZOS)
+        im = im.resize(
+            (max(STORED_SHORT_SIDE, round(im.width * scale)), max(STORED_SHORT_SIDE, round(im.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
         path = out / entry["file"]
         path.parent.mkdir(parents=True, exist_ok=True)
         im.save(path, quality=92)

@@ -132,8 +132,9 @@ def list_sources(src: str | Path) -> list[str]:
 def features():
     from datasets import Features, Image, Sequence, Value
 
-    return Features({"image": Image(), "path": Value("string"), "caption": Value("string"),
-                     "crop": Sequence(Value("int32"))})
+    return Features(
+        {"image": Image(), "path": Value("string"), "caption": Value("string"), "crop": Sequence(Value("int32"))}
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -213,9 +214,11 @@ class PrepareReport:
         return Counter(r for _, r, _ in self.skipped)
 
     def summary(self) -> str:
-        lines = [f"wrote {self.images} images from {self.sources - len(self.skipped)} of {self.sources} source files "
-                 f"into {self.shards} shards in {self.out}"
-                 + (f" ({self.shards_resumed} shards from an earlier run)" if self.shards_resumed else "")]
+        lines = [
+            f"wrote {self.images} images from {self.sources - len(self.skipped)} of {self.sources} source files "
+            f"into {self.shards} shards in {self.out}"
+            + (f" ({self.shards_resumed} shards from an earlier run)" if self.shards_resumed else "")
+        ]
         if self.skipped:
             why = ", ".join(f"{n} {r}" for r, n in self.skipped_by_reason.most_common())
             lines.append(f"skipped {len(self.skipped)} files: {why} (list in {self.out / 'skipped.tsv'})")
@@ -228,9 +231,17 @@ class PrepareReport:
 
 # -------------------------------------------------------------------------------------------- run
 def _settings(src: Path, crop: CropSettings, caption_desc: str, shard_size: int) -> dict:
-    return {"format_version": FORMAT_VERSION, "source": str(src.resolve()), "size": crop.size, "mode": crop.mode,
-            "crops": crop.crops, "seed": crop.seed, "image_format": crop.image_format, "caption": caption_desc,
-            "shard_size": shard_size}
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": str(src.resolve()),
+        "size": crop.size,
+        "mode": crop.mode,
+        "crops": crop.crops,
+        "seed": crop.seed,
+        "image_format": crop.image_format,
+        "caption": caption_desc,
+        "shard_size": shard_size,
+    }
 
 
 def _check_or_write_settings(out: Path, settings: dict, overwrite: bool) -> bool:
@@ -244,14 +255,20 @@ def _check_or_write_settings(out: Path, settings: dict, overwrite: bool) -> bool
             overwrite = True
         else:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
-            raise ConfigError(f"{out} was prepared with other settings ({diff}); use another output folder "
-                              f"or --overwrite to start again")
+            raise ConfigError(
+                f"{out} was prepared with other settings ({diff}); use another output folder "
+                f"or --overwrite to start again"
+            )
     if out.exists() and any(out.iterdir()) and not path.exists() and not overwrite:
-        raise ConfigError(f"{out} exists and is not a folder written by varestorer prepare; "
-                          f"choose another output folder")
+        raise ConfigError(
+            f"{out} exists and is not a folder written by varestorer prepare; choose another output folder"
+        )
     if overwrite and path.exists():
-        for p in list(out.glob("data-*.arrow")) + list(out.glob("progress/*.json")) + [
-                out / n for n in ("state.json", "dataset_info.json", "sources.txt", "skipped.tsv", "prepare.json")]:
+        for p in (
+            list(out.glob("data-*.arrow"))
+            + list(out.glob("progress/*.json"))
+            + [out / n for n in ("state.json", "dataset_info.json", "sources.txt", "skipped.tsv", "prepare.json")]
+        ):
             if p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -265,19 +282,40 @@ def _load_sources(out: Path, src: Path, resuming: bool) -> list[str]:
         sources = path.read_text(encoding="utf-8").splitlines()
         now = len(list_sources(src))
         if now != len(sources):
-            logger.warning("%s now has %d images, %d when this preparation started; going on with the original "
-                           "list (prepare the new ones into another folder)", src, now, len(sources))
+            logger.warning(
+                "%s now has %d images, %d when this preparation started; going on with the original "
+                "list (prepare the new ones into another folder)",
+                src,
+                now,
+                len(sources),
+            )
         return sources
     sources = list_sources(src)
     _atomic_write(path, "\n".join(sources) + ("\n" if sources else ""))
     return sources
 
 
-def prepare_dataset(src: str | Path, out: str | Path, *, size: int = 512, mode: str = "crop", crops: int = 1,
-                    seed: int = 0, image_format: str = "png", caption: str = "none", caption_model: str | None = None,
-                    caption_batch_size: int = 16, caption_prompt: str | None = None, captioner=None,
-                    device: str | None = None, shard_size: int = 1000, workers: int = 0, progress: bool = True,
-                    overwrite: bool = False, on_shard: Callable[[int], None] | None = None) -> PrepareReport:
+def prepare_dataset(
+    src: str | Path,
+    out: str | Path,
+    *,
+    size: int = 512,
+    mode: str = "crop",
+    crops: int = 1,
+    seed: int = 0,
+    image_format: str = "png",
+    caption: str = "none",
+    caption_model: str | None = None,
+    caption_batch_size: int = 16,
+    caption_prompt: str | None = None,
+    captioner=None,
+    device: str | None = None,
+    shard_size: int = 1000,
+    workers: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_shard: Callable[[int], None] | None = None,
+) -> PrepareReport:
     """Prepare (or resume preparing) ``out`` from the images under ``src``; see the module docstring.
 
     ``caption`` is ``"blip"`` (``caption_model``: a BLIP Hub id or folder, default
@@ -329,18 +367,25 @@ def prepare_dataset(src: str | Path, out: str | Path, *, size: int = 512, mode: 
         logger.info("resuming: %d of %d shards already written", len(done), n_shards)
 
     if caption == "blip" and captioner is None and todo:
-        captioner = BlipCaptioner(caption_model or DEFAULT_BLIP, device=device, batch_size=caption_batch_size,
-                                  prompt=caption_prompt)
+        captioner = BlipCaptioner(
+            caption_model or DEFAULT_BLIP, device=device, batch_size=caption_batch_size, prompt=caption_prompt
+        )
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(sources), initial=min(len(sources), len(done) * shard_size), unit="img",
-               desc="prepare", disable=not progress)
+    bar = tqdm(
+        total=len(sources),
+        initial=min(len(sources), len(done) * shard_size),
+        unit="img",
+        desc="prepare",
+        disable=not progress,
+    )
     pool = None
     if workers > 0 and todo:
         import multiprocessing as mp
 
         pool = mp.get_context("spawn").Pool(workers)
+
     def submit(k):
         tasks = [(str(src / rel), rel, crop) for rel in sources[k * shard_size : (k + 1) * shard_size]]
         return pool.imap(process_file, tasks, chunksize=4) if pool else map(process_file, tasks)
@@ -379,9 +424,18 @@ def prepare_dataset(src: str | Path, out: str | Path, *, size: int = 512, mode: 
                 rows["caption"] = captioner(images)
                 bar.set_postfix_str("")
             n = write_shard(out, k, rows)
-            _atomic_write(progress_file(k), json.dumps({"shard": k, "images": n, "files": len(files),
-                                                       "missing_captions": missing,
-                                                       "skipped": [list(s) for s in skipped]}))
+            _atomic_write(
+                progress_file(k),
+                json.dumps(
+                    {
+                        "shard": k,
+                        "images": n,
+                        "files": len(files),
+                        "missing_captions": missing,
+                        "skipped": [list(s) for s in skipped],
+                    }
+                ),
+            )
             done.append(k)
             write_dataset_index(out, sorted(done), description=f"varestorer prepare {src}")
             if on_shard is not None:
@@ -399,8 +453,9 @@ def prepare_dataset(src: str | Path, out: str | Path, *, size: int = 512, mode: 
         report.skipped.extend(tuple(s) for s in p["skipped"])
     if not (out / "state.json").exists():
         write_dataset_index(out, sorted(done))
-    lines = ["path\treason\tdetail"] + ["\t".join(x.replace("\t", " ").replace("\n", " ") for x in s)
-                                        for s in report.skipped]
+    lines = ["path\treason\tdetail"] + [
+        "\t".join(x.replace("\t", " ").replace("\n", " ") for x in s) for s in report.skipped
+    ]
     _atomic_write(out / "skipped.tsv", "\n".join(lines) + "\n")
     return report
 
@@ -413,5 +468,14 @@ def describe_settings(out: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-__all__ = ["CropSettings", "PrepareReport", "crop_boxes", "features", "list_sources", "make_crops",
-           "prepare_dataset", "process_file", "describe_settings"]
+__all__ = [
+    "CropSettings",
+    "PrepareReport",
+    "crop_boxes",
+    "features",
+    "list_sources",
+    "make_crops",
+    "prepare_dataset",
+    "process_file",
+    "describe_settings",
+]

@@ -37,4 +37,3 @@ def split_key(key) -> tuple[int, int]:
         epoch, index = key
         return int(epoch), int(index)
     return 0, int(key)
-

@@ -31,8 +31,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_degrade(preset: str = "realesrgan-x4", size: int = 512, batch: int = 8, steps: int = 3, warmup: int = 1,
-                  device: str | None = None, sequential: bool = True) -> dict:
+def bench_degrade(
+    preset: str = "realesrgan-x4",
+    size: int = 512,
+    batch: int = 8,
+    steps: int = 3,
+    warmup: int = 1,
+    device: str | None = None,
+    sequential: bool = True,
+) -> dict:
     """Time ``steps`` batches of the pipeline (each with new seeds) and, if ``sequential``, the same
     images one by one through :class:`~.reference.ReferenceDegrader` on the same device."""
     from .pipeline import DegradationPipeline
@@ -50,9 +57,16 @@ def bench_degrade(preset: str = "realesrgan-x4", size: int = 512, batch: int = 8
         pipe(hq, seeds(s))
     _sync(dev)
     batched = time.perf_counter() - t0
-    out = {"preset": pipe.config.name, "size": size, "batch": batch, "steps": steps, "device": str(dev),
-           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           "threads": torch.get_num_threads(), "batched_images_per_sec": steps * batch / batched}
+    out = {
+        "preset": pipe.config.name,
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "batched_images_per_sec": steps * batch / batched,
+    }
     if sequential:
         ref = ReferenceDegrader(pipe.config, device=dev)
         ref(hq[0], 10_000)  # warm-up
@@ -69,9 +83,11 @@ def bench_degrade(preset: str = "realesrgan-x4", size: int = 512, batch: int = 8
 
 
 def format_result(r: dict) -> str:
-    lines = [f"bench degrade: preset {r['preset']}, {r['size']}px -> {r['size'] // 4}px LQ, batch {r['batch']}, "
-             f"{r['steps']} batches, {r['device_name']} ({r['threads']} threads)",
-             f"  batched pipeline (on device, per-sample seeds): {r['batched_images_per_sec']:8.2f} images/s"]
+    lines = [
+        f"bench degrade: preset {r['preset']}, {r['size']}px -> {r['size'] // 4}px LQ, batch {r['batch']}, "
+        f"{r['steps']} batches, {r['device_name']} ({r['threads']} threads)",
+        f"  batched pipeline (on device, per-sample seeds): {r['batched_images_per_sec']:8.2f} images/s",
+    ]
     if "sequential_images_per_sec" in r:
         seq = r["sequential_images_per_sec"]
         lines.append(f"  sequential basicsr, one image at a time:        {seq:8.2f} images/s")

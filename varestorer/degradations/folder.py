@@ -86,10 +86,21 @@ class DegradeReport:
         return s
 
 
-def degrade_folder(src: str, out: str | Path, preset: str = "realesrgan-x4", seed: int = 0, size: int = 512,
-                   resize: bool = False, save_hq: bool = False, batch: int = 8, device: str | None = None,
-                   limit: int | None = None, sheet: bool = True, sheet_presets: list[str] | None = None,
-                   sheet_samples: int = 4) -> DegradeReport:
+def degrade_folder(
+    src: str,
+    out: str | Path,
+    preset: str = "realesrgan-x4",
+    seed: int = 0,
+    size: int = 512,
+    resize: bool = False,
+    save_hq: bool = False,
+    batch: int = 8,
+    device: str | None = None,
+    limit: int | None = None,
+    sheet: bool = True,
+    sheet_presets: list[str] | None = None,
+    sheet_samples: int = 4,
+) -> DegradeReport:
     from PIL import Image
 
     from ..data.images import ImageSkip
@@ -124,8 +135,17 @@ def degrade_folder(src: str, out: str | Path, preset: str = "realesrgan-x4", see
             if save_hq:
                 (out / "hq" / name).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pending[i][1]).save(out / "hq" / name)
-            params_file.write(json.dumps({"path": key, "lq": f"lq/{name.as_posix()}", "preset": pipe.config.name,
-                                          **result.params[i].describe()}) + "\n")
+            params_file.write(
+                json.dumps(
+                    {
+                        "path": key,
+                        "lq": f"lq/{name.as_posix()}",
+                        "preset": pipe.config.name,
+                        **result.params[i].describe(),
+                    }
+                )
+                + "\n"
+            )
         report.written += len(keys)
         pending.clear()
 
@@ -152,6 +172,12 @@ def degrade_folder(src: str, out: str | Path, preset: str = "realesrgan-x4", see
     if sheet and first:
         presets = sheet_presets or default_sheet_presets(extra=preset)
         hq = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1) for _, a in first]).float().div(255)
-        write_comparison_sheet(out / "sheet.png", hq, presets, seeds=[image_seed(seed, k) for k, _ in first],
-                               device=str(dev), labels=[Path(k).stem for k, _ in first])
+        write_comparison_sheet(
+            out / "sheet.png",
+            hq,
+            presets,
+            seeds=[image_seed(seed, k) for k, _ in first],
+            device=str(dev),
+            labels=[Path(k).stem for k, _ in first],
+        )
     return report

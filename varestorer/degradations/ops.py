@@ -45,12 +45,18 @@ def resize_matrix(n_in: int, mode: str, size: int | None = None, scale: float | 
     """The (n_out, n_in) matrix of ``F.interpolate`` along one axis (``size`` or ``scale`` given)."""
     if (size is None) == (scale is None):
         raise ValueError("give exactly one of size and scale")
-    return _resize_matrix_cpu(int(n_in), mode, None if size is None else int(size),
-                              None if scale is None else float(scale))
+    return _resize_matrix_cpu(
+        int(n_in), mode, None if size is None else int(size), None if scale is None else float(scale)
+    )
 
 
-def resize(x: Tensor, sizes: list[Size], modes: list[str], out_sizes: list[Size] | None = None,
-           scales: list[float] | None = None) -> tuple[Tensor, list[Size]]:
+def resize(
+    x: Tensor,
+    sizes: list[Size],
+    modes: list[str],
+    out_sizes: list[Size] | None = None,
+    scales: list[float] | None = None,
+) -> tuple[Tensor, list[Size]]:
     """Resize each sample's valid region (``out_sizes`` or ``scales`` per sample); zero-padded output."""
     mats_h, mats_w = [], []
     for i, ((h, w), mode) in enumerate(zip(sizes, modes)):

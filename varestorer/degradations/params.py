@@ -82,8 +82,17 @@ def _kernel(sizes, kernel_list, kernel_prob, sigma, betag, betap, sinc_prob, pad
         omega_c = np.random.uniform(np.pi / 3, np.pi) if kernel_size < 13 else np.random.uniform(np.pi / 5, np.pi)
         kernel = deg.circular_lowpass_kernel(omega_c, kernel_size, pad_to=False)
     else:
-        kernel = deg.random_mixed_kernels(list(kernel_list), list(kernel_prob), kernel_size, sigma, sigma,
-                                          [-math.pi, math.pi], betag, betap, noise_range=None)
+        kernel = deg.random_mixed_kernels(
+            list(kernel_list),
+            list(kernel_prob),
+            kernel_size,
+            sigma,
+            sigma,
+            [-math.pi, math.pi],
+            betag,
+            betap,
+            noise_range=None,
+        )
     pad = (pad_to - kernel_size) // 2
     return np.pad(kernel, ((pad, pad), (pad, pad))).astype(np.float32)
 
@@ -115,10 +124,19 @@ def sample_params(cfg: DegradationConfig, seed: int) -> SampleParams:
     K = cfg.max_kernel_size
     with seeded_global_rng(int(seed)):
         # kernels, in the order of Real-ESRGAN's dataset
-        kernel1 = _kernel(sizes, cfg.kernel_list, cfg.kernel_prob, cfg.blur_sigma, cfg.betag_range, cfg.betap_range,
-                          cfg.sinc_prob, K)
-        kernel2 = _kernel(sizes, cfg.kernel_list2, cfg.kernel_prob2, cfg.blur_sigma2, cfg.betag_range2,
-                          cfg.betap_range2, cfg.sinc_prob2, K)
+        kernel1 = _kernel(
+            sizes, cfg.kernel_list, cfg.kernel_prob, cfg.blur_sigma, cfg.betag_range, cfg.betap_range, cfg.sinc_prob, K
+        )
+        kernel2 = _kernel(
+            sizes,
+            cfg.kernel_list2,
+            cfg.kernel_prob2,
+            cfg.blur_sigma2,
+            cfg.betag_range2,
+            cfg.betap_range2,
+            cfg.sinc_prob2,
+            K,
+        )
         final_sinc = bool(np.random.uniform() < cfg.final_sinc_prob)
         if final_sinc:
             deg = import_basicsr("basicsr.data.degradations")
@@ -141,9 +159,24 @@ def sample_params(cfg: DegradationConfig, seed: int) -> SampleParams:
         jpeg2 = float(np.float32(np.random.uniform(*cfg.jpeg_range2)))
         sinc_first = bool(np.random.uniform() < 0.5)
         final_mode = random.choice(cfg.resize_modes)
-    return SampleParams(seed=int(seed), kernel1=kernel1, resize1=resize1, mode1=mode1, noise1=noise1, jpeg1=jpeg1,
-                        blur2=blur2, kernel2=kernel2, resize2=resize2, mode2=mode2, noise2=noise2, jpeg2=jpeg2,
-                        sinc_first=sinc_first, final_mode=final_mode, final_sinc=final_sinc, sinc_kernel=sinc)
+    return SampleParams(
+        seed=int(seed),
+        kernel1=kernel1,
+        resize1=resize1,
+        mode1=mode1,
+        noise1=noise1,
+        jpeg1=jpeg1,
+        blur2=blur2,
+        kernel2=kernel2,
+        resize2=resize2,
+        mode2=mode2,
+        noise2=noise2,
+        jpeg2=jpeg2,
+        sinc_first=sinc_first,
+        final_mode=final_mode,
+        final_sinc=final_sinc,
+        sinc_kernel=sinc,
+    )
 
 
 def stage_sizes(params: SampleParams, height: int, width: int, scale: int) -> dict:

@@ -95,9 +95,13 @@ class DegradationPipeline:
             self.to(device)
 
     @classmethod
-    def from_preset(cls, name_or_path: str | Path | DegradationConfig = "realesrgan-x4",
-                    device: str | torch.device | None = None, scale: int | None = None,
-                    **overrides) -> DegradationPipeline:
+    def from_preset(
+        cls,
+        name_or_path: str | Path | DegradationConfig = "realesrgan-x4",
+        device: str | torch.device | None = None,
+        scale: int | None = None,
+        **overrides,
+    ) -> DegradationPipeline:
         """A preset by name (``degradations/NAME.yaml``) or path; ``scale`` and any preset key
         given as a keyword override the file (and are validated like it)."""
         cfg = load_preset(name_or_path)
@@ -163,23 +167,30 @@ class DegradationPipeline:
         out = ops.filter2d(gt, self._kernels([p.kernel1 for p in params]))
         targets = [(max(1, int(H / c.scale * p.resize2)), max(1, int(W / c.scale * p.resize2))) for p in params]
         mid = out.new_zeros(B, C, max(h for h, _ in targets), max(w for _, w in targets))
-        stage1 = [(ops.resize_matrix(H, p.mode1, scale=p.resize1).shape[0],
-                   ops.resize_matrix(W, p.mode1, scale=p.resize1).shape[0]) for p in params]
+        stage1 = [
+            (
+                ops.resize_matrix(H, p.mode1, scale=p.resize1).shape[0],
+                ops.resize_matrix(W, p.mode1, scale=p.resize1).shape[0],
+            )
+            for p in params
+        ]
         for group in ops.size_buckets(stage1):
             # samples of similar size run together: little zero padding (the random resize
             # factors span 0.15x to 1.5x; one padded batch would mostly compute zeros)
             idx = torch.tensor(group, device=dev)
             gp = [params[i] for i in group]
-            x, sizes = ops.resize(out[idx], [(H, W)] * len(group), [p.mode1 for p in gp],
-                                  scales=[p.resize1 for p in gp])
+            x, sizes = ops.resize(
+                out[idx], [(H, W)] * len(group), [p.mode1 for p in gp], scales=[p.resize1 for p in gp]
+            )
             x = ops.add_noise(x, sizes, [p.noise1 for p in gp])
             x = self._jpeg(x, [p.jpeg1 for p in gp])
             x = x * ops.valid_mask(sizes, *x.shape[-2:], dev)
             blur = [j for j, p in enumerate(gp) if p.blur2]
             if blur:
                 bidx = torch.tensor(blur, device=dev)
-                sub = ops.filter2d_ragged(x[bidx], [sizes[j] for j in blur],
-                                          self._kernels([gp[j].kernel2 for j in blur]))
+                sub = ops.filter2d_ragged(
+                    x[bidx], [sizes[j] for j in blur], self._kernels([gp[j].kernel2 for j in blur])
+                )
                 x = x.index_copy(0, bidx, sub)
             x, _ = ops.resize(x, sizes, [p.mode2 for p in gp], out_sizes=[targets[i] for i in group])
             mid[idx, :, : x.shape[-2], : x.shape[-1]] = x

@@ -85,11 +85,32 @@ class DegradationConfig:
 
 VALID_KEYS = tuple(f.name for f in dataclasses.fields(DegradationConfig) if f.name != "name")
 
-_PROBS = ("sinc_prob", "gaussian_noise_prob", "gray_noise_prob", "second_blur_prob", "sinc_prob2",
-          "gaussian_noise_prob2", "gray_noise_prob2", "final_sinc_prob")
-_RANGES = ("blur_sigma", "betag_range", "betap_range", "resize_range", "noise_range", "poisson_scale_range",
-           "jpeg_range", "blur_sigma2", "betag_range2", "betap_range2", "resize_range2", "noise_range2",
-           "poisson_scale_range2", "jpeg_range2")
+_PROBS = (
+    "sinc_prob",
+    "gaussian_noise_prob",
+    "gray_noise_prob",
+    "second_blur_prob",
+    "sinc_prob2",
+    "gaussian_noise_prob2",
+    "gray_noise_prob2",
+    "final_sinc_prob",
+)
+_RANGES = (
+    "blur_sigma",
+    "betag_range",
+    "betap_range",
+    "resize_range",
+    "noise_range",
+    "poisson_scale_range",
+    "jpeg_range",
+    "blur_sigma2",
+    "betag_range2",
+    "betap_range2",
+    "resize_range2",
+    "noise_range2",
+    "poisson_scale_range2",
+    "jpeg_range2",
+)
 
 
 def _num(v) -> bool:
@@ -102,8 +123,10 @@ def validate(data: dict, source: str = "preset", name: str = "") -> DegradationC
         raise ConfigError(f"{source}: a degradation preset is a mapping of keys to values, got {type(data).__name__}")
     unknown = sorted(set(data) - set(VALID_KEYS))
     if unknown:
-        raise ConfigError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                          f"valid keys: {', '.join(VALID_KEYS)}")
+        raise ConfigError(
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(VALID_KEYS)}"
+        )
 
     def err(key, msg):
         return ConfigError(f"{source}: {key}: {msg} (got {data[key]!r})")
@@ -126,8 +149,12 @@ def validate(data: dict, source: str = "preset", name: str = "") -> DegradationC
                 raise err(key, "resize factors [down, up] with 0 < down <= 1 <= up")
             out[key] = (lo, hi)
         elif key in ("resize_prob", "resize_prob2"):
-            if (not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_num(v) and v >= 0 for v in value)
-                    or abs(sum(value) - 1) > 1e-6):
+            if (
+                not isinstance(value, (list, tuple))
+                or len(value) != 3
+                or not all(_num(v) and v >= 0 for v in value)
+                or abs(sum(value) - 1) > 1e-6
+            ):
                 raise err(key, "three probabilities [up, down, keep] summing to 1")
             out[key] = tuple(float(v) for v in value)
         elif key in ("kernel_list", "kernel_list2"):
@@ -135,14 +162,21 @@ def validate(data: dict, source: str = "preset", name: str = "") -> DegradationC
                 raise err(key, f"a non-empty list of kernel types from {', '.join(KERNEL_TYPES)}")
             out[key] = tuple(value)
         elif key in ("kernel_prob", "kernel_prob2"):
-            if (not isinstance(value, (list, tuple)) or not value or not all(_num(v) and v >= 0 for v in value)
-                    or abs(sum(value) - 1) > 1e-6):
+            if (
+                not isinstance(value, (list, tuple))
+                or not value
+                or not all(_num(v) and v >= 0 for v in value)
+                or abs(sum(value) - 1) > 1e-6
+            ):
                 raise err(key, "a list of non-negative probabilities summing to 1")
             out[key] = tuple(float(v) for v in value)
         elif key == "kernel_size_range":
-            if (not isinstance(value, (list, tuple)) or len(value) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v % 2 == 1 and v >= 3 for v in value)
-                    or value[0] > value[1]):
+            if (
+                not isinstance(value, (list, tuple))
+                or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v % 2 == 1 and v >= 3 for v in value)
+                or value[0] > value[1]
+            ):
                 raise err(key, "[low, high], two odd integers >= 3 with low <= high")
             out[key] = (int(value[0]), int(value[1]))
         elif key == "resize_modes":
@@ -176,8 +210,10 @@ def validate(data: dict, source: str = "preset", name: str = "") -> DegradationC
     cfg = DegradationConfig(**out, name=name)
     for a, b in (("kernel_list", "kernel_prob"), ("kernel_list2", "kernel_prob2")):
         if len(getattr(cfg, a)) != len(getattr(cfg, b)):
-            raise ConfigError(f"{source}: {a} has {len(getattr(cfg, a))} kernel types but {b} has "
-                              f"{len(getattr(cfg, b))} probabilities; give one probability per type")
+            raise ConfigError(
+                f"{source}: {a} has {len(getattr(cfg, a))} kernel types but {b} has "
+                f"{len(getattr(cfg, b))} probabilities; give one probability per type"
+            )
     return cfg
 
 

@@ -64,8 +64,9 @@ class ReferenceDegrader:
 
         if p.blur2:
             out = self.filter2D(out, k(p.kernel2))
-        out = F.interpolate(out, size=(int(ori_h / c.scale * p.resize2), int(ori_w / c.scale * p.resize2)),
-                            mode=p.mode2)
+        out = F.interpolate(
+            out, size=(int(ori_h / c.scale * p.resize2), int(ori_w / c.scale * p.resize2)), mode=p.mode2
+        )
         out = self._noise(out, p.noise2)
         if p.sinc_first:
             out = F.interpolate(out, size=(ori_h // c.scale, ori_w // c.scale), mode=p.final_mode)

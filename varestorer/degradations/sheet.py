@@ -19,7 +19,8 @@ def default_sheet_presets(extra: str | None = None) -> list[str]:
 
     names = preset_names()
     order = [p for p in ("light", "realesrgan-x4", "heavy") if p in names] + [
-        p for p in names if p not in ("light", "realesrgan-x4", "heavy")]
+        p for p in names if p not in ("light", "realesrgan-x4", "heavy")
+    ]
     if extra and Path(str(extra)).stem not in order:
         order.append(str(extra))
     return order
@@ -29,8 +30,15 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def comparison_sheet(hq: torch.Tensor, presets: list[str], seeds: list[int] | None = None, device: str | None = None,
-                     labels: list[str] | None = None, pad: int = 4, header: int = 18):
+def comparison_sheet(
+    hq: torch.Tensor,
+    presets: list[str],
+    seeds: list[int] | None = None,
+    device: str | None = None,
+    labels: list[str] | None = None,
+    pad: int = 4,
+    header: int = 18,
+):
     """A PIL image: one row per HQ sample, columns ``HQ | LQ (preset 1) | LQ (preset 2) ...``."""
     from PIL import Image, ImageDraw
 
@@ -58,8 +66,14 @@ def comparison_sheet(hq: torch.Tensor, presets: list[str], seeds: list[int] | No
     return sheet
 
 
-def write_comparison_sheet(path: str | Path, hq: torch.Tensor, presets: list[str], seeds: list[int] | None = None,
-                           device: str | None = None, labels: list[str] | None = None) -> Path:
+def write_comparison_sheet(
+    path: str | Path,
+    hq: torch.Tensor,
+    presets: list[str],
+    seeds: list[int] | None = None,
+    device: str | None = None,
+    labels: list[str] | None = None,
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     comparison_sheet(hq, presets, seeds=seeds, device=device, labels=labels).save(path)

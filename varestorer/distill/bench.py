@@ -19,8 +19,16 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def bench_train(preset: str, resolution: int, batch: int, steps: int = 5, warmup: int = 2,
-                device: str | None = None, mode: str = "distill", gradient_checkpointing: bool = False) -> dict:
+def bench_train(
+    preset: str,
+    resolution: int,
+    batch: int,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str | None = None,
+    mode: str = "distill",
+    gradient_checkpointing: bool = False,
+) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ..data.samples import SampleImages
@@ -29,13 +37,16 @@ def bench_train(preset: str, resolution: int, batch: int, steps: int = 5, warmup
     from .recipe import recipe_from_dict
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    recipe = recipe_from_dict({
-        "name": "bench", "mode": mode,
-        "model": {"preset": preset, "random_init": True, "resolution": resolution},
-        "loss": {"lpips_pretrained": False},
-        "student": {"full_finetune": mode == "teacher", "train_encoder": mode != "teacher"},
-        "train": {"global_batch_size": batch, "mixed_precision": "bf16" if dev.type == "cuda" else "no"},
-    })
+    recipe = recipe_from_dict(
+        {
+            "name": "bench",
+            "mode": mode,
+            "model": {"preset": preset, "random_init": True, "resolution": resolution},
+            "loss": {"lpips_pretrained": False},
+            "student": {"full_finetune": mode == "teacher", "train_encoder": mode != "teacher"},
+            "train": {"global_batch_size": batch, "mixed_precision": "bf16" if dev.type == "cuda" else "no"},
+        }
+    )
     torch.manual_seed(0)
     with torch.device(dev):
         model = VARestorerModel.from_recipe(recipe)
@@ -73,10 +84,16 @@ def bench_train(preset: str, resolution: int, batch: int, steps: int = 5, warmup
         step()
     flops = counter.get_total_flops()
     out = {
-        "preset": preset, "mode": mode, "resolution": resolution, "batch": batch, "device": str(dev),
+        "preset": preset,
+        "mode": mode,
+        "resolution": resolution,
+        "batch": batch,
+        "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
-        "sec_per_step": sec, "images_per_sec": batch / sec, "flops_per_step": flops,
+        "sec_per_step": sec,
+        "images_per_sec": batch / sec,
+        "flops_per_step": flops,
         "achieved_tflops": flops / sec / 1e12,
     }
     if dev.type == "cuda":
@@ -90,10 +107,12 @@ def bench_train(preset: str, resolution: int, batch: int, steps: int = 5, warmup
 
 
 def format_result(r: dict) -> str:
-    lines = [f"bench train: preset {r['preset']} ({r['mode']}), {r['resolution']}px, batch {r['batch']}, "
-             f"{r['device_name']}, {r['trainable_params']:,} trainable parameters",
-             f"  {r['sec_per_step']:.3f} s/step   {r['images_per_sec']:.2f} images/s   "
-             f"{r['flops_per_step'] / 1e12:.2f} TFLOP/step   {r['achieved_tflops']:.2f} TFLOP/s"]
+    lines = [
+        f"bench train: preset {r['preset']} ({r['mode']}), {r['resolution']}px, batch {r['batch']}, "
+        f"{r['device_name']}, {r['trainable_params']:,} trainable parameters",
+        f"  {r['sec_per_step']:.3f} s/step   {r['images_per_sec']:.2f} images/s   "
+        f"{r['flops_per_step'] / 1e12:.2f} TFLOP/step   {r['achieved_tflops']:.2f} TFLOP/s",
+    ]
     if "peak_memory_gib" in r:
         lines.append(f"  peak GPU memory {r['peak_memory_gib']:.2f} GiB")
     else:

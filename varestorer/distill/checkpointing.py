@@ -65,13 +65,17 @@ def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
             # checkpoints written while the transformer was a PeftModel name its weights one level deeper
             state = {k.replace(".base_model.model.", ".", 1) if k not in expected else k: v for k, v in state.items()}
             if set(state) != set(expected):
-                raise CheckpointError(f"{input_dir} holds trainable weights of another recipe "
-                                      f"({len(state)} tensors, this recipe trains {len(expected)})")
+                raise CheckpointError(
+                    f"{input_dir} holds trainable weights of another recipe "
+                    f"({len(state)} tensors, this recipe trains {len(expected)})"
+                )
             wrong = [k for k, v in expected.items() if state[k].shape != v.shape]
             if wrong:
-                raise CheckpointError(f"{input_dir} holds trainable weights of another preset or LoRA rank "
-                                      f"({wrong[0]}: {tuple(state[wrong[0]].shape)} there, "
-                                      f"{tuple(expected[wrong[0]].shape)} here); resume it with its own recipe")
+                raise CheckpointError(
+                    f"{input_dir} holds trainable weights of another preset or LoRA rank "
+                    f"({wrong[0]}: {tuple(state[wrong[0]].shape)} there, "
+                    f"{tuple(expected[wrong[0]].shape)} here); resume it with its own recipe"
+                )
             with torch.no_grad():
                 for k, v in expected.items():
                     v.copy_(state[k])
@@ -82,8 +86,11 @@ def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
 
 def recipe_hash(recipe_dict: dict) -> str:
     """What a checkpoint was trained by, without the keys that may change on resume."""
-    train = {k: v for k, v in recipe_dict.get("train", {}).items()
-             if k not in ("resume_from_checkpoint", "max_steps", "output_dir", "push_to_hub", "hub_model_id")}
+    train = {
+        k: v
+        for k, v in recipe_dict.get("train", {}).items()
+        if k not in ("resume_from_checkpoint", "max_steps", "output_dir", "push_to_hub", "hub_model_id")
+    }
     text = json.dumps({**recipe_dict, "train": train}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -101,8 +108,9 @@ def _files(folder: Path) -> list[Path]:
 
 
 def write_manifest(folder: Path, step: int, recipe_digest: str) -> None:
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in _files(folder)}
+    files = {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)
+    }
     manifest = {"step": step, "recipe_hash": recipe_digest, "files": files}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
 
@@ -144,24 +152,30 @@ def resolve_resume(wanted: str | None, output_dir: str | os.PathLike, recipe_dig
                 return _note_recipe_change(ckpt, recipe_digest)
             logger.warning("skipping %s: %s; trying the one before it", ckpt, problem)
         if found:
-            raise CheckpointError(f"no usable checkpoint in {output_dir}: each of {', '.join(p.name for p in found)} "
-                                  f"is incomplete or damaged (see the warnings above). Start a new run in another "
-                                  f"train.output_dir, or resume from one of them by name if you trust it")
+            raise CheckpointError(
+                f"no usable checkpoint in {output_dir}: each of {', '.join(p.name for p in found)} "
+                f"is incomplete or damaged (see the warnings above). Start a new run in another "
+                f"train.output_dir, or resume from one of them by name if you trust it"
+            )
         return None
     path = Path(wanted)
     if not path.is_dir():
         path = Path(output_dir) / wanted
     if not path.is_dir():
-        raise ConfigError(f"checkpoint {wanted!r} not found (looked in {wanted} and {path}); "
-                          f"use 'latest' or a checkpoint-STEP folder")
+        raise ConfigError(
+            f"checkpoint {wanted!r} not found (looked in {wanted} and {path}); use 'latest' or a checkpoint-STEP folder"
+        )
     problem = check_checkpoint(path)
     if problem is not None and not (path / MANIFEST_FILE).exists() and (path / TRAINABLE_FILE).is_file():
-        logger.warning("resuming from %s, which has no %s (written before checkpoints had one): not verified",
-                       path, MANIFEST_FILE)
+        logger.warning(
+            "resuming from %s, which has no %s (written before checkpoints had one): not verified", path, MANIFEST_FILE
+        )
         return path
     if problem is not None:
-        raise CheckpointError(f"cannot resume from {path}: {problem}. Resume from an earlier checkpoint-STEP "
-                              f"folder, or with train.resume_from_checkpoint=latest (the newest complete one)")
+        raise CheckpointError(
+            f"cannot resume from {path}: {problem}. Resume from an earlier checkpoint-STEP "
+            f"folder, or with train.resume_from_checkpoint=latest (the newest complete one)"
+        )
     return _note_recipe_change(path, recipe_digest)
 
 
@@ -170,8 +184,13 @@ def _note_recipe_change(path: Path, recipe_digest: str | None) -> Path:
     then not the one the checkpoint's run would have followed."""
     written = json.loads((path / MANIFEST_FILE).read_text()).get("recipe_hash")
     if recipe_digest is not None and written != recipe_digest:
-        logger.warning("%s was written with other recipe settings than this run's (recipe hash %s, now %s): "
-                       "resuming with the new ones", path, written, recipe_digest)
+        logger.warning(
+            "%s was written with other recipe settings than this run's (recipe hash %s, now %s): "
+            "resuming with the new ones",
+            path,
+            written,
+            recipe_digest,
+        )
     return path
 
 
@@ -231,8 +250,9 @@ def atomic_folder(final: Path, keep: str = "the previous one is intact") -> Iter
         raise
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, recipe_digest: str,
-                    limit: int | None) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, step: int, recipe_digest: str, limit: int | None
+) -> Path:
     """``accelerator.save_state`` into ``checkpoint-STEP`` atomically, with its manifest; then
     prune to ``limit``. Every process takes part (each writes its random states)."""
     final = Path(output_dir) / f"checkpoint-{step}"
@@ -255,8 +275,12 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, recip
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             previous = latest_checkpoint(output_dir)
-            keep = (f"the previous checkpoint {previous.name} is intact. Free space and resume with "
-                    f"train.resume_from_checkpoint=latest" if previous else "no checkpoint was written yet")
+            keep = (
+                f"the previous checkpoint {previous.name} is intact. Free space and resume with "
+                f"train.resume_from_checkpoint=latest"
+                if previous
+                else "no checkpoint was written yet"
+            )
             raise CheckpointError(_disk_full_message(final, exc, keep)) from exc
         prune(output_dir, limit)
     accelerator.wait_for_everyone()
@@ -324,8 +348,10 @@ def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise ConfigError(f"another training is writing to {output_dir} ({holder}): wait for it to end, or "
-                              f"give this one another train.output_dir") from None
+            raise ConfigError(
+                f"another training is writing to {output_dir} ({holder}): wait for it to end, or "
+                f"give this one another train.output_dir"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")

@@ -51,13 +51,19 @@ def build_dataset(recipe: Recipe):
     if d.dataset in (None, "skimage"):
         from ..data.samples import SampleImages
 
-        return SampleImages(res, repeats=max(1, recipe.train.global_batch_size), seed=recipe.train.seed,
-                            random_crop=d.random_crop)
+        return SampleImages(
+            res, repeats=max(1, recipe.train.global_batch_size), seed=recipe.train.seed, random_crop=d.random_crop
+        )
     if d.dataset == "photos":
         from ..data.photos import PhotoCollection
 
-        return PhotoCollection(res, split="train", repeats=max(1, recipe.train.global_batch_size), seed=recipe.train.seed,
-                               random_crop=d.random_crop)
+        return PhotoCollection(
+            res,
+            split="train",
+            repeats=max(1, recipe.train.global_batch_size),
+            seed=recipe.train.seed,
+            random_crop=d.random_crop,
+        )
     from ..data.dataset import PreparedDataset
 
     return PreparedDataset(d.dataset, size=res, random_crop=d.random_crop, seed=recipe.train.seed)
@@ -68,8 +74,15 @@ def build_dataloader(recipe: Recipe, batch_size: int) -> DataLoader:
     if len(dataset) < recipe.train.global_batch_size:
         from ..errors import ConfigError
 
-        raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one global batch "
-                          f"({recipe.train.global_batch_size})")
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffleSampler(len(dataset), recipe.train.seed),
-                      collate_fn=collate, drop_last=True, num_workers=recipe.data.num_workers,
-                      persistent_workers=False)
+        raise ConfigError(
+            f"the dataset has {len(dataset)} images, fewer than one global batch ({recipe.train.global_batch_size})"
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(dataset), recipe.train.seed),
+        collate_fn=collate,
+        drop_last=True,
+        num_workers=recipe.data.num_workers,
+        persistent_workers=False,
+    )

@@ -30,9 +30,11 @@ def token_weights(schedule: list[Scale], weighting: str = "infinity") -> Tensor:
     1024x a 32x32 one; sums to the number of scales). ``flat``: a plain mean over tokens.
     """
     sizes = [h * w for h, w in schedule]
-    per_token = {"infinity": lambda n: n ** -0.5, "per_scale": lambda n: 1 / n, "flat": lambda n: 1.0}.get(weighting)
+    per_token = {"infinity": lambda n: n**-0.5, "per_scale": lambda n: 1 / n, "flat": lambda n: 1.0}.get(weighting)
     if per_token is None:
-        raise ConfigError(f"loss.scale_weighting={weighting!r} is not valid; choose one of {', '.join(SCALE_WEIGHTINGS)}")
+        raise ConfigError(
+            f"loss.scale_weighting={weighting!r} is not valid; choose one of {', '.join(SCALE_WEIGHTINGS)}"
+        )
     # built from Python numbers only (no data-dependent shapes: the memory estimate runs it on fake tensors)
     w = torch.cat([torch.full((n,), per_token(n), dtype=torch.float64) for n in sizes])
     if weighting != "per_scale":
@@ -48,8 +50,9 @@ def _weighted(per_bit: Tensor, schedule: list[Scale], weighting: str) -> Tensor:
     return (per_bit.mean(-1) * w).sum(-1).mean()
 
 
-def bitwise_kl(teacher_logits: Tensor, student_logits: Tensor, schedule: list[Scale],
-               weighting: str = "infinity") -> Tensor:
+def bitwise_kl(
+    teacher_logits: Tensor, student_logits: Tensor, schedule: list[Scale], weighting: str = "infinity"
+) -> Tensor:
     """Forward ``KL(p_T || p_S)`` of every bit (a Bernoulli variable), weighted over scales.
 
     Paper Eq. 3 sums the KL over scales; how tokens and bits are normalised is not given. We use
@@ -63,8 +66,9 @@ def bitwise_kl(teacher_logits: Tensor, student_logits: Tensor, schedule: list[Sc
     return _weighted(kl, schedule, weighting)
 
 
-def bitwise_cross_entropy(logits: Tensor, bit_labels: Tensor, schedule: list[Scale],
-                          weighting: str = "infinity") -> Tensor:
+def bitwise_cross_entropy(
+    logits: Tensor, bit_labels: Tensor, schedule: list[Scale], weighting: str = "infinity"
+) -> Tensor:
     """Infinity's next-scale objective: cross-entropy of every bit, weighted over scales as Infinity."""
     ce = F.cross_entropy(logits.float().flatten(0, -2), bit_labels.flatten().long(), reduction="none")
     return _weighted(ce.view(bit_labels.shape), schedule, weighting)

@@ -26,8 +26,16 @@ from torch import nn
 
 #: Encoder configurations of the Hub T5s the presets name (no download for an estimate).
 T5_ENCODERS = {
-    "google/flan-t5-xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_heads=32, vocab_size=32128,
-                              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32),
+    "google/flan-t5-xl": dict(
+        d_model=2048,
+        d_kv=64,
+        d_ff=5120,
+        num_layers=24,
+        num_heads=32,
+        vocab_size=32128,
+        feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32,
+    ),
 }
 PARTS = ("transformer", "lq_encoder", "vae.decoder", "lpips")  # where the saved activations are
 
@@ -43,8 +51,9 @@ class _FeaturesOnly(nn.Module):
         from ..transformer.text import TextFeatures
 
         n = len(captions)
-        return TextFeatures(torch.zeros(n, self.tokens, self.channels), torch.ones(n, self.tokens, dtype=torch.bool),
-                            drop)
+        return TextFeatures(
+            torch.zeros(n, self.tokens, self.channels), torch.ones(n, self.tokens, dtype=torch.bool), drop
+        )
 
 
 def _text_encoder_parameters(preset) -> int:
@@ -100,8 +109,14 @@ def _saved_bytes(model, batch: int, resolution: int) -> dict[str, int]:
     return out
 
 
-def estimate_train_memory(preset_name: str, resolution: int, batch: int, gradient_checkpointing: bool = True,
-                          lora_rank: int = 32, caption_tokens: int = 64) -> dict:
+def estimate_train_memory(
+    preset_name: str,
+    resolution: int,
+    batch: int,
+    gradient_checkpointing: bool = True,
+    lora_rank: int = 32,
+    caption_tokens: int = 64,
+) -> dict:
     """The estimate (module docstring) for ``batch`` images per GPU, in GiB."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -113,20 +128,28 @@ def estimate_train_memory(preset_name: str, resolution: int, batch: int, gradien
     from .recipe import recipe_from_dict
 
     preset = get_preset(preset_name)
-    recipe = recipe_from_dict({
-        "name": "estimate", "mode": "distill", "model": {"preset": preset_name, "random_init": True,
-                                                         "resolution": resolution},
-        "student": {"lora_rank": lora_rank, "lora_alpha": lora_rank},
-        "loss": {"lpips_pretrained": False}, "train": {"global_batch_size": batch, "mixed_precision": "bf16"}})
+    recipe = recipe_from_dict(
+        {
+            "name": "estimate",
+            "mode": "distill",
+            "model": {"preset": preset_name, "random_init": True, "resolution": resolution},
+            "student": {"lora_rank": lora_rank, "lora_alpha": lora_rank},
+            "loss": {"lpips_pretrained": False},
+            "train": {"global_batch_size": batch, "mixed_precision": "bf16"},
+        }
+    )
     with torch.device("meta"):
         vae, transformer = build_vae(preset), build_transformer(preset)
     lpips = build_lpips(recipe.loss.lpips_net, pretrained=False).to("meta")
     text = _FeaturesOnly(transformer.config.text_channels, caption_tokens)
     model = VARestorerModel(recipe, vae, transformer, text, None, lpips=lpips)
     trainable = sum(p.numel() for p in model.trainable_parameters())
-    frozen = {"transformer": sum(p.numel() for n, p in model.transformer.named_parameters() if not p.requires_grad),
-              "vae": sum(p.numel() for p in model.vae.parameters()), "lpips": sum(p.numel() for p in lpips.parameters()),
-              "text_encoder": _text_encoder_parameters(preset)}
+    frozen = {
+        "transformer": sum(p.numel() for n, p in model.transformer.named_parameters() if not p.requires_grad),
+        "vae": sum(p.numel() for p in model.vae.parameters()),
+        "lpips": sum(p.numel() for p in lpips.parameters()),
+        "text_encoder": _text_encoder_parameters(preset),
+    }
     with FakeTensorMode(allow_non_fake_inputs=True):
         _fake_parameters(model)
         model.train()
@@ -149,22 +172,32 @@ def estimate_train_memory(preset_name: str, resolution: int, batch: int, gradien
         by_part = {**checkpointed, "transformer": checkpointed["transformer"] + block_inputs + per_block}
         activations = sum(by_part.values()) / gib
     return {
-        "preset": preset_name, "resolution": resolution, "batch": batch, "estimated": True,
-        "gradient_checkpointing": gradient_checkpointing, "tokens": tokens, "trainable_params": trainable,
-        "frozen_params": frozen, "weights_gib": weights, "training_state_gib": state,
-        "activations_gib": activations, "activations_by_part_gib": {k: v / gib for k, v in by_part.items()},
+        "preset": preset_name,
+        "resolution": resolution,
+        "batch": batch,
+        "estimated": True,
+        "gradient_checkpointing": gradient_checkpointing,
+        "tokens": tokens,
+        "trainable_params": trainable,
+        "frozen_params": frozen,
+        "weights_gib": weights,
+        "training_state_gib": state,
+        "activations_gib": activations,
+        "activations_by_part_gib": {k: v / gib for k, v in by_part.items()},
         "peak_memory_gib": weights + state + activations,
     }
 
 
 def format_estimate(r: dict) -> str:
     parts = ", ".join(f"{k} {v:.1f}" for k, v in r["activations_by_part_gib"].items() if v >= 0.05)
-    return "\n".join([
-        f"bench train --device meta: preset {r['preset']}, {r['resolution']}px, batch {r['batch']} per GPU, "
-        f"{'with' if r['gradient_checkpointing'] else 'without'} gradient checkpointing, bf16 autocast "
-        f"(ESTIMATED, no GPU: see varestorer/distill/memory.py)",
-        f"  weights {r['weights_gib']:.1f} GiB (frozen, as loaded)   training state {r['training_state_gib']:.1f} GiB "
-        f"({r['trainable_params']:,} trainable x 16 bytes)",
-        f"  activations {r['activations_gib']:.1f} GiB ({parts})",
-        f"  peak about {r['peak_memory_gib']:.1f} GiB, before allocator overhead and transient buffers",
-    ])
+    return "\n".join(
+        [
+            f"bench train --device meta: preset {r['preset']}, {r['resolution']}px, batch {r['batch']} per GPU, "
+            f"{'with' if r['gradient_checkpointing'] else 'without'} gradient checkpointing, bf16 autocast "
+            f"(ESTIMATED, no GPU: see varestorer/distill/memory.py)",
+            f"  weights {r['weights_gib']:.1f} GiB (frozen, as loaded)   training state {r['training_state_gib']:.1f} GiB "
+            f"({r['trainable_params']:,} trainable x 16 bytes)",
+            f"  activations {r['activations_gib']:.1f} GiB ({parts})",
+            f"  peak about {r['peak_memory_gib']:.1f} GiB, before allocator overhead and transient buffers",
+        ]
+    )

@@ -39,7 +39,6 @@ from .recipe import Recipe
 logger = logging.getLogger(__name__)
 
 
-
 def check_base_checkpoint(recipe: Recipe) -> None:
     """A base (teacher) given as a local file must exist: say how to make it or what to use instead."""
     wanted = recipe.model.transformer
@@ -49,10 +48,12 @@ def check_base_checkpoint(recipe: Recipe) -> None:
 
     hint = ""
     if recipe.mode in ("distill", "varsr"):
-        hint = (" The paper distils from Infinity fine-tuned at 512 px: make it first with\n"
-                "  accelerate launch distill.py --recipe recipes/teacher-512.yaml\n"
-                "(its final/transformer.safetensors is this file), or distil from the public checkpoint "
-                "with the override model.transformer=null.")
+        hint = (
+            " The paper distils from Infinity fine-tuned at 512 px: make it first with\n"
+            "  accelerate launch distill.py --recipe recipes/teacher-512.yaml\n"
+            "(its final/transformer.safetensors is this file), or distil from the public checkpoint "
+            "with the override model.transformer=null."
+        )
     raise ConfigError(f"model.transformer={wanted} does not exist.{hint}")
 
 
@@ -75,8 +76,13 @@ class VARestorerModel(TrainingModule):
         else:
             from ..transformer.lora import apply_lora
 
-            self.transformer = apply_lora(transformer.requires_grad_(False), rank=s.lora_rank,
-                                          alpha=s.lora_alpha, dropout=s.lora_dropout, targets=s.lora_targets)
+            self.transformer = apply_lora(
+                transformer.requires_grad_(False),
+                rank=s.lora_rank,
+                alpha=s.lora_alpha,
+                dropout=s.lora_dropout,
+                targets=s.lora_targets,
+            )
         self.lq_encoder = None
         if self.mode in ("distill", "varsr"):
             self.lq_encoder = copy.deepcopy(vae.encoder).requires_grad_(s.train_encoder)
@@ -89,8 +95,10 @@ class VARestorerModel(TrainingModule):
         if encoder_lr is None or not encoder:
             return super().param_groups(lr)
         ids = {id(p) for p in encoder}
-        return [{"params": [p for p in self.trainable_parameters() if id(p) not in ids], "lr": lr},
-                {"params": encoder, "lr": encoder_lr}]
+        return [
+            {"params": [p for p in self.trainable_parameters() if id(p) not in ids], "lr": lr},
+            {"params": encoder, "lr": encoder_lr},
+        ]
 
     def frozen_modules(self):
         return self.vae, self.text_encoder, self.lpips, self.teacher
@@ -110,8 +118,11 @@ class VARestorerModel(TrainingModule):
         check_base_checkpoint(recipe)
         # random_init: random weights for each part no checkpoint is given for (pre-training from scratch)
         vae = build_vae(preset) if m.random_init and m.vae is None else load_vae(preset, m.vae)
-        transformer = (build_transformer(preset) if m.random_init and m.transformer is None
-                       else load_transformer(preset, m.transformer))
+        transformer = (
+            build_transformer(preset)
+            if m.random_init and m.transformer is None
+            else load_transformer(preset, m.transformer)
+        )
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
         degradation = None
         if recipe.mode in ("distill", "varsr"):
@@ -179,8 +190,17 @@ class VARestorerModel(TrainingModule):
         """``varsr`` mode's restoration: next-scale decoding with the LQ prefix, most likely bits."""
         from ..transformer.sampling import sample
 
-        out = sample(self.transformer, text, self.schedule, cfg=1, tau=1, top_k=0, top_p=0, greedy=True,
-                     prefix=self.lq_tokens(x_lq).prefix_sequence())
+        out = sample(
+            self.transformer,
+            text,
+            self.schedule,
+            cfg=1,
+            tau=1,
+            top_k=0,
+            top_p=0,
+            greedy=True,
+            prefix=self.lq_tokens(x_lq).prefix_sequence(),
+        )
         return self.vae.decode_latent(out.latent)
 
     def decode_student(self, logits: Tensor, lq_tokens) -> Tensor:
@@ -221,8 +241,9 @@ class VARestorerModel(TrainingModule):
             hq_tokens = self.vae.tokenize(x_hq, self.schedule, flips=self.self_correction_flips(seeds))
         if self.mode in ("teacher", "varsr"):
             prefix = self.lq_tokens(x_lq).prefix_sequence() if self.mode == "varsr" else None
-            logits = self.transformer(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal",
-                                      prefix=prefix)
+            logits = self.transformer(
+                text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal", prefix=prefix
+            )
             ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
             return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
         lq_latent = self.lq_latent(x_lq)
@@ -265,7 +286,9 @@ class VARestorerModel(TrainingModule):
                 student = self.decode_student(self.student_logits(text, lq_tokens), lq_tokens)
         self.train(was)
         lq = x_lq if x_lq is not None else x_hq
-        return {k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()}
+        return {
+            k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()
+        }
 
     @torch.no_grad()
     def validation_metrics(self) -> dict[str, float]:
@@ -284,8 +307,16 @@ class VARestorerModel(TrainingModule):
     def save_export(self, out: Path) -> None:
         """The export form (the library's, :mod:`varestorer.export`): PEFT adapter, fine-tuned
         encoder, and what they apply to."""
-        config = export_config(self.recipe, self.schedule, has_adapter=is_adapted(self.transformer),
-                               has_encoder=self.lq_encoder is not None)
-        write_export(out, transformer=self.transformer, config=config, encoder=self.lq_encoder,
-                     base_vae=self.vae if self.recipe.model.random_init else None)
-
+        config = export_config(
+            self.recipe,
+            self.schedule,
+            has_adapter=is_adapted(self.transformer),
+            has_encoder=self.lq_encoder is not None,
+        )
+        write_export(
+            out,
+            transformer=self.transformer,
+            config=config,
+            encoder=self.lq_encoder,
+            base_vae=self.vae if self.recipe.model.random_init else None,
+        )

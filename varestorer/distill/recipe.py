@@ -37,7 +37,9 @@ class ModelSection:
 @dataclass
 class DataSection:
     dataset: str | None = None  # a folder written by `varestorer prepare`
-    use_captions: bool = True  # False: train with every caption empty (the paper's "w/o prompt" is an inference setting)
+    use_captions: bool = (
+        True  # False: train with every caption empty (the paper's "w/o prompt" is an inference setting)
+    )
     num_workers: int = 2
     random_crop: bool = True
 
@@ -61,7 +63,9 @@ class StudentSection:
     lora_rank: int = 32
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: ["sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj"])
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj"]
+    )
     full_finetune: bool = False  # train every transformer weight (ablation); the teacher is then a frozen copy
     train_encoder: bool = True  # fine-tune a copy of the VAE encoder for the LQ pyramid
 
@@ -175,12 +179,14 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def validate(self) -> Recipe:
-        choices = {"mode": (self.mode, MODES),
-                   "student.attention": (self.student.attention, ("full", "causal")),
-                   "student.lq_input": (self.student.lq_input, LQ_INPUT_FORMS),
-                   "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
-                   "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
-                   "train.report_to": (self.train.report_to, ("tensorboard", "wandb", "all", "none"))}
+        choices = {
+            "mode": (self.mode, MODES),
+            "student.attention": (self.student.attention, ("full", "causal")),
+            "student.lq_input": (self.student.lq_input, LQ_INPUT_FORMS),
+            "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
+            "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
+            "train.report_to": (self.train.report_to, ("tensorboard", "wandb", "all", "none")),
+        }
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
@@ -188,8 +194,9 @@ class Recipe:
         if t.max_steps < 1 or t.checkpointing_steps < 1 or t.validation_steps < 1 or t.log_steps < 1:
             raise ConfigError("train.max_steps, checkpointing_steps, validation_steps and log_steps must be >= 1")
         if t.max_nonfinite_steps < 1:
-            raise ConfigError("train.max_nonfinite_steps must be >= 1 (steps in a row with a non-finite loss "
-                              "before the run stops)")
+            raise ConfigError(
+                "train.max_nonfinite_steps must be >= 1 (steps in a row with a non-finite loss before the run stops)"
+            )
         if t.checkpoints_total_limit is not None and t.checkpoints_total_limit < 1:
             raise ConfigError("train.checkpoints_total_limit must be >= 1, or null to keep every checkpoint")
         if self.optim.lr <= 0 or (self.optim.encoder_lr is not None and self.optim.encoder_lr <= 0):
@@ -197,14 +204,18 @@ class Recipe:
         if self.train.global_batch_size < 1 or self.train.gradient_accumulation_steps < 1:
             raise ConfigError("train.global_batch_size and train.gradient_accumulation_steps must be >= 1")
         if self.train.push_to_hub and not self.train.hub_model_id:
-            raise ConfigError("train.push_to_hub=true needs train.hub_model_id=USER/NAME (the token comes from "
-                              "`huggingface-cli login` or HF_TOKEN, never from the recipe)")
+            raise ConfigError(
+                "train.push_to_hub=true needs train.hub_model_id=USER/NAME (the token comes from "
+                "`huggingface-cli login` or HF_TOKEN, never from the recipe)"
+            )
         if not 0 <= self.self_correction.strength <= 1 or self.self_correction.layers < 0:
             raise ConfigError("self_correction.strength must be in [0, 1] and self_correction.layers >= 0")
         if self.self_correction.layers and self.mode != "teacher":
             raise ConfigError("self_correction is Infinity's training of the teacher: it needs mode=teacher")
         if self.mode == "tokenizer" and not (self.tokenizer.train_encoder or self.tokenizer.train_decoder):
-            raise ConfigError("mode=tokenizer trains nothing with tokenizer.train_encoder=false and train_decoder=false")
+            raise ConfigError(
+                "mode=tokenizer trains nothing with tokenizer.train_encoder=false and train_decoder=false"
+            )
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
         from ..presets import get_preset
@@ -213,8 +224,10 @@ class Recipe:
         preset = get_preset(self.model.preset)  # unknown presets and resolutions: before anything is built
         schedule = scale_schedule(self.model.resolution, vae_downsample(preset.vae["ch_mult"]))
         if not 0 <= self.student.keep_lq_scales < len(schedule):
-            raise ConfigError(f"student.keep_lq_scales must be in [0, {len(schedule) - 1}] (the {self.model.resolution} px "
-                              f"schedule has {len(schedule)} scales); got {self.student.keep_lq_scales}")
+            raise ConfigError(
+                f"student.keep_lq_scales must be in [0, {len(schedule) - 1}] (the {self.model.resolution} px "
+                f"schedule has {len(schedule)} scales); got {self.student.keep_lq_scales}"
+            )
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self
@@ -252,8 +265,10 @@ def _build(cls, data: dict, prefix: str = ""):
     unknown = [k for k in data if k not in names]
     if unknown:
         where = prefix.rstrip(".") or "the recipe"
-        raise ConfigError(f"unknown key {prefix + unknown[0]!r} in {where}{_did_you_mean(prefix, unknown[0])}; "
-                          f"valid keys: {', '.join(names)}")
+        raise ConfigError(
+            f"unknown key {prefix + unknown[0]!r} in {where}{_did_you_mean(prefix, unknown[0])}; "
+            f"valid keys: {', '.join(names)}"
+        )
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -305,8 +320,10 @@ def _read_yaml(path: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
-        raise ConfigError(f"{path} is not a valid YAML recipe{at}: {getattr(exc, 'problem', None) or exc}; "
-                          f"see recipes/tiny.yaml for the form") from None
+        raise ConfigError(
+            f"{path} is not a valid YAML recipe{at}: {getattr(exc, 'problem', None) or exc}; "
+            f"see recipes/tiny.yaml for the form"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of sections (see recipes/tiny.yaml), got {type(data).__name__}")
     return data

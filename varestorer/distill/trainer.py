@@ -66,9 +66,14 @@ def _warn_single_thread_cpu(accelerator) -> None:
     on one machine, half the speed (or less) for the one CPU process of a small run."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() < cores:
-        logger.warning("training on the CPU with %d of its %d cores (OMP_NUM_THREADS=%s, which accelerate launch "
-                       "sets to 1): run it as OMP_NUM_THREADS=%d accelerate launch ... to use them all",
-                       torch.get_num_threads(), cores, os.environ.get("OMP_NUM_THREADS", "unset"), cores)
+        logger.warning(
+            "training on the CPU with %d of its %d cores (OMP_NUM_THREADS=%s, which accelerate launch "
+            "sets to 1): run it as OMP_NUM_THREADS=%d accelerate launch ... to use them all",
+            torch.get_num_threads(),
+            cores,
+            os.environ.get("OMP_NUM_THREADS", "unset"),
+            cores,
+        )
 
 
 def _check_world(accelerator) -> None:
@@ -76,11 +81,13 @@ def _check_world(accelerator) -> None:
     whole batch, into the same ``output_dir``."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
-        raise ConfigError(f"{launched} processes were launched (WORLD_SIZE={launched}) but accelerate runs this one "
-                          f"as {accelerator.num_processes} of {accelerator.num_processes}: on CPUs, launch with "
-                          "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N distill.py ... (accelerate launch "
-                          "--cpu --num_processes N starts a single process); on GPUs, accelerate launch "
-                          "--config_file launch/8gpu.yaml distill.py ...")
+        raise ConfigError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but accelerate runs this one "
+            f"as {accelerator.num_processes} of {accelerator.num_processes}: on CPUs, launch with "
+            "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N distill.py ... (accelerate launch "
+            "--cpu --num_processes N starts a single process); on GPUs, accelerate launch "
+            "--config_file launch/8gpu.yaml distill.py ..."
+        )
 
 
 def per_device_batch(recipe: Recipe, num_processes: int) -> int:
@@ -116,9 +123,12 @@ def train(recipe: Recipe) -> dict:
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         mixed_precision=_mixed_precision(recipe),
-        kwargs_handlers=[DistributedDataParallelKwargs(
-            # teacher mode and full fine-tuning train cfg_uncond, which a batch may not use
-            find_unused_parameters=recipe.mode == "teacher" or recipe.student.full_finetune)],
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                # teacher mode and full fine-tuning train cfg_uncond, which a batch may not use
+                find_unused_parameters=recipe.mode == "teacher" or recipe.student.full_finetune
+            )
+        ],
         log_with=_report_to(recipe),
         project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=str(Path(t.output_dir) / "logs")),
     )
@@ -150,15 +160,21 @@ def _train(recipe: Recipe, accelerator) -> dict:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()
     o = recipe.optim
-    optimizer = torch.optim.AdamW(model.param_groups(o.lr, o.encoder_lr), betas=tuple(o.betas),
-                                  weight_decay=o.weight_decay, eps=o.eps)
-    scheduler = get_scheduler(recipe.optim.lr_scheduler, optimizer,
-                              num_warmup_steps=recipe.optim.lr_warmup_steps * accelerator.num_processes,
-                              num_training_steps=t.max_steps * accelerator.num_processes)
+    optimizer = torch.optim.AdamW(
+        model.param_groups(o.lr, o.encoder_lr), betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
+    )
+    scheduler = get_scheduler(
+        recipe.optim.lr_scheduler,
+        optimizer,
+        num_warmup_steps=recipe.optim.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=t.max_steps * accelerator.num_processes,
+    )
     n = accelerator.num_processes
-    accelerator.print(f"{recipe.name}: {n} process{'es' if n > 1 else ''} ({accelerator.distributed_type.value}, "
-                      f"{accelerator.device.type}), {per_device} images per process per step, global batch "
-                      f"{t.global_batch_size}")
+    accelerator.print(
+        f"{recipe.name}: {n} process{'es' if n > 1 else ''} ({accelerator.distributed_type.value}, "
+        f"{accelerator.device.type}), {per_device} images per process per step, global batch "
+        f"{t.global_batch_size}"
+    )
 
     register_checkpoint_hooks(accelerator, type(model))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -227,8 +243,10 @@ def _train(recipe: Recipe, accelerator) -> dict:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k not in ("lr", "skipped_steps")})
                 if not finite:
-                    bar.write(f"step {global_step}: the loss or a gradient is not finite; step skipped "
-                              f"({len(streak)} in a row, {skipped} in all)")
+                    bar.write(
+                        f"step {global_step}: the loss or a gradient is not finite; step skipped "
+                        f"({len(streak)} in a row, {skipped} in all)"
+                    )
                 if len(streak) >= t.max_nonfinite_steps:
                     stop(TrainingStopped(_nonfinite_message(recipe, streak)))
                 if global_step % t.log_steps == 0 or global_step == t.max_steps or not finite:
@@ -237,10 +255,14 @@ def _train(recipe: Recipe, accelerator) -> dict:
                 if global_step % t.checkpointing_steps == 0 or global_step == t.max_steps or stopping:
                     written = checkpoint(global_step)
                 if stopping:
-                    stop(TrainingStopped(
-                        f"{signals.name(stopping)} received: stopped after step {global_step} of {t.max_steps} "
-                        f"and wrote {written}. Resume with the same command plus train.resume_from_checkpoint=latest",
-                        exit_code=128 + stopping, label="stopped"))
+                    stop(
+                        TrainingStopped(
+                            f"{signals.name(stopping)} received: stopped after step {global_step} of {t.max_steps} "
+                            f"and wrote {written}. Resume with the same command plus train.resume_from_checkpoint=latest",
+                            exit_code=128 + stopping,
+                            label="stopped",
+                        )
+                    )
                 validating = global_step % t.validation_steps == 0 or global_step == t.max_steps
                 if accelerator.is_main_process and validating:
                     out = Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png"
@@ -261,8 +283,9 @@ def _train(recipe: Recipe, accelerator) -> dict:
         _refuse_nonfinite_weights(core, t.output_dir, "final")
         from ..hub import CARD_FILE, publish, render_card
 
-        with atomic_folder(final, keep="the checkpoints are intact: free space and export one with varestorer "
-                                       "export") as partial:
+        with atomic_folder(
+            final, keep="the checkpoints are intact: free space and export one with varestorer export"
+        ) as partial:
             core.save_export(partial)
             if recipe.mode != "tokenizer":  # a tokenizer export has no model card (yet)
                 render_card(partial, t.hub_model_id or "USER/MODEL").save(partial / CARD_FILE)
@@ -291,18 +314,26 @@ def _refuse_nonfinite_weights(core, output_dir: str, what: str) -> None:
     if broken:
         found = latest_checkpoint(output_dir)
         last = f"the last checkpoint is {found}" if found else "no checkpoint was written"
-        raise TrainingStopped(f"the trainable weights are not finite ({len(broken)} tensors, e.g. {broken[0]}): "
-                              f"{what} was not written; {last}. Lower optim.lr and start again from it")
+        raise TrainingStopped(
+            f"the trainable weights are not finite ({len(broken)} tensors, e.g. {broken[0]}): "
+            f"{what} was not written; {last}. Lower optim.lr and start again from it"
+        )
 
 
 def _nonfinite_message(recipe: Recipe, streak: list[int]) -> str:
     found = latest_checkpoint(recipe.train.output_dir)
-    resume = (f"The last checkpoint is {found} (its weights are finite): resume from it with "
-              f"train.resume_from_checkpoint={found.name}" if found else "No checkpoint was written yet")
-    return (f"the loss or its gradients were not finite for {len(streak)} steps in a row (steps {streak[0]}-"
-            f"{streak[-1]}; train.max_nonfinite_steps={recipe.train.max_nonfinite_steps}); those steps changed no "
-            f"weight and the run stopped. {resume}, after lowering optim.lr (now {recipe.optim.lr:g}) or "
-            f"train.mixed_precision=fp16 -> bf16, or checking the data for broken images")
+    resume = (
+        f"The last checkpoint is {found} (its weights are finite): resume from it with "
+        f"train.resume_from_checkpoint={found.name}"
+        if found
+        else "No checkpoint was written yet"
+    )
+    return (
+        f"the loss or its gradients were not finite for {len(streak)} steps in a row (steps {streak[0]}-"
+        f"{streak[-1]}; train.max_nonfinite_steps={recipe.train.max_nonfinite_steps}); those steps changed no "
+        f"weight and the run stopped. {resume}, after lowering optim.lr (now {recipe.optim.lr:g}) or "
+        f"train.mixed_precision=fp16 -> bf16, or checking the data for broken images"
+    )
 
 
 def _write_history(accelerator, history: list[dict], output_dir: str) -> None:

@@ -36,9 +36,11 @@ def tokenizer_quality(vae, size: int) -> dict[str, float]:
     x = images * 2 - 1
     y = vae.decode_latent(vae.quantizer(vae.encode_latent(x), vae.schedule(size)).quantized)
     cx, cy = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    return {"psnr_db": float(psnr_db(y, x)),
-            "chroma_energy_ratio": float(cy.pow(2).mean() / cx.pow(2).mean()),
-            "chroma_correlation": float((cx * cy).sum() / (cx.norm() * cy.norm()))}
+    return {
+        "psnr_db": float(psnr_db(y, x)),
+        "chroma_energy_ratio": float(cy.pow(2).mean() / cx.pow(2).mean()),
+        "chroma_correlation": float((cx * cy).sum() / (cx.norm() * cy.norm())),
+    }
 
 
 @torch.no_grad()

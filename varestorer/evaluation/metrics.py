@@ -144,13 +144,16 @@ def _lpips(device: str):
     try:
         model = build_lpips("alex", pretrained=True).to(device)
     except ConfigError:
-        raise Unavailable("LPIPS needs torchvision's ImageNet AlexNet weights (alexnet-owt-7be5be79.pth): run once "
-                          "with network access (python -c \"import lpips; lpips.LPIPS(net='alex')\") or copy the file "
-                          "into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints)") from None
+        raise Unavailable(
+            "LPIPS needs torchvision's ImageNet AlexNet weights (alexnet-owt-7be5be79.pth): run once "
+            "with network access (python -c \"import lpips; lpips.LPIPS(net='alex')\") or copy the file "
+            "into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints)"
+        ) from None
 
     def fn(pred, gt):
-        x, y = (torch.from_numpy(as_uint8_rgb(a)).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1
-                for a in (pred, gt))
+        x, y = (
+            torch.from_numpy(as_uint8_rgb(a)).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1 for a in (pred, gt)
+        )
         with torch.no_grad():
             return float(model(x, y).mean())
 
@@ -183,17 +186,22 @@ def _pyiqa(name: str) -> Callable[[str], Callable]:
             fix = "pip install 'setuptools<81'" if exc.name == "pkg_resources" else f"pip install {exc.name}"
             raise Unavailable(f"pyiqa's {name} imports the missing module {exc.name!r}: {fix}") from None
         except Exception as exc:  # its weights download at first use
-            raise Unavailable(f"pyiqa could not build {name} ({type(exc).__name__}: {str(exc)[:160]}); run once with "
-                              f"network access so its weights reach ~/.cache/torch/hub/pyiqa (some in the Hugging "
-                              f"Face cache), or copy them there") from None
+            raise Unavailable(
+                f"pyiqa could not build {name} ({type(exc).__name__}: {str(exc)[:160]}); run once with "
+                f"network access so its weights reach ~/.cache/torch/hub/pyiqa (some in the Hugging "
+                f"Face cache), or copy them there"
+            ) from None
 
         if METRICS[name].per_set:
             return lambda pred_dir, gt_dir: float(model(str(pred_dir), str(gt_dir)))
 
         def fn(pred, gt=None):
             x = torch.from_numpy(as_uint8_rgb(pred)).permute(2, 0, 1)[None].float().div(255).to(device)
-            args = (x,) if gt is None else (x, torch.from_numpy(as_uint8_rgb(gt)).permute(2, 0, 1)[None].float()
-                                            .div(255).to(device))
+            args = (
+                (x,)
+                if gt is None
+                else (x, torch.from_numpy(as_uint8_rgb(gt)).permute(2, 0, 1)[None].float().div(255).to(device))
+            )
             with torch.no_grad():
                 return float(model(*args))
 
@@ -207,19 +215,22 @@ def _always(fn):
 
 
 #: Every metric ``evaluate`` knows, in the column order of the papers' Table 1.
-METRICS: dict[str, Metric] = {m.name: m for m in [
-    Metric("psnr", True, True, _always(psnr)),
-    Metric("ssim", True, True, _always(ssim)),
-    Metric("lpips", False, True, _lpips),
-    Metric("dists", False, True, _pyiqa("dists")),
-    Metric("maniqa", True, False, _pyiqa("maniqa")),
-    Metric("musiq", True, False, _pyiqa("musiq")),
-    Metric("niqe", False, False, _niqe),
-    Metric("clipiqa", True, False, _pyiqa("clipiqa")),
-    Metric("liqe", True, False, _pyiqa("liqe")),
-    Metric("qalign", True, False, _pyiqa("qalign")),
-    Metric("fid", False, True, _pyiqa("fid"), per_set=True),
-]}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("psnr", True, True, _always(psnr)),
+        Metric("ssim", True, True, _always(ssim)),
+        Metric("lpips", False, True, _lpips),
+        Metric("dists", False, True, _pyiqa("dists")),
+        Metric("maniqa", True, False, _pyiqa("maniqa")),
+        Metric("musiq", True, False, _pyiqa("musiq")),
+        Metric("niqe", False, False, _niqe),
+        Metric("clipiqa", True, False, _pyiqa("clipiqa")),
+        Metric("liqe", True, False, _pyiqa("liqe")),
+        Metric("qalign", True, False, _pyiqa("qalign")),
+        Metric("fid", False, True, _pyiqa("fid"), per_set=True),
+    ]
+}
 DEFAULT_METRICS = tuple(METRICS)
 
 
@@ -239,8 +250,14 @@ def build_metrics(names, device: str = "cpu") -> tuple[dict[str, Callable], dict
     return ready, missing
 
 
-def score(fns: dict[str, Callable], pred, gt, crop_border: int = 0, problems: dict | None = None,
-          ssim_convention: str = "pyiqa") -> dict[str, float]:
+def score(
+    fns: dict[str, Callable],
+    pred,
+    gt,
+    crop_border: int = 0,
+    problems: dict | None = None,
+    ssim_convention: str = "pyiqa",
+) -> dict[str, float]:
     """Each ready metric of one restored image (``gt`` for the full-reference ones). A metric that
     fails on this image (NIQE needs at least 192 x 192 pixels) gives ``None`` and, in ``problems``,
     its reason."""

@@ -61,8 +61,10 @@ def index_images(folder: Path, role: str) -> dict[str, Path]:
         if key in found:
             wanted = [q for q in (found[key], p) if _is_lq_name(q) == (role == "lq")]
             if len(wanted) != 1:
-                raise ConfigError(f"--{role} {folder}: {found[key].name} and {p.name} have the same name key {key!r}; "
-                                  f"keep one of them")
+                raise ConfigError(
+                    f"--{role} {folder}: {found[key].name} and {p.name} have the same name key {key!r}; "
+                    f"keep one of them"
+                )
             p = wanted[0]
         found[key] = p
     if not found:
@@ -78,8 +80,12 @@ class Pair:
     lq: Path | None = None
 
 
-def match(gt: dict[str, Path], pred: dict[str, Path] | None = None, lq: dict[str, Path] | None = None,
-          allow_missing: bool = False) -> list[Pair]:
+def match(
+    gt: dict[str, Path],
+    pred: dict[str, Path] | None = None,
+    lq: dict[str, Path] | None = None,
+    allow_missing: bool = False,
+) -> list[Pair]:
     """Pairs for every GT image; a GT image without its partner is an error unless ``allow_missing``
     (then it is left out, and so said by the caller)."""
     pairs, missing = [], []
@@ -91,8 +97,10 @@ def match(gt: dict[str, Path], pred: dict[str, Path] | None = None, lq: dict[str
             continue
         pairs.append(Pair(key, g, p, q))
     if missing and not allow_missing:
-        raise ConfigError(f"{len(missing)} ground-truth image(s) have no partner, e.g. {', '.join(missing[:3])}: "
-                          f"names are matched by stem without _LR/_HR/x4 tags; rename them or pass --allow-missing")
+        raise ConfigError(
+            f"{len(missing)} ground-truth image(s) have no partner, e.g. {', '.join(missing[:3])}: "
+            f"names are matched by stem without _LR/_HR/x4 tags; rename them or pass --allow-missing"
+        )
     if not pairs:
         raise ConfigError("no image pairs: the file names of the folders do not match (see varestorer evaluate --help)")
     return pairs
@@ -102,6 +110,8 @@ def check_sizes(pairs_sizes: list[tuple[str, tuple[int, int], tuple[int, int]]])
     """``(name, pred size, gt size)``: the first pair whose sizes differ is an error saying what to do."""
     for name, ps, gs in pairs_sizes:
         if tuple(ps) != tuple(gs):
-            raise ConfigError(f"{name}: the restored image is {ps[1]}x{ps[0]} but the ground truth is {gs[1]}x{gs[0]}. "
-                              f"Restore at the ground-truth size (varestorer restore --upscale, or evaluate --model, "
-                              f"which does it) or crop both to the same size")
+            raise ConfigError(
+                f"{name}: the restored image is {ps[1]}x{ps[0]} but the ground truth is {gs[1]}x{gs[0]}. "
+                f"Restore at the ground-truth size (varestorer restore --upscale, or evaluate --model, "
+                f"which does it) or crop both to the same size"
+            )

@@ -37,8 +37,7 @@ def markdown_table(rows: list[dict], metrics: list[str], unavailable: dict[str, 
     """The Table-1-shaped markdown: methods as rows, metrics (with arrows) as columns."""
     names = [f"{m.upper()}{METRICS[m].arrow}" + ("*" if m in unavailable else "") for m in metrics]
     lines = [f"### {title}", ""] if title else []
-    lines += ["| method | " + " | ".join(names) + " | s/image | images |",
-              "|---|" + "---|" * len(metrics) + "---|---|"]
+    lines += ["| method | " + " | ".join(names) + " | s/image | images |", "|---|" + "---|" * len(metrics) + "---|---|"]
     for r in rows:
         cells = [_fmt(r.get(m), m) for m in metrics]
         sec = _fmt(r.get("sec_per_image"), "sec_per_image") if r.get("sec_per_image") is not None else "-"
@@ -48,8 +47,9 @@ def markdown_table(rows: list[dict], metrics: list[str], unavailable: dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, rows: list[dict], per_image: list[dict], metrics: list[str],
-                 unavailable: dict[str, str], settings: dict) -> dict:
+def write_report(
+    out: Path, rows: list[dict], per_image: list[dict], metrics: list[str], unavailable: dict[str, str], settings: dict
+) -> dict:
     """Write every file of the module doc into ``out``; returns the JSON document."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(markdown_table(rows, metrics, unavailable, settings.get("title", "")))
@@ -62,8 +62,12 @@ def write_report(out: Path, rows: list[dict], per_image: list[dict], metrics: li
         w = csv.DictWriter(f, fieldnames=["method", "image", *metrics], extrasaction="ignore")
         w.writeheader()
         w.writerows(per_image)
-    doc = {"settings": settings, "metrics": {m: {"higher_is_better": METRICS[m].higher_is_better} for m in metrics},
-           "unavailable": unavailable, "rows": rows}
+    doc = {
+        "settings": settings,
+        "metrics": {m: {"higher_is_better": METRICS[m].higher_is_better} for m in metrics},
+        "unavailable": unavailable,
+        "rows": rows,
+    }
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
     plot_metric_vs_time(rows, out / "metric_vs_time.png", metrics, unavailable)
     return doc
@@ -115,8 +119,9 @@ def _compare(rows: dict, a: str, b: str, metric: str) -> str | None:
     return f"{metric.upper()} {rows[a][metric]:.4g} vs {rows[b][metric]:.4g} ({'better' if better else 'worse'} by {abs(diff):.3g}{unit})"
 
 
-def write_demo_report(out: Path, recipe, evaluation: Path, grid: Path, trained_seconds: float,
-                      total_seconds: float) -> Path:
+def write_demo_report(
+    out: Path, recipe, evaluation: Path, grid: Path, trained_seconds: float, total_seconds: float
+) -> Path:
     """``out/report.md``: what ran, the evaluation table, what the numbers mean and where the
     one-step student stands against each baseline."""
     import os
@@ -127,31 +132,43 @@ def write_demo_report(out: Path, recipe, evaluation: Path, grid: Path, trained_s
     doc = json.loads((Path(evaluation) / "results.json").read_text())
     rows = {r["method"]: r for r in doc["rows"]}
     table = (Path(evaluation) / "results.md").read_text()
-    lines = ["# VARestorer demo", "",
-             f"Distilled the `{recipe.model.preset}` base with `recipes/{recipe.name}.yaml` for {recipe.train.max_steps} "
-             f"steps (batch {recipe.train.global_batch_size}, {recipe.degradation.preset} degradations on the fly) in "
-             f"{trained_seconds / 60:.1f} min; the whole demo took {total_seconds / 60:.1f} min on "
-             f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores (torch {torch.__version__}).",
-             "", "Held-out photos (never seen by the base nor the distillation), degraded with a fixed seed "
-             f"({doc['settings']['pairs']} crops of {recipe.model.resolution} px, LQ {recipe.model.resolution // recipe.degradation.scale} px):",
-             "", table, "## What the numbers mean", "",
-             "- PSNR and SSIM: fidelity to the HQ crop, on the Y channel, 4 border pixels cropped (higher is better). "
-             "LPIPS and the no-reference metrics appear where their weights are installed.",
-             "- s/image: wall-clock seconds per image on this machine, batch as `varestorer evaluate` runs it.",
-             "- The methods:"]
+    lines = [
+        "# VARestorer demo",
+        "",
+        f"Distilled the `{recipe.model.preset}` base with `recipes/{recipe.name}.yaml` for {recipe.train.max_steps} "
+        f"steps (batch {recipe.train.global_batch_size}, {recipe.degradation.preset} degradations on the fly) in "
+        f"{trained_seconds / 60:.1f} min; the whole demo took {total_seconds / 60:.1f} min on "
+        f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores (torch {torch.__version__}).",
+        "",
+        "Held-out photos (never seen by the base nor the distillation), degraded with a fixed seed "
+        f"({doc['settings']['pairs']} crops of {recipe.model.resolution} px, LQ {recipe.model.resolution // recipe.degradation.scale} px):",
+        "",
+        table,
+        "## What the numbers mean",
+        "",
+        "- PSNR and SSIM: fidelity to the HQ crop, on the Y channel, 4 border pixels cropped (higher is better). "
+        "LPIPS and the no-reference metrics appear where their weights are installed.",
+        "- s/image: wall-clock seconds per image on this machine, batch as `varestorer evaluate` runs it.",
+        "- The methods:",
+    ]
     lines += [f"  - {m}: {note}" for m, note in METHOD_NOTES.items() if m in rows]
     lines += ["", "## Where the one-step student stands", ""]
     for base in ("zeroshot", "multistep", "guided", "bicubic"):
         parts = [c for c in (_compare(rows, "onestep", base, m) for m in ("psnr", "ssim", "lpips")) if c]
         if parts:
             lines.append(f"- against {base}: " + "; ".join(parts))
-    lines += ["", "Bicubic keeps the degradation's noise and JPEG blocks but never invents detail, so on PSNR and "
-              "SSIM it is a hard baseline for any model whose tokenizer itself loses detail: the student cannot "
-              "be sharper than what the base's tokenizer reconstructs (its held-out PSNR is in the base's model card).",
-              "", f"![LQ | methods | HQ]({Path(grid).name})", "",
-              "Files: `grid.png` (LQ | " + " | ".join(r for r in rows) + " | HQ), `train/losses.png` (the loss "
-              "curves), `train/validation/` (grids during training), `evaluation/` (every restoration, "
-              "per-image scores, results.json), `train/final/` (the exported adapter)."]
+    lines += [
+        "",
+        "Bicubic keeps the degradation's noise and JPEG blocks but never invents detail, so on PSNR and "
+        "SSIM it is a hard baseline for any model whose tokenizer itself loses detail: the student cannot "
+        "be sharper than what the base's tokenizer reconstructs (its held-out PSNR is in the base's model card).",
+        "",
+        f"![LQ | methods | HQ]({Path(grid).name})",
+        "",
+        "Files: `grid.png` (LQ | " + " | ".join(r for r in rows) + " | HQ), `train/losses.png` (the loss "
+        "curves), `train/validation/` (grids during training), `evaluation/` (every restoration, "
+        "per-image scores, results.json), `train/final/` (the exported adapter).",
+    ]
     path = Path(out) / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -55,9 +55,16 @@ def build_random_pipeline(preset: str, resolution: int, device: torch.device, mo
             if "lora_B" in name:
                 w.normal_(0, 1e-3)
     text = RandomText(p.transformer["text_channels"], prompt_tokens=30).to(device)
-    config = {"base_preset": p.name, "mode": mode, "resolution": resolution, "attention": "full",
-              "lq_input": "pyramid", "upscale": 4, "use_captions": True,
-              "scale_schedule": [list(s) for s in vae.schedule(resolution)]}
+    config = {
+        "base_preset": p.name,
+        "mode": mode,
+        "resolution": resolution,
+        "attention": "full",
+        "lq_input": "pyramid",
+        "upscale": 4,
+        "use_captions": True,
+        "scale_schedule": [list(s) for s in vae.schedule(resolution)],
+    }
     return VARestorerPipeline(vae, copy.deepcopy(vae.encoder), transformer, text, config)
 
 
@@ -73,9 +80,16 @@ def _time(fn, warmup: int, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench_latency(preset: str = "tiny", resolution: int | None = None, batch: int = 1, warmup: int = 1,
-                  repeats: int = 3, device: str | None = None, dtype: str | None = None,
-                  methods: tuple[str, ...] = TIMED) -> dict:
+def bench_latency(
+    preset: str = "tiny",
+    resolution: int | None = None,
+    batch: int = 1,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: str | None = None,
+    dtype: str | None = None,
+    methods: tuple[str, ...] = TIMED,
+) -> dict:
     """Seconds per image of each method (see the module doc); ratios to ``onestep``."""
     from ..presets import get_preset
 
@@ -97,15 +111,25 @@ def bench_latency(preset: str = "tiny", resolution: int | None = None, batch: in
         if ref:
             r["x_onestep"] = r["sec_per_image"] / ref
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return {"preset": preset, "resolution": res, "batch": batch, "scales": len(pipe.schedule),
-            "device": str(dev), "device_name": name, "dtype": str(dt).removeprefix("torch."),
-            "sampler": get_preset(preset).sampler.as_kwargs(), "methods": rows}
+    return {
+        "preset": preset,
+        "resolution": res,
+        "batch": batch,
+        "scales": len(pipe.schedule),
+        "device": str(dev),
+        "device_name": name,
+        "dtype": str(dt).removeprefix("torch."),
+        "sampler": get_preset(preset).sampler.as_kwargs(),
+        "methods": rows,
+    }
 
 
 def format_latency(r: dict) -> str:
-    lines = [f"bench latency: preset {r['preset']}, {r['resolution']}px ({r['scales']} scales), batch {r['batch']}, "
-             f"{r['device_name']} {r['dtype']}; sampler {r['sampler']}",
-             f"  {'method':<10} {'s/image':>10} {'x onestep':>10}"]
+    lines = [
+        f"bench latency: preset {r['preset']}, {r['resolution']}px ({r['scales']} scales), batch {r['batch']}, "
+        f"{r['device_name']} {r['dtype']}; sampler {r['sampler']}",
+        f"  {'method':<10} {'s/image':>10} {'x onestep':>10}",
+    ]
     for m, row in r["methods"].items():
         ratio = f"{row['x_onestep']:.1f}x" if "x_onestep" in row else "-"
         lines.append(f"  {m:<10} {row['sec_per_image']:>10.4f} {ratio:>10}")

@@ -35,8 +35,9 @@ def comparison_strip(images: Sequence[Tensor], labels: Sequence[str], gap: int =
     return canvas
 
 
-def write_samples(pipe, out: str | Path, count: int = 4, degradation: str | None = None, seed: int = 0,
-                  method: str = "onestep") -> list[Path]:
+def write_samples(
+    pipe, out: str | Path, count: int = 4, degradation: str | None = None, seed: int = 0, method: str = "onestep"
+) -> list[Path]:
     """``LQ | restored | HQ`` strips on the photos scikit-image ships, degraded with the model's own
     training degradation (or ``degradation``): ``out/samples/NAME.png``. Returns the paths."""
     from ..data.samples import SAMPLES, sample_image
@@ -53,7 +54,7 @@ def write_samples(pipe, out: str | Path, count: int = 4, degradation: str | None
         short = min(photo.shape[-2:])
         photo = F.interpolate(photo, scale_factor=res / short, mode="area") if short > res else photo
         h, w = photo.shape[-2:]
-        hq = photo[:, :, (h - res) // 2:(h - res) // 2 + res, (w - res) // 2:(w - res) // 2 + res].clamp(0, 1)
+        hq = photo[:, :, (h - res) // 2 : (h - res) // 2 + res, (w - res) // 2 : (w - res) // 2 + res].clamp(0, 1)
         lq = deg(hq, [seed]).lq[0]
         with torch.no_grad():
             restored = pipe([lq], prompt=SAMPLES[name], method=method, output_type="pt").images[0]
@@ -64,12 +65,20 @@ def write_samples(pipe, out: str | Path, count: int = 4, degradation: str | None
 
 
 #: How the grid labels each method's column.
-METHOD_LABELS = {"bicubic": "bicubic", "zeroshot": "zero-shot", "multistep": "multi-step", "guided": "guided",
-                 "varsr": "varsr", "onestep": "one-step", "pred": "restored"}
+METHOD_LABELS = {
+    "bicubic": "bicubic",
+    "zeroshot": "zero-shot",
+    "multistep": "multi-step",
+    "guided": "guided",
+    "varsr": "varsr",
+    "onestep": "one-step",
+    "pred": "restored",
+}
 
 
-def method_grid(lq_dir: str | Path, hq_dir: str | Path, restored_dir: str | Path, methods: Sequence[str],
-                path: str | Path):
+def method_grid(
+    lq_dir: str | Path, hq_dir: str | Path, restored_dir: str | Path, methods: Sequence[str], path: str | Path
+):
     """One row per image of ``hq_dir``: ``LQ | each method's restoration | HQ`` (the restorations
     are ``restored_dir/METHOD/NAME.png``, as ``varestorer evaluate`` writes them); a PNG at ``path``."""
     from ..data.images import read_rgb, to_tensor
@@ -81,7 +90,9 @@ def method_grid(lq_dir: str | Path, hq_dir: str | Path, restored_dir: str | Path
         panels += [to_tensor(read_rgb(Path(restored_dir) / m / name)) for m in methods]
         panels.append(to_tensor(read_rgb(hq_path)))
         labels = ["LQ"] + [METHOD_LABELS.get(m, m) for m in methods] + ["HQ"]
-        rows.append(comparison_strip(panels, [f"{label}" if i else f"{hq_path.stem}: LQ" for i, label in enumerate(labels)]))
+        rows.append(
+            comparison_strip(panels, [f"{label}" if i else f"{hq_path.stem}: LQ" for i, label in enumerate(labels)])
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stack_rows(rows).save(path)

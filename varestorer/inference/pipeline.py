@@ -60,7 +60,6 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 MAX_OUTPUT_PIXELS = 8192 * 8192
 
 
-
 def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bicubic resize of (N, 3, H, W) in [0, 1] (area when shrinking a lot: no aliasing)."""
     if tuple(x.shape[-2:]) == tuple(size):
@@ -77,9 +76,11 @@ def output_size(size: tuple[int, int], upscale: float) -> tuple[int, int]:
         raise ConfigError(f"upscale must be positive, got {s}")
     out = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
     if out[0] * out[1] > MAX_OUTPUT_PIXELS:
-        raise ConfigError(f"a {size[1]}x{size[0]} input at {s:g}x gives {out[1]}x{out[0]} pixels, more than "
-                          f"this pipeline makes ({MAX_OUTPUT_PIXELS / 1e6:.0f} MP): lower --upscale or "
-                          f"downscale the input first")
+        raise ConfigError(
+            f"a {size[1]}x{size[0]} input at {s:g}x gives {out[1]}x{out[0]} pixels, more than "
+            f"this pipeline makes ({MAX_OUTPUT_PIXELS / 1e6:.0f} MP): lower --upscale or "
+            f"downscale the input first"
+        )
     return out
 
 
@@ -95,9 +96,11 @@ def _model_dir(model: str | Path, revision: str | None = None) -> Path:
     try:
         return Path(snapshot_download(text, revision=revision))
     except Exception as exc:
-        raise CheckpointError(f"could not get the model {text!r} from the Hub ({type(exc).__name__}: {exc}). "
-                              f"Download it where you have network access (huggingface-cli download {text} "
-                              f"--local-dir DIR) and pass DIR.") from exc
+        raise CheckpointError(
+            f"could not get the model {text!r} from the Hub ({type(exc).__name__}: {exc}). "
+            f"Download it where you have network access (huggingface-cli download {text} "
+            f"--local-dir DIR) and pass DIR."
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------- pipeline
@@ -120,8 +123,7 @@ def _check_output_type(output_type: str) -> None:
         raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
 
 
-def pipeline_output(images: list[Tensor], prompts: list[str], output_type: str = "pil",
-                    return_dict: bool = True):
+def pipeline_output(images: list[Tensor], prompts: list[str], output_type: str = "pil", return_dict: bool = True):
     """Restored float images ``(3, H, W)`` -> what a call returns: a :class:`VARestorerPipelineOutput`
     (or the tuple ``(images, prompts)``) of tensors in [0, 1] (``"pt"``), uint8 arrays (``"np"``) or
     PIL images (``"pil"``)."""
@@ -162,9 +164,16 @@ class VARestorerPipeline:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, model: str | Path, *, base: str | Path | None = None, vae: str | Path | None = None,
-                        text_encoder: str | Path | None = None, merge_lora: bool = True,
-                        revision: str | None = None) -> VARestorerPipeline:
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        *,
+        base: str | Path | None = None,
+        vae: str | Path | None = None,
+        text_encoder: str | Path | None = None,
+        merge_lora: bool = True,
+        revision: str | None = None,
+    ) -> VARestorerPipeline:
         """Load an export folder (``varestorer export``, a run's ``final/``) or a Hub repo id.
 
         Args:
@@ -198,8 +207,10 @@ class VARestorerPipeline:
             adapter = False
         else:
             if config.get("has_adapter") and not adapter:
-                raise CheckpointError(f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
-                                      f"re-export it with varestorer export")
+                raise CheckpointError(
+                    f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
+                    f"re-export it with varestorer export"
+                )
             source = base or local(BASE_TRANSFORMER_FILE) or config.get("base_transformer")
             transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
         if adapter:
@@ -209,9 +220,11 @@ class VARestorerPipeline:
                 load_adapter(transformer, folder)
             except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, foreign target modules
                 first = str(exc).strip().splitlines()[0][:300]
-                raise CheckpointError(f"the LoRA adapter in {folder} does not fit the {config['base_preset']} base "
-                                      f"transformer ({first}): it was trained on another base; pass that base with "
-                                      f"--base (base=... in Python), or re-export the run") from exc
+                raise CheckpointError(
+                    f"the LoRA adapter in {folder} does not fit the {config['base_preset']} base "
+                    f"transformer ({first}): it was trained on another base; pass that base with "
+                    f"--base (base=... in Python), or re-export the run"
+                ) from exc
         encoder = copy.deepcopy(the_vae.encoder)
         if config.get("has_encoder"):
             if not local(ENCODER_FILE):
@@ -316,8 +329,7 @@ class VARestorerPipeline:
             lq_tokens = self.lq_tokens(x) if lq_tokens is None else lq_tokens
             # exports written before `lq_input` existed were trained on the shifted form
             lq = lq_tokens.lq_input_sequence(self.config.get("lq_input", "shifted"))
-            return self.transformer(self.text(prompts), lq, self.schedule,
-                                    attention=self.attention).float()
+            return self.transformer(self.text(prompts), lq, self.schedule, attention=self.attention).float()
 
     def lq_tokens(self, x: Tensor):
         """The LQ token pyramid of ``x`` (N, 3, R, R) in [0, 1] from the fine-tuned encoder, with
@@ -346,9 +358,18 @@ class VARestorerPipeline:
         return self.decode_logits(self.student_logits(x, prompts, lq_tokens), lq_tokens)
 
     @torch.no_grad()
-    def sample_base(self, x: Tensor, prompts: Sequence[str], *, num_given: int, seed: int = 0,
-                    generator: torch.Generator | None = None, guidance=None, greedy: bool = False,
-                    **sampler) -> Tensor:
+    def sample_base(
+        self,
+        x: Tensor,
+        prompts: Sequence[str],
+        *,
+        num_given: int,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        guidance=None,
+        greedy: bool = False,
+        **sampler,
+    ) -> Tensor:
         """The base model (adapters off; a fine-tuned teacher export: its own weights) samples
         scale by scale with a KV cache; the frozen VAE's tokens of ``x`` are given for the first
         ``num_given`` scales. Sampler settings left out or ``None`` (cfg, tau, top_k, top_p) are the
@@ -360,15 +381,26 @@ class VARestorerPipeline:
         settings = self._sampler_settings(sampler)
         is_teacher = self.config.get("mode") == "teacher"  # a fine-tuned teacher: its weights are the teacher
         if not (is_teacher or is_adapted(self.transformer)):
-            raise ConfigError("sampling the base model needs the base weights and the adapter apart; this model "
-                              "was loaded from a merged or fully fine-tuned transformer: pass --base (the base "
-                              "checkpoint) with an adapter export")
+            raise ConfigError(
+                "sampling the base model needs the base weights and the adapter apart; this model "
+                "was loaded from a merged or fully fine-tuned transformer: pass --base (the base "
+                "checkpoint) with an adapter export"
+            )
         self._unmerge_lora()
         lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule) if num_given else None
         with adapters_disabled(self.transformer), self._autocast():
-            out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, generator=generator,
-                         given_bits=lq.bits if lq else None, num_given=num_given, guidance=guidance,
-                         greedy=greedy, **settings)
+            out = sample(
+                self.transformer,
+                self.text(prompts),
+                self.schedule,
+                seed=seed,
+                generator=generator,
+                given_bits=lq.bits if lq else None,
+                num_given=num_given,
+                guidance=guidance,
+                greedy=greedy,
+                **settings,
+            )
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
 
     def _sampler_settings(self, given: dict) -> dict:
@@ -378,24 +410,36 @@ class VARestorerPipeline:
         unknown = set(given) - {"cfg", "tau", "top_k", "top_p"}
         if unknown:
             raise ConfigError(f"unknown sampler settings {sorted(unknown)}: cfg, tau, top_k, top_p")
-        return {**get_preset(self.config["base_preset"]).sampler.as_kwargs(),
-                **{k: v for k, v in given.items() if v is not None}}
+        return {
+            **get_preset(self.config["base_preset"]).sampler.as_kwargs(),
+            **{k: v for k, v in given.items() if v is not None},
+        }
 
     @torch.no_grad()
-    def restore_varsr(self, x: Tensor, prompts: Sequence[str], *, seed: int = 0,
-                      generator: torch.Generator | None = None, **sampler) -> Tensor:
+    def restore_varsr(
+        self, x: Tensor, prompts: Sequence[str], *, seed: int = 0, generator: torch.Generator | None = None, **sampler
+    ) -> Tensor:
         """A model trained in ``varsr`` mode (VARSR's multi-step restorer, the paper's "w/o
         distill"): its LoRA samples scale by scale with the LQ image's quantized latent (from the
         fine-tuned encoder) as prefix tokens in the KV cache."""
         from ..transformer.sampling import sample
 
         if self.config.get("mode") != "varsr":
-            raise ConfigError(f"the varsr method needs a model trained in mode 'varsr' (recipes/ablation-no-distill"
-                              f".yaml); this one was trained in mode {self.config.get('mode')!r}")
+            raise ConfigError(
+                f"the varsr method needs a model trained in mode 'varsr' (recipes/ablation-no-distill"
+                f".yaml); this one was trained in mode {self.config.get('mode')!r}"
+            )
         with self._autocast():
             prefix = self.lq_tokens(x).prefix_sequence()
-            out = sample(self.transformer, self.text(prompts), self.schedule, seed=seed, generator=generator,
-                         prefix=prefix, **self._sampler_settings(sampler))
+            out = sample(
+                self.transformer,
+                self.text(prompts),
+                self.schedule,
+                seed=seed,
+                generator=generator,
+                prefix=prefix,
+                **self._sampler_settings(sampler),
+            )
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
 
     def restore_zeroshot(self, x: Tensor, prompts: Sequence[str], *, num_given: int = 4, **kwargs) -> Tensor:
@@ -408,8 +452,16 @@ class VARestorerPipeline:
         (``x`` only sets the batch size): what next-scale generation costs."""
         return self.sample_base(x, prompts, num_given=0, **kwargs)
 
-    def restore_guided(self, x: Tensor, prompts: Sequence[str], *, gamma: int | None = None, alpha: float | None = None,
-                       factor: float | None = None, **kwargs) -> Tensor:
+    def restore_guided(
+        self,
+        x: Tensor,
+        prompts: Sequence[str],
+        *,
+        gamma: int | None = None,
+        alpha: float | None = None,
+        factor: float | None = None,
+        **kwargs,
+    ) -> Tensor:
         """The training-free reconstruction of :mod:`.guidance`: LQ tokens injected below scale
         ``gamma`` (1-indexed; default the paper's 8/10 of the schedule), measurement-gradient
         guided logits (step ``alpha``, default 1) and the most likely bits above; ``factor`` is
@@ -420,8 +472,13 @@ class VARestorerPipeline:
         gamma = default_gamma(K) if gamma is None else int(gamma)
         if not 1 <= gamma <= K:
             raise ConfigError(f"gamma={gamma}: the first guided scale must be in 1..{K}")
-        guide = MeasurementGuidance(self.vae, x.to(self.device), self.schedule, factor or self.upscale,
-                                    DEFAULT_ALPHA if alpha is None else alpha)
+        guide = MeasurementGuidance(
+            self.vae,
+            x.to(self.device),
+            self.schedule,
+            factor or self.upscale,
+            DEFAULT_ALPHA if alpha is None else alpha,
+        )
         return self.sample_base(x, prompts, num_given=gamma - 1, guidance=guide, greedy=True, **kwargs)
 
     def restorer(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
@@ -430,12 +487,16 @@ class VARestorerPipeline:
             hint = " (now called zeroshot)" if method == "teacher" else ""
             raise ConfigError(f"unknown method {method!r}{hint}; choose one of {', '.join(METHODS)}")
         if method == "onestep" and self.config.get("mode") == "teacher":
-            raise ConfigError("this export is a fine-tuned teacher (recipe mode 'teacher'), not a one-step "
-                              "model: restore with --method zeroshot/multistep/guided, or distil it "
-                              "(model.transformer in a recipe)")
+            raise ConfigError(
+                "this export is a fine-tuned teacher (recipe mode 'teacher'), not a one-step "
+                "model: restore with --method zeroshot/multistep/guided, or distil it "
+                "(model.transformer in a recipe)"
+            )
         if method == "onestep" and self.config.get("mode") == "varsr":
-            raise ConfigError("this export is a multi-step VARSR-style model (recipe mode 'varsr'), not a one-step "
-                              "model: restore with --method varsr")
+            raise ConfigError(
+                "this export is a multi-step VARSR-style model (recipe mode 'varsr'), not a one-step "
+                "model: restore with --method varsr"
+            )
         if method in ("onestep", "bicubic") and kwargs:
             raise ConfigError(f"method {method} takes no settings; got {sorted(kwargs)}")
         if method == "bicubic":
@@ -472,11 +533,13 @@ class VARestorerPipeline:
             return [""] * len(images)  # prompts unused, or the model never saw any
         if self.captioner is None:
             if not self._warned_no_prompt:
-                logger.warning("this model was trained with captions of the HQ images, but no prompt was given "
-                               "and the pipeline has no captioner: restoring with empty prompts (the paper's "
-                               "'w/o prompt' setting, weaker on every metric of its Table A). Pass prompt=..., or "
-                               "pipe.set_captioner(BlipCaptioner()) (varestorer restore: --caption blip); pass "
-                               "prompt=\"\" (--no-prompt) to restore without prompts on purpose.")
+                logger.warning(
+                    "this model was trained with captions of the HQ images, but no prompt was given "
+                    "and the pipeline has no captioner: restoring with empty prompts (the paper's "
+                    "'w/o prompt' setting, weaker on every metric of its Table A). Pass prompt=..., or "
+                    "pipe.set_captioner(BlipCaptioner()) (varestorer restore: --caption blip); pass "
+                    'prompt="" (--no-prompt) to restore without prompts on purpose.'
+                )
                 self._warned_no_prompt = True
             return [""] * len(images)
         if self.caption_from == "restored" and self.config.get("mode") != "teacher":
@@ -488,7 +551,7 @@ class VARestorerPipeline:
         brought back to its aspect ratio (long side = resolution): what the captioner looks at."""
         R, out = self.resolution, []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             x = torch.cat([resize_images(im[None], (R, R)) for im in chunk])
             y = self.restore_onestep(x, [""] * len(chunk)).float().cpu()
             for im, r in zip(chunk, y):
@@ -498,10 +561,22 @@ class VARestorerPipeline:
         return out
 
     # ------------------------------------------------------------------ the call
-    def __call__(self, image=None, prompt: str | Sequence[str] | None = None, *, method: str = "onestep",
-                 upscale: float | None = None, mode: str = "auto", tile_overlap: int | None = None,
-                 batch_size: int = 4, generator: torch.Generator | None = None, output_type: str = "pil",
-                 return_dict: bool = True, progress: bool = False, **method_kwargs):
+    def __call__(
+        self,
+        image=None,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        method: str = "onestep",
+        upscale: float | None = None,
+        mode: str = "auto",
+        tile_overlap: int | None = None,
+        batch_size: int = 4,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        progress: bool = False,
+        **method_kwargs,
+    ):
         """Restore ``image``: one or a list of paths, PIL images, arrays or (3, H, W) tensors in [0, 1].
 
         Returns a :class:`VARestorerPipelineOutput` (``.images``: a list of PIL images for
@@ -542,7 +617,7 @@ class VARestorerPipeline:
         bar = tqdm(total=len(items), desc=f"restore ({method})", disable=not progress, unit="image")
         resized = [i for i, p in enumerate(plans) if p == "resize"]
         for start in range(0, len(resized), batch_size):  # the paper's path, batched across images
-            chunk = resized[start:start + batch_size]
+            chunk = resized[start : start + batch_size]
             x = torch.cat([resize_images(items[i][None], (R, R)) for i in chunk])
             y = restore(x, [prompts[i] for i in chunk]).float().cpu()
             for i, r in zip(chunk, y):
@@ -561,8 +636,9 @@ class VARestorerPipeline:
         grow = max(1.0, R / min(size))
         work = (max(R, round(size[0] * grow)), max(R, round(size[1] * grow)))
         up = resize_images(x[None], work)
-        out = restore_tiled(up, lambda tiles: restore(tiles, [prompt] * len(tiles)).float().cpu(), R, overlap,
-                            batch_size=batch_size)
+        out = restore_tiled(
+            up, lambda tiles: restore(tiles, [prompt] * len(tiles)).float().cpu(), R, overlap, batch_size=batch_size
+        )
         return resize_images(out, size)[0]
 
 
@@ -571,8 +647,7 @@ def load_encoder(encoder, path: str | Path) -> None:
     from ..checkpoints import load_strict, read_file
 
     state = read_file(path)
-    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in state.items()}, what="encoder",
-                source=str(path))
+    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in state.items()}, what="encoder", source=str(path))
 
 
 def _explain(load, what: str, option: str, source):
@@ -580,6 +655,7 @@ def _explain(load, what: str, option: str, source):
     try:
         return load()
     except (CheckpointError, ValueError) as exc:
-        raise CheckpointError(f"cannot load the {what} this model was trained on ({source or 'the official weights'}): "
-                              f"{exc}\n  Pass it with --{option} PATH_OR_HUB_ID (from_pretrained(..., {option}=...)).") \
-            from exc
+        raise CheckpointError(
+            f"cannot load the {what} this model was trained on ({source or 'the official weights'}): "
+            f"{exc}\n  Pass it with --{option} PATH_OR_HUB_ID (from_pretrained(..., {option}=...))."
+        ) from exc

@@ -32,8 +32,9 @@ def _ramp(tile: int, overlap: int, device, dtype) -> Tensor:
     return w
 
 
-def restore_tiled(image: Tensor, restore: Callable[[Tensor], Tensor], tile: int, overlap: int = 64,
-                  batch_size: int = 4) -> Tensor:
+def restore_tiled(
+    image: Tensor, restore: Callable[[Tensor], Tensor], tile: int, overlap: int = 64, batch_size: int = 4
+) -> Tensor:
     """Apply ``restore`` ((N, 3, tile, tile) -> same) over ``image`` (1, 3, H, W), H and W >= tile."""
     _, c, h, w = image.shape
     if h < tile or w < tile:

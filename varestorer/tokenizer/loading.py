@@ -51,7 +51,10 @@ def _renamer(model_keys: set[str]):
 def load_vae_state(vae: BSQVAE, state_dict: dict, source: str = "<state dict>", unused_top_level=()) -> None:
     """Strictly load an official-layout VAE state dict into ``vae`` (see the module doc)."""
     load_strict(
-        vae, state_dict, what="VAE", source=source,
+        vae,
+        state_dict,
+        what="VAE",
+        source=source,
         rename=_renamer(set(vae.state_dict())),
         candidates={name: _model_keys(name) for name in PRESETS},
         unused_top_level=list(unused_top_level),

@@ -111,8 +111,15 @@ class TokenizerModel(TrainingModule):
         commit = torch.stack([commitment(z, c) for z, c in zip(tokens.inputs, tokens.codes)]).mean()
         ent = torch.stack([bsq_entropy(z, t.inv_temperature, t.codebook_entropy_weight) for z in tokens.inputs]).mean()
         loss = t.l1 * l1 + t.mse * mse + t.lpips * lp + t.commitment * commit + t.entropy * ent
-        return {"loss": loss, "l1": l1.detach(), "mse": mse.detach(), "lpips": lp.detach(),
-                "commitment": commit.detach(), "entropy": ent.detach(), "psnr": psnr_db(x_hat.clamp(-1, 1), x).detach()}
+        return {
+            "loss": loss,
+            "l1": l1.detach(),
+            "mse": mse.detach(),
+            "lpips": lp.detach(),
+            "commitment": commit.detach(),
+            "entropy": ent.detach(),
+            "psnr": psnr_db(x_hat.clamp(-1, 1), x).detach(),
+        }
 
     @torch.no_grad()
     def validation_images(self, batch: dict) -> dict[str, Tensor]:

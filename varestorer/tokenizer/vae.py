@@ -96,8 +96,15 @@ def _mid(channels: int, groups: int | None) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int, in_channels: int = 3,
-                 groups: int | None = None):
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        z_channels: int,
+        in_channels: int = 3,
+        groups: int | None = None,
+    ):
         super().__init__()
         self.conv_in = Conv(in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -128,8 +135,15 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int, out_channels: int = 3,
-                 groups: int | None = None):
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        z_channels: int,
+        out_channels: int = 3,
+        groups: int | None = None,
+    ):
         super().__init__()
         block_in = ch * ch_mult[-1]
         self.conv_in = Conv(z_channels, block_in, 3, padding=1)

@@ -70,7 +70,7 @@ def visible_pairs(schedule: Sequence[Scale], attention: str) -> int:
     if attention == "full":
         return sum(sizes) ** 2
     if attention == "causal":
-        return sum(n * sum(sizes[:k + 1]) for k, n in enumerate(sizes))
+        return sum(n * sum(sizes[: k + 1]) for k, n in enumerate(sizes))
     raise ConfigError(f"attention must be 'full' or 'causal', got {attention!r}")
 
 
@@ -85,11 +85,12 @@ def multistep_segments(schedule: Sequence[Scale]) -> list[tuple[int, int, int]]:
     """KV-cached decoding, one segment per scale: scale ``k``'s queries against the cached keys of
     scales ``0..k``."""
     sizes = scale_sizes(schedule)
-    return [(n, n * sum(sizes[:k + 1]), n if k else 0) for k, n in enumerate(sizes)]
+    return [(n, n * sum(sizes[: k + 1]), n if k else 0) for k, n in enumerate(sizes)]
 
 
-def analytic_flops(model: InfinityTransformer, segments: Sequence[tuple[int, int, int]], text_tokens: int,
-                   batch: int = 1) -> dict[str, int]:
+def analytic_flops(
+    model: InfinityTransformer, segments: Sequence[tuple[int, int, int]], text_tokens: int, batch: int = 1
+) -> dict[str, int]:
     """Closed-form FLOPs (torch's convention) of the model's code path, by category.
 
     The text context (pooling, projection, shared AdaLN) runs once; each segment (see
@@ -101,15 +102,25 @@ def analytic_flops(model: InfinityTransformer, segments: Sequence[tuple[int, int
     C, Ct5, T, D, d = c.embed_dim, c.text_channels, text_tokens, c.depth, c.codebook_dim
     M = model.blocks[0].ffn.fc1.out_features
     out = dict.fromkeys(CATEGORIES, 0)
-    out["rest"] += (linear_flops(Ct5, 2 * C, T) + linear_flops(C, C, 1)  # attentive pooling's kv, proj
-                    + linear_flops(Ct5, C, T) + linear_flops(C, C, T)  # text_proj_for_ca
-                    + linear_flops(C, 6 * C, 1))  # shared_ada_lin
+    out["rest"] += (
+        linear_flops(Ct5, 2 * C, T)
+        + linear_flops(C, C, 1)  # attentive pooling's kv, proj
+        + linear_flops(Ct5, C, T)
+        + linear_flops(C, C, T)  # text_proj_for_ca
+        + linear_flops(C, 6 * C, 1)
+    )  # shared_ada_lin
     out["text_attention"] += attention_matmul_flops(C, 1, T)  # the pooling query
     for q, pairs, embedded in segments:
         out["rest"] += linear_flops(d, C, embedded) + linear_flops(C, 2 * C, 1) + linear_flops(C, 2 * d, q)
-        per_block = (linear_flops(C, 3 * C, q) + linear_flops(C, C, q)  # sa.mat_qkv, sa.proj
-                     + linear_flops(C, C, q) + linear_flops(C, 2 * C, T) + linear_flops(C, C, q)  # ca q, kv, proj
-                     + linear_flops(C, M, q) + linear_flops(M, C, q))  # ffn
+        per_block = (
+            linear_flops(C, 3 * C, q)
+            + linear_flops(C, C, q)  # sa.mat_qkv, sa.proj
+            + linear_flops(C, C, q)
+            + linear_flops(C, 2 * C, T)
+            + linear_flops(C, C, q)  # ca q, kv, proj
+            + linear_flops(C, M, q)
+            + linear_flops(M, C, q)
+        )  # ffn
         out["block_linears"] += D * per_block
         out["self_attention"] += D * attention_matmul_flops(C, 1, pairs)
         out["text_attention"] += D * attention_matmul_flops(C, q, T)
@@ -174,22 +185,29 @@ def count_model(model: InfinityTransformer, fn: Callable, *args, **kwargs) -> di
     attention = sum(v for op, v in counts["all"].items() if _is_attention(op))
     self_attention = sum(v for op, v in counts["SelfAttention"].items() if _is_attention(op))
     block_linears = sum(v for op, v in counts["CrossAttnBlock"].items() if op in _LINEAR_OPS)
-    return {"total": total, "self_attention": self_attention, "text_attention": attention - self_attention,
-            "block_linears": block_linears, "rest": total - attention - block_linears}
+    return {
+        "total": total,
+        "self_attention": self_attention,
+        "text_attention": attention - self_attention,
+        "block_linears": block_linears,
+        "rest": total - attention - block_linears,
+    }
 
 
 def meta_text(model: InfinityTransformer, prompt_tokens: int, batch: int = 1) -> TextFeatures:
     """T5 features ``(batch, prompt_tokens, text_channels)`` on the meta device, every token valid."""
     limit = model.config.text_maxlen
     if not 1 <= prompt_tokens <= limit:
-        raise ConfigError(f"--prompt-tokens must be between 1 and {limit} (this model's text_maxlen), "
-                          f"got {prompt_tokens}")
+        raise ConfigError(
+            f"--prompt-tokens must be between 1 and {limit} (this model's text_maxlen), got {prompt_tokens}"
+        )
     feats = torch.empty(batch, prompt_tokens, model.config.text_channels, device="meta")
     return TextFeatures(feats, torch.ones(batch, prompt_tokens, dtype=torch.bool, device="meta"))
 
 
-def count_pass(model: InfinityTransformer, schedule: Sequence[Scale], attention: str,
-               prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> dict[str, int]:
+def count_pass(
+    model: InfinityTransformer, schedule: Sequence[Scale], attention: str, prompt_tokens: int = DEFAULT_PROMPT_TOKENS
+) -> dict[str, int]:
     """Counted FLOPs of one forward (``attention`` "full": the one-step student; "causal": the
     teacher-forcing pass) for one image: text, all ``L`` tokens, the head."""
     L = sum(scale_sizes(schedule))
@@ -197,8 +215,9 @@ def count_pass(model: InfinityTransformer, schedule: Sequence[Scale], attention:
     return count_model(model, model, meta_text(model, prompt_tokens), inputs, list(schedule), attention=attention)
 
 
-def count_multistep(model: InfinityTransformer, schedule: Sequence[Scale], prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
-                    cfg: bool = True) -> dict[str, int]:
+def count_multistep(
+    model: InfinityTransformer, schedule: Sequence[Scale], prompt_tokens: int = DEFAULT_PROMPT_TOKENS, cfg: bool = True
+) -> dict[str, int]:
     """Counted FLOPs of sampling one image scale by scale with the KV cache, as ``sample()`` runs
     it: text context once, then one ``decode_scale`` per scale; ``cfg`` doubles the batch (the
     unconditional branch). The sampler's draws and upsampling are elementwise (not counted)."""
@@ -241,10 +260,14 @@ def paper_note(full: int, causal_visible: int, params: int, tokens: int, self_fu
     # (linear + A) / (linear + f A) = ratio  ->  A / total_full needed
     a_over_rest = (ratio - 1) / (1 - ratio * pairs_fraction)
     return {
-        "paper_full_gflops": PAPER_GFLOPS["full"], "paper_causal_gflops": PAPER_GFLOPS["causal"],
-        "paper_ratio": ratio, "paper_difference_gflops": (pf - pc) / 1e9,
-        "our_ratio": full / causal_visible, "our_difference_gflops": (full - causal_visible) / 1e9,
-        "paper_full_over_ours": pf / full, "paper_causal_over_ours": pc / causal_visible,
+        "paper_full_gflops": PAPER_GFLOPS["full"],
+        "paper_causal_gflops": PAPER_GFLOPS["causal"],
+        "paper_ratio": ratio,
+        "paper_difference_gflops": (pf - pc) / 1e9,
+        "our_ratio": full / causal_visible,
+        "our_difference_gflops": (full - causal_visible) / 1e9,
+        "paper_full_over_ours": pf / full,
+        "paper_causal_over_ours": pc / causal_visible,
         "tokens_implied_2NL": [pf / (2 * params), pc / (2 * params)],
         "tokens_implied_NL_macs": [pf / params, pc / params],
         "self_attention_share_needed": a_over_rest / (1 + a_over_rest) if a_over_rest > 0 else None,
@@ -253,8 +276,7 @@ def paper_note(full: int, causal_visible: int, params: int, tokens: int, self_fu
     }
 
 
-def flops_report(preset: str = "infinity-2b", resolution: int | None = None,
-                 prompt_tokens: int | None = None) -> dict:
+def flops_report(preset: str = "infinity-2b", resolution: int | None = None, prompt_tokens: int | None = None) -> dict:
     """Every figure of ``varestorer bench flops`` for one image of ``preset`` at ``resolution``
     (default: the preset's) with a prompt of ``prompt_tokens`` T5 tokens (default: 30)."""
     from ..presets import get_preset
@@ -279,8 +301,9 @@ def flops_report(preset: str = "infinity-2b", resolution: int | None = None,
         "causal": analytic_flops(model, one_pass_segments(schedule, "causal"), prompt_tokens),
         "multistep": analytic_flops(model, multistep_segments(schedule), prompt_tokens, batch=2),
     }
-    matches = (all(full[k] == analytic["full"][k] for k in CATEGORIES)
-               and all(multistep[k] == analytic["multistep"][k] for k in CATEGORIES))
+    matches = all(full[k] == analytic["full"][k] for k in CATEGORIES) and all(
+        multistep[k] == analytic["multistep"][k] for k in CATEGORIES
+    )
     causal_visible = {**causal_dense, "self_attention": analytic["causal"]["self_attention"]}
     causal_visible["total"] = sum(causal_visible[k] for k in CATEGORIES)
     vae_flops = count_vae(vae, resolution)
@@ -288,10 +311,15 @@ def flops_report(preset: str = "infinity-2b", resolution: int | None = None,
     onestep_pipeline = vae_flops["encoder"] + full["total"] + vae_flops["decoder"]
     multistep_pipeline = multistep["total"] + vae_flops["decoder"]
     report = {
-        "preset": p.name, "resolution": resolution, "sides": [h for h, _ in schedule], "scales": len(schedule),
-        "tokens": L, "prompt_tokens": prompt_tokens, "batch": 1,
+        "preset": p.name,
+        "resolution": resolution,
+        "sides": [h for h, _ in schedule],
+        "scales": len(schedule),
+        "tokens": L,
+        "prompt_tokens": prompt_tokens,
+        "batch": 1,
         "convention": "FLOPs = 2 x multiply-adds of matmuls and convolutions (torch FlopCounterMode on the meta "
-                      "device); elementwise ops (norms, RoPE, softmax, GELU) count 0",
+        "device); elementwise ops (norms, RoPE, softmax, GELU) count 0",
         "full": _with_share(full),
         "causal_dense": _with_share(causal_dense),
         "causal_visible": _with_share(causal_visible),
@@ -300,11 +328,15 @@ def flops_report(preset: str = "infinity-2b", resolution: int | None = None,
         "ratio_full_over_causal_visible": full["total"] / causal_visible["total"],
         "multistep_cfg": _with_share(multistep),
         "multistep_no_cfg": multistep["total"] // 2,
-        "vae_encoder": vae_flops["encoder"], "vae_decoder": vae_flops["decoder"],
-        "onestep_pipeline": onestep_pipeline, "multistep_pipeline": multistep_pipeline,
+        "vae_encoder": vae_flops["encoder"],
+        "vae_decoder": vae_flops["decoder"],
+        "onestep_pipeline": onestep_pipeline,
+        "multistep_pipeline": multistep_pipeline,
         "multistep_over_onestep": multistep_pipeline / onestep_pipeline,
-        "params": params, "per_token_params": n_tok,
-        "estimate_2NL": 2 * params * L, "estimate_2NtokL": 2 * n_tok * L,
+        "params": params,
+        "per_token_params": n_tok,
+        "estimate_2NL": 2 * params * L,
+        "estimate_2NtokL": 2 * n_tok * L,
         "analytic_matches_counter": matches,
     }
     if p.name == "infinity-2b" and resolution == 512:
@@ -355,8 +387,10 @@ def format_report(r: dict) -> str:
         "    token, and no attention",
     ]
     if not r["analytic_matches_counter"]:
-        lines.append("  WARNING: the counter and the closed form disagree: the model's code changed; update "
-                     "varestorer/transformer/flops.py:analytic_flops")
+        lines.append(
+            "  WARNING: the counter and the closed form disagree: the model's code changed; update "
+            "varestorer/transformer/flops.py:analytic_flops"
+        )
     if "paper" in r:
         lines += ["", *paper_lines(r["paper"])]
     return "\n".join(lines)
@@ -365,9 +399,12 @@ def format_report(r: dict) -> str:
 def paper_lines(n: dict) -> list[str]:
     """The note on the paper's figure, as text."""
     needed = n["self_attention_share_needed"]
-    needed_text = (f"self-attention would have to be {100 * needed:.0f}% of the full pass (it is "
-                   f"{100 * n['self_attention_share_ours']:.0f}%)" if needed is not None
-                   else "no attention share would do")
+    needed_text = (
+        f"self-attention would have to be {100 * needed:.0f}% of the full pass (it is "
+        f"{100 * n['self_attention_share_ours']:.0f}%)"
+        if needed is not None
+        else "no attention share would do"
+    )
     return [
         f"  note: the paper reports {n['paper_full_gflops']:.0f} vs ~{n['paper_causal_gflops']:.0f} GFLOPs at 512 px "
         f"(ratio {n['paper_ratio']:.2f}, difference {n['paper_difference_gflops']:.0f}); here the ratio is "

@@ -50,8 +50,16 @@ HEAD_INIT_SCALE = 0.02  # Infinity's ``hd0``: the head starts near zero (bit pro
 
 #: Last scale of Infinity's 1M schedule per aspect-ratio template (h / w); the 2D RoPE of
 #: every scale is laid out on this grid (``rope2d_normalized_by_hw=2``).
-_ROPE_ANCHORS = {1.0: (64, 64), 1.25: (70, 56), 1.333: (72, 54), 1.5: (78, 52), 1.75: (84, 48),
-                 2.0: (90, 45), 2.5: (100, 40), 3.0: (111, 37)}
+_ROPE_ANCHORS = {
+    1.0: (64, 64),
+    1.25: (70, 56),
+    1.333: (72, 54),
+    1.5: (78, 52),
+    1.75: (84, 48),
+    2.0: (90, 45),
+    2.5: (100, 40),
+    3.0: (111, 37),
+}
 _ROPE_ANCHORS.update({int(1 / r * 1000) / 1000: (w, h) for r, (h, w) in list(_ROPE_ANCHORS.items()) if r != 1.0})
 
 
@@ -63,8 +71,9 @@ def rope_anchor(schedule: list[Scale]) -> tuple[int, int]:
 
 
 def _autocast_off(x: Tensor):
-    return torch.autocast(device_type=x.device.type if x.device.type in ("cuda", "cpu", "xpu") else "cpu",
-                          enabled=False)
+    return torch.autocast(
+        device_type=x.device.type if x.device.type in ("cuda", "cpu", "xpu") else "cpu", enabled=False
+    )
 
 
 def _layer_norm(x: Tensor, eps: float) -> Tensor:
@@ -253,8 +262,10 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(f"depth {depth} is not a multiple of num_block_chunks {num_block_chunks}")
         mlp_hidden = round(C * mlp_ratio / 256) * 256
         if mlp_hidden == 0:
-            raise ValueError(f"embed_dim * mlp_ratio = {C * mlp_ratio} rounds to an empty FFN "
-                             f"(Infinity rounds its width to a multiple of 256)")
+            raise ValueError(
+                f"embed_dim * mlp_ratio = {C * mlp_ratio} rounds to an empty FFN "
+                f"(Infinity rounds its width to a multiple of 256)"
+            )
         self.cfg_uncond = nn.Parameter(torch.empty(text_maxlen, Ct5))
         self.text_norm = RMSNorm(Ct5, eps=norm_eps)
         pool_heads = max(1, Ct5 // (64 if C > 4096 else 128))
@@ -267,7 +278,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
         per_chunk = depth // num_block_chunks
         blocks = [CrossAttnBlock(C, num_heads, mlp_hidden, norm_eps) for _ in range(depth)]
-        self.block_chunks = nn.ModuleList(BlockChunk(blocks[i:i + per_chunk]) for i in range(0, depth, per_chunk))
+        self.block_chunks = nn.ModuleList(BlockChunk(blocks[i : i + per_chunk]) for i in range(0, depth, per_chunk))
         self.head_nm = nn.Module()
         self.head_nm.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
         self.head = nn.Linear(C, 2 * codebook_dim)
@@ -410,8 +421,9 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             sizes = [h * w for h, w in schedule]
             level = torch.cat([torch.full((n,), first + k, dtype=torch.long) for k, n in enumerate(sizes[first:])])
             if level.numel() != x.shape[1]:
-                raise ValueError(f"{x.shape[1]} input tokens do not fit scales {first}.. of the schedule "
-                                 f"({level.numel()} tokens)")
+                raise ValueError(
+                    f"{x.shape[1]} input tokens do not fit scales {first}.. of the schedule ({level.numel()} tokens)"
+                )
             return x + self.lvl_embed(level.to(x.device))[None]
 
     def run_blocks(self, x: Tensor, context: TextContext, rope, mask: Tensor | None, caches=None) -> Tensor:
@@ -439,13 +451,15 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         RoPE positions: VARSR's scale-aligned positions."""
         h, w = schedule[-1]
         if prefix.ndim != 3 or prefix.shape[1] != h * w or prefix.shape[2] != self.config.codebook_dim:
-            raise ValueError(f"prefix tokens must be (B, {h * w}, {self.config.codebook_dim}) for a last scale of "
-                             f"{h}x{w}; got {tuple(prefix.shape)}")
+            raise ValueError(
+                f"prefix tokens must be (B, {h * w}, {self.config.codebook_dim}) for a last scale of "
+                f"{h}x{w}; got {tuple(prefix.shape)}"
+            )
         with _autocast_off(prefix):
             level = torch.full((h * w,), len(schedule) - 1, dtype=torch.long, device=prefix.device)
             x = self.word_embed(prefix.float()) + self.lvl_embed(level)[None]
         cos, sin = self.rope(schedule, prefix.device)
-        return x, (cos[-h * w:], sin[-h * w:])
+        return x, (cos[-h * w :], sin[-h * w :])
 
     @classmethod
     def prefix_mask(cls, schedule: list[Scale], num_prefix: int, attention: str, device=None) -> Tensor:
@@ -459,8 +473,14 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return mask
 
     # ------------------------------------------------------------------ the uses
-    def forward(self, text: TextFeatures, inputs: Tensor | None, schedule: list[Scale],
-                attention: str = "causal", prefix: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        text: TextFeatures,
+        inputs: Tensor | None,
+        schedule: list[Scale],
+        attention: str = "causal",
+        prefix: Tensor | None = None,
+    ) -> Tensor:
         """Bit logits ``(B, L, d, 2)`` of every scale in one pass.
 
         Args:
@@ -480,8 +500,9 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if inputs is not None and inputs.shape[-1] != self.config.codebook_dim:
-            raise ValueError(f"inputs have {inputs.shape[-1]} bits per token; this model takes "
-                             f"{self.config.codebook_dim}")
+            raise ValueError(
+                f"inputs have {inputs.shape[-1]} bits per token; this model takes {self.config.codebook_dim}"
+            )
         context = self.text_context(text)
         x = self.embed(context, inputs, schedule)
         rope = self.rope(schedule, x.device)
@@ -492,7 +513,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         x = torch.cat((p, x), dim=1)
         rope = tuple(torch.cat((a, b)) for a, b in zip(p_rope, rope))
         mask = self.prefix_mask(schedule, p.shape[1], attention, x.device)
-        return self.logits(self.run_blocks(x, context, rope, mask)[:, p.shape[1]:], context.cond)
+        return self.logits(self.run_blocks(x, context, rope, mask)[:, p.shape[1] :], context.cond)
 
     def start_decoding(self, text: TextFeatures, schedule: list[Scale], prefix: Tensor | None = None) -> DecodeState:
         """A fresh KV cache for decoding ``schedule`` scale by scale (with ``prefix`` tokens
@@ -514,9 +535,9 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(f"all {len(schedule)} scales are decoded")
         if (k == 0) != (inputs is None):
             raise ValueError("the first scale takes no input (its input is the start token); later scales need one")
-        x = self.embed(state.context, inputs, schedule[:k + 1], first=k)
+        x = self.embed(state.context, inputs, schedule[: k + 1], first=k)
         start = sum(h * w for h, w in schedule[:k])
         cos, sin = self.rope(schedule, x.device)
-        rope = (cos[start:start + x.shape[1]], sin[start:start + x.shape[1]])
+        rope = (cos[start : start + x.shape[1]], sin[start : start + x.shape[1]])
         state.next_scale += 1
         return self.logits(self.run_blocks(x, state.context, rope, None, state.caches), state.context.cond)

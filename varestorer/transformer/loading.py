@@ -44,12 +44,19 @@ def build_transformer(preset: str | Preset) -> InfinityTransformer:
     """The preset's transformer with freshly initialised weights (on the current default device)."""
     return InfinityTransformer(**get_preset(preset).transformer)
 
+
 #: Infinity's scaling-study layer configurations (``tools/run_infinity.py``), with the 2B's
 #: text encoder and d32 tokenizer; no public weights. Used to name a checkpoint's layout.
 INFINITY_LAYER_CONFIGS: dict[str, dict] = {
     f"infinity-layer{depth}": dict(depth=depth, embed_dim=width, num_heads=heads, num_block_chunks=4)
-    for depth, width, heads in ((12, 768, 8), (16, 1152, 12), (24, 1536, 16), (32, 2080, 20),
-                                (40, 2688, 24), (48, 3360, 28))
+    for depth, width, heads in (
+        (12, 768, 8),
+        (16, 1152, 12),
+        (24, 1536, 16),
+        (32, 2080, 20),
+        (40, 2688, 24),
+        (48, 3360, 28),
+    )
 }
 
 
@@ -86,19 +93,20 @@ def _fit_cfg_uncond(state: dict, model: InfinityTransformer) -> dict:
         new = old[:maxlen]
     else:
         default = InfinityTransformer.default_cfg_uncond(maxlen, channels)
-        new = torch.cat((old.to(default.dtype), default[old.shape[0]:]))
+        new = torch.cat((old.to(default.dtype), default[old.shape[0] :]))
     return {**state, "cfg_uncond": new}
 
 
 def _rename(key: str) -> str:
     for prefix in _PREFIXES:
         while key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key
 
 
-def load_transformer_state(model: InfinityTransformer, state_dict: Mapping, source: str = "<state dict>",
-                           unused_top_level=()) -> None:
+def load_transformer_state(
+    model: InfinityTransformer, state_dict: Mapping, source: str = "<state dict>", unused_top_level=()
+) -> None:
     """Strictly load an official-layout state dict into ``model`` (see the module doc)."""
     state = {_rename(k): v for k, v in state_dict.items()}
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -107,8 +115,15 @@ def load_transformer_state(model: InfinityTransformer, state_dict: Mapping, sour
     for key in model.state_dict():  # constant zero buffers; a file saved without buffers may lack them
         if has_blocks and key.endswith("zero_k_bias") and key not in state:
             state[key] = torch.zeros(model.config.embed_dim)
-    load_strict(model, _fit_cfg_uncond(state, model), what="transformer", source=source,
-                candidates=candidate_layouts(), unused_top_level=list(unused_top_level), known_extras=KNOWN_EXTRAS)
+    load_strict(
+        model,
+        _fit_cfg_uncond(state, model),
+        what="transformer",
+        source=source,
+        candidates=candidate_layouts(),
+        unused_top_level=list(unused_top_level),
+        known_extras=KNOWN_EXTRAS,
+    )
 
 
 def load_transformer(

@@ -22,8 +22,13 @@ PEFT_PREFIX = "base_model.model."  # the keys of PEFT's adapter files start with
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
-def lora_config(rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0,
-                targets: Sequence[str] = DEFAULT_TARGETS, init: bool | str = True):
+def lora_config(
+    rank: int = DEFAULT_RANK,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    init: bool | str = True,
+):
     """The ``peft.LoraConfig`` of VARestorer (``alpha`` defaults to ``rank``: scaling 1).
 
     ``init=False`` starts ``lora_B`` random instead of zero (tests only).
@@ -31,13 +36,24 @@ def lora_config(rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: f
     from peft import LoraConfig
 
     names = "|".join(re.escape(t) for t in targets)
-    return LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout,
-                      target_modules=rf"block_chunks\.\d+\.module\.\d+\.({names})", bias="none",
-                      init_lora_weights=init)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=rank if alpha is None else alpha,
+        lora_dropout=dropout,
+        target_modules=rf"block_chunks\.\d+\.module\.\d+\.({names})",
+        bias="none",
+        init_lora_weights=init,
+    )
 
 
-def apply_lora(model: nn.Module, rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0,
-               targets: Sequence[str] = DEFAULT_TARGETS, **kwargs):
+def apply_lora(
+    model: nn.Module,
+    rank: int = DEFAULT_RANK,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    **kwargs,
+):
     """Add the LoRA adapters to ``model`` in place (diffusers' ``PeftAdapterMixin.add_adapter``:
     the model stays the model, no wrapper) and freeze every other weight; returns ``model``.
 
@@ -87,8 +103,11 @@ def save_adapter(model: nn.Module, out) -> None:
     config = copy.copy(model.peft_config["default"])
     config.inference_mode = True
     config.save_pretrained(str(out))
-    save_file({k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()},
-              str(Path(out) / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()},
+        str(Path(out) / ADAPTER_WEIGHTS_FILE),
+        metadata={"format": "pt"},
+    )
 
 
 def load_adapter(model: nn.Module, folder) -> nn.Module:
@@ -103,8 +122,10 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(Path(folder) / ADAPTER_WEIGHTS_FILE)).items()}
     result = set_peft_model_state_dict(model, state)
     if result.unexpected_keys:
-        raise ValueError(f"{len(result.unexpected_keys)} adapter weights fit no module of this model "
-                         f"(first: {result.unexpected_keys[0]})")
+        raise ValueError(
+            f"{len(result.unexpected_keys)} adapter weights fit no module of this model "
+            f"(first: {result.unexpected_keys[0]})"
+        )
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing:
         raise ValueError(f"{len(missing)} adapter weights are missing (first: {missing[0]})")

@@ -46,8 +46,10 @@ class TextFeatures:
 
     def __post_init__(self):
         if self.features.ndim != 3 or tuple(self.mask.shape) != tuple(self.features.shape[:2]):
-            raise ValueError(f"text features (B, T, C) and mask (B, T) expected, got "
-                             f"{tuple(self.features.shape)} and {tuple(self.mask.shape)}")
+            raise ValueError(
+                f"text features (B, T, C) and mask (B, T) expected, got "
+                f"{tuple(self.features.shape)} and {tuple(self.mask.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -72,8 +74,10 @@ class TextFeatures:
         """Per-caption features ``(len_i, C)`` -> a padded batch."""
         T = max(f.shape[0] for f in feats)
         features = torch.stack([F.pad(f, (0, 0, 0, T - f.shape[0])) for f in feats])
-        mask = torch.arange(T, device=features.device)[None] < torch.tensor([f.shape[0] for f in feats],
-                                                                               device=features.device)[:, None]
+        mask = (
+            torch.arange(T, device=features.device)[None]
+            < torch.tensor([f.shape[0] for f in feats], device=features.device)[:, None]
+        )
         return cls(features, mask).with_drop(drop)
 
     @classmethod
@@ -113,8 +117,9 @@ class TextEncoder(nn.Module):
             moved (:meth:`from_pretrained`'s ``dtype="auto"``).
     """
 
-    def __init__(self, tokenizer, encoder: nn.Module, max_length: int = 512, cache_size: int = 100_000,
-                 auto_dtype: bool = False):
+    def __init__(
+        self, tokenizer, encoder: nn.Module, max_length: int = 512, cache_size: int = 100_000, auto_dtype: bool = False
+    ):
         super().__init__()
         self.tokenizer = tokenizer
         self.encoder = encoder.eval().requires_grad_(False)
@@ -126,8 +131,15 @@ class TextEncoder(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "google/flan-t5-xl", *, dtype="auto",
-                        device="cpu", max_length: int = 512, **kwargs) -> TextEncoder:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "google/flan-t5-xl",
+        *,
+        dtype="auto",
+        device="cpu",
+        max_length: int = 512,
+        **kwargs,
+    ) -> TextEncoder:
         """Tokenizer and encoder from a Hub id or a local folder, as Infinity loads them
         (``tools/run_infinity.py``): the tokenizer with ``legacy=True``, the encoder in float16 on
         a GPU (``transformers`` keeps T5's ``wo`` layers in float32, against fp16 overflow).
@@ -161,10 +173,20 @@ class TextEncoder(nn.Module):
         from transformers import T5Config, T5EncoderModel
 
         tokenizer = build_char_tokenizer()
-        config = T5Config(vocab_size=len(tokenizer), d_model=channels, d_kv=channels // 4, d_ff=2 * channels,
-                          num_layers=2, num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
-                          feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=channels,
+            d_kv=channels // 4,
+            d_ff=2 * channels,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            dropout_rate=0.0,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = T5EncoderModel(config)
@@ -287,7 +309,8 @@ def build_char_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
