@@ -32,6 +32,10 @@ from pathlib import Path
 
 from .checkpoints import list_checkpoints
 from .errors import ConfigError
+from .presets import get_preset
+from .tokenizer.loading import load_vae
+from .transformer.loading import load_transformer
+from .transformer.lora import base_state_dict, is_adapted, save_adapter
 
 CONFIG_FILE = "varestorer_config.json"
 ENCODER_FILE = "encoder.safetensors"
@@ -89,7 +93,6 @@ def write_export(out: str | Path, *, transformer, config: dict, encoder=None, ba
         base_vae: the base's VAE when the base has random weights (the tiny preset): such a base
             can be downloaded from nowhere, so it travels with the export (with the base transformer).
     """
-    from .transformer.lora import base_state_dict, is_adapted, save_adapter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,10 +202,6 @@ def bundle_base(preset, vae_checkpoint, transformer_checkpoint, out: str | Path 
     safetensors, the form ``preset: NAME`` loads with no download: ``vae.safetensors`` and
     ``transformer.safetensors`` (from a ``tokenizer``-mode and a ``teacher``-mode run)."""
     import torch
-
-    from .presets import get_preset
-    from .tokenizer.loading import load_vae
-    from .transformer.loading import load_transformer
 
     preset = get_preset(preset)
     out = Path(out) if out is not None else preset.weights_dir()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import VARestorerError
 from .export import CONFIG_FILE, read_export_config
+from .presets import get_preset
 from .resources import find_resource
 
 CARD_FILE = "README.md"
@@ -34,7 +35,6 @@ _FILE_NOTES = {
 
 
 def _base_model_id(config: dict) -> str:
-    from .presets import get_preset
 
     preset = get_preset(config["base_preset"])
     return config.get("base_transformer") or preset.hub_repo or f"varestorer-preset/{preset.name}"

@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..degradations import DegradationPipeline
 from ..errors import ConfigError
+from ..inference.pipeline import to_uint8
+from .captions import write_caption_file
 from .images import to_tensor
 from .seeds import sample_seeds, split_key
 
@@ -139,10 +142,6 @@ def write_heldout(
     ``out/lq/NAME.png`` (degraded with ``degradation``, image ``i`` with seed ``seed + i``: the same
     files on every run) and ``out/captions.jsonl`` (each LQ file's caption). Returns the three paths."""
     from PIL import Image
-
-    from ..degradations import DegradationPipeline
-    from ..inference.pipeline import to_uint8
-    from .captions import write_caption_file
 
     out = Path(out)
     (out / "hq").mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from .captions import DEFAULT_BLIP, BlipCaptioner, CaptionFile
 from .images import ImageSkip, encode, is_image_path, read_rgb
 
 logger = logging.getLogger(__name__)
@@ -324,7 +325,6 @@ def prepare_dataset(
     ``workers`` > 0 reads and encodes images in that many processes. ``on_shard(k)`` is called
     after shard ``k`` is committed (tests use it to interrupt a run).
     """
-    from .captions import DEFAULT_BLIP, BlipCaptioner, CaptionFile
 
     src, out = Path(src), Path(out)
     if mode not in MODES:

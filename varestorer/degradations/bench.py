@@ -8,12 +8,15 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..data.samples import sample_image
+from .pipeline import DegradationPipeline
+from .reference import ReferenceDegrader
+
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
 def sample_batch(size: int, batch: int) -> torch.Tensor:
     """(batch, 3, size, size) center crops of scikit-image's colour photos, in [0, 1]."""
-    from ..data.samples import sample_image
 
     crops = []
     for i in range(batch):
@@ -42,8 +45,6 @@ def bench_degrade(
 ) -> dict:
     """Time ``steps`` batches of the pipeline (each with new seeds) and, if ``sequential``, the same
     images one by one through :class:`~.reference.ReferenceDegrader` on the same device."""
-    from .pipeline import DegradationPipeline
-    from .reference import ReferenceDegrader
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     hq = sample_batch(size, batch).to(dev)

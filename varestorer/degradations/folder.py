@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.dataset import open_prepared
+from ..data.images import ImageSkip, read_rgb
+from ..data.prepare import list_sources
+from ..data.samples import SAMPLES, sample_image
 from ..errors import ConfigError
+from .pipeline import DegradationPipeline
+from .sheet import default_sheet_presets, write_comparison_sheet
 
 
 def image_seed(seed: int, key: str) -> int:
@@ -47,24 +53,18 @@ def center_crop(array: np.ndarray, size: int, resize: bool) -> np.ndarray | None
 
 def iter_sources(src: str):
     """``(key, array | ImageSkip)`` from a folder, a prepared dataset folder, or ``skimage``."""
-    from ..data.images import ImageSkip, read_rgb
 
     if src == "skimage":
-        from ..data.samples import SAMPLES, sample_image
-
         for name in SAMPLES:
             yield name, (sample_image(name).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         return
     path = Path(src)
     if (path / "state.json").exists():
-        from ..data.dataset import open_prepared
-
         ds = open_prepared(path)
         for i in range(len(ds)):
             row = ds[i]
             yield f"{i:06d}_{Path(row['path']).stem}", np.array(row["image"].convert("RGB"))
         return
-    from ..data.prepare import list_sources
 
     for rel in list_sources(path):
         try:
@@ -102,10 +102,6 @@ def degrade_folder(
     sheet_samples: int = 4,
 ) -> DegradeReport:
     from PIL import Image
-
-    from ..data.images import ImageSkip
-    from .pipeline import DegradationPipeline
-    from .sheet import default_sheet_presets, write_comparison_sheet
 
     out = Path(out)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

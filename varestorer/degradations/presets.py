@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..resources import find_resource, resource_dir
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -224,8 +225,6 @@ def load_preset(name_or_path: str | Path | DegradationConfig) -> DegradationConf
         return name_or_path
     import yaml
 
-    from ..resources import find_resource
-
     path = find_resource("degradations", str(name_or_path))
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -235,6 +234,5 @@ def load_preset(name_or_path: str | Path | DegradationConfig) -> DegradationConf
 
 
 def preset_names() -> list[str]:
-    from ..resources import resource_dir
 
     return sorted(p.stem for p in resource_dir("degradations").glob("*.yaml"))

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .pipeline import DegradationPipeline
+from .presets import preset_names
+
 
 def default_sheet_presets(extra: str | None = None) -> list[str]:
     """The shipped presets from mildest to harshest (then any others), plus ``extra`` if new."""
-    from .presets import preset_names
 
     names = preset_names()
     order = [p for p in ("light", "realesrgan-x4", "heavy") if p in names] + [
@@ -41,8 +43,6 @@ def comparison_sheet(
 ):
     """A PIL image: one row per HQ sample, columns ``HQ | LQ (preset 1) | LQ (preset 2) ...``."""
     from PIL import Image, ImageDraw
-
-    from .pipeline import DegradationPipeline
 
     n, _, H, W = hq.shape
     seeds = list(range(n)) if seeds is None else list(seeds)

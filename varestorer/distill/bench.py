@@ -8,6 +8,11 @@ import time
 
 import torch
 
+from ..data.samples import SampleImages
+from .dataloader import collate
+from .model import VARestorerModel
+from .recipe import recipe_from_dict
+
 #: Dense bf16 peak FLOP/s of common training GPUs (no sparsity), for model FLOPs utilisation.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
@@ -30,11 +35,6 @@ def bench_train(
     gradient_checkpointing: bool = False,
 ) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
-
-    from ..data.samples import SampleImages
-    from .dataloader import collate
-    from .model import VARestorerModel
-    from .recipe import recipe_from_dict
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = recipe_from_dict(

@@ -32,6 +32,7 @@ import torch
 
 from ..checkpoints import latest_checkpoint, list_checkpoints
 from ..errors import CheckpointError, ConfigError
+from ..export import save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
     weights (``trainable.safetensors``) and its export form (``export/``, the library's format),
     never a frozen base; ``load_state`` refuses the trainable weights of another recipe."""
     from safetensors.torch import load_file
-
-    from ..export import save_weights
 
     def save_hook(models, weights, output_dir):
         for model in models:

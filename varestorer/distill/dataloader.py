@@ -15,6 +15,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..data.dataset import PreparedDataset
+from ..data.photos import PhotoCollection
+from ..data.samples import SampleImages
+from ..errors import ConfigError
 from .recipe import Recipe
 
 
@@ -49,14 +53,10 @@ def collate(items: list[dict]) -> dict:
 def build_dataset(recipe: Recipe):
     res, d = recipe.model.resolution, recipe.data
     if d.dataset in (None, "skimage"):
-        from ..data.samples import SampleImages
-
         return SampleImages(
             res, repeats=max(1, recipe.train.global_batch_size), seed=recipe.train.seed, random_crop=d.random_crop
         )
     if d.dataset == "photos":
-        from ..data.photos import PhotoCollection
-
         return PhotoCollection(
             res,
             split="train",
@@ -64,7 +64,6 @@ def build_dataset(recipe: Recipe):
             seed=recipe.train.seed,
             random_crop=d.random_crop,
         )
-    from ..data.dataset import PreparedDataset
 
     return PreparedDataset(d.dataset, size=res, random_crop=d.random_crop, seed=recipe.train.seed)
 
@@ -72,8 +71,6 @@ def build_dataset(recipe: Recipe):
 def build_dataloader(recipe: Recipe, batch_size: int) -> DataLoader:
     dataset = build_dataset(recipe)
     if len(dataset) < recipe.train.global_batch_size:
-        from ..errors import ConfigError
-
         raise ConfigError(
             f"the dataset has {len(dataset)} images, fewer than one global batch ({recipe.train.global_batch_size})"
         )

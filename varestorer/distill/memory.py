@@ -24,6 +24,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..presets import get_preset
+from ..tokenizer.loading import build_vae
+from ..transformer.loading import build_transformer
+from ..transformer.text import TextEncoder, TextFeatures
+from .losses import build_lpips
+from .model import VARestorerModel
+from .recipe import recipe_from_dict
+
 #: Encoder configurations of the Hub T5s the presets name (no download for an estimate).
 T5_ENCODERS = {
     "google/flan-t5-xl": dict(
@@ -48,7 +56,6 @@ class _FeaturesOnly(nn.Module):
         self.channels, self.tokens = channels, tokens
 
     def forward(self, captions, device=None, drop=None):
-        from ..transformer.text import TextFeatures
 
         n = len(captions)
         return TextFeatures(
@@ -58,8 +65,6 @@ class _FeaturesOnly(nn.Module):
 
 def _text_encoder_parameters(preset) -> int:
     if preset.text_encoder == "local":
-        from ..transformer.text import TextEncoder
-
         return sum(p.numel() for p in TextEncoder.from_preset(preset).parameters())
     if preset.text_encoder not in T5_ENCODERS:
         raise ValueError(f"no configuration of {preset.text_encoder} for an estimate; add it to T5_ENCODERS")
@@ -119,13 +124,6 @@ def estimate_train_memory(
 ) -> dict:
     """The estimate (module docstring) for ``batch`` images per GPU, in GiB."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from ..presets import get_preset
-    from ..tokenizer.loading import build_vae
-    from ..transformer.loading import build_transformer
-    from .losses import build_lpips
-    from .model import VARestorerModel
-    from .recipe import recipe_from_dict
 
     preset = get_preset(preset_name)
     recipe = recipe_from_dict(

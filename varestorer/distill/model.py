@@ -28,10 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..degradations import DegradationPipeline
+from ..errors import ConfigError
+from ..evaluation.base import teacher_cross_entropy
 from ..export import export_config, write_export
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
-from ..transformer.lora import adapters_disabled, is_adapted
+from ..tokenizer.loading import build_vae, load_vae
+from ..transformer.loading import build_transformer, load_transformer
+from ..transformer.lora import adapters_disabled, apply_lora, is_adapted
+from ..transformer.sampling import sample
+from ..transformer.text import TextEncoder
 from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl, build_lpips
 from .module import TrainingModule
 from .recipe import Recipe
@@ -44,7 +51,6 @@ def check_base_checkpoint(recipe: Recipe) -> None:
     wanted = recipe.model.transformer
     if wanted is None or Path(wanted).exists() or not wanted.endswith((".safetensors", ".pth", ".pt", ".bin")):
         return
-    from ..errors import ConfigError
 
     hint = ""
     if recipe.mode in ("distill", "varsr"):
@@ -74,8 +80,6 @@ class VARestorerModel(TrainingModule):
             if self.mode == "distill":  # full fine-tuning ablation: the teacher must stay fixed
                 self.teacher = copy.deepcopy(transformer).eval().requires_grad_(False)
         else:
-            from ..transformer.lora import apply_lora
-
             self.transformer = apply_lora(
                 transformer.requires_grad_(False),
                 rank=s.lora_rank,
@@ -108,10 +112,6 @@ class VARestorerModel(TrainingModule):
     def from_recipe(cls, recipe: Recipe, device: str | torch.device = "cpu") -> VARestorerModel:
         """Build every part of ``recipe``'s model; ``device`` is where it will run (the T5 encoder
         is then loaded in its precision there: float16 on CUDA, as Infinity runs it)."""
-        from ..degradations import DegradationPipeline
-        from ..tokenizer.loading import build_vae, load_vae
-        from ..transformer.loading import build_transformer, load_transformer
-        from ..transformer.text import TextEncoder
 
         m = recipe.model
         preset = get_preset(m.preset)
@@ -188,7 +188,6 @@ class VARestorerModel(TrainingModule):
 
     def varsr_restore(self, text, x_lq: Tensor) -> Tensor:
         """``varsr`` mode's restoration: next-scale decoding with the LQ prefix, most likely bits."""
-        from ..transformer.sampling import sample
 
         out = sample(
             self.transformer,
@@ -295,7 +294,6 @@ class VARestorerModel(TrainingModule):
         """Teacher mode on the shipped photos: ``heldout_cross_entropy`` of the held-out tokens."""
         if self.mode != "teacher" or self.recipe.data.dataset != "photos":
             return {}
-        from ..evaluation.base import teacher_cross_entropy
 
         was = self.training
         self.eval()

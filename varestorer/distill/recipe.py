@@ -17,8 +17,10 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
+from ..presets import get_preset
 from ..resources import find_resource
 from ..tokenizer.quantizer import LQ_INPUT_FORMS
+from ..tokenizer.schedules import scale_schedule, vae_downsample
 from .losses import SCALE_WEIGHTINGS
 
 
@@ -218,8 +220,6 @@ class Recipe:
             )
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
-        from ..presets import get_preset
-        from ..tokenizer.schedules import scale_schedule, vae_downsample
 
         preset = get_preset(self.model.preset)  # unknown presets and resolutions: before anything is built
         schedule = scale_schedule(self.model.resolution, vae_downsample(preset.vae["ch_mult"]))

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import checkpoint_step, latest_checkpoint
 from ..errors import ConfigError, TrainingStopped
+from ..hub import CARD_FILE, publish, render_card
+from ..tokenizer.training import TokenizerModel
 from .checkpointing import (
     StopSignals,
     atomic_folder,
@@ -30,7 +32,10 @@ from .checkpointing import (
     run_lock,
     save_checkpoint,
 )
+from .dataloader import build_dataloader
+from .model import VARestorerModel
 from .recipe import Recipe
+from .visualize import save_loss_plot, save_validation_grid
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +109,7 @@ def per_device_batch(recipe: Recipe, num_processes: int) -> int:
 def build_model(recipe: Recipe, device="cpu"):
     """The training module of ``recipe.mode``: the BSQ-VAE for ``tokenizer``, else teacher + student."""
     if recipe.mode == "tokenizer":
-        from ..tokenizer.training import TokenizerModel
-
         return TokenizerModel.from_recipe(recipe, device=device)
-    from .model import VARestorerModel
 
     return VARestorerModel.from_recipe(recipe, device=device)
 
@@ -142,9 +144,6 @@ def train(recipe: Recipe) -> dict:
 def _train(recipe: Recipe, accelerator) -> dict:
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
-
-    from .dataloader import build_dataloader
-    from .visualize import save_validation_grid
 
     t = recipe.train
     if accelerator.is_main_process:
@@ -281,8 +280,6 @@ def _train(recipe: Recipe, accelerator) -> dict:
         _write_history(accelerator, history, t.output_dir)
         final = Path(t.output_dir) / "final"
         _refuse_nonfinite_weights(core, t.output_dir, "final")
-        from ..hub import CARD_FILE, publish, render_card
-
         with atomic_folder(
             final, keep="the checkpoints are intact: free space and export one with varestorer export"
         ) as partial:
@@ -339,7 +336,6 @@ def _nonfinite_message(recipe: Recipe, streak: list[int]) -> str:
 def _write_history(accelerator, history: list[dict], output_dir: str) -> None:
     if not accelerator.is_main_process or not history:
         return
-    from .visualize import save_loss_plot
 
     save_loss_plot(history, Path(output_dir) / "losses.png")
     with open(Path(output_dir) / "losses.jsonl", "a") as f:  # appended: a resumed run adds its steps

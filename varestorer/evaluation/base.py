@@ -17,6 +17,10 @@ from pathlib import Path
 import torch
 
 from ..data.photos import heldout_crops
+from ..distill.losses import bitwise_cross_entropy
+from ..inference.compare import comparison_strip, stack_rows
+from ..transformer.sampling import sample
+from .metrics import psnr_db
 
 
 def _heldout_batch(size: int):
@@ -30,7 +34,6 @@ def tokenizer_quality(vae, size: int) -> dict[str, float]:
     images in [0, 1]), and how much colour the reconstructions keep: ``chroma_energy_ratio`` (the
     energy of their chroma, each pixel minus its mean over RGB, relative to the photos') and
     ``chroma_correlation`` (1 and 1: all of it)."""
-    from .metrics import psnr_db
 
     _, images, _ = _heldout_batch(size)
     x = images * 2 - 1
@@ -45,7 +48,6 @@ def tokenizer_quality(vae, size: int) -> dict[str, float]:
 
 @torch.no_grad()
 def teacher_cross_entropy(transformer, vae, text_encoder, size: int) -> float:
-    from ..distill.losses import bitwise_cross_entropy
 
     _, images, captions = _heldout_batch(size)
     schedule = vae.schedule(size)
@@ -57,8 +59,6 @@ def teacher_cross_entropy(transformer, vae, text_encoder, size: int) -> float:
 @torch.no_grad()
 def sample_grid(transformer, vae, text_encoder, size: int, path: str | Path, seeds=(0, 1), sampler=None) -> Path:
     """Per held-out photo (first crop): ``photo | a sample per seed`` from its caption; a PNG."""
-    from ..inference.compare import comparison_strip, stack_rows
-    from ..transformer.sampling import sample
 
     names, images, captions = _heldout_batch(size)
     keep = [i for i, n in enumerate(names) if n.endswith("-a")]

@@ -33,6 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..compat import import_basicsr
+from ..distill.losses import build_lpips
+from ..errors import ConfigError
+
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # R, G, B (BT.601, studio swing)
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
@@ -138,8 +142,6 @@ class Metric:
 
 
 def _lpips(device: str):
-    from ..distill.losses import build_lpips
-    from ..errors import ConfigError
 
     try:
         model = build_lpips("alex", pretrained=True).to(device)
@@ -161,7 +163,6 @@ def _lpips(device: str):
 
 
 def _niqe(device: str):
-    from ..compat import import_basicsr
 
     niqe = import_basicsr("basicsr.metrics.niqe")
 
@@ -236,7 +237,6 @@ DEFAULT_METRICS = tuple(METRICS)
 
 def build_metrics(names, device: str = "cpu") -> tuple[dict[str, Callable], dict[str, str]]:
     """``({name: fn}, {name: why unavailable})`` for ``names``; unknown names are an error."""
-    from ..errors import ConfigError
 
     unknown = [n for n in names if n not in METRICS]
     if unknown:

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.images import IMAGE_SUFFIXES, is_image_path
 from ..errors import ConfigError
 
 _TAG = re.compile(r"(?:[_-](?:lr|hr)\d*|[_-]x\d+|(?<=\d)x\d+|[_-](?:lq|gt|hq))$", re.IGNORECASE)
@@ -51,7 +52,6 @@ def index_images(folder: Path, role: str) -> dict[str, Path]:
     """``{key: path}`` of the images under ``folder``. Where HR and LR files share a folder
     (RealSR V3's ``Canon/Test/4/``: ``x_HR.png`` next to ``x_LR4.png``), ``--gt`` keeps the
     file without an LR tag and ``--lq`` the one with it; any other clash of keys is an error."""
-    from ..data.images import IMAGE_SUFFIXES, is_image_path
 
     found: dict[str, Path] = {}
     for p in sorted(folder.rglob("*")):

@@ -16,7 +16,12 @@ import time
 import torch
 from torch import nn
 
-from .pipeline import METHODS
+from ..presets import get_preset
+from ..tokenizer.loading import build_vae
+from ..transformer.loading import build_transformer
+from ..transformer.lora import apply_lora
+from ..transformer.text import TextFeatures
+from .pipeline import METHODS, VARestorerPipeline
 
 #: The methods timed (all but bicubic), in the order printed; ``onestep`` is the reference of the ratios.
 TIMED = tuple(m for m in METHODS if m != "bicubic")
@@ -31,7 +36,6 @@ class RandomText(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # follows .to(device)
 
     def forward(self, captions, device=None, drop=None):
-        from ..transformer.text import TextFeatures
 
         g = torch.Generator().manual_seed(0)
         feats = torch.randn(len(captions), self.prompt_tokens, self.channels, generator=g)
@@ -40,11 +44,6 @@ class RandomText(nn.Module):
 
 def build_random_pipeline(preset: str, resolution: int, device: torch.device, mode: str = "distill"):
     """A :class:`VARestorerPipeline` of ``preset`` with random weights (LoRA included)."""
-    from ..presets import get_preset
-    from ..tokenizer.loading import build_vae
-    from ..transformer.loading import build_transformer
-    from ..transformer.lora import apply_lora
-    from .pipeline import VARestorerPipeline
 
     p = get_preset(preset)
     torch.manual_seed(0)
@@ -91,7 +90,6 @@ def bench_latency(
     methods: tuple[str, ...] = TIMED,
 ) -> dict:
     """Seconds per image of each method (see the module doc); ratios to ``onestep``."""
-    from ..presets import get_preset
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     res = resolution or get_preset(preset).resolution

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.images import read_rgb, to_tensor
+from ..data.samples import SAMPLES, sample_image
+from ..degradations import DegradationPipeline
 from .pipeline import to_uint8
 
 
@@ -40,8 +43,6 @@ def write_samples(
 ) -> list[Path]:
     """``LQ | restored | HQ`` strips on the photos scikit-image ships, degraded with the model's own
     training degradation (or ``degradation``): ``out/samples/NAME.png``. Returns the paths."""
-    from ..data.samples import SAMPLES, sample_image
-    from ..degradations import DegradationPipeline
 
     res = pipe.resolution
     recipe = pipe.config["recipe"]["degradation"]
@@ -81,7 +82,6 @@ def method_grid(
 ):
     """One row per image of ``hq_dir``: ``LQ | each method's restoration | HQ`` (the restorations
     are ``restored_dir/METHOD/NAME.png``, as ``varestorer evaluate`` writes them); a PNG at ``path``."""
-    from ..data.images import read_rgb, to_tensor
 
     rows = []
     for hq_path in sorted(Path(hq_dir).glob("*.png")):

@@ -35,17 +35,28 @@ import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
+from ..checkpoints import load_strict, read_file
 from ..data.images import to_tensor, to_uint8
 from ..errors import CheckpointError, ConfigError
 from ..export import (
     BASE_TRANSFORMER_FILE,
     BASE_VAE_FILE,
+    CONFIG_FILE,
     ENCODER_FILE,
     MERGED_FILE,
     TRANSFORMER_FILE,
+    export_files,
     read_export_config,
+    save_weights,
 )
-from ..transformer.lora import adapters_disabled, is_adapted, save_adapter
+from ..presets import get_preset
+from ..tokenizer import MultiScaleBSQ
+from ..tokenizer.loading import load_vae
+from ..transformer.loading import load_transformer
+from ..transformer.lora import adapters_disabled, is_adapted, load_adapter, save_adapter
+from ..transformer.sampling import sample
+from ..transformer.text import TextEncoder
+from .guidance import DEFAULT_ALPHA, MeasurementGuidance, default_gamma
 from .tiling import restore_tiled
 
 logger = logging.getLogger(__name__)
@@ -184,10 +195,6 @@ class VARestorerPipeline:
             merge_lora: merge the LoRA into the base weights for speed (``fuse_lora``;
                 reversible: the sampling methods unfuse it).
         """
-        from ..presets import get_preset
-        from ..tokenizer.loading import load_vae
-        from ..transformer.loading import load_transformer
-        from ..transformer.text import TextEncoder
 
         folder = _model_dir(model, revision)
         config = read_export_config(folder)
@@ -214,8 +221,6 @@ class VARestorerPipeline:
             source = base or local(BASE_TRANSFORMER_FILE) or config.get("base_transformer")
             transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
         if adapter:
-            from ..transformer.lora import load_adapter
-
             try:
                 load_adapter(transformer, folder)
             except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, foreign target modules
@@ -294,8 +299,6 @@ class VARestorerPipeline:
         import json
         import shutil
 
-        from ..export import CONFIG_FILE, export_files, save_weights
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         if is_adapted(self.transformer):
@@ -342,7 +345,6 @@ class VARestorerPipeline:
     def decode_logits(self, logits: Tensor, lq_tokens=None) -> Tensor:
         """The most likely bits of every scale -> images (N, 3, R, R) in [0, 1]; the first
         ``keep_lq_scales`` scales are ``lq_tokens``' own when the student was trained so."""
-        from ..tokenizer import MultiScaleBSQ
 
         bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
         keep = self.config.get("keep_lq_scales", 0)
@@ -374,7 +376,6 @@ class VARestorerPipeline:
         scale by scale with a KV cache; the frozen VAE's tokens of ``x`` are given for the first
         ``num_given`` scales. Sampler settings left out or ``None`` (cfg, tau, top_k, top_p) are the
         base preset's: Infinity's released cfg 4, tau 0.5, top_p 0.97."""
-        from ..transformer.sampling import sample
 
         if not 0 <= num_given <= len(self.schedule):
             raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
@@ -405,7 +406,6 @@ class VARestorerPipeline:
 
     def _sampler_settings(self, given: dict) -> dict:
         """The base preset's sampler settings, with those ``given`` (not ``None``) instead."""
-        from ..presets import get_preset
 
         unknown = set(given) - {"cfg", "tau", "top_k", "top_p"}
         if unknown:
@@ -422,7 +422,6 @@ class VARestorerPipeline:
         """A model trained in ``varsr`` mode (VARSR's multi-step restorer, the paper's "w/o
         distill"): its LoRA samples scale by scale with the LQ image's quantized latent (from the
         fine-tuned encoder) as prefix tokens in the KV cache."""
-        from ..transformer.sampling import sample
 
         if self.config.get("mode") != "varsr":
             raise ConfigError(
@@ -466,7 +465,6 @@ class VARestorerPipeline:
         ``gamma`` (1-indexed; default the paper's 8/10 of the schedule), measurement-gradient
         guided logits (step ``alpha``, default 1) and the most likely bits above; ``factor`` is
         the SR operator's downsampling (default: the model's upscale; a call passes its own)."""
-        from .guidance import DEFAULT_ALPHA, MeasurementGuidance, default_gamma
 
         K = len(self.schedule)
         gamma = default_gamma(K) if gamma is None else int(gamma)
@@ -644,7 +642,6 @@ class VARestorerPipeline:
 
 def load_encoder(encoder, path: str | Path) -> None:
     """The fine-tuned encoder of an export (``encoder.*`` keys, Infinity's VAE layout), strictly."""
-    from ..checkpoints import load_strict, read_file
 
     state = read_file(path)
     load_strict(encoder, {k.removeprefix("encoder."): v for k, v in state.items()}, what="encoder", source=str(path))

@@ -28,8 +28,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..distill.losses import build_lpips
 from ..distill.module import TrainingModule
+from ..errors import ConfigError
+from ..evaluation.base import tokenizer_quality
 from ..evaluation.metrics import psnr_db
+from ..export import write_tokenizer_export
+from ..presets import get_preset
+from .loading import build_vae, load_vae
 
 
 def _entropy(p: Tensor) -> Tensor:
@@ -70,9 +76,6 @@ class TokenizerModel(TrainingModule):
 
     @classmethod
     def from_recipe(cls, recipe, device="cpu") -> TokenizerModel:
-        from ..distill.losses import build_lpips
-        from ..presets import get_preset
-        from .loading import build_vae, load_vae
 
         m = recipe.model
         preset = get_preset(m.preset)
@@ -87,7 +90,6 @@ class TokenizerModel(TrainingModule):
 
     # ------------------------------------------------------------------ the trainer's interface
     def enable_gradient_checkpointing(self) -> None:
-        from ..errors import ConfigError
 
         raise ConfigError("the tokenizer has no gradient checkpointing: set train.gradient_checkpointing=false")
 
@@ -136,7 +138,6 @@ class TokenizerModel(TrainingModule):
         shipped collection (``data.dataset: photos``; other datasets have no held-out split here)."""
         if self.recipe.data.dataset != "photos":
             return {}
-        from ..evaluation.base import tokenizer_quality
 
         was = self.training
         self.eval()
@@ -147,6 +148,5 @@ class TokenizerModel(TrainingModule):
     # ------------------------------------------------------------------ saving
     def save_export(self, out: Path) -> None:
         """The tokenizer's export form (:func:`varestorer.export.write_tokenizer_export`)."""
-        from ..export import write_tokenizer_export
 
         write_tokenizer_export(out, vae=self.vae, recipe=self.recipe, schedule=self.schedule)

@@ -33,8 +33,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
+from ..presets import get_preset
+from ..tokenizer.loading import build_vae
 from ..tokenizer.schedules import Scale
 from .infinity import CrossAttnBlock, InfinityTransformer, SelfAttention
+from .loading import build_transformer
 from .text import TextFeatures
 
 #: T5 tokens of the prompt when none is given (a BLIP caption of a photo is 10-30 T5 tokens;
@@ -279,9 +282,6 @@ def paper_note(full: int, causal_visible: int, params: int, tokens: int, self_fu
 def flops_report(preset: str = "infinity-2b", resolution: int | None = None, prompt_tokens: int | None = None) -> dict:
     """Every figure of ``varestorer bench flops`` for one image of ``preset`` at ``resolution``
     (default: the preset's) with a prompt of ``prompt_tokens`` T5 tokens (default: 30)."""
-    from ..presets import get_preset
-    from ..tokenizer.loading import build_vae
-    from .loading import build_transformer
 
     p = get_preset(preset)
     if not p.transformer:

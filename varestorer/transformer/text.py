@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..presets import get_preset
 
 
 @dataclass
@@ -200,7 +201,6 @@ class TextEncoder(nn.Module):
     def from_preset(cls, preset, source: str | os.PathLike | None = None, **kwargs) -> TextEncoder:
         """The preset's text encoder (``"local"``: built here, with the shipped weights where the
         preset has them), or ``source`` (Hub id / folder)."""
-        from ..presets import get_preset
 
         preset = get_preset(preset)
         source = preset.text_encoder if source is None else source
