@@ -1,0 +1,127 @@
+"""The package's seams: imports in one direction, and data shipped inside the package."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "varestorer"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]):
+    """``(target module, line, inside a function)`` for every import of a varestorer module."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    in_function = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            in_function.update(id(n) for n in ast.walk(fn))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                if target in modules and target != name:
+                    yield target, node.lineno, id(node) in in_function
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    yield alias.name, node.lineno, id(node) in in_function
+
+
+def test_the_package_imports_in_one_direction_counting_imports_inside_functions():
+    modules = _modules()
+    graph = {m: {t for t, _, _ in _imports(m, p, modules)} for m, p in modules.items()}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycle = path[path.index(t) :] + [t]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_imports_inside_functions_are_left_only_where_they_keep_the_command_fast():
+    modules = _modules()
+    lazy = [
+        f"{p.relative_to(PACKAGE.parent)}:{line} imports {t}"
+        for m, p in modules.items()
+        if not m.startswith("varestorer.cli")
+        for t, line, inside in _imports(m, p, modules)
+        if inside
+    ]
+    assert not lazy, "move these to the module top (the graph has no cycle to break):\n" + "\n".join(lazy)
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_finds_its_recipes_degradation_presets_and_card_templates(tmp_path):
+    """Package data (importlib.resources): no checkout, no <prefix>/share (a --user install had none)."""
+    root = PACKAGE.parent
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(tmp_path.glob("varestorer-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {n for n in names if n.startswith("varestorer/shipped/")}
+    assert {f"varestorer/shipped/recipes/{p.name}" for p in (root / "recipes").glob("*.yaml")} <= shipped
+    assert {f"varestorer/shipped/degradations/{p.name}" for p in (root / "degradations").glob("*.yaml")} <= shipped
+    assert "varestorer/shipped/model_cards/varestorer.md" in shipped
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)  # what pip install --target/--user puts on the path
+    probe = (
+        "from varestorer.resources import find_resource, resource_dir\n"
+        "print(find_resource('recipes', 'ablation-no-kl'))\n"
+        "print(find_resource('degradations', 'realesrgan-x4'))\n"
+        "print(find_resource('model_cards', 'varestorer', '.md'))\n"
+        "from varestorer.distill.recipe import load_recipe\n"
+        "r = load_recipe('ablation-no-kl')\n"  # its base: is found beside it, in the installed package
+        "assert (r.loss.kl, r.optim.lr, r.model.preset) == (0.0, 1e-6, 'infinity-2b'), r\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert all(line.startswith(str(target / "varestorer" / "shipped")) for line in run.stdout.split())
