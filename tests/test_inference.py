@@ -321,13 +321,14 @@ def test_the_guidance_step_brings_the_restoration_closer_to_the_measurement(trai
 
 
 def test_the_varsr_method_samples_with_the_lq_prefix_and_only_from_a_varsr_model(trained, trained_varsr, monkeypatch):
+    import varestorer.inference.pipeline as pipeline_module
     import varestorer.transformer.sampling as sampling
 
     pipe = VARestorerPipeline.from_pretrained(trained_varsr)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     seen = []
     real = sampling.sample
-    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(pipeline_module, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     pipe.restore_varsr(x, ["a cat"])
     expected = pipe.vae.quantizer(pipe.encoder(x * 2 - 1), pipe.schedule).prefix_sequence()
     assert torch.equal(seen[0]["prefix"], expected) and seen[0]["cfg"] == 4.0
@@ -338,6 +339,7 @@ def test_the_varsr_method_samples_with_the_lq_prefix_and_only_from_a_varsr_model
 
 
 def test_guided_injects_the_lq_tokens_below_gamma_and_only_the_gradient_step_changes_the_rest(trained, monkeypatch):
+    import varestorer.inference.pipeline as pipeline_module
     import varestorer.transformer.sampling as sampling
     from varestorer.inference.guidance import default_gamma
 
@@ -348,7 +350,7 @@ def test_guided_injects_the_lq_tokens_below_gamma_and_only_the_gradient_step_cha
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     outs = []
     real = sampling.sample
-    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: outs.append(real(*a, **kw)) or outs[-1])
+    monkeypatch.setattr(pipeline_module, "sample", lambda *a, **kw: outs.append(real(*a, **kw)) or outs[-1])
     guided = pipe.restore_guided(x, ["a cat"], gamma=3, alpha=50.0)
     lq_bits = pipe.vae.tokenize(x * 2 - 1, pipe.schedule).bits
     assert all(torch.equal(outs[0].bits[k], lq_bits[k]) for k in range(2))  # scales 1, 2 (gamma 3): injected
@@ -425,13 +427,14 @@ def test_no_prompt_and_no_captioner_warns_once(trained, caplog):
 
 
 def test_teacher_method_samples_with_the_presets_settings(trained, monkeypatch):
+    import varestorer.inference.pipeline as pipeline_module
     import varestorer.transformer.sampling as sampling
 
     _, export = trained
     pipe = VARestorerPipeline.from_pretrained(export)
     seen = []
     real = sampling.sample
-    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(pipeline_module, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     x = torch.rand(3, 16, 16)
     pipe([x], prompt="a", method="zeroshot", num_given=3)
     pipe([x], prompt="a", method="zeroshot", num_given=3, cfg=1.5, top_p=0.0)

@@ -166,12 +166,12 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_
 
 
 def test_a_full_disk_during_the_final_export_leaves_no_half_written_folder(tmp_path, monkeypatch):
-    import varestorer.hub
+    import varestorer.distill.trainer
 
     def full(folder, repo_id):  # the model card is the export's last file
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(varestorer.hub, "render_card", full)
+    monkeypatch.setattr(varestorer.distill.trainer, "render_card", full)
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match="writing final .* the disk is full"):
         train_here(out, "train.max_steps=2")
