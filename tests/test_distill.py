@@ -61,6 +61,15 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(model):
     assert sum(losses[-3:]) / 3 < 0.95 * losses[0], losses
 
 
+def test_every_buffer_is_a_constant_so_ddp_need_not_broadcast_them_each_step(model):
+    # the trainer sets DDP's broadcast_buffers=False: right only while no buffer changes in training
+    # (no BatchNorm running statistics, nothing updated in place)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    assert before and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    train_steps(model.train(), fixed_batch(), steps=2, lr=1e-2)
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+
+
 def test_each_loss_term_is_nonzero_with_gradients_only_on_lora_and_encoder(model):
     batch = fixed_batch()
     lora = {n for n, p in model.named_parameters() if "lora_" in n}

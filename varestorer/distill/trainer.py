@@ -128,7 +128,10 @@ def train(recipe: Recipe) -> dict:
         kwargs_handlers=[
             DistributedDataParallelKwargs(
                 # teacher mode and full fine-tuning train cfg_uncond, which a batch may not use
-                find_unused_parameters=recipe.mode == "teacher" or recipe.student.full_finetune
+                find_unused_parameters=recipe.mode == "teacher" or recipe.student.full_finetune,
+                # every buffer is a constant (attention zero biases, the BSQ bit mask, LPIPS' scaling):
+                # DDP's default broadcasts them before every forward, one collective per step for nothing
+                broadcast_buffers=False,
             )
         ],
         log_with=_report_to(recipe),
