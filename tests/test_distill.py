@@ -567,6 +567,25 @@ def test_checkpoints_total_limit_prunes_old_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_student_sharded_with_fsdp2_exports_what_the_unsharded_one_does(tmp_path, cpu_processes):
+    # accelerate runs FSDP only on GPUs (on a CPU it falls back to DDP); torch's fully_shard runs
+    # over gloo, so the gathering the checkpoint hook and the final export do is tested directly
+    from safetensors.torch import load_file
+
+    cpu_processes(2, Path(__file__).parent / "sharded_probe.py", tmp_path)
+    one, two = tmp_path / "unsharded", tmp_path / "sharded"
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir())
+    assert {"adapter_model.safetensors", "encoder.safetensors", "base_transformer.safetensors"} <= set(names)
+    for name in names:
+        if name.endswith(".safetensors"):
+            a, b = load_file(str(one / name)), load_file(str(two / name))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        else:
+            assert (one / name).read_text() == (two / name).read_text(), name
+
+
+@pytest.mark.slow
 def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, cpu_processes):
     """DDP over gloo with 2 CPU processes x batch 2 == 1 process x batch 4: the same losses at every
     step (1e-5), the same weights (1e-4: the conv biases right before the tiny VAE's one-channel

@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .presets import get_preset
 from .tokenizer.loading import load_vae
 from .transformer.loading import load_transformer
-from .transformer.lora import base_state_dict, is_adapted, save_adapter
+from .transformer.lora import base_weights, is_adapted, save_adapter
 
 CONFIG_FILE = "varestorer_config.json"
 ENCODER_FILE = "encoder.safetensors"
@@ -82,41 +82,52 @@ def export_config(recipe, schedule, *, has_adapter: bool, has_encoder: bool) -> 
     }
 
 
-def write_export(out: str | Path, *, transformer, config: dict, encoder=None, base_vae=None) -> Path:
-    """Write the export form into ``out`` from its parts.
+def write_export(
+    out: str | Path,
+    *,
+    transformer,
+    config: dict,
+    transformer_state: dict | None = None,
+    encoder_state: dict | None = None,
+    base_vae_state: dict | None = None,
+) -> Path:
+    """Write the export form into ``out`` from the trained parts' weights.
 
     Args:
-        transformer: the student's transformer: with LoRA adapters (PEFT), the adapter is written;
-            otherwise (full fine-tuning, teacher mode) all its weights, official layout.
+        transformer: the student's transformer (its adapter configuration, if it has adapters).
         config: :func:`export_config` of the run.
-        encoder: the fine-tuned LQ encoder, if the run trains one.
-        base_vae: the base's VAE when the base has random weights (the tiny preset): such a base
-            can be downloaded from nowhere, so it travels with the export (with the base transformer).
+        transformer_state: its weights (by default its own ``state_dict()``): with LoRA adapters
+            the adapter is written from them (and, with ``base_vae_state``, the base); otherwise
+            (full fine-tuning, teacher mode) all of them, official layout.
+        encoder_state: the fine-tuned LQ encoder's weights, if the run has one.
+        base_vae_state: the base's VAE when the base has random weights (the tiny preset): such a
+            base can be downloaded from nowhere, so it travels with the export (with the base transformer).
     """
-
+    state = transformer.state_dict() if transformer_state is None else transformer_state
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if is_adapted(transformer):
-        save_adapter(transformer, out)
+        save_adapter(transformer, out, state)
+        if base_vae_state is not None:
+            save_weights(base_weights(state), out / BASE_TRANSFORMER_FILE)
     else:
-        save_weights(transformer.state_dict(), out / TRANSFORMER_FILE)
-    if encoder is not None:
-        save_weights({f"encoder.{k}": v for k, v in encoder.state_dict().items()}, out / ENCODER_FILE)
-    if base_vae is not None:
-        if is_adapted(transformer):
-            save_weights(base_state_dict(transformer), out / BASE_TRANSFORMER_FILE)
-        save_weights(base_vae.state_dict(), out / BASE_VAE_FILE)
+        save_weights(state, out / TRANSFORMER_FILE)
+    if encoder_state is not None:
+        save_weights({f"encoder.{k}": v for k, v in encoder_state.items()}, out / ENCODER_FILE)
+    if base_vae_state is not None:
+        save_weights(base_vae_state, out / BASE_VAE_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return out
 
 
-def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule) -> Path:
+def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule, vae_state: dict | None = None) -> Path:
     """A ``tokenizer``-mode run's export form: ``vae.safetensors`` (the official key layout:
     ``load_vae(preset, path)`` reads it) and ``tokenizer_config.json`` (preset, architecture,
     resolution, scale schedule, the recipe)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_weights({k: v.clone() for k, v in vae.state_dict().items()}, out / TOKENIZER_VAE_FILE)
+    state = vae.state_dict() if vae_state is None else vae_state
+    save_weights({k: v.clone() for k, v in state.items()}, out / TOKENIZER_VAE_FILE)
     config = {
         "format": "varestorer-tokenizer",
         "format_version": 1,

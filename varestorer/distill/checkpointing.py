@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from ..checkpoints import latest_checkpoint, list_checkpoints
 from ..errors import CheckpointError, ConfigError
@@ -41,6 +42,12 @@ TRAINABLE_FILE = "trainable.safetensors"  # the trainable weights of a checkpoin
 _PARTIAL = re.compile(r"^\.(checkpoint-\d+|final)\.partial$")
 
 
+def full_state(state: dict) -> dict:
+    """Every tensor of ``state`` whole. FSDP2 holds parameters as sharded ``DTensor``s whose
+    ``full_tensor()`` is a collective: call this on every process, then write on the main one."""
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+
+
 def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
     """What accelerate's ``save_state``/``load_state`` keep of a ``module_cls`` (a
     :class:`~varestorer.distill.module.TrainingModule`): ``save_state`` writes only its trainable
@@ -51,9 +58,11 @@ def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
     def save_hook(models, weights, output_dir):
         for model in models:
             core = accelerator.unwrap_model(model)
-            if isinstance(core, module_cls) and accelerator.is_main_process:
-                save_weights(core.trainable_state_dict(), Path(output_dir) / TRAINABLE_FILE)
-                core.save_export(Path(output_dir) / "export")
+            if isinstance(core, module_cls):
+                state = full_state(core.export_state())  # on every process: gathered when sharded
+                if accelerator.is_main_process:
+                    save_weights({k: state[k] for k in core.trainable_state_dict()}, Path(output_dir) / TRAINABLE_FILE)
+                    core.save_export(Path(output_dir) / "export", state)
         weights.clear()
 
     def load_hook(models, input_dir):

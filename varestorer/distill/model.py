@@ -302,9 +302,30 @@ class VARestorerModel(TrainingModule):
         return {"heldout_cross_entropy": ce}
 
     # ------------------------------------------------------------------ saving
-    def save_export(self, out: Path) -> None:
+    def export_state(self) -> dict[str, Tensor]:
+        """What the export is written from: the trainable weights, the whole LQ encoder copy, and
+        the whole transformer when it is not an adapter (full fine-tuning, teacher mode) or the
+        base with the VAE when the base has random weights (it travels with the export)."""
+        state = self.trainable_state_dict()
+        parts = [("lq_encoder", self.lq_encoder)]
+        if not is_adapted(self.transformer) or self.recipe.model.random_init:
+            parts.append(("transformer", self.transformer))
+        if self.recipe.model.random_init:
+            parts.append(("vae", self.vae))
+        for name, module in parts:
+            if module is not None:
+                state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        return state
+
+    def save_export(self, out: Path, state: dict[str, Tensor] | None = None) -> None:
         """The export form (the library's, :mod:`varestorer.export`): PEFT adapter, fine-tuned
-        encoder, and what they apply to."""
+        encoder, and what they apply to, written from ``state`` (:meth:`export_state`, gathered
+        when training is sharded; by default this process's own)."""
+        state = self.export_state() if state is None else state
+
+        def part(name: str) -> dict[str, Tensor]:
+            return {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+
         config = export_config(
             self.recipe,
             self.schedule,
@@ -314,7 +335,8 @@ class VARestorerModel(TrainingModule):
         write_export(
             out,
             transformer=self.transformer,
+            transformer_state=part("transformer"),
             config=config,
-            encoder=self.lq_encoder,
-            base_vae=self.vae if self.recipe.model.random_init else None,
+            encoder_state=part("lq_encoder") if self.lq_encoder is not None else None,
+            base_vae_state=part("vae") if self.recipe.model.random_init else None,
         )

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 
 class TrainingModule(nn.Module):
-    """Subclasses define ``forward(batch) -> losses``, ``validation_images``, ``save_export`` and
-    :meth:`frozen_modules`."""
+    """Subclasses define ``forward(batch) -> losses``, ``validation_images``,
+    ``save_export(out, state=None)`` (``state``: :meth:`export_state`, gathered) and :meth:`frozen_modules`."""
 
     def frozen_modules(self) -> tuple[nn.Module | None, ...]:
         """The submodules kept in eval mode (``None`` entries are skipped)."""
@@ -42,3 +42,9 @@ class TrainingModule(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         names = {id(p) for p in self.trainable_parameters()}
         return {k: v for k, v in self.named_parameters() if id(v) in names}
+
+    def export_state(self) -> dict[str, Tensor]:
+        """The tensors ``save_export(out, state)`` writes from, named as in this module: the
+        trainable weights by default. The trainer gathers them on every process first (sharded
+        training), then the main process writes."""
+        return self.trainable_state_dict()

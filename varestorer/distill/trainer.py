@@ -25,6 +25,7 @@ from ..tokenizer.training import TokenizerModel
 from .checkpointing import (
     StopSignals,
     atomic_folder,
+    full_state,
     recipe_hash,
     register_checkpoint_hooks,
     remove_partials,
@@ -35,7 +36,7 @@ from .checkpointing import (
 from .dataloader import build_dataloader
 from .model import VARestorerModel
 from .recipe import Recipe
-from .visualize import save_loss_plot, save_validation_grid
+from .visualize import save_image, save_loss_plot, validation_grid
 
 logger = logging.getLogger(__name__)
 
@@ -266,11 +267,13 @@ def _train(recipe: Recipe, accelerator) -> dict:
                         )
                     )
                 validating = global_step % t.validation_steps == 0 or global_step == t.max_steps
-                if accelerator.is_main_process and validating:
-                    out = Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png"
-                    grid = save_validation_grid(core, val_batch, out)
-                    _log_image(accelerator, grid, global_step)
+                # sharded weights (FSDP): every process runs the forward passes, the main one writes
+                if validating and (accelerator.is_main_process or _sharded(accelerator)):
+                    grid = validation_grid(core, val_batch)
                     measured = core.validation_metrics()
+                if validating and accelerator.is_main_process:
+                    save_image(grid, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
+                    _log_image(accelerator, grid, global_step)
                     if measured:
                         accelerator.log(measured, step=global_step)
                         history[-1].update(measured)
@@ -279,14 +282,15 @@ def _train(recipe: Recipe, accelerator) -> dict:
                     break
     bar.close()
     accelerator.wait_for_everyone()
+    _refuse_nonfinite_weights(core, t.output_dir, "final")  # every process, as the gathering below
+    state = full_state(core.export_state())
     if accelerator.is_main_process:
         _write_history(accelerator, history, t.output_dir)
         final = Path(t.output_dir) / "final"
-        _refuse_nonfinite_weights(core, t.output_dir, "final")
         with atomic_folder(
             final, keep="the checkpoints are intact: free space and export one with varestorer export"
         ) as partial:
-            core.save_export(partial)
+            core.save_export(partial, state)
             if recipe.mode != "tokenizer":  # a tokenizer export has no model card (yet)
                 render_card(partial, t.hub_model_id or "USER/MODEL").save(partial / CARD_FILE)
         if t.push_to_hub:  # as diffusers' examples: the token is huggingface_hub's login / HF_TOKEN
@@ -307,6 +311,17 @@ def _all_finite(accelerator, loss: torch.Tensor, params) -> bool:
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, "sum")
     return bad.item() == 0
+
+
+def _sharded(accelerator) -> bool:
+    """Whether the model's parameters are sharded over the processes (FSDP; DeepSpeed ZeRO-3),
+    so that a forward pass needs every process."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
 
 
 def _refuse_nonfinite_weights(core, output_dir: str, what: str) -> None:

@@ -8,19 +8,23 @@ import torch
 
 
 @torch.no_grad()
-def save_validation_grid(model, batch: dict, path: Path) -> torch.Tensor:
+def validation_grid(model, batch: dict) -> torch.Tensor:
     """One row per sample, the model's ``validation_columns`` (default LQ | student | teacher-forced
-    reconstruction | HQ; the tokenizer: HQ | reconstruction). Returns the grid (3, H, W)."""
-    from torchvision.utils import make_grid, save_image
+    reconstruction | HQ; the tokenizer: HQ | reconstruction): the grid (3, H, W) in [0, 1]."""
+    from torchvision.utils import make_grid
 
     images = model.validation_images(batch)  # dict of (B, 3, R, R) in [0, 1]
     keys = getattr(model, "validation_columns", ("lq", "student", "teacher", "hq"))
     columns = [images[k] for k in keys]
     rows = torch.stack(columns, dim=1).flatten(0, 1).float().cpu().clamp(0, 1)
-    grid = make_grid(rows, nrow=len(columns), padding=2, pad_value=1.0)
+    return make_grid(rows, nrow=len(columns), padding=2, pad_value=1.0)
+
+
+def save_image(grid: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image as write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
-    return grid
+    write(grid, path)
 
 
 def save_loss_plot(history: list[dict], path: Path) -> None:

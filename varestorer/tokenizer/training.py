@@ -146,7 +146,13 @@ class TokenizerModel(TrainingModule):
         return {"heldout_psnr": psnr}
 
     # ------------------------------------------------------------------ saving
-    def save_export(self, out: Path) -> None:
-        """The tokenizer's export form (:func:`varestorer.export.write_tokenizer_export`)."""
+    def export_state(self) -> dict[str, Tensor]:
+        """The whole VAE (its frozen parts too): what the tokenizer's export is written from."""
+        return {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
 
-        write_tokenizer_export(out, vae=self.vae, recipe=self.recipe, schedule=self.schedule)
+    def save_export(self, out: Path, state: dict[str, Tensor] | None = None) -> None:
+        """The tokenizer's export form (:func:`varestorer.export.write_tokenizer_export`), written
+        from ``state`` (:meth:`export_state`, gathered when training is sharded)."""
+        state = self.export_state() if state is None else state
+        vae_state = {k[len("vae.") :]: v for k, v in state.items() if k.startswith("vae.")}
+        write_tokenizer_export(out, vae=self.vae, recipe=self.recipe, schedule=self.schedule, vae_state=vae_state)

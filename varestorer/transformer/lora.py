@@ -88,23 +88,25 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
         model.enable_adapters()
 
 
-def adapter_state_dict(model: nn.Module) -> dict:
-    """The adapter's weights under the keys of PEFT's file format (``base_model.model.<module>.lora_A.weight``:
-    what ``PeftModel.save_pretrained`` writes and ``PeftModel.from_pretrained`` reads)."""
+def adapter_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict:
+    """The adapter's weights (from ``state_dict``, by default the model's own) under the keys of
+    PEFT's file format (``base_model.model.<module>.lora_A.weight``: what ``PeftModel.save_pretrained``
+    writes and ``PeftModel.from_pretrained`` reads)."""
     from peft.utils import get_peft_model_state_dict
 
-    return {PEFT_PREFIX + k: v for k, v in get_peft_model_state_dict(model).items()}
+    return {PEFT_PREFIX + k: v for k, v in get_peft_model_state_dict(model, state_dict=state_dict).items()}
 
 
-def save_adapter(model: nn.Module, out) -> None:
-    """``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's format."""
+def save_adapter(model: nn.Module, out, state_dict: dict | None = None) -> None:
+    """``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's format (the weights from
+    ``state_dict``, by default the model's own)."""
     from safetensors.torch import save_file
 
     config = copy.copy(model.peft_config["default"])
     config.inference_mode = True
     config.save_pretrained(str(out))
     save_file(
-        {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()},
+        {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, state_dict).items()},
         str(Path(out) / ADAPTER_WEIGHTS_FILE),
         metadata={"format": "pt"},
     )
@@ -132,16 +134,16 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
     return model.requires_grad_(False)
 
 
-def base_state_dict(model: nn.Module) -> dict:
-    """The base weights of a transformer with adapters in the official key layout.
+def base_weights(state: dict) -> dict:
+    """The base weights in a transformer-with-adapters' ``state`` in the official key layout.
 
     An adapted layer holds its weight as ``....base_layer.weight`` beside ``lora_A``/``lora_B``;
     this gives the plain ``....weight`` keys of the base model (the adapters not fused: the
     teacher's weights; fused, the merged model's).
     """
-    out = {}
-    for key, value in model.state_dict().items():
-        if "lora_" in key:
-            continue
-        out[key.replace(".base_layer.", ".")] = value
-    return out
+    return {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
+
+
+def base_state_dict(model: nn.Module) -> dict:
+    """:func:`base_weights` of ``model``'s own state dict."""
+    return base_weights(model.state_dict())
