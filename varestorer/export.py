@@ -19,9 +19,9 @@ Training writes this form into every ``checkpoint-STEP/export`` and into ``OUTPU
 ``tokenizer``-mode run writes ``vae.safetensors`` and ``tokenizer_config.json`` instead
 (:func:`write_tokenizer_export`).
 
-The format is the library's: :func:`write_export` takes the trained parts (transformer, encoder,
-config), not a training module, and this module imports nothing of the trainer; the trainer's
-checkpoint hooks (``distill/checkpointing.py``) call it.
+The format is the library's: :func:`write_export` takes the trained parts and their weights
+(gathered first when training is sharded), not a training module, and this module imports nothing
+of the trainer; the trainer's checkpoint hooks (``distill/checkpointing.py``) call it.
 """
 
 from __future__ import annotations
