@@ -687,3 +687,10 @@ def test_a_one_process_cpu_run_on_one_thread_is_told_how_to_use_every_core(monke
     trainer._warn_single_thread_cpu(cpu)
     trainer._warn_single_thread_cpu(SimpleNamespace(device=torch.device("cpu"), num_processes=2))
     assert not caplog.text
+
+
+def test_the_loss_plot_draws_a_running_mean_over_the_noise_of_small_batches():
+    from varestorer.distill.visualize import running_mean
+
+    assert running_mean([1.0, 2.0, 3.0, 4.0, 10.0], 2) == [1.0, 1.5, 2.5, 3.5, 7.0]
+    assert running_mean([4.0, 2.0], 5) == [4.0, 3.0]

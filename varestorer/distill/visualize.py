@@ -27,8 +27,17 @@ def save_image(grid: torch.Tensor, path: Path) -> None:
     write(grid, path)
 
 
+def running_mean(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    cumsum = [0.0]
+    for v in values:
+        cumsum.append(cumsum[-1] + v)
+    return [(cumsum[i + 1] - cumsum[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
+
+
 def save_loss_plot(history: list[dict], path: Path) -> None:
-    """Each logged loss term against the step, one panel per term."""
+    """Each logged loss term against the step, one panel per term; a long noisy series (a small
+    batch's loss) gets its running mean over a twentieth of the run drawn over it."""
     if not history:
         return
     import matplotlib
@@ -41,7 +50,14 @@ def save_loss_plot(history: list[dict], path: Path) -> None:
     for ax, key in zip(axes[0], keys):
         points = [(h["step"], h[key]) for h in history if key in h]  # validation metrics: some steps only
         sparse = len(points) < len(history)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if sparse else None, markersize=3)
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        window = len(values) // 20
+        if window >= 5:
+            ax.plot(steps, values, alpha=0.3, linewidth=0.8)
+            ax.plot(steps, running_mean(values, window), color="C0", linewidth=1.6, label=f"mean of {window}")
+            ax.legend(fontsize=7, frameon=False)
+        else:
+            ax.plot(steps, values, marker="o" if sparse else None, markersize=3)
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
