@@ -15,31 +15,29 @@ def seed():
     return 0
 
 
-@pytest.fixture
-def cpu_processes(tmp_path):
-    """``run(n, script, *args)``: ``script`` in ``n`` CPU processes over gloo, as a user launches
-    them (``ACCELERATE_USE_CPU=true torchrun``: ``accelerate launch --cpu --num_processes n``
-    starts a single process), with this checkout's package. Returns the finished process."""
+def launch_processes(n: int, script, *args: str, cwd, env: dict | None = None, check: bool = True):
+    """``script`` in ``n`` CPU processes over gloo, as a user launches them (``ACCELERATE_USE_CPU=true
+    torchrun``: ``accelerate launch --cpu --num_processes n`` starts a single process), with this
+    checkout's package and ``env`` added to the environment. Returns the finished process (which
+    must have succeeded, with ``check``)."""
     import subprocess
     import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(repo)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(repo), **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", str(script)]
+    res = subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 or not check, res.stderr[-3000:]
+    return res
 
-    def run(n: int, script, *args: str) -> subprocess.CompletedProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={n}",
-            str(script),
-            *map(str, args),
-        ]
-        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stderr[-3000:]
-        return res
+
+@pytest.fixture
+def cpu_processes(tmp_path):
+    """``run(n, script, *args)``: :func:`launch_processes` in ``tmp_path``."""
+
+    def run(n: int, script, *args: str):
+        return launch_processes(n, script, *args, cwd=tmp_path)
 
     return run
 

@@ -32,8 +32,8 @@ for block in model.transformer.blocks:
 fully_shard(model.transformer)
 fully_shard(model.lq_encoder)
 assert all(isinstance(p, DTensor) for p in model.trainable_parameters())
-_refuse_nonfinite_weights(model, out, "final")  # the trainer's check, on sharded weights (every process)
 state = full_state(model.export_state())  # a collective: every process
+_refuse_nonfinite_weights(state, out, "final")  # the trainer's check, on the gathered weights
 if rank == 0:
     model.save_export(out / "sharded", state)
 dist.barrier()

@@ -43,17 +43,39 @@ _PARTIAL = re.compile(r"^\.(checkpoint-\d+|final)\.partial$")
 
 
 def full_state(state: dict) -> dict:
-    """Every tensor of ``state`` whole. FSDP2 holds parameters as sharded ``DTensor``s whose
-    ``full_tensor()`` is a collective: call this on every process, then write on the main one."""
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+    """Every tensor of ``state`` whole and detached. Sharded weights are gathered: FSDP2's
+    ``DTensor``s (``full_tensor()``) and DeepSpeed ZeRO-3's partitioned parameters (``ds_id``:
+    empty on every process until ``GatheredParameters``). Both are collectives: call this on every
+    process, then write on the main one. ZeRO-3 parameters must come as the ``Parameter`` objects
+    (``state_dict(keep_vars=True)``): a detached copy of one is empty and cannot be gathered."""
+    partitioned = [v for v in state.values() if hasattr(v, "ds_id")]
+    with torch.no_grad(), _gathered(partitioned):
+        return {
+            k: v.full_tensor() if isinstance(v, DTensor) else v.detach().clone() if hasattr(v, "ds_id") else v.detach()
+            for k, v in state.items()
+        }
+
+
+def _gathered(partitioned: list):
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed  # only ZeRO-3 runs hold such parameters
+
+    return deepspeed.zero.GatheredParameters(partitioned)
+
+
+def _deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
 def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
     """What accelerate's ``save_state``/``load_state`` keep of a ``module_cls`` (a
     :class:`~varestorer.distill.module.TrainingModule`): ``save_state`` writes only its trainable
     weights (``trainable.safetensors``) and its export form (``export/``, the library's format),
-    never a frozen base; ``load_state`` refuses the trainable weights of another recipe."""
-    from safetensors.torch import load_file
+    never a frozen base (DeepSpeed's own checkpoint leaves it out too: :func:`save_checkpoint`);
+    ``load_state`` copies them back (:func:`load_checkpoint` refuses another recipe's first)."""
 
     def save_hook(models, weights, output_dir):
         for model in models:
@@ -66,30 +88,47 @@ def register_checkpoint_hooks(accelerator, module_cls: type) -> None:
         weights.clear()
 
     def load_hook(models, input_dir):
-        while models:
+        while models:  # empty under DeepSpeed and FSDP, which load the module themselves
             core = accelerator.unwrap_model(models.pop())
-            state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
-            expected = core.trainable_state_dict()
-            # checkpoints written while the transformer was a PeftModel name its weights one level deeper
-            state = {k.replace(".base_model.model.", ".", 1) if k not in expected else k: v for k, v in state.items()}
-            if set(state) != set(expected):
-                raise CheckpointError(
-                    f"{input_dir} holds trainable weights of another recipe "
-                    f"({len(state)} tensors, this recipe trains {len(expected)})"
-                )
-            wrong = [k for k, v in expected.items() if state[k].shape != v.shape]
-            if wrong:
-                raise CheckpointError(
-                    f"{input_dir} holds trainable weights of another preset or LoRA rank "
-                    f"({wrong[0]}: {tuple(state[wrong[0]].shape)} there, "
-                    f"{tuple(expected[wrong[0]].shape)} here); resume it with its own recipe"
-                )
+            state = read_trainable(input_dir, core)
             with torch.no_grad():
-                for k, v in expected.items():
+                for k, v in core.trainable_state_dict().items():
                     v.copy_(state[k])
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def read_trainable(input_dir: str | os.PathLike, core) -> dict[str, torch.Tensor]:
+    """A checkpoint's trainable weights, named as ``core``'s; an error if they are another
+    recipe's (other tensors) or another preset's or LoRA rank's (other shapes)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
+    expected = core.trainable_state_dict()
+    # checkpoints written while the transformer was a PeftModel name its weights one level deeper
+    state = {k.replace(".base_model.model.", ".", 1) if k not in expected else k: v for k, v in state.items()}
+    if set(state) != set(expected):
+        raise CheckpointError(
+            f"{input_dir} holds trainable weights of another recipe "
+            f"({len(state)} tensors, this recipe trains {len(expected)})"
+        )
+    wrong = [k for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(
+            f"{input_dir} holds trainable weights of another preset or LoRA rank "
+            f"({wrong[0]}: {tuple(state[wrong[0]].shape)} there, "
+            f"{tuple(expected[wrong[0]].shape)} here); resume it with its own recipe"
+        )
+    return state
+
+
+def load_checkpoint(accelerator, folder: str | os.PathLike, core) -> None:
+    """``accelerator.load_state(folder)`` after checking that its trainable weights are this
+    recipe's (before DeepSpeed or FSDP load anything: their loaders do not run the hook first)."""
+    read_trainable(folder, core)
+    # DeepSpeed's module file holds only the trainable weights (save_checkpoint): the rest stays as built
+    accelerator.load_state(str(folder), **({"load_module_strict": False} if _deepspeed(accelerator) else {}))
 
 
 def recipe_hash(recipe_dict: dict) -> str:
@@ -270,7 +309,8 @@ def save_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(partial))
+        # DeepSpeed saves the module itself, before the hook: without the frozen base, T5, VAE, LPIPS
+        accelerator.save_state(str(partial), **({"exclude_frozen_parameters": True} if _deepspeed(accelerator) else {}))
     except OSError as exc:
         failure = exc
     accelerator.wait_for_everyone()

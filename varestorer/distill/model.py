@@ -314,7 +314,8 @@ class VARestorerModel(TrainingModule):
             parts.append(("vae", self.vae))
         for name, module in parts:
             if module is not None:
-                state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+                # the Parameters themselves (keep_vars): a ZeRO-3 one is gathered through them (full_state)
+                state.update({f"{name}.{k}": v for k, v in module.state_dict(keep_vars=True).items()})
         return state
 
     def save_export(self, out: Path, state: dict[str, Tensor] | None = None) -> None:

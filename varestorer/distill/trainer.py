@@ -26,6 +26,7 @@ from .checkpointing import (
     StopSignals,
     atomic_folder,
     full_state,
+    load_checkpoint,
     recipe_hash,
     register_checkpoint_hooks,
     remove_partials,
@@ -96,6 +97,30 @@ def _check_world(accelerator) -> None:
         )
 
 
+def _check_deepspeed(accelerator, recipe: Recipe) -> None:
+    """Under DeepSpeed the engine clips and accumulates, with its config's values: they must be the
+    recipe's (``auto`` takes the recipe's clipping)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    config, o, t = plugin.deepspeed_config, recipe.optim, recipe.train
+    if config.get("gradient_clipping", "auto") == "auto":
+        config["gradient_clipping"] = o.max_grad_norm
+    ours = {"gradient_clipping": float(o.max_grad_norm), "gradient_accumulation_steps": t.gradient_accumulation_steps}
+    keys = {
+        "gradient_clipping": "optim.max_grad_norm",
+        "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    }
+    for name, want in ours.items():
+        theirs = config.get(name, "auto")
+        if theirs != "auto" and float(theirs) != float(want):
+            raise ConfigError(
+                f"the DeepSpeed config sets {name}={theirs} but the recipe's {keys[name]} is {want:g}: DeepSpeed "
+                f"applies its own value. Make them equal (deepspeed_config.{name} in the launch config, or "
+                f"{keys[name]}={theirs:g} after the recipe)"
+            )
+
+
 def per_device_batch(recipe: Recipe, num_processes: int) -> int:
     t = recipe.train
     denom = num_processes * t.gradient_accumulation_steps
@@ -139,6 +164,7 @@ def train(recipe: Recipe) -> dict:
         project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=str(Path(t.output_dir) / "logs")),
     )
     _check_world(accelerator)  # before anything is written
+    _check_deepspeed(accelerator, recipe)
     if not accelerator.is_main_process:
         return _train(recipe, accelerator)
     with run_lock(t.output_dir):
@@ -179,6 +205,10 @@ def _train(recipe: Recipe, accelerator) -> dict:
         f"{t.global_batch_size}"
     )
 
+    if _zero3(accelerator) and getattr(model, "text_encoder", None) is not None:
+        # ZeRO-3 gathers each module's weights as it runs: every process must run T5 as often as
+        # the others, which the caption cache (hits differ per process) would break
+        model.text_encoder.cache_size = 0
     register_checkpoint_hooks(accelerator, type(model))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     core = accelerator.unwrap_model(model)
@@ -192,7 +222,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
     resume = resolve_resume(t.resume_from_checkpoint, t.output_dir, digest)
     if resume is not None:
         accelerator.print(f"resuming from {resume}")
-        accelerator.load_state(str(resume))
+        load_checkpoint(accelerator, resume, core)
         global_step = checkpoint_step(resume)
 
     steps_per_epoch = math.ceil(len(loader) / t.gradient_accumulation_steps)
@@ -205,7 +235,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
     skipped, streak = 0, []  # steps skipped for a non-finite loss/gradient: in all, and the current run of them
 
     def checkpoint(step: int) -> Path:
-        _refuse_nonfinite_weights(core, t.output_dir, f"checkpoint-{step}")
+        _refuse_nonfinite_weights(full_state(core.trainable_state_dict()), t.output_dir, f"checkpoint-{step}")
         return save_checkpoint(accelerator, t.output_dir, step, digest, t.checkpoints_total_limit)
 
     def stop(error: TrainingStopped):
@@ -282,8 +312,8 @@ def _train(recipe: Recipe, accelerator) -> dict:
                     break
     bar.close()
     accelerator.wait_for_everyone()
-    _refuse_nonfinite_weights(core, t.output_dir, "final")  # every process, as the gathering below
-    state = full_state(core.export_state())
+    state = full_state(core.export_state())  # a collective when sharded: every process
+    _refuse_nonfinite_weights(state, t.output_dir, "final")
     if accelerator.is_main_process:
         _write_history(accelerator, history, t.output_dir)
         final = Path(t.output_dir) / "final"
@@ -318,14 +348,18 @@ def _sharded(accelerator) -> bool:
     so that a forward pass needs every process."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
+    return accelerator.distributed_type == DistributedType.FSDP or _zero3(accelerator)
+
+
+def _zero3(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
     plugin = accelerator.state.deepspeed_plugin
     return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
 
 
-def _refuse_nonfinite_weights(core, output_dir: str, what: str) -> None:
-    broken = [k for k, v in core.trainable_state_dict().items() if not torch.isfinite(v).all()]
+def _refuse_nonfinite_weights(state: dict, output_dir: str, what: str) -> None:
+    broken = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if broken:
         found = latest_checkpoint(output_dir)
         last = f"the last checkpoint is {found}" if found else "no checkpoint was written"

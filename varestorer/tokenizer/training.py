@@ -148,7 +148,7 @@ class TokenizerModel(TrainingModule):
     # ------------------------------------------------------------------ saving
     def export_state(self) -> dict[str, Tensor]:
         """The whole VAE (its frozen parts too): what the tokenizer's export is written from."""
-        return {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
+        return {f"vae.{k}": v for k, v in self.vae.state_dict(keep_vars=True).items()}  # ZeRO-3: see full_state
 
     def save_export(self, out: Path, state: dict[str, Tensor] | None = None) -> None:
         """The tokenizer's export form (:func:`varestorer.export.write_tokenizer_export`), written
