@@ -9,6 +9,7 @@ gradient accumulation, trackers and ``save_state``/``load_state``; a checkpoint 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -97,9 +98,18 @@ def _check_world(accelerator) -> None:
         )
 
 
-def _check_deepspeed(accelerator, recipe: Recipe) -> None:
-    """Under DeepSpeed the engine clips and accumulates, with its config's values: they must be the
-    recipe's (``auto`` takes the recipe's clipping)."""
+def _check_launch_config(accelerator, recipe: Recipe) -> None:
+    """What a launch config may not set. FSDP: ``cpu_ram_efficient_loading`` (accelerate's loader
+    then takes rank 0's weights for every state-dict entry and fails on the model's buffers, and
+    saves nothing: every process builds the model). DeepSpeed: the engine clips and accumulates
+    with its config's values, which must be the recipe's (``auto`` takes the recipe's clipping)."""
+    fsdp = getattr(accelerator.state, "fsdp_plugin", None)
+    if fsdp is not None and fsdp.cpu_ram_efficient_loading:
+        raise ConfigError(
+            "the FSDP config sets fsdp_cpu_ram_efficient_loading: true, which accelerate's FSDP2 loader cannot "
+            "do for this model (it fails on the model's buffers) and which saves nothing here (every process "
+            "builds the model). Set fsdp_cpu_ram_efficient_loading: false (launch/fsdp.yaml does)"
+        )
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
@@ -164,7 +174,7 @@ def train(recipe: Recipe) -> dict:
         project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=str(Path(t.output_dir) / "logs")),
     )
     _check_world(accelerator)  # before anything is written
-    _check_deepspeed(accelerator, recipe)
+    _check_launch_config(accelerator, recipe)
     if not accelerator.is_main_process:
         return _train(recipe, accelerator)
     with run_lock(t.output_dir):
@@ -299,8 +309,9 @@ def _train(recipe: Recipe, accelerator) -> dict:
                 validating = global_step % t.validation_steps == 0 or global_step == t.max_steps
                 # sharded weights (FSDP): every process runs the forward passes, the main one writes
                 if validating and (accelerator.is_main_process or _sharded(accelerator)):
-                    grid = validation_grid(core, val_batch)
-                    measured = core.validation_metrics()
+                    with _unsharded(core):
+                        grid = validation_grid(core, val_batch)
+                        measured = core.validation_metrics()
                 if validating and accelerator.is_main_process:
                     save_image(grid, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
                     _log_image(accelerator, grid, global_step)
@@ -349,6 +360,23 @@ def _sharded(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.FSDP or _zero3(accelerator)
+
+
+@contextlib.contextmanager
+def _unsharded(module):
+    """FSDP2 gathers a unit's weights in its ``forward``'s hook: validation calls the root's parts
+    directly (the VAE, the encoder copy), so its weights are gathered around it. (ZeRO-3 hooks
+    every submodule: nothing to do.)"""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 def _zero3(accelerator) -> bool:

@@ -1,7 +1,8 @@
-"""DeepSpeed ZeRO-2 (``launch/deepspeed-zero2.yaml``) and ZeRO-3 through accelerate's own DeepSpeed
-path, in 2 CPU processes over gloo (``tests/deepspeed_probe.py`` says how): they train as DDP does
-(a NaN step skipped included), their checkpoints hold only what trains, a resumed run continues the
-same trajectory, and a launch config that disagrees with the recipe is refused."""
+"""FSDP2 (``launch/fsdp.yaml``), DeepSpeed ZeRO-2 (``launch/deepspeed-zero2.yaml``) and ZeRO-3 through
+accelerate's own FSDP and DeepSpeed paths, in 2 CPU processes over gloo (``tests/launch_probe.py``
+says how): they train as DDP does (a NaN step skipped included; validation and the export with
+sharded weights), DeepSpeed's checkpoints hold only what trains, a resumed run continues the same
+trajectory, and a launch config the trainer cannot honour is refused."""
 
 import json
 import shutil
@@ -18,7 +19,7 @@ from varestorer.distill.checkpointing import TRAINABLE_FILE
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).parent
-PROBE = TESTS / "deepspeed_probe.py"
+PROBE = TESTS / "launch_probe.py"
 # 4 steps, the 3rd one's loss NaN (on every process), a checkpoint and a validation grid every step
 ARGS = [
     "train.max_steps=4",
@@ -47,27 +48,42 @@ def deepspeed_env(stage: int, **override) -> dict:
     }
 
 
+def fsdp_env(**override) -> dict:
+    """What ``accelerate launch --config_file launch/fsdp.yaml`` puts in the environment."""
+    config = yaml.safe_load((TESTS.parent / "launch" / "fsdp.yaml").read_text())["fsdp_config"]
+    config = {**config, **override}
+    names = {"fsdp_transformer_layer_cls_to_wrap": "FSDP_TRANSFORMER_CLS_TO_WRAP"}
+    env = {names.get(k, k.upper()): str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.items()}
+    return {"ACCELERATE_USE_CPU": "false", "ACCELERATE_USE_FSDP": "true", **env}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """DDP, ZeRO-2 and ZeRO-3 runs of the same recipe, and ZeRO-2 resumed from its checkpoint-2."""
+    """DDP, FSDP2, ZeRO-2 and ZeRO-3 runs of the same recipe; FSDP2 and ZeRO-2 resumed from their checkpoint-2."""
     root = tmp_path_factory.mktemp("deepspeed")
 
     def run(name: str, env: dict, *args: str) -> Path:
         res = launch_processes(2, PROBE, *ARGS, f"train.output_dir={root / name}", *args, cwd=root, env=env)
-        kind = "DEEPSPEED" if env.get("ACCELERATE_USE_DEEPSPEED") else "MULTI_CPU"
+        kind = (
+            "DEEPSPEED"
+            if "ACCELERATE_USE_DEEPSPEED" in env
+            else "FSDP"
+            if "ACCELERATE_USE_FSDP" in env
+            else "MULTI_CPU"
+        )
         assert f"2 processes ({kind}, cpu)" in res.stdout  # really that backend, really 2 processes
         return root / name
 
-    out = {"ddp": run("ddp", {"PROBE_NAN_AT": "3"})}
-    for stage in (2, 3):
-        out[f"zero{stage}"] = run(f"zero{stage}", {**deepspeed_env(stage), "PROBE_NAN_AT": "3"})
-    resumed = root / "zero2-resumed"
-    resumed.mkdir()
-    shutil.copytree(out["zero2"] / "checkpoint-2", resumed / "checkpoint-2")
-    # the resumed run's first forward pass is step 3's: its loss NaN as in the uninterrupted run
-    out["zero2-resumed"] = run(
-        "zero2-resumed", {**deepspeed_env(2), "PROBE_NAN_AT": "1"}, "train.resume_from_checkpoint=latest"
-    )
+    envs = {"ddp": {}, "fsdp": fsdp_env(), "zero2": deepspeed_env(2), "zero3": deepspeed_env(3)}
+    out = {name: run(name, {**env, "PROBE_NAN_AT": "3"}) for name, env in envs.items()}
+    for name in ("fsdp", "zero2"):
+        resumed = root / f"{name}-resumed"
+        resumed.mkdir()
+        shutil.copytree(out[name] / "checkpoint-2", resumed / "checkpoint-2")
+        # the resumed run's first forward pass is step 3's: its loss NaN as in the uninterrupted run
+        out[resumed.name] = run(
+            resumed.name, {**envs[name], "PROBE_NAN_AT": "1"}, "train.resume_from_checkpoint=latest"
+        )
     return out
 
 
@@ -83,17 +99,18 @@ def _losses(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_trains_as_ddp_does_a_nan_step_skipped_included(runs, stage):
-    ddp, zero = runs["ddp"], runs[f"zero{stage}"]
-    for a, b in zip(_losses(ddp), _losses(zero), strict=True):
+@pytest.mark.parametrize("backend", ["fsdp", "zero2", "zero3"])
+def test_sharded_training_trains_as_ddp_does_a_nan_step_skipped_included(runs, backend):
+    ddp, run = runs["ddp"], runs[backend]
+    for a, b in zip(_losses(ddp), _losses(run), strict=True):
         for k in ("loss", "mse", "lpips", "kl"):
             assert b[k] == pytest.approx(a[k], rel=1e-5, nan_ok=True), (a["step"], k)
-    assert _losses(zero)[-1]["skipped_steps"] == 1
-    two, three = (load_file(str(zero / f"checkpoint-{s}" / TRAINABLE_FILE)) for s in (2, 3))
+    assert _losses(run)[-1]["skipped_steps"] == 1
+    two, three = (load_file(str(run / f"checkpoint-{s}" / TRAINABLE_FILE)) for s in (2, 3))
     assert all(torch.equal(two[k], three[k]) for k in two)  # the NaN step changed no weight
-    _exports_equal(ddp / "final", zero / "final", atol=1e-6)  # the export gathered (ZeRO-3 partitions it)
-    assert (zero / "validation" / "step-000004.png").is_file()  # ZeRO-3: every process ran the forward passes
+    _exports_equal(ddp / "final", run / "final", atol=1e-6)  # gathered: FSDP and ZeRO-3 shard the weights
+    # FSDP, ZeRO-3: every process ran validation's forward passes, on gathered weights
+    assert (run / "validation" / "step-000004.png").is_file()
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -110,19 +127,26 @@ def test_deepspeeds_checkpoint_holds_the_trainable_weights_and_not_the_frozen_ba
         assert trainable <= set(state["module"]), f.name
 
 
-def test_a_resumed_zero2_run_continues_the_same_trajectory(runs):
-    uninterrupted, resumed = runs["zero2"], runs["zero2-resumed"]
+@pytest.mark.parametrize("backend", ["fsdp", "zero2"])
+def test_a_resumed_sharded_run_continues_the_same_trajectory(runs, backend):
+    uninterrupted, resumed = runs[backend], runs[f"{backend}-resumed"]
     assert [r["step"] for r in _losses(resumed)] == [3, 4]
     assert _losses(resumed)[-1]["loss"] == _losses(uninterrupted)[-1]["loss"]
     _exports_equal(uninterrupted / "final", resumed / "final")
 
 
-def test_a_deepspeed_config_that_clips_otherwise_than_the_recipe_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        (deepspeed_env(2, gradient_clipping=0.5), "gradient_clipping=0.5 but the recipe's optim.max_grad_norm is 1"),
+        (fsdp_env(fsdp_cpu_ram_efficient_loading=True), "Set fsdp_cpu_ram_efficient_loading: false"),
+    ],
+    ids=["deepspeed-clipping", "fsdp-ram-efficient-loading"],
+)
+def test_a_launch_config_the_trainer_cannot_honour_is_refused(tmp_path, env, says):
     out = tmp_path / "run"
-    env = deepspeed_env(2, gradient_clipping=0.5)
     res = launch_processes(2, PROBE, *ARGS, f"train.output_dir={out}", cwd=tmp_path, env=env, check=False)
     assert res.returncode != 0
-    assert "gradient_clipping=0.5 but the recipe's optim.max_grad_norm is 1" in res.stderr
-    assert "optim.max_grad_norm=0.5" in res.stderr
+    assert says in res.stderr
     assert "]: Traceback" not in res.stderr  # the processes' own error, not a traceback ([rankN]: ...)
     assert not out.exists()  # nothing written
