@@ -135,6 +135,24 @@ def test_a_resumed_sharded_run_continues_the_same_trajectory(runs, backend):
     _exports_equal(uninterrupted / "final", resumed / "final")
 
 
+def test_in_the_launch_configs_bf16_fsdp_and_zero2_train_as_ddp_does(tmp_path):
+    """FSDP2's bf16 gathers bf16 weights and DeepSpeed's casts the whole module to bf16: both met
+    the model's float32 parts and failed at the first step. The trainer keeps the weights float32
+    and autocasts, as DDP does: FSDP2 then equals DDP; ZeRO-2 all-reduces the gradients of its
+    linear and convolution weights in bf16, so only the first step's loss is equal."""
+    bf16 = {"ACCELERATE_MIXED_PRECISION": "bf16"}
+    envs = {"ddp": bf16, "fsdp": {**fsdp_env(), **bf16}, "zero2": {**deepspeed_env(2), **bf16}}
+    losses = {}
+    for name, env in envs.items():
+        out = tmp_path / name
+        launch_processes(2, PROBE, *ARGS, "train.max_steps=2", f"train.output_dir={out}", cwd=tmp_path, env=env)
+        losses[name] = [r["loss"] for r in _losses(out)]
+        assert (out / "validation" / "step-000002.png").is_file(), name
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-6)
+    assert losses["zero2"][0] == pytest.approx(losses["ddp"][0], rel=1e-6)
+    assert losses["zero2"][1] == pytest.approx(losses["ddp"][1], rel=2e-2)
+
+
 @pytest.mark.parametrize(
     "env, says",
     [

@@ -102,7 +102,8 @@ def _check_launch_config(accelerator, recipe: Recipe) -> None:
     """What a launch config may not set. FSDP: ``cpu_ram_efficient_loading`` (accelerate's loader
     then takes rank 0's weights for every state-dict entry and fails on the model's buffers, and
     saves nothing: every process builds the model). DeepSpeed: the engine clips and accumulates
-    with its config's values, which must be the recipe's (``auto`` takes the recipe's clipping)."""
+    with its config's values, which must be the recipe's (``auto`` takes the recipe's clipping);
+    bf16 becomes DeepSpeed's ``torch_autocast`` (see below)."""
     fsdp = getattr(accelerator.state, "fsdp_plugin", None)
     if fsdp is not None and fsdp.cpu_ram_efficient_loading:
         raise ConfigError(
@@ -110,10 +111,23 @@ def _check_launch_config(accelerator, recipe: Recipe) -> None:
             "do for this model (it fails on the model's buffers) and which saves nothing here (every process "
             "builds the model). Set fsdp_cpu_ram_efficient_loading: false (launch/fsdp.yaml does)"
         )
+    if fsdp is not None and fsdp.fsdp_version == 2 and fsdp.mixed_precision_policy is not None:
+        # FSDP2's mixed precision gathers the weights in bf16 for the forward, where the model keeps
+        # float32 parts as Infinity does (the text projection, norms): they would meet bf16 weights.
+        # Weights stay float32 and the forward is autocast, as DDP does (the gathers move float32)
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        fsdp.mixed_precision_policy = MixedPrecisionPolicy()
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
     config, o, t = plugin.deepspeed_config, recipe.optim, recipe.train
+    if config.get("bf16", {}).get("enabled") is True:
+        # DeepSpeed's bf16 casts the whole module (the frozen VAE, T5 and LPIPS too) and feeds it the
+        # float32 images as given (the first convolution fails); its torch_autocast mode keeps the
+        # weights in float32 and autocasts the forward, as accelerate's mixed precision does for DDP
+        config["bf16"] = {"enabled": False}
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     if config.get("gradient_clipping", "auto") == "auto":
         config["gradient_clipping"] = o.max_grad_norm
     ours = {"gradient_clipping": float(o.max_grad_norm), "gradient_accumulation_steps": t.gradient_accumulation_steps}
@@ -263,7 +277,8 @@ def _train(recipe: Recipe, accelerator) -> dict:
                 if val_batch is None:
                     val_batch = {k: v[: t.num_validation_images] for k, v in batch.items()}
                 with accelerator.accumulate(model):
-                    losses = model(batch)
+                    with accelerator.autocast():  # FSDP2: accelerate autocasts only DDP's forward
+                        losses = model(batch)
                     accelerator.backward(losses["loss"])
                     finite = True
                     if accelerator.sync_gradients:
@@ -309,7 +324,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
                 validating = global_step % t.validation_steps == 0 or global_step == t.max_steps
                 # sharded weights (FSDP): every process runs the forward passes, the main one writes
                 if validating and (accelerator.is_main_process or _sharded(accelerator)):
-                    with _unsharded(core):
+                    with _unsharded(core, accelerator):
                         grid = validation_grid(core, val_batch)
                         measured = core.validation_metrics()
                 if validating and accelerator.is_main_process:
@@ -363,10 +378,10 @@ def _sharded(accelerator) -> bool:
 
 
 @contextlib.contextmanager
-def _unsharded(module):
+def _unsharded(module, accelerator):
     """FSDP2 gathers a unit's weights in its ``forward``'s hook: validation calls the root's parts
-    directly (the VAE, the encoder copy), so its weights are gathered around it. (ZeRO-3 hooks
-    every submodule: nothing to do.)"""
+    directly (the VAE, the encoder copy), so its weights are gathered around it, and autocast (its
+    mixed precision holds them in bf16). ZeRO-3 hooks every submodule: nothing to do."""
     from torch.distributed.fsdp import FSDPModule
 
     if not isinstance(module, FSDPModule):
@@ -374,7 +389,8 @@ def _unsharded(module):
         return
     module.unshard()
     try:
-        yield
+        with accelerator.autocast():
+            yield
     finally:
         module.reshard()
 
