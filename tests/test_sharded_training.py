@@ -135,6 +135,17 @@ def test_a_resumed_sharded_run_continues_the_same_trajectory(runs, backend):
     _exports_equal(uninterrupted / "final", resumed / "final")
 
 
+def test_the_teacher_fine_tuning_fsdp_is_for_trains_as_ddp_does(tmp_path):
+    # launch/fsdp.yaml is the config for full fine-tuning: the whole transformer trains and is exported
+    for name, env in {"ddp": {}, "fsdp": fsdp_env()}.items():
+        args = [*ARGS, "train.max_steps=2", "mode=teacher", f"train.output_dir={tmp_path / name}"]
+        launch_processes(2, PROBE, *args, cwd=tmp_path, env=env)
+    assert (tmp_path / "fsdp" / "final" / "transformer.safetensors").is_file()
+    _exports_equal(tmp_path / "ddp" / "final", tmp_path / "fsdp" / "final", atol=1e-6)
+    ddp, fsdp = _losses(tmp_path / "ddp"), _losses(tmp_path / "fsdp")
+    assert [r["loss"] for r in fsdp] == pytest.approx([r["loss"] for r in ddp], rel=1e-6)
+
+
 def test_in_the_launch_configs_bf16_fsdp_and_zero2_train_as_ddp_does(tmp_path):
     """FSDP2's bf16 gathers bf16 weights and DeepSpeed's casts the whole module to bf16: both met
     the model's float32 parts and failed at the first step. The trainer keeps the weights float32
