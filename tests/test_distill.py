@@ -70,6 +70,18 @@ def test_every_buffer_is_a_constant_so_ddp_need_not_broadcast_them_each_step(mod
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
 
 
+def test_what_ddp_fsdp_and_deepspeed_wrap_is_only_the_transformer_and_the_encoder_copy(model):
+    # the frozen VAE, T5 and LPIPS are held outside the module tree: not broadcast, sharded or checkpointed
+    assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"transformer", "lq_encoder"}
+    assert {k.split(".")[0] for k in model.state_dict()} == {"transformer", "lq_encoder"}
+    held = model.held_outside()
+    assert {id(m) for m in held} == {id(model.vae), id(model.text_encoder), id(model.lpips)}
+    model.to(torch.float64)  # but .to() and the other casts reach them
+    assert all(p.dtype == torch.float64 for m in held for p in m.parameters())
+    model.to(torch.float32)
+    assert all(p.dtype == torch.float32 for m in held for p in m.parameters())
+
+
 def test_each_loss_term_is_nonzero_with_gradients_only_on_lora_and_encoder(model):
     batch = fixed_batch()
     lora = {n for n, p in model.named_parameters() if "lora_" in n}

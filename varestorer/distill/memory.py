@@ -74,9 +74,9 @@ def _text_encoder_parameters(preset) -> int:
         return sum(p.numel() for p in T5EncoderModel(T5Config(**T5_ENCODERS[preset.text_encoder])).parameters())
 
 
-def _fake_parameters(model: nn.Module) -> None:
+def _fake_parameters(model: VARestorerModel) -> None:
     """Every parameter and buffer replaced by an empty one of its shape (fake inside the mode)."""
-    for m in model.modules():
+    for m in (m for root in (model, *model.held_outside()) for m in root.modules()):
         for n, t in list(m._parameters.items()):
             if t is not None:
                 m._parameters[n] = nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=t.requires_grad)
@@ -90,7 +90,9 @@ def _saved_bytes(model, batch: int, resolution: int) -> dict[str, int]:
     current: list[str] = []
     hooks = []
     for name in PARTS:
-        module = model.get_submodule(name) if getattr(model, name.split(".")[0], None) is not None else None
+        head, _, rest = name.partition(".")  # the VAE and LPIPS are held outside the module tree
+        module = getattr(model, head, None)
+        module = module.get_submodule(rest) if module is not None and rest else module
         if module is not None:
             hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: current.append(name)))
             hooks.append(module.register_forward_hook(lambda m, a, o: current.pop() and None))  # None: output kept

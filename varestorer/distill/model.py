@@ -69,10 +69,9 @@ class VARestorerModel(TrainingModule):
         self.recipe = recipe
         self.mode = recipe.mode
         self.schedule = vae.schedule(recipe.model.resolution)
-        self.vae = vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder
+        # outside the module tree: accelerate's DDP/FSDP/DeepSpeed see only the transformer and the encoder copy
+        self.hold_outside(vae=vae.eval().requires_grad_(False), text_encoder=text_encoder, lpips=lpips)
         self.degradation = degradation
-        self.lpips = lpips
         s = recipe.student
         self.teacher = None
         if self.mode == "teacher" or s.full_finetune:

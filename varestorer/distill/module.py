@@ -16,6 +16,26 @@ class TrainingModule(nn.Module):
     """Subclasses define ``forward(batch) -> losses``, ``validation_images``,
     ``save_export(out, state=None)`` (``state``: :meth:`export_state`, gathered) and :meth:`frozen_modules`."""
 
+    def hold_outside(self, **parts: nn.Module | None) -> None:
+        """Keep frozen ``parts`` (the VAE, T5, LPIPS) as attributes outside the module tree:
+        ``parameters()`` and ``state_dict()`` leave them out, so DDP, FSDP and DeepSpeed wrap, shard,
+        broadcast and checkpoint only the modules that train (with the frozen weights inside them,
+        such as a LoRA's base). ``to()``, ``float()`` and every other ``_apply`` still reach them."""
+        for name, part in parts.items():
+            object.__setattr__(self, name, part)  # nn.Module.__setattr__ would register it
+        object.__setattr__(self, "_held_outside", (*getattr(self, "_held_outside", ()), *parts))
+
+    def held_outside(self) -> list[nn.Module]:
+        """The parts :meth:`hold_outside` keeps (``None`` ones left out)."""
+        parts = (getattr(self, name) for name in getattr(self, "_held_outside", ()))
+        return [p for p in parts if isinstance(p, nn.Module)]
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for part in self.held_outside():
+            part._apply(fn, recurse)
+        return self
+
     def frozen_modules(self) -> tuple[nn.Module | None, ...]:
         """The submodules kept in eval mode (``None`` entries are skipped)."""
         return ()

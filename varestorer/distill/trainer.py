@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from ..checkpoints import checkpoint_step, latest_checkpoint
@@ -211,7 +212,6 @@ def _train(recipe: Recipe, accelerator) -> dict:
     model = build_model(recipe, accelerator.device)
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    params = model.trainable_parameters()
     o = recipe.optim
     optimizer = torch.optim.AdamW(
         model.param_groups(o.lr, o.encoder_lr), betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
@@ -229,13 +229,10 @@ def _train(recipe: Recipe, accelerator) -> dict:
         f"{t.global_batch_size}"
     )
 
-    if _zero3(accelerator) and getattr(model, "text_encoder", None) is not None:
-        # ZeRO-3 gathers each module's weights as it runs: every process must run T5 as often as
-        # the others, which the caption cache (hits differ per process) would break
-        model.text_encoder.cache_size = 0
     register_checkpoint_hooks(accelerator, type(model))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     core = accelerator.unwrap_model(model)
+    params = core.trainable_parameters()  # FSDP2's prepare replaces them (by DTensor parameters)
     if t.compile:
         core.compile_transformer()
 
@@ -362,7 +359,9 @@ def _all_finite(accelerator, loss: torch.Tensor, params) -> bool:
     lowers its scale (skipping it here would keep the scale too high for ever)."""
     checks = [torch.isfinite(loss.detach()).all()]
     if accelerator.scaler is None:
-        checks += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        # FSDP2: each process checks its shard of every gradient (DTensor); the sum below joins them
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
+        checks += [torch.isfinite(g).all() for g in grads]
     bad = (~torch.stack(checks).all()).float().reshape(1)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, "sum")
