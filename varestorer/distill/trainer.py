@@ -379,8 +379,8 @@ def _sharded(accelerator) -> bool:
 @contextlib.contextmanager
 def _unsharded(module, accelerator):
     """FSDP2 gathers a unit's weights in its ``forward``'s hook: validation calls the root's parts
-    directly (the VAE, the encoder copy), so its weights are gathered around it, and autocast (its
-    mixed precision holds them in bf16). ZeRO-3 hooks every submodule: nothing to do."""
+    directly (the transformer's embeddings and head, the encoder copy), so the root's weights are
+    gathered around it, with the forward's autocast. ZeRO-3 hooks every submodule: nothing to do."""
     from torch.distributed.fsdp import FSDPModule
 
     if not isinstance(module, FSDPModule):
@@ -395,10 +395,8 @@ def _unsharded(module, accelerator):
 
 
 def _zero3(accelerator) -> bool:
-    from accelerate.utils import DistributedType
-
-    plugin = accelerator.state.deepspeed_plugin
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+    plugin = accelerator.state.deepspeed_plugin  # None unless DeepSpeed runs
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def _refuse_nonfinite_weights(state: dict, output_dir: str, what: str) -> None:
