@@ -1,4 +1,4 @@
-"""The README's bad-input table, row by row: what a user can get wrong, and what they get back
+"""The bad-input table (docs/reliability.md), row by row: what a user can get wrong, and what they get back
 (one paragraph saying what to do, exit code 2, no traceback, nothing half-written)."""
 
 import os

@@ -499,7 +499,7 @@ def test_compiling_keeps_the_names_of_the_trainable_weights(model, tmp_path):
     """train.compile compiles in place: checkpoints and exports of a compiled run have the names of
     an eager one (torch.compile(module) would prefix them with _orig_mod.), so a run resumes and
     exports across the setting."""
-    from varestorer.tokenizer.training import TokenizerModel
+    from varestorer.distill.tokenizer_module import TokenizerModel
 
     before = list(model.trainable_state_dict())
     model.compile_transformer()

@@ -104,7 +104,7 @@ def test_a_student_that_keeps_the_lq_first_scale_restores_with_it_in_training_an
         expected = (model.vae.decode_bits([lq_bits] + bits[1:]) + 1) / 2
     torch.testing.assert_close(reference, expected, rtol=0, atol=1e-5)  # same bits; the memory layout differs
     pipe = VARestorerPipeline.from_pretrained(tmp_path / "export", merge_lora=False)
-    assert pipe.config["keep_lq_scales"] == 1
+    assert pipe.config.keep_lq_scales == 1
     out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt").images
     for o, r in zip(out, reference):
         assert torch.equal(o, r)
@@ -283,7 +283,7 @@ def test_a_half_precision_pipeline_holds_its_weights_in_that_precision(trained, 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_and_is_seeded(trained, trained_varsr, method):
-    from varestorer.cli.restore import METHOD_CHOICES
+    from varestorer.cli.options import METHOD_CHOICES
 
     assert METHOD_CHOICES == METHODS  # the CLI offers every method
     pipe = VARestorerPipeline.from_pretrained(trained_varsr if method == "varsr" else trained[1])
@@ -486,7 +486,7 @@ def test_export_command_and_publish_dry_run(tmp_path, capsys):
     from huggingface_hub import ModelCard
 
     from varestorer.distill.trainer import train
-    from varestorer.hub import validate_card
+    from varestorer.export.hub import validate_card
 
     run = tmp_path / "run"
     from accelerate.state import AcceleratorState, GradientState
@@ -631,7 +631,7 @@ def test_evaluate_restores_with_each_method_at_the_ground_truth_size_and_scores_
         )
         == 0
     )
-    from varestorer.hub import render_card
+    from varestorer.export.hub import render_card
 
     recorded = json.loads((export / "evaluation.json").read_text())["toy-set"]
     assert recorded["psnr"] == pytest.approx(float(rows[0]["psnr"])) and "sec_per_image" in recorded

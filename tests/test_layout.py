@@ -64,6 +64,39 @@ def test_the_package_imports_in_one_direction_counting_imports_inside_functions(
             visit(m, [m])
 
 
+#: The packages in import order: each imports only from those before it (README: Layout). Training
+#: (``distill``) sits on top: it writes exports, validates through the pipeline and scores with the
+#: evaluation, though in the user's data flow distillation comes before export.
+LAYERS = (
+    ("errors", "compat", "resources", "presets", "checkpoints"),
+    ("data",),
+    ("degradations",),
+    ("tokenizer",),
+    ("transformer",),
+    ("export",),
+    ("inference",),
+    ("evaluation",),
+    ("distill",),
+    ("cli", "__main__", ""),
+)
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_each_package_imports_only_from_the_layers_below_it():
+    modules = _modules()
+    up = [
+        f"{p.relative_to(PACKAGE.parent)}:{line} imports {t}"
+        for m, p in modules.items()
+        for t, line, _ in _imports(m, p, modules)
+        if _layer(t) > _layer(m)
+    ]
+    assert not up, "imports against the data flow (move the code down, or up beside its user):\n" + "\n".join(up)
+
+
 def test_imports_inside_functions_are_left_only_where_they_keep_the_command_fast():
     modules = _modules()
     lazy = [

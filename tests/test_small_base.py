@@ -75,7 +75,7 @@ def test_the_shipped_small_base_loads_with_no_download_and_is_small_enough():
 def test_the_shipped_small_base_measures_what_its_card_says():
     """Measured again here, not read back: the shipped tokenizer reconstructs the held-out photos
     at its card's PSNR and keeps their colour; the teacher is a real prior on their tokens."""
-    from varestorer.evaluation.base import teacher_cross_entropy, tokenizer_quality
+    from varestorer.distill.heldout import teacher_cross_entropy, tokenizer_quality
     from varestorer.tokenizer.loading import load_vae
     from varestorer.transformer.loading import load_transformer
     from varestorer.transformer.text import TextEncoder
@@ -133,7 +133,7 @@ def test_the_rebuild_recipes_run_shortened_and_bundle_a_base_that_loads(tmp_path
 
 
 def test_a_caption_file_gives_each_image_its_caption(tmp_path):
-    from varestorer.cli.restore import prompts_for
+    from varestorer.cli.options import prompts_for
     from varestorer.data.captions import write_caption_file
 
     write_caption_file(tmp_path / "c.jsonl", {"a.png": "a cat", "sub/b.png": "a dog"})

@@ -6,7 +6,7 @@ import math
 import torch
 
 from varestorer.distill.recipe import load_recipe
-from varestorer.tokenizer.training import TokenizerModel, bsq_entropy, commitment
+from varestorer.distill.tokenizer_module import TokenizerModel, bsq_entropy, commitment
 
 
 def test_the_entropy_penalty_rewards_confident_bits_and_using_every_code():

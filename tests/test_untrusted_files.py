@@ -67,7 +67,7 @@ def run(tmp_path_factory):
 
 @pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin"])
 def test_no_loader_unpickles_a_crafted_checkpoint(tmp_path, suffix):
-    from varestorer.inference.pipeline import load_encoder
+    from varestorer.export.folder import load_encoder
     from varestorer.presets import get_preset
     from varestorer.tokenizer.loading import build_vae, load_vae
     from varestorer.transformer.loading import load_transformer

@@ -54,6 +54,12 @@ _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _LIST_LIMIT = 12
 
 
+def is_hub_id(text: str) -> bool:
+    """``owner/name``: the form of a Hub repo id (a local path starts with ``.``, ``/`` or ``~``)."""
+    text = str(text)
+    return text.count("/") == 1 and all(text.split("/")) and not text.startswith((".", "/", "~"))
+
+
 def resolve_file(path_or_repo: str | os.PathLike, filename: str | None = None, **hub_kwargs) -> Path:
     """A local file, a file in a local folder, or ``filename`` in a Hub repo (``owner/name``).
 
@@ -71,7 +77,7 @@ def resolve_file(path_or_repo: str | os.PathLike, filename: str | None = None, *
             f"pass the file itself or a folder that holds it"
         )
     text = str(path_or_repo)
-    if filename is None or text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if filename is None or not is_hub_id(text):
         raise CheckpointError(
             f"checkpoint {text!r} not found: pass an existing file, or a Hub repo id "
             f"('owner/name') together with the file name in it"

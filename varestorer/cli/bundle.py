@@ -37,7 +37,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation.base import sample_grid, teacher_cross_entropy, tokenizer_quality
+    from ..distill.heldout import sample_grid, teacher_cross_entropy, tokenizer_quality
     from ..export import bundle_base
     from ..presets import get_preset
     from ..tokenizer.loading import load_vae

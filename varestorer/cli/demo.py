@@ -52,7 +52,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.photos import write_heldout
+    from ..degradations.folder import write_heldout
     from ..distill.recipe import load_recipe
     from ..distill.trainer import train
     from ..errors import ConfigError

@@ -25,7 +25,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .restore import METHOD_CHOICES, add_method_options, add_prompt_options, add_running_options, load_pipeline
+from .options import METHOD_CHOICES, add_method_options, add_prompt_options, add_running_options, load_pipeline
 
 
 def register(sub) -> None:
@@ -168,7 +168,7 @@ def _record(args, rows: list[dict]) -> None:
     import json
 
     from ..errors import ConfigError
-    from ..hub import EVAL_FILE
+    from ..export.hub import EVAL_FILE
 
     folder = Path(args.model or "")
     row = next((r for r in rows if r["method"] == "onestep"), None)
@@ -198,7 +198,7 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
     from ..data.images import to_tensor, to_uint8
     from ..evaluation.pairs import check_sizes
     from ..inference.pipeline import resize_images
-    from .restore import method_kwargs, prompts_for
+    from .options import method_kwargs, prompts_for
 
     if method is None:
         images = [_read(p.pred) for p in pairs]

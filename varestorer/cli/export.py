@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..export import MERGED_FILE, copy_export, find_export
-    from ..hub import CARD_FILE, render_card
+    from ..export.hub import CARD_FILE, render_card
 
     src = find_export(args.checkpoint)
     out = copy_export(src, args.out, overwrite=args.overwrite)

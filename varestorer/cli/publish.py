@@ -27,11 +27,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoints import is_hub_id
     from ..errors import ConfigError
-    from ..export import find_export
-    from ..hub import publish
+    from ..export import find_export, publish
 
-    if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
+    if not is_hub_id(args.repo_id):
         raise ConfigError(f"--repo-id {args.repo_id!r} must look like USER/NAME")
     folder = find_export(args.folder)
     result = publish(

@@ -38,6 +38,8 @@ class ImageSkip(Exception):
     """An image that cannot be used: ``reason`` is one of :data:`REASONS`, ``detail`` says more."""
 
     def __init__(self, reason: str, detail: str = ""):
+        if reason not in REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}: add it to REASONS (the skip report counts them)")
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
 

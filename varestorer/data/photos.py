@@ -11,7 +11,7 @@ or by the demo's distillation). None comes from RealSR, DRealSR or DIV2K: those 
   function of ``(seed, epoch, index)`` only.
 - :func:`heldout_crops` gives the fixed evaluation crops (two per held-out photo).
 - ``python -m varestorer.data.photos --root DIR`` rebuilds the folder from the extracted sources
-  (the README's "Rebuilding the small base" says how to get them).
+  (docs/small-base.md, "Rebuilding the small base", says how to get them).
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..degradations import DegradationPipeline
 from ..errors import ConfigError
-from ..inference.pipeline import to_uint8
-from .captions import write_caption_file
 from .images import to_tensor
 from .seeds import sample_seeds, split_key
 
@@ -128,34 +125,6 @@ def heldout_crops(size: int = 128) -> list[tuple[str, torch.Tensor, str]]:
                 (f"{entry['name']}-{tag}", im[:, top : top + size, left : left + size].contiguous(), entry["caption"])
             )
     return out
-
-
-def write_heldout(
-    out: str | Path,
-    size: int = 128,
-    degradation: str = "realesrgan-x4",
-    scale: int = 4,
-    seed: int = 0,
-    limit: int | None = None,
-) -> dict[str, Path]:
-    """The evaluation set as files: ``out/hq/NAME.png`` (:func:`heldout_crops`; the first ``limit`` by name),
-    ``out/lq/NAME.png`` (degraded with ``degradation``, image ``i`` with seed ``seed + i``: the same
-    files on every run) and ``out/captions.jsonl`` (each LQ file's caption). Returns the three paths."""
-    from PIL import Image
-
-    out = Path(out)
-    (out / "hq").mkdir(parents=True, exist_ok=True)
-    (out / "lq").mkdir(parents=True, exist_ok=True)
-    deg = DegradationPipeline.from_preset(degradation, scale=scale)
-    captions = {}
-    crops = sorted(enumerate(heldout_crops(size)), key=lambda c: c[1][0])[:limit]  # the first by name
-    for i, (name, hq, caption) in crops:  # each keeps its seed, whatever the limit
-        lq = deg(hq[None], [seed + i]).lq[0]
-        Image.fromarray(to_uint8(hq)).save(out / "hq" / f"{name}.png")
-        Image.fromarray(to_uint8(lq)).save(out / "lq" / f"{name}.png")
-        captions[f"{name}.png"] = caption
-    write_caption_file(out / "captions.jsonl", captions)
-    return {"hq": out / "hq", "lq": out / "lq", "captions": out / "captions.jsonl"}
 
 
 # ---------------------------------------------------------------------- rebuilding the folder

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.captions import write_caption_file
 from ..data.dataset import open_prepared
-from ..data.images import ImageSkip, read_rgb
+from ..data.images import ImageSkip, read_rgb, to_uint8
+from ..data.photos import heldout_crops
 from ..data.prepare import list_sources
 from ..data.samples import SAMPLES, sample_image
 from ..errors import ConfigError
@@ -177,3 +179,31 @@ def degrade_folder(
             labels=[Path(k).stem for k, _ in first],
         )
     return report
+
+
+def write_heldout(
+    out: str | Path,
+    size: int = 128,
+    degradation: str = "realesrgan-x4",
+    scale: int = 4,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict[str, Path]:
+    """The evaluation set as files: ``out/hq/NAME.png`` (:func:`heldout_crops`; the first ``limit`` by name),
+    ``out/lq/NAME.png`` (degraded with ``degradation``, image ``i`` with seed ``seed + i``: the same
+    files on every run) and ``out/captions.jsonl`` (each LQ file's caption). Returns the three paths."""
+    from PIL import Image
+
+    out = Path(out)
+    (out / "hq").mkdir(parents=True, exist_ok=True)
+    (out / "lq").mkdir(parents=True, exist_ok=True)
+    deg = DegradationPipeline.from_preset(degradation, scale=scale)
+    captions = {}
+    crops = sorted(enumerate(heldout_crops(size)), key=lambda c: c[1][0])[:limit]  # the first by name
+    for i, (name, hq, caption) in crops:  # each keeps its seed, whatever the limit
+        lq = deg(hq[None], [seed + i]).lq[0]
+        Image.fromarray(to_uint8(hq)).save(out / "hq" / f"{name}.png")
+        Image.fromarray(to_uint8(lq)).save(out / "lq" / f"{name}.png")
+        captions[f"{name}.png"] = caption
+    write_caption_file(out / "captions.jsonl", captions)
+    return {"hq": out / "hq", "lq": out / "lq", "captions": out / "captions.jsonl"}

@@ -177,11 +177,3 @@ def sample_params(cfg: DegradationConfig, seed: int) -> SampleParams:
         final_sinc=final_sinc,
         sinc_kernel=sinc,
     )
-
-
-def stage_sizes(params: SampleParams, height: int, width: int, scale: int) -> dict:
-    """The image size after each resize of one sample (as ``F.interpolate`` computes them)."""
-    h1, w1 = math.floor(height * params.resize1), math.floor(width * params.resize1)
-    h2 = max(1, int(height / scale * params.resize2))
-    w2 = max(1, int(width / scale * params.resize2))
-    return {"stage1": (max(1, h1), max(1, w1)), "stage2": (h2, w2), "lq": (height // scale, width // scale)}

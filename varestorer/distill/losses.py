@@ -6,9 +6,6 @@ scales of a schedule (Infinity's bitwise head).
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -77,24 +74,3 @@ def bitwise_cross_entropy(
 def bit_probabilities(logits: Tensor) -> Tensor:
     """``(B, L, d, 2)`` logits -> probability that each bit is 1, ``(B, L, d)``."""
     return logits.float().softmax(-1)[..., 1]
-
-
-def build_lpips(net: str = "vgg", pretrained: bool = True):
-    """A frozen LPIPS metric on images in [-1, 1].
-
-    ``pretrained=True`` (what training uses) needs torchvision's ImageNet weights of the
-    backbone. Without network access they must already be in the torch hub cache.
-    """
-    import lpips
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # lpips prints its set-up
-            model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained, verbose=False)
-    except Exception as exc:  # a download that cannot happen offline
-        raise ConfigError(
-            f"LPIPS needs torchvision's ImageNet {net} weights and could not get them ({type(exc).__name__}: {exc}). "
-            f"Run once with network access (python -c \"import lpips; lpips.LPIPS(net='{net}')\") or copy the "
-            f"file into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints). "
-            f"Only for offline smoke tests: set loss.lpips_pretrained=false."
-        ) from exc
-    return model.eval().requires_grad_(False)

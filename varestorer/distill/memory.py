@@ -24,11 +24,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..evaluation.metrics import build_lpips
 from ..presets import get_preset
 from ..tokenizer.loading import build_vae
 from ..transformer.loading import build_transformer
 from ..transformer.text import TextEncoder, TextFeatures
-from .losses import build_lpips
 from .model import VARestorerModel
 from .recipe import recipe_from_dict
 

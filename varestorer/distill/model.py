@@ -1,4 +1,4 @@
-"""Teacher and student in one module: what one training step computes (README, "What the step computes, exactly").
+"""Teacher and student in one module: what one training step computes (docs/method.md, "What the step computes, exactly").
 
 ``VARestorerModel(batch)`` runs, for a batch of HQ crops with captions:
 on-device degradation -> T5 features (cached) -> HQ tokens (frozen VAE) -> frozen teacher
@@ -30,8 +30,8 @@ from torch import Tensor
 
 from ..degradations import DegradationPipeline
 from ..errors import ConfigError
-from ..evaluation.base import teacher_cross_entropy
-from ..export import export_config, write_export
+from ..evaluation.metrics import build_lpips
+from ..export import ExportConfig, write_export
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
 from ..tokenizer.loading import build_vae, load_vae
@@ -39,7 +39,8 @@ from ..transformer.loading import build_transformer, load_transformer
 from ..transformer.lora import adapters_disabled, apply_lora, is_adapted
 from ..transformer.sampling import sample
 from ..transformer.text import TextEncoder
-from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl, build_lpips
+from .heldout import teacher_cross_entropy
+from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl
 from .module import TrainingModule
 from .recipe import Recipe
 
@@ -326,7 +327,7 @@ class VARestorerModel(TrainingModule):
         def part(name: str) -> dict[str, Tensor]:
             return {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
 
-        config = export_config(
+        config = ExportConfig.from_recipe(
             self.recipe,
             self.schedule,
             has_adapter=is_adapted(self.transformer),

@@ -1,7 +1,7 @@
 """What the trainer needs of a training module, once for all modes.
 
 :class:`TrainingModule` is the base of :class:`~varestorer.distill.model.VARestorerModel`
-(distill, teacher, varsr) and :class:`~varestorer.tokenizer.training.TokenizerModel`: its
+(distill, teacher, varsr) and :class:`~varestorer.distill.tokenizer_module.TokenizerModel`: its
 frozen parts stay in eval mode whatever ``train()`` says (LPIPS has dropout; a validation pass
 must not change the next step), and it says which weights train (what a checkpoint keeps: the
 trainer's save/load hooks in :mod:`~varestorer.distill.checkpointing` write them and the export form).

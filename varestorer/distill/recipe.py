@@ -105,7 +105,7 @@ class SelfCorrectionSection:
 
 @dataclass
 class TokenizerSection:
-    """Training the BSQ-VAE (``mode: tokenizer``; see :mod:`varestorer.tokenizer.training`)."""
+    """Training the BSQ-VAE (``mode: tokenizer``; see :mod:`varestorer.distill.tokenizer_module`)."""
 
     l1: float = 1.0
     mse: float = 0.0

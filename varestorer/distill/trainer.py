@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import checkpoint_step, latest_checkpoint
 from ..errors import ConfigError, TrainingStopped
-from ..hub import CARD_FILE, publish, render_card
-from ..tokenizer.training import TokenizerModel
+from ..export.hub import CARD_FILE, publish, render_card
 from .checkpointing import (
     StopSignals,
     atomic_folder,
@@ -39,6 +38,7 @@ from .checkpointing import (
 from .dataloader import build_dataloader
 from .model import VARestorerModel
 from .recipe import Recipe
+from .tokenizer_module import TokenizerModel
 from .visualize import save_image, save_loss_plot, validation_grid
 
 logger = logging.getLogger(__name__)

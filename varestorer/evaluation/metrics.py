@@ -25,6 +25,8 @@ weights into ``~/.cache/torch/hub/pyiqa`` at first use).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from ..compat import import_basicsr
-from ..distill.losses import build_lpips
 from ..errors import ConfigError
 
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # R, G, B (BT.601, studio swing)
@@ -42,6 +43,27 @@ SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
 
 # ------------------------------------------------------------------------------- PSNR / SSIM
+def build_lpips(net: str = "vgg", pretrained: bool = True):
+    """A frozen LPIPS metric on images in [-1, 1] (a training loss too).
+
+    ``pretrained=True`` (what training uses) needs torchvision's ImageNet weights of the
+    backbone. Without network access they must already be in the torch hub cache.
+    """
+    import lpips
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # lpips prints its set-up
+            model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained, verbose=False)
+    except Exception as exc:  # a download that cannot happen offline
+        raise ConfigError(
+            f"LPIPS needs torchvision's ImageNet {net} weights and could not get them ({type(exc).__name__}: {exc}). "
+            f"Run once with network access (python -c \"import lpips; lpips.LPIPS(net='{net}')\") or copy the "
+            f"file into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints). "
+            f"Only for offline smoke tests: set loss.lpips_pretrained=false."
+        ) from exc
+    return model.eval().requires_grad_(False)
+
+
 def as_uint8_rgb(image) -> np.ndarray:
     """``(H, W, 3)`` uint8, or a float array/tensor in [0, 1] (``(H, W, 3)`` or ``(3, H, W)``) -> uint8 RGB."""
     if isinstance(image, torch.Tensor):

@@ -16,6 +16,7 @@ import time
 import torch
 from torch import nn
 
+from ..export import ExportConfig
 from ..presets import get_preset
 from ..tokenizer.loading import build_vae
 from ..transformer.loading import build_transformer
@@ -54,16 +55,13 @@ def build_random_pipeline(preset: str, resolution: int, device: torch.device, mo
             if "lora_B" in name:
                 w.normal_(0, 1e-3)
     text = RandomText(p.transformer["text_channels"], prompt_tokens=30).to(device)
-    config = {
-        "base_preset": p.name,
-        "mode": mode,
-        "resolution": resolution,
-        "attention": "full",
-        "lq_input": "pyramid",
-        "upscale": 4,
-        "use_captions": True,
-        "scale_schedule": [list(s) for s in vae.schedule(resolution)],
-    }
+    config = ExportConfig(
+        base_preset=p.name,
+        mode=mode,
+        resolution=resolution,
+        scale_schedule=[list(s) for s in vae.schedule(resolution)],
+        has_adapter=True,
+    ).validate()
     return VARestorerPipeline(vae, copy.deepcopy(vae.encoder), transformer, text, config)
 
 
@@ -100,7 +98,9 @@ def bench_latency(
     prompts = ["a photo"] * batch
     rows = {}
     for m in methods:
-        pipe.config["mode"] = "varsr" if m == "varsr" else "distill"  # the same weights read as either model
+        pipe.config = pipe.config.replace(
+            mode="varsr" if m == "varsr" else "distill"
+        )  # the same weights read as either model
         restore = pipe.restorer(m)
         sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
         rows[m] = {"sec_per_image": sec / batch}

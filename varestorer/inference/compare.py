@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.images import read_rgb, to_tensor
+from ..data.images import read_rgb, to_tensor, to_uint8
 from ..data.samples import SAMPLES, sample_image
 from ..degradations import DegradationPipeline
-from .pipeline import to_uint8
 
 
 def comparison_strip(images: Sequence[Tensor], labels: Sequence[str], gap: int = 4):
@@ -45,8 +44,8 @@ def write_samples(
     training degradation (or ``degradation``): ``out/samples/NAME.png``. Returns the paths."""
 
     res = pipe.resolution
-    recipe = pipe.config["recipe"]["degradation"]
-    deg = DegradationPipeline.from_preset(degradation or recipe["preset"], scale=recipe["scale"])
+    trained_on = pipe.config.recipe.get("degradation", {}).get("preset", "realesrgan-x4")
+    deg = DegradationPipeline.from_preset(degradation or trained_on, scale=pipe.config.upscale)
     folder = Path(out) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

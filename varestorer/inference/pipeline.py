@@ -24,7 +24,6 @@ take the preset's sampler settings (Infinity's) unless given, and ``generator``/
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,27 +34,13 @@ import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
-from ..checkpoints import load_strict, read_file
 from ..data.images import to_tensor, to_uint8
-from ..errors import CheckpointError, ConfigError
-from ..export import (
-    BASE_TRANSFORMER_FILE,
-    BASE_VAE_FILE,
-    CONFIG_FILE,
-    ENCODER_FILE,
-    MERGED_FILE,
-    TRANSFORMER_FILE,
-    export_files,
-    read_export_config,
-    save_weights,
-)
+from ..errors import ConfigError
+from ..export import ExportConfig, load_export, write_export
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
-from ..tokenizer.loading import load_vae
-from ..transformer.loading import load_transformer
-from ..transformer.lora import adapters_disabled, is_adapted, load_adapter, save_adapter
+from ..transformer.lora import adapters_disabled, is_adapted
 from ..transformer.sampling import sample
-from ..transformer.text import TextEncoder
 from .guidance import DEFAULT_ALPHA, MeasurementGuidance, default_gamma
 from .tiling import restore_tiled
 
@@ -95,26 +80,6 @@ def output_size(size: tuple[int, int], upscale: float) -> tuple[int, int]:
     return out
 
 
-def _model_dir(model: str | Path, revision: str | None = None) -> Path:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    text = str(model)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise ConfigError(f"model {text!r} is neither a folder nor a Hub repo id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, revision=revision))
-    except Exception as exc:
-        raise CheckpointError(
-            f"could not get the model {text!r} from the Hub ({type(exc).__name__}: {exc}). "
-            f"Download it where you have network access (huggingface-cli download {text} "
-            f"--local-dir DIR) and pass DIR."
-        ) from exc
-
-
-# ---------------------------------------------------------------------------------------- pipeline
 @dataclass
 class VARestorerPipelineOutput(BaseOutput):
     """What a :class:`VARestorerPipeline` call returns (diffusers' output convention).
@@ -155,17 +120,17 @@ class VARestorerPipeline:
     Build it with :meth:`from_pretrained`; call it on images (see the module doc).
     """
 
-    def __init__(self, vae, encoder, transformer, text_encoder, config: dict, source: Path | None = None):
+    def __init__(self, vae, encoder, transformer, text_encoder, config: ExportConfig, source: Path | None = None):
         self.vae = vae.eval().requires_grad_(False)
         self.encoder = encoder.eval().requires_grad_(False)
         self.transformer = transformer.eval().requires_grad_(False)
         self.text_encoder = text_encoder
         self.config = config
         self.source = source
-        self.resolution = int(config["resolution"])
-        self.schedule = [tuple(s) for s in config["scale_schedule"]]
-        self.attention = config.get("attention", "full")
-        self.upscale = float(config["upscale"] if "upscale" in config else config["recipe"]["degradation"]["scale"])
+        self.resolution = config.resolution
+        self.schedule = config.schedule
+        self.attention = config.attention
+        self.upscale = float(config.upscale)
         self.captioner = None  # set by set_captioner: prompts from BLIP when a call gives none
         self.caption_from = "restored"
         self._warned_no_prompt = False
@@ -195,48 +160,8 @@ class VARestorerPipeline:
             merge_lora: merge the LoRA into the base weights for speed (``fuse_lora``;
                 reversible: the sampling methods unfuse it).
         """
-
-        folder = _model_dir(model, revision)
-        config = read_export_config(folder)
-        preset = get_preset(config["base_preset"])
-
-        def local(name: str) -> Path | None:
-            return folder / name if (folder / name).is_file() else None
-
-        vae_source = vae or local(BASE_VAE_FILE) or config.get("base_vae")
-        the_vae = _explain(lambda: load_vae(preset, vae_source), "VAE", "vae", vae_source)
-        adapter = config.get("has_adapter") and local("adapter_model.safetensors")
-        if local(TRANSFORMER_FILE):  # full fine-tuning / teacher mode: the whole transformer
-            transformer = load_transformer(preset, local(TRANSFORMER_FILE))
-            adapter = False
-        elif local(MERGED_FILE) and base is None:
-            transformer = load_transformer(preset, local(MERGED_FILE))
-            adapter = False
-        else:
-            if config.get("has_adapter") and not adapter:
-                raise CheckpointError(
-                    f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
-                    f"re-export it with varestorer export"
-                )
-            source = base or local(BASE_TRANSFORMER_FILE) or config.get("base_transformer")
-            transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
-        if adapter:
-            try:
-                load_adapter(transformer, folder)
-            except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, foreign target modules
-                first = str(exc).strip().splitlines()[0][:300]
-                raise CheckpointError(
-                    f"the LoRA adapter in {folder} does not fit the {config['base_preset']} base "
-                    f"transformer ({first}): it was trained on another base; pass that base with "
-                    f"--base (base=... in Python), or re-export the run"
-                ) from exc
-        encoder = copy.deepcopy(the_vae.encoder)
-        if config.get("has_encoder"):
-            if not local(ENCODER_FILE):
-                raise CheckpointError(f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}")
-            load_encoder(encoder, local(ENCODER_FILE))
-        text = TextEncoder.from_preset(preset, text_encoder or config.get("text_encoder"))
-        pipe = cls(the_vae, encoder, transformer, text, config, source=folder)
+        parts = load_export(model, base=base, vae=vae, text_encoder=text_encoder, revision=revision)
+        pipe = cls(parts.vae, parts.encoder, parts.transformer, parts.text_encoder, parts.config, source=parts.folder)
         if merge_lora:
             pipe.merge_lora()
         return pipe
@@ -295,24 +220,11 @@ class VARestorerPipeline:
         return self
 
     def save_pretrained(self, out: str | Path) -> Path:
-        """Write the export form (adapter, encoder, config, and the base when it is random)."""
-        import json
-        import shutil
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        if is_adapted(self.transformer):
-            save_adapter(self.transformer, out)
-        elif self.source is None or not any((self.source / n).is_file() for n in (TRANSFORMER_FILE, MERGED_FILE)):
-            save_weights(self.transformer.state_dict(), out / TRANSFORMER_FILE)
-        if self.config.get("has_encoder"):
-            save_weights({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}, out / ENCODER_FILE)
-        if self.source is not None and self.source.resolve() != out.resolve():
-            for f in export_files(self.source):
-                if f.name in (BASE_TRANSFORMER_FILE, BASE_VAE_FILE, TRANSFORMER_FILE, MERGED_FILE):
-                    shutil.copy2(f, out / f.name)
-        (out / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
-        return out
+        """Write the export form (adapter, encoder, config, and the base files it was loaded with)."""
+        encoder = self.encoder.state_dict() if self.config.has_encoder else None
+        return write_export(
+            out, transformer=self.transformer, config=self.config, encoder_state=encoder, base_from=self.source
+        )
 
     # ------------------------------------------------------------------ the methods
     def _autocast(self):
@@ -320,7 +232,7 @@ class VARestorerPipeline:
         return torch.autocast(dev, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def text(self, prompts: Sequence[str]):
-        if not self.config.get("use_captions", True):
+        if not self.config.use_captions:
             prompts = [""] * len(prompts)  # a model trained without prompts sees none
         return self.text_encoder(list(prompts), device=self.device)
 
@@ -330,8 +242,7 @@ class VARestorerPipeline:
         (``lq_tokens``: :meth:`lq_tokens` of ``x`` when they are already computed)."""
         with self._autocast():
             lq_tokens = self.lq_tokens(x) if lq_tokens is None else lq_tokens
-            # exports written before `lq_input` existed were trained on the shifted form
-            lq = lq_tokens.lq_input_sequence(self.config.get("lq_input", "shifted"))
+            lq = lq_tokens.lq_input_sequence(self.config.lq_input)
             return self.transformer(self.text(prompts), lq, self.schedule, attention=self.attention).float()
 
     def lq_tokens(self, x: Tensor):
@@ -347,7 +258,7 @@ class VARestorerPipeline:
         ``keep_lq_scales`` scales are ``lq_tokens``' own when the student was trained so."""
 
         bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
-        keep = self.config.get("keep_lq_scales", 0)
+        keep = self.config.keep_lq_scales
         if keep:
             if lq_tokens is None:
                 raise ValueError(f"this student keeps the LQ tokens' first {keep} scale(s): pass lq_tokens")
@@ -380,7 +291,7 @@ class VARestorerPipeline:
         if not 0 <= num_given <= len(self.schedule):
             raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
         settings = self._sampler_settings(sampler)
-        is_teacher = self.config.get("mode") == "teacher"  # a fine-tuned teacher: its weights are the teacher
+        is_teacher = self.config.mode == "teacher"  # a fine-tuned teacher: its weights are the teacher
         if not (is_teacher or is_adapted(self.transformer)):
             raise ConfigError(
                 "sampling the base model needs the base weights and the adapter apart; this model "
@@ -411,7 +322,7 @@ class VARestorerPipeline:
         if unknown:
             raise ConfigError(f"unknown sampler settings {sorted(unknown)}: cfg, tau, top_k, top_p")
         return {
-            **get_preset(self.config["base_preset"]).sampler.as_kwargs(),
+            **get_preset(self.config.base_preset).sampler.as_kwargs(),
             **{k: v for k, v in given.items() if v is not None},
         }
 
@@ -423,10 +334,10 @@ class VARestorerPipeline:
         distill"): its LoRA samples scale by scale with the LQ image's quantized latent (from the
         fine-tuned encoder) as prefix tokens in the KV cache."""
 
-        if self.config.get("mode") != "varsr":
+        if self.config.mode != "varsr":
             raise ConfigError(
                 f"the varsr method needs a model trained in mode 'varsr' (recipes/ablation-no-distill"
-                f".yaml); this one was trained in mode {self.config.get('mode')!r}"
+                f".yaml); this one was trained in mode {self.config.mode!r}"
             )
         with self._autocast():
             prefix = self.lq_tokens(x).prefix_sequence()
@@ -484,13 +395,13 @@ class VARestorerPipeline:
         if method not in METHODS:
             hint = " (now called zeroshot)" if method == "teacher" else ""
             raise ConfigError(f"unknown method {method!r}{hint}; choose one of {', '.join(METHODS)}")
-        if method == "onestep" and self.config.get("mode") == "teacher":
+        if method == "onestep" and self.config.mode == "teacher":
             raise ConfigError(
                 "this export is a fine-tuned teacher (recipe mode 'teacher'), not a one-step "
                 "model: restore with --method zeroshot/multistep/guided, or distil it "
                 "(model.transformer in a recipe)"
             )
-        if method == "onestep" and self.config.get("mode") == "varsr":
+        if method == "onestep" and self.config.mode == "varsr":
             raise ConfigError(
                 "this export is a multi-step VARSR-style model (recipe mode 'varsr'), not a one-step "
                 "model: restore with --method varsr"
@@ -527,7 +438,7 @@ class VARestorerPipeline:
             if len(prompts) != len(images):
                 raise ConfigError(f"{len(prompts)} prompts for {len(images)} images")
             return prompts
-        if method == "bicubic" or not self.config.get("use_captions", True):
+        if method == "bicubic" or not self.config.use_captions:
             return [""] * len(images)  # prompts unused, or the model never saw any
         if self.captioner is None:
             if not self._warned_no_prompt:
@@ -540,7 +451,7 @@ class VARestorerPipeline:
                 )
                 self._warned_no_prompt = True
             return [""] * len(images)
-        if self.caption_from == "restored" and self.config.get("mode") != "teacher":
+        if self.caption_from == "restored" and self.config.mode != "teacher":
             images = self.pre_restore(images, batch_size)
         return [str(c) for c in self.captioner([to_uint8(im) for im in images])]
 
@@ -638,21 +549,3 @@ class VARestorerPipeline:
             up, lambda tiles: restore(tiles, [prompt] * len(tiles)).float().cpu(), R, overlap, batch_size=batch_size
         )
         return resize_images(out, size)[0]
-
-
-def load_encoder(encoder, path: str | Path) -> None:
-    """The fine-tuned encoder of an export (``encoder.*`` keys, Infinity's VAE layout), strictly."""
-
-    state = read_file(path)
-    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in state.items()}, what="encoder", source=str(path))
-
-
-def _explain(load, what: str, option: str, source):
-    """Run ``load``; a missing base checkpoint says how to point at one."""
-    try:
-        return load()
-    except (CheckpointError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot load the {what} this model was trained on ({source or 'the official weights'}): "
-            f"{exc}\n  Pass it with --{option} PATH_OR_HUB_ID (from_pretrained(..., {option}=...))."
-        ) from exc

@@ -110,8 +110,8 @@ class MultiScaleTokens:
 
     def keep_scales(self, bits: list[Tensor], n: int) -> list[Tensor]:
         """``bits`` (per scale ``(B, h_k, w_k, d)``, hard or probabilities) with the first ``n``
-        scales replaced by these tokens' own bits (the student's ``keep_lq_scales``). They come
-        are exactly the hard bits, and pass the codes' straight-through gradient on to the encoder."""
+        scales replaced by these tokens' own bits (the student's ``keep_lq_scales``). They are
+        exactly the hard bits, and pass the codes' straight-through gradient on to the encoder."""
         own = []
         for b, c in zip(self.bits[:n], self.codes[:n]):
             soft = (c.permute(0, 2, 3, 1) * math.sqrt(c.shape[1]) + 1) / 2

@@ -373,10 +373,6 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         level = torch.cat([torch.full((h * w,), k, device=device) for k, (h, w) in enumerate(schedule)])
         return level[:, None] >= level[None, :]
 
-    def drop_text(self, text: TextFeatures, drop: Tensor | None) -> TextFeatures:
-        """``text`` with the captions where ``drop`` is True to be replaced by ``cfg_uncond``."""
-        return text.with_drop(drop)
-
     def text_context(self, text: TextFeatures) -> TextContext:
         """T5 features -> pooled condition, AdaLN vectors and cross-attention keys/values.
 

@@ -6,8 +6,9 @@
                                                      and teacher mode (official key layout)
     encoder.safetensors                              the fine-tuned VAE encoder (``encoder.*`` keys
                                                      of Infinity's VAE layout)
-    varestorer_config.json                           the base model, resolution, scale schedule,
-                                                     attention mode and the recipe used
+    varestorer_config.json                           :class:`~.config.ExportConfig`: the base, resolution,
+                                                     scale schedule, how the student reads its input,
+                                                     the recipe used
     merged_transformer.safetensors                   optional (``varestorer export --merge``): the
                                                      base with the LoRA merged in, official layout
     base_transformer.safetensors, base_vae.safetensors
@@ -22,29 +23,36 @@ Training writes this form into every ``checkpoint-STEP/export`` and into ``OUTPU
 The format is the library's: :func:`write_export` takes the trained parts and their weights
 (gathered first when training is sharded), not a training module, and this module imports nothing
 of the trainer; the trainer's checkpoint hooks (``distill/checkpointing.py``) call it.
+:func:`load_export` reads it back into its parts (the pipeline's ``from_pretrained``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import list_checkpoints
-from .errors import ConfigError
-from .presets import get_preset
-from .tokenizer.loading import load_vae
-from .transformer.loading import load_transformer
-from .transformer.lora import base_weights, is_adapted, save_adapter
+import torch
 
-CONFIG_FILE = "varestorer_config.json"
+from ..checkpoints import is_hub_id, list_checkpoints, load_strict, read_file
+from ..errors import CheckpointError, ConfigError
+from ..presets import get_preset
+from ..tokenizer.loading import load_vae
+from ..transformer.loading import load_transformer
+from ..transformer.lora import base_weights, is_adapted, load_adapter, save_adapter
+from ..transformer.text import TextEncoder
+from .config import CONFIG_FILE, ExportConfig
+
 ENCODER_FILE = "encoder.safetensors"
 TRANSFORMER_FILE = "transformer.safetensors"
 MERGED_FILE = "merged_transformer.safetensors"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 BASE_TRANSFORMER_FILE = "base_transformer.safetensors"
 BASE_VAE_FILE = "base_vae.safetensors"
-FORMAT_VERSION = 1
+#: the files that are the base itself (not trained by the run): copied as they are by a re-save
+BASE_FILES = (BASE_TRANSFORMER_FILE, BASE_VAE_FILE, TRANSFORMER_FILE, MERGED_FILE)
 TOKENIZER_VAE_FILE = "vae.safetensors"  # a tokenizer-mode run's export (write_tokenizer_export)
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
@@ -56,67 +64,48 @@ def save_weights(state: dict, path: str | Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
 
 
-def export_config(recipe, schedule, *, has_adapter: bool, has_encoder: bool) -> dict:
-    """``varestorer_config.json``: what the trained parts apply to (the base, its resolution and
-    scale schedule), how the student reads its input, and the whole recipe."""
-    preset = recipe.model
-    return {
-        "format": "varestorer",
-        "format_version": FORMAT_VERSION,
-        "mode": recipe.mode,
-        "base_preset": preset.preset,
-        "base_transformer": preset.transformer,  # None: the preset's official checkpoint
-        "base_vae": preset.vae,
-        "text_encoder": preset.text_encoder,
-        "random_init_base": preset.random_init,
-        "resolution": preset.resolution,
-        "scale_schedule": [list(s) for s in schedule],
-        "upscale": recipe.degradation.scale,
-        "attention": recipe.student.attention,
-        "lq_input": recipe.student.lq_input,
-        "keep_lq_scales": recipe.student.keep_lq_scales,
-        "use_captions": recipe.data.use_captions,
-        "has_adapter": has_adapter,
-        "has_encoder": has_encoder,
-        "recipe": recipe.to_dict(),
-    }
-
-
 def write_export(
     out: str | Path,
     *,
     transformer,
-    config: dict,
+    config: ExportConfig,
     transformer_state: dict | None = None,
     encoder_state: dict | None = None,
     base_vae_state: dict | None = None,
+    base_from: str | Path | None = None,
 ) -> Path:
     """Write the export form into ``out`` from the trained parts' weights.
 
     Args:
         transformer: the student's transformer (its adapter configuration, if it has adapters).
-        config: :func:`export_config` of the run.
+        config: the run's :class:`ExportConfig`.
         transformer_state: its weights (by default its own ``state_dict()``): with LoRA adapters
             the adapter is written from them (and, with ``base_vae_state``, the base); otherwise
             (full fine-tuning, teacher mode) all of them, official layout.
         encoder_state: the fine-tuned LQ encoder's weights, if the run has one.
         base_vae_state: the base's VAE when the base has random weights (the tiny preset): such a
             base can be downloaded from nowhere, so it travels with the export (with the base transformer).
+        base_from: an export folder whose base files (:data:`BASE_FILES`) are copied as they are
+            (a loaded model saved again): a whole transformer found there is not written again.
     """
     state = transformer.state_dict() if transformer_state is None else transformer_state
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    copied = [Path(base_from) / n for n in BASE_FILES if base_from is not None and (Path(base_from) / n).is_file()]
     if is_adapted(transformer):
         save_adapter(transformer, out, state)
         if base_vae_state is not None:
             save_weights(base_weights(state), out / BASE_TRANSFORMER_FILE)
-    else:
+    elif not any(f.name in (TRANSFORMER_FILE, MERGED_FILE) for f in copied):
         save_weights(state, out / TRANSFORMER_FILE)
     if encoder_state is not None:
         save_weights({f"encoder.{k}": v for k, v in encoder_state.items()}, out / ENCODER_FILE)
     if base_vae_state is not None:
         save_weights(base_vae_state, out / BASE_VAE_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    for f in copied:
+        if f.resolve() != (out / f.name).resolve():
+            shutil.copy2(f, out / f.name)
+    config.save(out)
     return out
 
 
@@ -141,23 +130,112 @@ def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule, vae_state:
     return out
 
 
-def read_export_config(folder: str | Path) -> dict:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"{folder} is not a VARestorer export (no {CONFIG_FILE}); make one with: varestorer export CHECKPOINT OUT"
-        )
+def export_dir(model: str | Path, revision: str | None = None) -> Path:
+    """The local folder of ``model``: a folder as it is, a Hub repo id downloaded (its cache)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    text = str(model)
+    if not is_hub_id(text):
+        raise ConfigError(f"model {text!r} is neither a folder nor a Hub repo id (owner/name)")
+    from huggingface_hub import snapshot_download
+
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); re-export the model") from None
-    version = config.get("format_version")
-    if config.get("format") != "varestorer" or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ConfigError(
-            f"{path} is a format this varestorer does not read (format {config.get('format')!r}, "
-            f"version {version!r}; this version reads up to {FORMAT_VERSION}): upgrade varestorer"
-        )
-    return config
+        return Path(snapshot_download(text, revision=revision))
+    except Exception as exc:
+        raise CheckpointError(
+            f"could not get the model {text!r} from the Hub ({type(exc).__name__}: {exc}). "
+            f"Download it where you have network access (huggingface-cli download {text} "
+            f"--local-dir DIR) and pass DIR."
+        ) from exc
+
+
+@dataclass
+class ExportParts:
+    """What :func:`load_export` returns: the config and the loaded models of an export."""
+
+    folder: Path
+    config: ExportConfig
+    vae: torch.nn.Module
+    encoder: torch.nn.Module  # the fine-tuned LQ encoder, or a copy of the VAE's own
+    transformer: torch.nn.Module  # with its LoRA adapter loaded (not merged), if it has one
+    text_encoder: TextEncoder
+
+
+def load_export(
+    model: str | Path,
+    *,
+    base: str | Path | None = None,
+    vae: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    revision: str | None = None,
+) -> ExportParts:
+    """Load an export folder (or a Hub repo id holding one) into its parts.
+
+    Args:
+        base: the base transformer checkpoint (file, folder or Hub id) when it is not the one the
+            export names (``base_transformer``; ``None`` there: the preset's official weights).
+            Not needed with a merged or whole-transformer export.
+        vae, text_encoder: likewise for the VAE and the T5 encoder.
+    """
+    folder = export_dir(model, revision)
+    config = ExportConfig.load(folder)
+    preset = get_preset(config.base_preset)
+
+    def local(name: str) -> Path | None:
+        return folder / name if (folder / name).is_file() else None
+
+    vae_source = vae or local(BASE_VAE_FILE) or config.base_vae
+    the_vae = _explain(lambda: load_vae(preset, vae_source), "VAE", "vae", vae_source)
+    adapter = config.has_adapter and local("adapter_model.safetensors")
+    if local(TRANSFORMER_FILE):  # full fine-tuning / teacher mode: the whole transformer
+        transformer = load_transformer(preset, local(TRANSFORMER_FILE))
+        adapter = False
+    elif local(MERGED_FILE) and base is None:
+        transformer = load_transformer(preset, local(MERGED_FILE))
+        adapter = False
+    else:
+        if config.has_adapter and not adapter:
+            raise CheckpointError(
+                f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
+                f"re-export it with varestorer export"
+            )
+        source = base or local(BASE_TRANSFORMER_FILE) or config.base_transformer
+        transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
+    if adapter:
+        try:
+            load_adapter(transformer, folder)
+        except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, foreign target modules
+            first = str(exc).strip().splitlines()[0][:300]
+            raise CheckpointError(
+                f"the LoRA adapter in {folder} does not fit the {config.base_preset} base "
+                f"transformer ({first}): it was trained on another base; pass that base with "
+                f"--base (base=... in Python), or re-export the run"
+            ) from exc
+    encoder = copy.deepcopy(the_vae.encoder)
+    if config.has_encoder:
+        if not local(ENCODER_FILE):
+            raise CheckpointError(f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}")
+        load_encoder(encoder, local(ENCODER_FILE))
+    text = TextEncoder.from_preset(preset, text_encoder or config.text_encoder)
+    return ExportParts(folder, config, the_vae, encoder, transformer, text)
+
+
+def load_encoder(encoder, path: str | Path) -> None:
+    """The fine-tuned encoder of an export (``encoder.*`` keys, Infinity's VAE layout), strictly."""
+    state = read_file(path)
+    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in state.items()}, what="encoder", source=str(path))
+
+
+def _explain(load, what: str, option: str, source):
+    """Run ``load``; a missing base checkpoint says how to point at one."""
+    try:
+        return load()
+    except (CheckpointError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot load the {what} this model was trained on ({source or 'the official weights'}): "
+            f"{exc}\n  Pass it with --{option} PATH_OR_HUB_ID (from_pretrained(..., {option}=...))."
+        ) from exc
 
 
 def find_export(path: str | Path) -> Path:
@@ -212,8 +290,6 @@ def bundle_base(preset, vae_checkpoint, transformer_checkpoint, out: str | Path 
     """Write a pre-trained base into the preset's shipped folder (``out``: elsewhere) as float16
     safetensors, the form ``preset: NAME`` loads with no download: ``vae.safetensors`` and
     ``transformer.safetensors`` (from a ``tokenizer``-mode and a ``teacher``-mode run)."""
-    import torch
-
     preset = get_preset(preset)
     out = Path(out) if out is not None else preset.weights_dir()
     if out is None:

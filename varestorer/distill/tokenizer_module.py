@@ -28,14 +28,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..distill.losses import build_lpips
-from ..distill.module import TrainingModule
 from ..errors import ConfigError
-from ..evaluation.base import tokenizer_quality
-from ..evaluation.metrics import psnr_db
+from ..evaluation.metrics import build_lpips, psnr_db
 from ..export import write_tokenizer_export
 from ..presets import get_preset
-from .loading import build_vae, load_vae
+from ..tokenizer.loading import build_vae, load_vae
+from .heldout import tokenizer_quality
+from .module import TrainingModule
 
 
 def _entropy(p: Tensor) -> Tensor:

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from ..data.photos import heldout_crops
-from ..distill.losses import bitwise_cross_entropy
+from ..evaluation.metrics import psnr_db
 from ..inference.compare import comparison_strip, stack_rows
 from ..transformer.sampling import sample
-from .metrics import psnr_db
+from .losses import bitwise_cross_entropy
 
 
 def _heldout_batch(size: int):

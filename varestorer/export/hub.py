@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import VARestorerError
-from .export import CONFIG_FILE, read_export_config
-from .presets import get_preset
-from .resources import find_resource
+from ..errors import VARestorerError
+from ..presets import get_preset
+from ..resources import find_resource
+from .config import CONFIG_FILE, ExportConfig
 
 CARD_FILE = "README.md"
 EVAL_FILE = "evaluation.json"
@@ -34,10 +34,9 @@ _FILE_NOTES = {
 }
 
 
-def _base_model_id(config: dict) -> str:
-
-    preset = get_preset(config["base_preset"])
-    return config.get("base_transformer") or preset.hub_repo or f"varestorer-preset/{preset.name}"
+def _base_model_id(config: ExportConfig) -> str:
+    preset = get_preset(config.base_preset)
+    return config.base_transformer or preset.hub_repo or f"varestorer-preset/{preset.name}"
 
 
 def _eval_table(folder: Path) -> str | None:
@@ -57,8 +56,8 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
-    config = read_export_config(folder)
-    recipe = config["recipe"]
+    config = ExportConfig.load(folder)
+    recipe = config.recipe
     base = _base_model_id(config)
     dataset = recipe["data"]["dataset"] or "skimage"
     data = ModelCardData(
@@ -72,15 +71,15 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
     loss = recipe["loss"]
     loss_text = (
         f"{loss['kl']} KL + {loss['lpips']} LPIPS + {loss['mse']} MSE"
-        if config["mode"] == "distill"
+        if config.mode == "distill"
         else f"{loss['cross_entropy']} bitwise cross-entropy"
     )
     trainable = (
         "LoRA rank {r} on {t}".format(r=recipe["student"]["lora_rank"], t=", ".join(recipe["student"]["lora_targets"]))
-        if config["has_adapter"]
+        if config.has_adapter
         else "all transformer weights"
     )
-    if config["has_encoder"]:
+    if config.has_encoder:
         trainable += " + the VAE encoder"
     files = [(p.name, _FILE_NOTES.get(p.name, "")) for p in sorted(folder.iterdir()) if p.is_file()]
     if CARD_FILE not in {n for n, _ in files}:
@@ -93,15 +92,15 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
         repo_id=repo_id,
         base_model=base,
         base_model_name=base,
-        base_preset=config["base_preset"],
-        text_encoder=config.get("text_encoder") or "the preset's T5",
-        resolution=config["resolution"],
-        num_scales=len(config["scale_schedule"]),
-        attention=config["attention"],
-        has_adapter=config["has_adapter"],
+        base_preset=config.base_preset,
+        text_encoder=config.text_encoder or "the preset's T5",
+        resolution=config.resolution,
+        num_scales=len(config.scale_schedule),
+        attention=config.attention,
+        has_adapter=config.has_adapter,
         files=files,
         recipe_name=recipe["name"],
-        mode=config["mode"],
+        mode=config.mode,
         max_steps=recipe["train"]["max_steps"],
         global_batch_size=recipe["train"]["global_batch_size"],
         lr=recipe["optim"]["lr"],

@@ -1,0 +1,164 @@
+"""The options ``restore`` and ``evaluate`` share: prompts, running, method settings, and loading
+the pipeline they name (imports of torch and the models stay inside functions: ``--help`` is fast)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+#: ``--method`` values (varestorer.inference.pipeline.METHODS, without importing torch here).
+METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr")
+
+
+def add_prompt_options(p) -> None:
+    """Where prompts come from (``restore`` and ``evaluate`` share them)."""
+    g = p.add_argument_group("prompts")
+    g.add_argument(
+        "--caption",
+        default="blip",
+        metavar="{blip,none,FILE}",
+        help="where prompts come from when --prompt is not given (default: blip; none: empty "
+        "prompts, with a warning for a model trained with captions; FILE: a caption file, JSON "
+        'lines {"path": ..., "caption": ...} with paths as given or by file name)',
+    )
+    g.add_argument(
+        "--caption-from",
+        default="restored",
+        choices=("restored", "input"),
+        help="what BLIP looks at: the model's own one-pass restoration without a prompt (default, "
+        "as training captioned clean images) or the LQ input",
+    )
+    g.add_argument(
+        "--caption-model", default=None, help="BLIP Hub id or folder (default Salesforce/blip-image-captioning-large)"
+    )
+    prompt = g.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=None, help="one prompt for every image")
+    prompt.add_argument(
+        "--no-prompt",
+        dest="prompt",
+        action="store_const",
+        const="",
+        help="restore with an empty prompt: the paper's 'w/o prompt' ablation (Table A)",
+    )
+
+
+def prompts_for(args, paths: list[Path]) -> str | list[str] | None:
+    """The prompt of each image: ``--prompt`` for all, else the caption file's (``--caption FILE``;
+    looked up by the path as given, then by file name), else None (the pipeline captions or warns)."""
+    from ..errors import ConfigError
+
+    if args.prompt is not None or args.caption in ("blip", "none"):
+        return args.prompt
+    captions, by_name = _caption_lookup(args.caption)
+    prompts = []
+    for path in paths:
+        found = captions.lookup(str(path), path) or by_name.get(Path(path).name)
+        if found is None:
+            raise ConfigError(f"{path} has no caption in {args.caption}: add a line for it, or pass --caption none")
+        prompts.append(found)
+    return prompts
+
+
+@functools.cache
+def _caption_lookup(path: str):
+    """A caption file, read once: the file and its captions by file name."""
+    from ..data.captions import CaptionFile
+    from ..errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--caption {path}: not blip, none or a caption file")
+    captions = CaptionFile(path)
+    return captions, {Path(k).name: v for k, v in captions.captions.items()}
+
+
+def add_running_options(p) -> None:
+    """Batch, device, precision and the checkpoints a model names (shared with ``evaluate``)."""
+    g = p.add_argument_group("running")
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    g.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)",
+    )
+    g.add_argument("--base", help="base transformer checkpoint, when not the one the model names")
+    g.add_argument("--vae", help="VAE checkpoint, when not the one the model names")
+    g.add_argument("--text-encoder", help="T5 encoder (Hub id or folder), when not the one the model names")
+
+
+def add_method_options(p) -> None:
+    """The settings of the sampling methods (``restore`` and ``evaluate`` share them)."""
+    g = p.add_argument_group(
+        "sampling methods (zeroshot, multistep, guided, varsr)",
+        "unset sampler settings are the base preset's (Infinity's released: cfg 4, tau 0.5, top_k 900, top_p 0.97)",
+    )
+    g.add_argument("--num-given", type=int, default=4, help="zeroshot: scales given from the LQ image (default 4)")
+    g.add_argument(
+        "--gamma",
+        type=int,
+        default=None,
+        help="guided: first guided scale, 1-indexed (default: 8/10 of the scales, the paper's)",
+    )
+    g.add_argument("--alpha", type=float, default=None, help="guided: step on the logits (default 1, the paper's)")
+    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--tau", type=float, default=None, help="temperature")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0)
+
+
+def method_kwargs(args, method: str) -> dict:
+    """The pipeline settings of ``method`` from the parsed options."""
+    if method in ("onestep", "bicubic"):
+        return {}
+    kwargs = dict(cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if method == "zeroshot":
+        kwargs["num_given"] = args.num_given
+    if method == "guided":
+        kwargs.update(gamma=args.gamma, alpha=args.alpha)
+    return kwargs
+
+
+def load_pipeline(args, device: str, methods: tuple[str, ...]):
+    """The pipeline of ``--model`` (with BLIP when prompts are to be captioned), or for
+    ``bicubic`` alone without a model, the pipeline's resizing."""
+    import torch
+
+    from ..errors import ConfigError
+
+    if args.model is None:
+        needing = [m for m in methods if m != "bicubic"]
+        if needing:
+            raise ConfigError(f"--method {needing[0]} needs --model (an export folder or a Hub repo id)")
+        return _Bicubic(getattr(args, "upscale", None) or 4.0)
+    from ..inference import VARestorerPipeline
+
+    pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder)
+    dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    pipe.to(device, getattr(torch, dtype))
+    wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.use_captions
+    if args.caption not in ("blip", "none"):
+        prompts_for(args, [])  # a caption file: read (and checked) now, before any restoration
+    elif wants_captions and args.caption == "blip":
+        from ..data.captions import DEFAULT_BLIP, BlipCaptioner
+
+        pipe.set_captioner(
+            BlipCaptioner(args.caption_model or DEFAULT_BLIP, device=device, batch_size=args.batch_size),
+            caption_from=args.caption_from,
+        )
+    return pipe
+
+
+class _Bicubic:
+    """``--method bicubic`` without a model: the pipeline's resizing alone."""
+
+    def __init__(self, upscale: float):
+        self.upscale = upscale
+
+    def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
+        from ..inference.pipeline import output_size, pipeline_output, resize_images
+
+        s = upscale or self.upscale
+        outs = [resize_images(x[None], output_size(tuple(x.shape[-2:]), s))[0] for x in images]
+        return pipeline_output(outs, [""] * len(outs), output_type)

@@ -1,0 +1,51 @@
+"""The export form (one owner): its configuration, writing and loading export folders, the Hub."""
+
+from .config import CONFIG_FILE, FORMAT_VERSION, ExportConfig
+from .folder import (
+    ADAPTER_FILES,
+    BASE_TRANSFORMER_FILE,
+    BASE_VAE_FILE,
+    ENCODER_FILE,
+    MERGED_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_VAE_FILE,
+    TRANSFORMER_FILE,
+    ExportParts,
+    bundle_base,
+    copy_export,
+    export_dir,
+    export_files,
+    find_export,
+    load_export,
+    save_weights,
+    write_export,
+    write_tokenizer_export,
+)
+from .hub import publish, render_card, validate_card
+
+__all__ = [
+    "ADAPTER_FILES",
+    "BASE_TRANSFORMER_FILE",
+    "BASE_VAE_FILE",
+    "CONFIG_FILE",
+    "ENCODER_FILE",
+    "FORMAT_VERSION",
+    "MERGED_FILE",
+    "TOKENIZER_CONFIG_FILE",
+    "TOKENIZER_VAE_FILE",
+    "TRANSFORMER_FILE",
+    "ExportConfig",
+    "ExportParts",
+    "bundle_base",
+    "copy_export",
+    "export_dir",
+    "export_files",
+    "find_export",
+    "load_export",
+    "publish",
+    "render_card",
+    "save_weights",
+    "validate_card",
+    "write_export",
+    "write_tokenizer_export",
+]

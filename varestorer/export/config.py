@@ -1,0 +1,198 @@
+"""``varestorer_config.json``: what an export's trained parts apply to and how they restore.
+
+One owner for the export's configuration. :class:`ExportConfig` is written from a recipe by the
+trainer (:meth:`ExportConfig.from_recipe`), read by the pipeline, the model card and the CLI
+(:meth:`ExportConfig.load`), and its defaults live here and nowhere else. A folder written by an
+older version is migrated when it is read (:data:`MIGRATIONS`: one function per version, each
+filling in what that version did not write with what it meant then).
+
+Adding a field: give it a default here, write it in :meth:`from_recipe`, validate it in
+:meth:`validate`, bump :data:`FORMAT_VERSION` and add the migration from the previous version (what
+an export without the field restores as); ``tests/test_export_config.py`` loads a folder of every
+version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..tokenizer.quantizer import LQ_INPUT_FORMS
+
+CONFIG_FILE = "varestorer_config.json"
+FORMAT = "varestorer"
+#: 1: 2026-11 (fields added without a version bump: see :func:`_from_v1`); 2: every field written.
+FORMAT_VERSION = 2
+#: What an export can hold (a ``tokenizer``-mode run writes a tokenizer export instead).
+EXPORT_MODES = ("distill", "teacher", "varsr")
+ATTENTION_MODES = ("full", "causal")
+
+
+@dataclass
+class ExportConfig:
+    """The configuration of an export folder (``varestorer_config.json``).
+
+    Attributes:
+        base_preset: the base model's preset (architecture, tokenizer, sampler settings).
+        resolution: the side the model restores at (pixels); ``scale_schedule`` its scales.
+        upscale: the super-resolution factor the model was trained for.
+        mode: ``distill`` (a one-step student), ``teacher`` (a fine-tuned base) or ``varsr``.
+        base_transformer, base_vae, text_encoder: the base's checkpoints (file, folder or Hub id);
+            ``None``: the preset's official ones.
+        random_init_base: the base had random weights (it then travels with the export).
+        attention: the student's attention (``full``: cross-scale; ``causal``: block-causal).
+        lq_input: how the student reads the LQ tokens (``MultiScaleTokens.lq_input_sequence``).
+        keep_lq_scales: the first N scales of a restoration are the LQ tokens' own.
+        use_captions: the model was trained with prompts (without, it is given none).
+        has_adapter, has_encoder: the folder holds a LoRA adapter / a fine-tuned LQ encoder.
+        recipe: the whole training recipe (``Recipe.to_dict()``), for the card and for the record.
+    """
+
+    base_preset: str
+    resolution: int
+    scale_schedule: list[list[int]]
+    upscale: float = 4.0
+    mode: str = "distill"
+    base_transformer: str | None = None
+    base_vae: str | None = None
+    text_encoder: str | None = None
+    random_init_base: bool = False
+    attention: str = "full"
+    lq_input: str = "pyramid"
+    keep_lq_scales: int = 0
+    use_captions: bool = True
+    has_adapter: bool = False
+    has_encoder: bool = False
+    recipe: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ making one
+    @classmethod
+    def from_recipe(cls, recipe, schedule, *, has_adapter: bool, has_encoder: bool) -> ExportConfig:
+        """The configuration of what ``recipe`` trains (``schedule``: its scale schedule)."""
+        model, student = recipe.model, recipe.student
+        return cls(
+            base_preset=model.preset,
+            resolution=model.resolution,
+            scale_schedule=[list(s) for s in schedule],
+            upscale=recipe.degradation.scale,
+            mode=recipe.mode,
+            base_transformer=model.transformer,
+            base_vae=model.vae,
+            text_encoder=model.text_encoder,
+            random_init_base=model.random_init,
+            attention=student.attention,
+            lq_input=student.lq_input,
+            keep_lq_scales=student.keep_lq_scales,
+            use_captions=recipe.data.use_captions,
+            has_adapter=has_adapter,
+            has_encoder=has_encoder,
+            recipe=recipe.to_dict(),
+        ).validate()
+
+    def replace(self, **changes) -> ExportConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def schedule(self) -> list[tuple[int, ...]]:
+        return [tuple(s) for s in self.scale_schedule]
+
+    def validate(self, where: str = "the export config") -> ExportConfig:
+        choices = {
+            "mode": (self.mode, EXPORT_MODES),
+            "attention": (self.attention, ATTENTION_MODES),
+            "lq_input": (self.lq_input, LQ_INPUT_FORMS),
+        }
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise ConfigError(f"{where}: {key}={value!r} is not one of {', '.join(valid)}; re-export the model")
+        if not isinstance(self.resolution, int) or isinstance(self.resolution, bool) or self.resolution < 16:
+            raise ConfigError(f"{where}: resolution={self.resolution!r} is not a side in pixels; re-export the model")
+        if not isinstance(self.upscale, (int, float)) or not math.isfinite(self.upscale) or self.upscale <= 0:
+            raise ConfigError(f"{where}: upscale={self.upscale!r} must be a positive number; re-export the model")
+        schedule = self.scale_schedule
+        if not (isinstance(schedule, list) and schedule and all(_is_scale(s) for s in schedule)):
+            raise ConfigError(f"{where}: scale_schedule is not a list of scale sizes; re-export the model")
+        if not isinstance(self.keep_lq_scales, int) or not 0 <= self.keep_lq_scales < len(schedule):
+            raise ConfigError(
+                f"{where}: keep_lq_scales={self.keep_lq_scales!r} must be in [0, {len(schedule) - 1}]; "
+                f"re-export the model"
+            )
+        return self
+
+    # ------------------------------------------------------------------ the file
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def from_dict(cls, data, where: str = "the export config") -> ExportConfig:
+        """An export config from its JSON form, migrated from the version that wrote it."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} holds a {type(data).__name__}, not an object; re-export the model")
+        version = data.get("format_version")
+        if data.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(
+                f"{where} is a format this varestorer does not read (format {data.get('format')!r}, "
+                f"version {version!r}; this version reads up to {FORMAT_VERSION}): upgrade varestorer"
+            )
+        data = dict(data)
+        while version < FORMAT_VERSION:
+            data, version = MIGRATIONS[version](data), version + 1
+        data.pop("format"), data.pop("format_version", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in data]
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)}; re-export the model")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{where} holds fields this varestorer does not know ({', '.join(unknown)}): upgrade varestorer"
+            )
+        return cls(**data).validate(where)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ExportConfig:
+        """The config of the export folder ``folder`` (an error saying what to do if it is none)."""
+        path = Path(folder) / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(
+                f"{folder} is not a VARestorer export (no {CONFIG_FILE}); make one with: "
+                f"varestorer export CHECKPOINT OUT"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc}); re-export the model") from None
+        return cls.from_dict(data, where=str(path))
+
+
+def _is_scale(s) -> bool:
+    return isinstance(s, list) and len(s) in (2, 3) and all(isinstance(v, int) and v > 0 for v in s)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _from_v1(data: dict) -> dict:
+    """Version 1 grew without a bump: ``upscale`` (missing: the recipe's degradation scale),
+    ``lq_input`` (missing: ``shifted``, the only form then), ``keep_lq_scales`` (missing: 0) came
+    later; ``attention`` and ``use_captions`` were always written."""
+    recipe = data.get("recipe") or {}
+    data.setdefault("upscale", recipe.get("degradation", {}).get("scale", 4))
+    data.setdefault("lq_input", "shifted")
+    data.setdefault("keep_lq_scales", 0)
+    return data
+
+
+#: ``MIGRATIONS[v]``: a version-``v`` config (as a dict) -> version ``v + 1``.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1}
