@@ -24,6 +24,8 @@ V1_LAYOUTS = {
     "2026-11-24": ["lq_input"],
     "2026-12-01": ["keep_lq_scales"],
 }
+#: Version 2 (2026-12-03): every field of version 1's last layout, written explicitly.
+V2_KEYS = [*(k for keys in V1_LAYOUTS.values() for k in keys), "format_version"]
 
 
 def _v1_layouts() -> dict[str, list[str]]:
@@ -61,7 +63,7 @@ def test_the_trainer_writes_every_field_of_the_current_version_from_the_recipe(e
     data = json.loads((export / CONFIG_FILE).read_text())
     fields = {f.name for f in dataclasses.fields(ExportConfig)}
     assert set(data) == fields | {"format", "format_version"}
-    assert data["format_version"] == FORMAT_VERSION == 2
+    assert data["format_version"] == FORMAT_VERSION == 3
     config = ExportConfig.load(export)
     assert (config.lq_input, config.upscale, config.has_adapter, config.base_preset) == ("shifted", 2, True, "tiny")
     assert config.recipe["student"]["lq_input"] == "shifted"
@@ -87,6 +89,26 @@ def test_a_folder_of_every_version_written_so_far_restores_as_it_meant(tmp_path,
     (old / CONFIG_FILE).write_text(json.dumps({k: current[k] for k in keys} | {"format_version": 1}))
     migrated = ExportConfig.load(old)
     assert migrated == ExportConfig.load(export)
+    assert torch.equal(_restore(old), _restore(export))
+
+
+def test_a_version_2_folder_restores_as_it_did(tmp_path, export):
+    """Version 2 knew none of the release's choices: argmax bits, no restorer, bicubic, linear tiles."""
+    current = json.loads((export / CONFIG_FILE).read_text())
+    old = tmp_path / "v2"
+    old.mkdir()
+    for f in export.iterdir():
+        if f.name != CONFIG_FILE:
+            (old / f.name).write_bytes(f.read_bytes())
+    (old / CONFIG_FILE).write_text(json.dumps({k: current[k] for k in V2_KEYS} | {"format_version": 2}))
+    migrated = ExportConfig.load(old)
+    assert migrated == ExportConfig.load(export)
+    assert (migrated.decode, migrated.restorer, migrated.resize, migrated.tile_weights) == (
+        "argmax",
+        None,
+        "bicubic",
+        "linear",
+    )
     assert torch.equal(_restore(old), _restore(export))
 
 

@@ -71,6 +71,7 @@ LAYERS = (
     ("errors", "compat", "resources", "presets", "checkpoints"),
     ("data",),
     ("degradations",),
+    ("restorer",),
     ("tokenizer",),
     ("transformer",),
     ("export",),

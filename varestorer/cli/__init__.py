@@ -20,6 +20,7 @@ COMMANDS = (
     "bundle",
     "demo",
     "export",
+    "import_release",
     "restore",
     "evaluate",
     "publish",

@@ -23,10 +23,11 @@ def add_prompt_options(p) -> None:
     )
     g.add_argument(
         "--caption-from",
-        default="restored",
-        choices=("restored", "input"),
+        default=None,
+        choices=("restored", "input", "restorer"),
         help="what BLIP looks at: the model's own one-pass restoration without a prompt (default, "
-        "as training captioned clean images) or the LQ input",
+        "as training captioned clean images), the LQ input, or the stage-1 restorer's output "
+        "(the default for a model with one, as the release's evaluation captions)",
     )
     g.add_argument(
         "--caption-model", default=None, help="BLIP Hub id or folder (default Salesforce/blip-image-captioning-large)"
@@ -105,19 +106,41 @@ def add_method_options(p) -> None:
     g.add_argument("--tau", type=float, default=None, help="temperature")
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="the sampling methods' and --decode gumbel's draws")
+    g.add_argument(
+        "--decode",
+        default=None,
+        choices=("argmax", "gumbel"),
+        help="onestep: the most likely bits, or each bit drawn from its Bernoulli (the release's); default: the model's",
+    )
+    g.add_argument(
+        "--no-restorer",
+        action="store_true",
+        help="onestep: skip the model's stage-1 restorer (the paper's 'w/o restorer', Table A)",
+    )
 
 
 def method_kwargs(args, method: str) -> dict:
     """The pipeline settings of ``method`` from the parsed options."""
-    if method in ("onestep", "bicubic"):
+    if method == "bicubic":
         return {}
+    if method == "onestep":
+        return dict(decode=args.decode, generator=_generator(args))
     kwargs = dict(cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if method == "zeroshot":
         kwargs["num_given"] = args.num_given
     if method == "guided":
         kwargs.update(gamma=args.gamma, alpha=args.alpha)
     return kwargs
+
+
+def _generator(args):
+    """One generator for the whole run (seeded with --seed), so that batches draw in sequence."""
+    import torch
+
+    if getattr(args, "_generator", None) is None:
+        args._generator = torch.Generator().manual_seed(args.seed)
+    return args._generator
 
 
 def load_pipeline(args, device: str, methods: tuple[str, ...]):
@@ -137,6 +160,7 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
     pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder)
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     pipe.to(device, getattr(torch, dtype))
+    pipe.set_restorer(not args.no_restorer)
     wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.use_captions
     if args.caption not in ("blip", "none"):
         prompts_for(args, [])  # a caption file: read (and checked) now, before any restoration
@@ -145,7 +169,7 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
 
         pipe.set_captioner(
             BlipCaptioner(args.caption_model or DEFAULT_BLIP, device=device, batch_size=args.batch_size),
-            caption_from=args.caption_from,
+            caption_from=args.caption_from or ("restorer" if pipe.stage1 is not None else "restored"),
         )
     return pipe
 

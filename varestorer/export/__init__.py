@@ -1,6 +1,6 @@
 """The export form (one owner): its configuration, writing and loading export folders, the Hub."""
 
-from .config import CONFIG_FILE, FORMAT_VERSION, ExportConfig
+from .config import CONFIG_FILE, FORMAT_VERSION, RESTORER_FILE, ExportConfig
 from .folder import (
     ADAPTER_FILES,
     BASE_TRANSFORMER_FILE,
@@ -22,6 +22,7 @@ from .folder import (
     write_tokenizer_export,
 )
 from .hub import publish, render_card, validate_card
+from .release import import_release
 
 __all__ = [
     "ADAPTER_FILES",
@@ -31,6 +32,7 @@ __all__ = [
     "ENCODER_FILE",
     "FORMAT_VERSION",
     "MERGED_FILE",
+    "RESTORER_FILE",
     "TOKENIZER_CONFIG_FILE",
     "TOKENIZER_VAE_FILE",
     "TRANSFORMER_FILE",
@@ -41,6 +43,7 @@ __all__ = [
     "export_dir",
     "export_files",
     "find_export",
+    "import_release",
     "load_export",
     "publish",
     "render_card",

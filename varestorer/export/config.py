@@ -26,11 +26,23 @@ from ..tokenizer.quantizer import LQ_INPUT_FORMS
 
 CONFIG_FILE = "varestorer_config.json"
 FORMAT = "varestorer"
-#: 1: 2026-11 (fields added without a version bump: see :func:`_from_v1`); 2: every field written.
-FORMAT_VERSION = 2
+#: 1: 2026-11 (fields added without a version bump: see :func:`_from_v1`); 2: every field written;
+#: 3: the released VARestorer's inference choices (decode, restorer, resize, tile_weights,
+#: transformer_config, source).
+FORMAT_VERSION = 3
 #: What an export can hold (a ``tokenizer``-mode run writes a tokenizer export instead).
 EXPORT_MODES = ("distill", "teacher", "varsr")
 ATTENTION_MODES = ("full", "causal")
+#: How bits are read from the logits: the most likely (``argmax``) or drawn from each bit's
+#: Bernoulli with Gumbel noise (``gumbel``: the released VARestorer's ``GumbelArgmax``).
+DECODINGS = ("argmax", "gumbel")
+#: How images are resized to and from the model's resolution: torch bicubic (area when shrinking
+#: a lot), or PIL's LANCZOS on 8-bit images (the release's).
+RESIZES = ("bicubic", "lanczos")
+#: How overlapping tiles are blended: a linear ramp over the overlap, or the release's Gaussian
+#: weights (sigma 0.1 tile) over reflect-padded borders.
+TILE_WEIGHTS = ("linear", "gaussian")
+RESTORER_FILE = "restorer.safetensors"
 
 
 @dataclass
@@ -50,7 +62,16 @@ class ExportConfig:
         keep_lq_scales: the first N scales of a restoration are the LQ tokens' own.
         use_captions: the model was trained with prompts (without, it is given none).
         has_adapter, has_encoder: the folder holds a LoRA adapter / a fine-tuned LQ encoder.
-        recipe: the whole training recipe (``Recipe.to_dict()``), for the card and for the record.
+        recipe: the whole training recipe (``Recipe.to_dict()``), for the card and for the record;
+            empty for an imported model.
+        decode: ``argmax`` or ``gumbel`` (:data:`DECODINGS`).
+        restorer: the stage-1 restorer's file in the folder (DiffBIR's SwinIR), run on the LQ image
+            before the tokenizer and the captioner; ``None``: none.
+        resize: ``bicubic`` or ``lanczos`` (:data:`RESIZES`).
+        tile_weights: ``linear`` or ``gaussian`` (:data:`TILE_WEIGHTS`).
+        transformer_config: the transformer's architecture when it is not the preset's (an
+            imported checkpoint of another size); ``None``: the preset's.
+        source: where an imported model came from (release, files); empty for a trained one.
     """
 
     base_preset: str
@@ -69,6 +90,12 @@ class ExportConfig:
     has_adapter: bool = False
     has_encoder: bool = False
     recipe: dict = field(default_factory=dict)
+    decode: str = "argmax"
+    restorer: str | None = None
+    resize: str = "bicubic"
+    tile_weights: str = "linear"
+    transformer_config: dict | None = None
+    source: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ making one
     @classmethod
@@ -106,6 +133,9 @@ class ExportConfig:
             "mode": (self.mode, EXPORT_MODES),
             "attention": (self.attention, ATTENTION_MODES),
             "lq_input": (self.lq_input, LQ_INPUT_FORMS),
+            "decode": (self.decode, DECODINGS),
+            "resize": (self.resize, RESIZES),
+            "tile_weights": (self.tile_weights, TILE_WEIGHTS),
         }
         for key, (value, valid) in choices.items():
             if value not in valid:
@@ -122,6 +152,8 @@ class ExportConfig:
                 f"{where}: keep_lq_scales={self.keep_lq_scales!r} must be in [0, {len(schedule) - 1}]; "
                 f"re-export the model"
             )
+        if self.restorer is not None and (not isinstance(self.restorer, str) or "/" in self.restorer):
+            raise ConfigError(f"{where}: restorer={self.restorer!r} must be a file name in the folder; re-export")
         return self
 
     # ------------------------------------------------------------------ the file
@@ -194,5 +226,13 @@ def _from_v1(data: dict) -> dict:
     return data
 
 
+def _from_v2(data: dict) -> dict:
+    """Version 2 had none of the release's choices: argmax bits, no restorer, bicubic resizing,
+    linear tile ramps, the preset's transformer."""
+    data.update(decode="argmax", restorer=None, resize="bicubic", tile_weights="linear", transformer_config=None)
+    data.setdefault("source", {})
+    return data
+
+
 #: ``MIGRATIONS[v]``: a version-``v`` config (as a dict) -> version ``v + 1``.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2}

@@ -29,6 +29,7 @@ of the trainer; the trainer's checkpoint hooks (``distill/checkpointing.py``) ca
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -39,11 +40,12 @@ import torch
 from ..checkpoints import is_hub_id, list_checkpoints, load_strict, read_file
 from ..errors import CheckpointError, ConfigError
 from ..presets import get_preset
+from ..restorer import load_restorer, save_restorer
 from ..tokenizer.loading import load_vae
 from ..transformer.loading import load_transformer
 from ..transformer.lora import base_weights, is_adapted, load_adapter, save_adapter
 from ..transformer.text import TextEncoder
-from .config import CONFIG_FILE, ExportConfig
+from .config import CONFIG_FILE, RESTORER_FILE, ExportConfig
 
 ENCODER_FILE = "encoder.safetensors"
 TRANSFORMER_FILE = "transformer.safetensors"
@@ -73,6 +75,7 @@ def write_export(
     encoder_state: dict | None = None,
     base_vae_state: dict | None = None,
     base_from: str | Path | None = None,
+    restorer=None,
 ) -> Path:
     """Write the export form into ``out`` from the trained parts' weights.
 
@@ -87,6 +90,7 @@ def write_export(
             base can be downloaded from nowhere, so it travels with the export (with the base transformer).
         base_from: an export folder whose base files (:data:`BASE_FILES`) are copied as they are
             (a loaded model saved again): a whole transformer found there is not written again.
+        restorer: the stage-1 restorer (a SwinIR), written as ``config.restorer``.
     """
     state = transformer.state_dict() if transformer_state is None else transformer_state
     out = Path(out)
@@ -105,6 +109,10 @@ def write_export(
     for f in copied:
         if f.resolve() != (out / f.name).resolve():
             shutil.copy2(f, out / f.name)
+    if (restorer is None) != (config.restorer is None):
+        raise ValueError(f"the config names the restorer {config.restorer!r} but the export is given {restorer!r}")
+    if restorer is not None:
+        save_restorer(restorer, out / config.restorer)
     config.save(out)
     return out
 
@@ -160,6 +168,7 @@ class ExportParts:
     encoder: torch.nn.Module  # the fine-tuned LQ encoder, or a copy of the VAE's own
     transformer: torch.nn.Module  # with its LoRA adapter loaded (not merged), if it has one
     text_encoder: TextEncoder
+    restorer: torch.nn.Module | None = None  # the stage-1 restorer (DiffBIR's SwinIR), if the model has one
 
 
 def load_export(
@@ -181,6 +190,8 @@ def load_export(
     folder = export_dir(model, revision)
     config = ExportConfig.load(folder)
     preset = get_preset(config.base_preset)
+    if config.transformer_config is not None:  # an imported checkpoint of another size
+        preset = dataclasses.replace(preset, transformer=dict(config.transformer_config))
 
     def local(name: str) -> Path | None:
         return folder / name if (folder / name).is_file() else None
@@ -218,7 +229,12 @@ def load_export(
             raise CheckpointError(f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}")
         load_encoder(encoder, local(ENCODER_FILE))
     text = TextEncoder.from_preset(preset, text_encoder or config.text_encoder)
-    return ExportParts(folder, config, the_vae, encoder, transformer, text)
+    restorer = None
+    if config.restorer is not None:
+        if not local(config.restorer):
+            raise CheckpointError(f"{folder} names the stage-1 restorer {config.restorer} but does not hold it")
+        restorer = load_restorer(local(config.restorer))
+    return ExportParts(folder, config, the_vae, encoder, transformer, text, restorer)
 
 
 def load_encoder(encoder, path: str | Path) -> None:
@@ -263,6 +279,7 @@ def export_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     names = (
         CONFIG_FILE,
+        RESTORER_FILE,
         ENCODER_FILE,
         TRANSFORMER_FILE,
         MERGED_FILE,

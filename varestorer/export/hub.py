@@ -28,9 +28,22 @@ _FILE_NOTES = {
     "merged_transformer.safetensors": "the base transformer with the LoRA merged in",
     "base_transformer.safetensors": "the base transformer of a run with model.random_init (no public checkpoint to name)",
     "base_vae.safetensors": "the base VAE of a run with model.random_init (no public checkpoint to name)",
-    CONFIG_FILE: "base model, resolution, scale schedule, recipe",
+    CONFIG_FILE: "base model, resolution, scale schedule, inference form, recipe",
+    "restorer.safetensors": "the stage-1 restorer (DiffBIR's SwinIR architecture)",
     EVAL_FILE: "evaluation results",
     CARD_FILE: "this card",
+}
+
+
+#: What the card says of the recipe of a model imported without one (the release publishes none).
+_NO_RECIPE = {
+    "name": "none published",
+    "data": {"dataset": None},
+    "loss": {"kl": 0.1, "lpips": 0.25, "mse": 0.5, "cross_entropy": 1.0},
+    "student": {"lora_rank": "?", "lora_targets": ["sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj"]},
+    "train": {"max_steps": "?", "global_batch_size": "?"},
+    "optim": {"lr": "?"},
+    "degradation": {"preset": "?"},
 }
 
 
@@ -57,7 +70,7 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
 
     folder = Path(folder)
     config = ExportConfig.load(folder)
-    recipe = config.recipe
+    recipe = config.recipe or _NO_RECIPE  # an imported model has none
     base = _base_model_id(config)
     dataset = recipe["data"]["dataset"] or "skimage"
     data = ModelCardData(
@@ -110,6 +123,11 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
         degradation=recipe["degradation"]["preset"],
         eval_table=_eval_table(folder),
         samples=samples,
+        has_encoder=config.has_encoder,
+        restorer=config.restorer,
+        imported=config.source.get("release"),
+        imported_file=config.source.get("checkpoint"),
+        imported_rank=config.source.get("lora_rank"),
     )
 
 

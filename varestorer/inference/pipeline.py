@@ -37,10 +37,12 @@ from torch import Tensor
 from ..data.images import to_tensor, to_uint8
 from ..errors import ConfigError
 from ..export import ExportConfig, load_export, write_export
+from ..export.config import DECODINGS
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
 from ..transformer.lora import adapters_disabled, is_adapted
 from ..transformer.sampling import sample
+from ..transformer.text import TextFeatures
 from .guidance import DEFAULT_ALPHA, MeasurementGuidance, default_gamma
 from .tiling import restore_tiled
 
@@ -49,7 +51,7 @@ logger = logging.getLogger(__name__)
 #: Restoration methods, all through the same resizing and tiling (see the module doc).
 METHODS = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr")
 #: What the captioner looks at when a call gives no prompt (:meth:`VARestorerPipeline.set_captioner`).
-CAPTION_SOURCES = ("restored", "input")
+CAPTION_SOURCES = ("restored", "input", "restorer")
 MODES = ("auto", "resize", "tile")
 OUTPUT_TYPES = ("pil", "np", "pt")
 #: Largest output the pipeline makes (pixels); beyond it a call fails before allocating anything.
@@ -63,6 +65,31 @@ def resize_images(x: Tensor, size: tuple[int, int]) -> Tensor:
     shrink = size[0] < x.shape[-2] / 2 or size[1] < x.shape[-1] / 2
     mode = dict(mode="area") if shrink else dict(mode="bicubic", align_corners=False)
     return F.interpolate(x, size=size, **mode).clamp(0, 1)
+
+
+def resize_lanczos(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """PIL's LANCZOS resize of (N, 3, H, W) in [0, 1] through 8-bit images (what the released
+    VARestorer does to its inputs and outputs); the same tensor when the size is unchanged."""
+    from PIL import Image
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    out = [Image.fromarray(to_uint8(im)).resize((size[1], size[0]), Image.LANCZOS) for im in x.float().cpu()]
+    return torch.stack([to_tensor(o) for o in out]).to(x.device)
+
+
+def gumbel_bits(logits: Tensor, schedule, generator: torch.Generator | None = None) -> list[Tensor]:
+    """Each bit drawn from its Bernoulli, as the released VARestorer's ``GumbelArgmax`` draws it:
+    per scale one ``torch.rand`` of shape ``(B, h*w*d, 2)`` (float32, on the CPU, from
+    ``generator``), Gumbel noise ``-log(-log(u + 1e-20) + 1e-20)``, and the larger of the two
+    perturbed logits (its temperature 0.5 divides both: the choice is the same)."""
+    bits = []
+    for part, (h, w) in zip(MultiScaleBSQ.split_sequence(logits.float(), schedule), schedule):
+        flat = part.reshape(part.shape[0], -1, 2)
+        u = torch.rand(flat.shape, generator=generator, dtype=torch.float32).to(flat.device)
+        g = -torch.log(-torch.log(u + 1e-20) + 1e-20)
+        bits.append(((flat + g).argmax(-1) == 1).float().view(part.shape[0], h, w, -1))
+    return bits
 
 
 def output_size(size: tuple[int, int], upscale: float) -> tuple[int, int]:
@@ -131,6 +158,8 @@ class VARestorerPipeline:
         self.schedule = config.schedule
         self.attention = config.attention
         self.upscale = float(config.upscale)
+        self.stage1 = None  # the stage-1 restorer (set_restorer): cleans the LQ image before the tokenizer
+        self.use_restorer = True
         self.captioner = None  # set by set_captioner: prompts from BLIP when a call gives none
         self.caption_from = "restored"
         self._warned_no_prompt = False
@@ -162,6 +191,7 @@ class VARestorerPipeline:
         """
         parts = load_export(model, base=base, vae=vae, text_encoder=text_encoder, revision=revision)
         pipe = cls(parts.vae, parts.encoder, parts.transformer, parts.text_encoder, parts.config, source=parts.folder)
+        pipe.stage1 = parts.restorer
         if merge_lora:
             pipe.merge_lora()
         return pipe
@@ -178,6 +208,20 @@ class VARestorerPipeline:
             self.transformer.unfuse_lora()
             self._merged = False
 
+    def set_restorer(self, enabled: bool = True) -> VARestorerPipeline:
+        """Run the stage-1 restorer the model names (``enabled=False``: restore without it, the
+        paper's "w/o restorer" row of Table A)."""
+        self.use_restorer = enabled
+        return self
+
+    def stage1_restore(self, x: Tensor) -> Tensor:
+        """The stage-1 restorer's output of ``x`` (N, 3, R, R) in [0, 1], not clamped (as the
+        release feeds it to the VAE); ``x`` itself without a restorer."""
+        if self.stage1 is None or not self.use_restorer:
+            return x
+        with torch.no_grad(), self._autocast():
+            return self.stage1(x.to(self.device)).float()
+
     def set_captioner(self, captioner, caption_from: str = "restored") -> VARestorerPipeline:
         """Where prompts come from when a call gives none.
 
@@ -189,6 +233,7 @@ class VARestorerPipeline:
                 caption. The student was trained on captions of clean HQ crops; the paper captions
                 a coarse restoration (SwinIR, Sec. 3.4), for which the model's own first pass stands
                 in. ``"input"``: the LQ image as it is (one pass less; the paper's "w/o restorer").
+                ``"restorer"``: the stage-1 restorer's output (the released VARestorer's evaluation).
         """
         if caption_from not in CAPTION_SOURCES:
             raise ConfigError(f"caption_from must be one of {', '.join(CAPTION_SOURCES)}, got {caption_from!r}")
@@ -209,8 +254,8 @@ class VARestorerPipeline:
         for exact float32."""
         if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ConfigError(f"dtype {dtype} is not supported; float32, bfloat16 or float16")
-        for m in (self.vae, self.encoder, self.transformer, self.text_encoder):
-            if device is not None:
+        for m in (self.vae, self.encoder, self.transformer, self.text_encoder, self.stage1):
+            if device is not None and m is not None:
                 m.to(device)
         if dtype is not None:
             self._unmerge_lora()  # merged again in the new precision when it is next wanted
@@ -223,7 +268,12 @@ class VARestorerPipeline:
         """Write the export form (adapter, encoder, config, and the base files it was loaded with)."""
         encoder = self.encoder.state_dict() if self.config.has_encoder else None
         return write_export(
-            out, transformer=self.transformer, config=self.config, encoder_state=encoder, base_from=self.source
+            out,
+            transformer=self.transformer,
+            config=self.config,
+            encoder_state=encoder,
+            base_from=self.source,
+            restorer=self.stage1,
         )
 
     # ------------------------------------------------------------------ the methods
@@ -231,7 +281,11 @@ class VARestorerPipeline:
         dev = self.device.type
         return torch.autocast(dev, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
-    def text(self, prompts: Sequence[str]):
+    def text(self, prompts):
+        """T5 features of ``prompts`` (a list of str), or ``prompts`` as they are when they are
+        already features (:class:`TextFeatures`: a call's ``prompt_embeds``)."""
+        if isinstance(prompts, TextFeatures):
+            return prompts.to(self.device)
         if not self.config.use_captions:
             prompts = [""] * len(prompts)  # a model trained without prompts sees none
         return self.text_encoder(list(prompts), device=self.device)
@@ -246,18 +300,29 @@ class VARestorerPipeline:
             return self.transformer(self.text(prompts), lq, self.schedule, attention=self.attention).float()
 
     def lq_tokens(self, x: Tensor):
-        """The LQ token pyramid of ``x`` (N, 3, R, R) in [0, 1] from the fine-tuned encoder, with
-        the LoRA (re)merged if it was asked for (the methods that use the adapter call this)."""
+        """The LQ token pyramid of ``x`` (N, 3, R, R) in [0, 1] (cleaned by the stage-1 restorer
+        when the model has one) from the LQ encoder, with the LoRA (re)merged if it was asked for
+        (the methods that use the adapter call this)."""
         if self._merge_wanted:
             self.merge_lora()
+        x = self.stage1_restore(x)
         return self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule)
 
     @torch.no_grad()
-    def decode_logits(self, logits: Tensor, lq_tokens=None) -> Tensor:
-        """The most likely bits of every scale -> images (N, 3, R, R) in [0, 1]; the first
-        ``keep_lq_scales`` scales are ``lq_tokens``' own when the student was trained so."""
-
-        bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
+    def decode_logits(
+        self, logits: Tensor, lq_tokens=None, decode: str | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Bits of every scale -> images (N, 3, R, R) in [0, 1]: the most likely (``argmax``) or
+        drawn (``gumbel``, :func:`gumbel_bits` from ``generator``); ``decode`` defaults to the
+        model's. The first ``keep_lq_scales`` scales are ``lq_tokens``' own when the student was
+        trained so."""
+        decode = decode or self.config.decode
+        if decode not in DECODINGS:
+            raise ConfigError(f"decode must be one of {', '.join(DECODINGS)}, got {decode!r}")
+        if decode == "gumbel":
+            bits = gumbel_bits(logits, self.schedule, generator)
+        else:
+            bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
         keep = self.config.keep_lq_scales
         if keep:
             if lq_tokens is None:
@@ -266,9 +331,11 @@ class VARestorerPipeline:
         return (self.vae.decode_bits(bits).float() + 1) / 2
 
     @torch.no_grad()
-    def restore_onestep(self, x: Tensor, prompts: Sequence[str]) -> Tensor:
+    def restore_onestep(
+        self, x: Tensor, prompts, *, decode: str | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         lq_tokens = self.lq_tokens(x)
-        return self.decode_logits(self.student_logits(x, prompts, lq_tokens), lq_tokens)
+        return self.decode_logits(self.student_logits(x, prompts, lq_tokens), lq_tokens, decode, generator)
 
     @torch.no_grad()
     def sample_base(
@@ -406,12 +473,14 @@ class VARestorerPipeline:
                 "this export is a multi-step VARSR-style model (recipe mode 'varsr'), not a one-step "
                 "model: restore with --method varsr"
             )
-        if method in ("onestep", "bicubic") and kwargs:
-            raise ConfigError(f"method {method} takes no settings; got {sorted(kwargs)}")
+        allowed = {"onestep": {"decode", "generator"}, "bicubic": set()}.get(method)
+        if allowed is not None and set(kwargs) - allowed:
+            raise ConfigError(f"method {method} takes no settings {sorted(set(kwargs) - allowed)}")
         if method == "bicubic":
             return lambda x, prompts: x
         if method == "onestep":
-            return self.restore_onestep
+            given = {k: v for k, v in kwargs.items() if v is not None}
+            return lambda x, prompts: self.restore_onestep(x, prompts, **given)
         restore = getattr(self, f"restore_{method}")
         return lambda x, prompts: restore(x, prompts, **kwargs)
 
@@ -453,6 +522,9 @@ class VARestorerPipeline:
             return [""] * len(images)
         if self.caption_from == "restored" and self.config.mode != "teacher":
             images = self.pre_restore(images, batch_size)
+        elif self.caption_from == "restorer":
+            R = self.resolution
+            images = [self.stage1_restore(self.resize(im[None], (R, R))).clamp(0, 1).cpu()[0] for im in images]
         return [str(c) for c in self.captioner([to_uint8(im) for im in images])]
 
     def pre_restore(self, images: list[Tensor], batch_size: int = 4) -> list[Tensor]:
@@ -469,6 +541,10 @@ class VARestorerPipeline:
                 out.append(resize_images(r[None], size)[0])
         return out
 
+    def resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """(N, 3, H, W) in [0, 1] to ``size`` the model's way (``resize`` of its config)."""
+        return resize_lanczos(x, size) if self.config.resize == "lanczos" else resize_images(x, size)
+
     # ------------------------------------------------------------------ the call
     def __call__(
         self,
@@ -481,6 +557,8 @@ class VARestorerPipeline:
         tile_overlap: int | None = None,
         batch_size: int = 4,
         generator: torch.Generator | None = None,
+        decode: str | None = None,
+        prompt_embeds: tuple[Tensor, Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         progress: bool = False,
@@ -498,7 +576,12 @@ class VARestorerPipeline:
             prompt: one for all, one per image, ``""`` (none: the paper's "w/o prompt") or ``None``
                 (the captioner's, see :meth:`set_captioner`; without one, empty prompts and a warning).
             method: one of :data:`METHODS`.
-            generator: the random draws of the sampling methods (default: ``seed``, 0).
+            generator: the random draws of the sampling methods (default: ``seed``, 0) and of
+                ``decode="gumbel"`` (default: torch's global generator, as the release draws).
+            decode: ``onestep``: ``argmax`` (the most likely bits) or ``gumbel`` (each bit drawn
+                from its Bernoulli, the release's); default: the model's (its config).
+            prompt_embeds: ``(features (N, T, C), mask (N, T))`` text features to restore with
+                instead of prompts (one row per image), as diffusers pipelines take them.
             method_kwargs: the method's settings: ``zeroshot``: num_given; ``guided``: gamma,
                 alpha; all sampling methods: cfg, tau, top_k, top_p, seed.
         """
@@ -516,8 +599,17 @@ class VARestorerPipeline:
             method_kwargs["generator"] = generator
         if method == "guided":
             method_kwargs.setdefault("factor", upscale or self.upscale)
+        if method == "onestep":
+            method_kwargs.update(decode=decode, generator=generator)
+        elif decode is not None:
+            raise ConfigError(f"decode applies to the one-step method, not {method}")
         restore = self.restorer(method, **method_kwargs)
-        prompts = self.caption(items, prompt, method, batch_size)
+        if prompt_embeds is not None:
+            texts = _split_embeds(prompt_embeds, len(items))
+            prompts = [""] * len(items)
+        else:
+            prompts = self.caption(items, prompt, method, batch_size)
+            texts = prompts
         R = self.resolution
         overlap = R // 4 if tile_overlap is None else int(tile_overlap)
         if not 0 <= overlap < R:
@@ -527,25 +619,66 @@ class VARestorerPipeline:
         resized = [i for i, p in enumerate(plans) if p == "resize"]
         for start in range(0, len(resized), batch_size):  # the paper's path, batched across images
             chunk = resized[start : start + batch_size]
-            x = torch.cat([resize_images(items[i][None], (R, R)) for i in chunk])
-            y = restore(x, [prompts[i] for i in chunk]).float().cpu()
+            x = torch.cat([self._to_model_size(items[i][None], sizes[i]) for i in chunk])
+            y = restore(x, _texts(texts, chunk)).float().cpu()
             for i, r in zip(chunk, y):
-                outputs[i] = resize_images(r[None], sizes[i])[0]
+                outputs[i] = self.resize(r[None].clamp(0, 1), sizes[i])[0]
             bar.update(len(chunk))
         for i in (i for i, p in enumerate(plans) if p == "tile"):
-            outputs[i] = self._tiled(items[i], sizes[i], prompts[i], restore, overlap, batch_size)
+            outputs[i] = self._tiled(items[i], sizes[i], _texts(texts, [i]), restore, overlap, batch_size)
             bar.update(1)
         bar.close()
         return pipeline_output(outputs, prompts, output_type, return_dict)
 
-    def _tiled(self, x: Tensor, size: tuple[int, int], prompt: str, restore, overlap: int, batch_size: int) -> Tensor:
+    def _to_model_size(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """An input brought to ``resolution x resolution``: directly, or (``lanczos``, the release's
+        way) first to its output ``size``, then to the resolution."""
+        R = self.resolution
+        if self.config.resize == "lanczos":
+            return resize_lanczos(resize_lanczos(x, size), (R, R))
+        return resize_images(x, (R, R))
+
+    def _tiled(self, x: Tensor, size: tuple[int, int], text, restore, overlap: int, batch_size: int) -> Tensor:
         """Upsample to ``size`` (at least the resolution on the short side), restore overlapping
-        tiles, blend, and bring the result to ``size``."""
+        tiles, blend (the model's ``tile_weights``), and bring the result to ``size``."""
         R = self.resolution
         grow = max(1.0, R / min(size))
         work = (max(R, round(size[0] * grow)), max(R, round(size[1] * grow)))
-        up = resize_images(x[None], work)
+        up = self.resize(x[None], work)
         out = restore_tiled(
-            up, lambda tiles: restore(tiles, [prompt] * len(tiles)).float().cpu(), R, overlap, batch_size=batch_size
+            up,
+            lambda tiles: restore(tiles, _repeat(text, len(tiles))).float().cpu(),
+            R,
+            overlap,
+            batch_size=batch_size,
+            weights=self.config.tile_weights,
         )
-        return resize_images(out, size)[0]
+        return self.resize(out.clamp(0, 1), size)[0]
+
+
+def _split_embeds(prompt_embeds, n: int) -> TextFeatures:
+    try:
+        features, mask = prompt_embeds
+    except (TypeError, ValueError):
+        raise ConfigError("prompt_embeds must be a pair (features (N, T, C), mask (N, T))") from None
+    if features.ndim != 3 or mask.shape != features.shape[:2] or len(features) != n:
+        raise ConfigError(
+            f"prompt_embeds: features {tuple(features.shape)} and mask {tuple(mask.shape)} must be "
+            f"(N, T, C) and (N, T) with N = {n} images"
+        )
+    return TextFeatures(features, mask.bool())
+
+
+def _texts(texts, index: list[int]):
+    """The prompts (a list of str) or text features of the images ``index``."""
+    if isinstance(texts, TextFeatures):
+        i = torch.tensor(index)
+        return TextFeatures(texts.features[i], texts.mask[i])
+    return [texts[i] for i in index]
+
+
+def _repeat(text, n: int):
+    """One image's prompt (a one-item list) or features, for ``n`` tiles."""
+    if isinstance(text, TextFeatures):
+        return TextFeatures(text.features.expand(n, -1, -1), text.mask.expand(n, -1))
+    return list(text) * n

@@ -1,8 +1,11 @@
 """Restoring images larger than the model's resolution: overlapping tiles, blended.
 
 Tiles of ``tile`` pixels step by ``tile - overlap``; the last tile of a row/column is
-aligned to the border. Each tile's output is weighted by a ramp that falls linearly to a
-small floor over the overlap, so neighbouring tiles cross-fade and the weights sum to one.
+aligned to the border. ``weights="linear"``: each tile's output is weighted by a ramp that falls
+linearly to a small floor over the overlap, so neighbouring tiles cross-fade and the weights sum
+to one. ``weights="gaussian"`` (the released VARestorer's ``--tiled``): the image is first
+reflect-padded by the overlap on every side, each tile is weighted by a 2-D Gaussian centred on it
+(sigma 0.1 tile), and the padding is cropped off after blending.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from ..export.config import TILE_WEIGHTS
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -32,17 +38,37 @@ def _ramp(tile: int, overlap: int, device, dtype) -> Tensor:
     return w
 
 
+def _gaussian(tile: int, overlap: int, device, dtype) -> Tensor:
+    """The release's tile weights along one axis: ``exp(-(x - (T-1)/2)^2 / T^2 / 0.02)``, divided
+    by their maximum (so is the 2-D weight, their outer product)."""
+    x = torch.arange(tile, device=device, dtype=dtype)
+    g = torch.exp(-((x - (tile - 1) / 2) ** 2) / tile**2 / (2 * 0.01))
+    return g / g.max()
+
+
 def restore_tiled(
-    image: Tensor, restore: Callable[[Tensor], Tensor], tile: int, overlap: int = 64, batch_size: int = 4
+    image: Tensor,
+    restore: Callable[[Tensor], Tensor],
+    tile: int,
+    overlap: int = 64,
+    batch_size: int = 4,
+    weights: str = "linear",
 ) -> Tensor:
-    """Apply ``restore`` ((N, 3, tile, tile) -> same) over ``image`` (1, 3, H, W), H and W >= tile."""
+    """Apply ``restore`` ((N, 3, tile, tile) -> same) over ``image`` (1, 3, H, W), H and W >= tile,
+    blending the tiles with ``weights`` (``linear`` or ``gaussian``, see the module doc)."""
+    if weights not in TILE_WEIGHTS:
+        raise ValueError(f"weights must be one of {TILE_WEIGHTS}, got {weights!r}")
     _, c, h, w = image.shape
     if h < tile or w < tile:
         raise ValueError(f"image {h}x{w} is smaller than a tile ({tile}); resize it instead")
-    boxes = [(y, x) for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
-    out = torch.zeros(1, c, h, w, device=image.device, dtype=torch.float32)
-    weight = torch.zeros(1, 1, h, w, device=image.device, dtype=torch.float32)
-    ramp = _ramp(tile, overlap, image.device, torch.float32)
+    pad = overlap if weights == "gaussian" else 0
+    if pad:
+        image = F.pad(image, (pad,) * 4, mode="reflect")
+    H, W = image.shape[-2:]
+    boxes = [(y, x) for y in tile_starts(H, tile, overlap) for x in tile_starts(W, tile, overlap)]
+    out = torch.zeros(1, c, H, W, device=image.device, dtype=torch.float32)
+    weight = torch.zeros(1, 1, H, W, device=image.device, dtype=torch.float32)
+    ramp = (_ramp if weights == "linear" else _gaussian)(tile, overlap, image.device, torch.float32)
     mask = (ramp[:, None] * ramp[None, :])[None, None]
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i : i + batch_size]
@@ -51,4 +77,4 @@ def restore_tiled(
         for (y, x), r in zip(chunk, restored):
             out[:, :, y : y + tile, x : x + tile] += r[None] * mask
             weight[:, :, y : y + tile, x : x + tile] += mask
-    return out / weight
+    return (out / weight.clamp_min(1e-8))[:, :, pad : pad + h, pad : pad + w]

@@ -94,13 +94,18 @@ class MultiScaleTokens:
         its input: given a scale's codes it predicts their opposite bits, given their negation
         their own bits, so the untrained student starts by copying the LQ tokens (on the small
         base: 91, 88, 83, 78, 74, 72% of scales 2-7's bits agree with the HQ tokens, as the LQ
-        tokens themselves do; the pyramid form starts at 22-33%)."""
+        tokens themselves do; the pyramid form starts at 22-33%). ``"shifted_latent"`` (the released
+        VARestorer's ``long_flip_requant``): the shifted form followed by one extra block holding the
+        whole quantized latent at the last scale's size (``L - 1 + h_K * w_K`` tokens; the
+        transformer reads the extra block as level ``K``)."""
         if form == "pyramid":
             return self.pyramid_sequence()
         if form == "shifted":
             return self.teacher_input_sequence()
         if form == "tokens":
             return -self.code_sequence()
+        if form == "shifted_latent":
+            return torch.cat((self.teacher_input_sequence(), self.prefix_sequence()), dim=1)
         raise ValueError(f"LQ input form must be one of {LQ_INPUT_FORMS}, got {form!r}")
 
     def prefix_sequence(self) -> Tensor:
@@ -124,7 +129,7 @@ class MultiScaleTokens:
 
 
 #: How the student reads the LQ tokens (``student.lq_input`` of a recipe).
-LQ_INPUT_FORMS = ("pyramid", "shifted", "tokens")
+LQ_INPUT_FORMS = ("pyramid", "shifted", "tokens", "shifted_latent")
 
 
 def _sequence(maps: list[Tensor]) -> Tensor:

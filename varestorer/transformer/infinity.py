@@ -42,7 +42,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..tokenizer.schedules import Scale
+from ..tokenizer.schedules import SQUARE_SIDES, Scale
 from .text import TextFeatures
 
 ATTENTION_MODES = ("causal", "full")
@@ -367,6 +367,18 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             self._rope_cache[key] = (a.cos().to(device), a.sin().to(device))
         return self._rope_cache[key]
 
+    def rope_continued(self, schedule: list[Scale], length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The first ``length`` RoPE positions of Infinity's 1M-pixel schedule (all square sides):
+        the released VARestorer builds that one table for every resolution and slices it to the
+        sequence, so tokens past ``schedule``'s take the next scales' positions (at 512 px the extra
+        block of 1,024 tokens takes the first 1,024 of the 40x40 scale, not the 32x32 scale's)."""
+        if list(map(tuple, schedule)) != [(s, s) for s in SQUARE_SIDES[: len(schedule)]]:
+            raise ValueError(f"the continued RoPE table is Infinity's square one; got the schedule {schedule}")
+        cos, sin = self.rope([(s, s) for s in SQUARE_SIDES], device)
+        if length > cos.shape[0]:
+            raise ValueError(f"{length} tokens run past Infinity's 1M RoPE table ({cos.shape[0]} positions)")
+        return cos[:length], sin[:length]
+
     @staticmethod
     def block_causal_mask(schedule: list[Scale], device=None) -> Tensor:
         """``(L, L)`` bool, True where query ``i`` may attend to key ``j``: scale(j) <= scale(i)."""
@@ -402,20 +414,24 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """
         with _autocast_off(context.cond):
             parts = []
+            sizes = [h * w for h, w in schedule]
+            extra = 0
             if first == 0:
                 start = context.cond[:, None] + self.pos_start.float()
-                n0 = schedule[0][0] * schedule[0][1]
-                if inputs is not None and inputs.shape[1] == sum(h * w for h, w in schedule):
+                n0, L = sizes[0], sum(sizes)
+                if inputs is not None and inputs.shape[1] == L:
                     # all L tokens (the student's ``tokens`` form): the first scale's join the
                     # start token at its position
                     start = start + self.word_embed(inputs[:, :n0].float())
                     inputs = inputs[:, n0:]
+                elif inputs is not None and inputs.shape[1] == L - n0 + sizes[-1]:
+                    extra = sizes[-1]  # the release's form: one block more, after the scales
                 parts.append(start)
             if inputs is not None and inputs.shape[1]:
                 parts.append(self.word_embed(inputs.float()))
             x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-            sizes = [h * w for h, w in schedule]
-            level = torch.cat([torch.full((n,), first + k, dtype=torch.long) for k, n in enumerate(sizes[first:])])
+            counts = sizes[first:] + ([extra] if extra else [])  # the extra block: level K, one past the last
+            level = torch.cat([torch.full((n,), first + k, dtype=torch.long) for k, n in enumerate(counts)])
             if level.numel() != x.shape[1]:
                 raise ValueError(
                     f"{x.shape[1]} input tokens do not fit scales {first}.. of the schedule ({level.numel()} tokens)"
@@ -486,6 +502,12 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 scales ``1..K-1`` (``MultiScaleTokens.teacher_input_sequence()``); ``None`` for a
                 one-scale schedule. ``(B, L, d)`` (an input for every scale, the student's
                 ``tokens`` form): the first scale's are added to the start token.
+                ``(B, L - first_scale_tokens + h_K * w_K, d)`` (the released VARestorer's
+                ``shifted_latent`` form): the teacher-forcing inputs, then one extra block at the
+                last scale's size; it takes level embedding ``K`` (one past the last scale) and the
+                next positions of Infinity's 1M RoPE table (:meth:`rope_continued`), needs
+                ``attention="full"`` (no mask: every token sees every token, as the release runs
+                it), and only the ``L`` scales' logits are returned.
             schedule: the ``(h, w)`` of every scale; ``L = sum(h * w)``.
             attention: ``"causal"``: block-wise causal mask (a scale sees itself and the scales
                 before it: Infinity's training, the teacher); ``"full"``: every token sees every
@@ -501,6 +523,12 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             )
         context = self.text_context(text)
         x = self.embed(context, inputs, schedule)
+        L = sum(h * w for h, w in schedule)
+        if x.shape[1] > L:  # the extra finest-scale block (the release's ``shifted_latent`` input)
+            if attention != "full" or prefix is not None:
+                raise ValueError("the extra finest-scale block is read with attention='full' and no prefix")
+            rope = self.rope_continued(schedule, x.shape[1], x.device)
+            return self.logits(self.run_blocks(x, context, rope, None)[:, :L], context.cond)
         rope = self.rope(schedule, x.device)
         mask = self.block_causal_mask(schedule, x.device) if attention == "causal" else None
         if prefix is None:

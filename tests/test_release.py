@@ -1,0 +1,403 @@
+"""Importing the released VARestorer (EternalEvan/VARestorer): small random checkpoints written in the
+release's exact key layout, imported, and compared with the release's forward pass as read from its
+code (``BInfinity.forward`` with ``long_flip_requant``, LoRA injected by ``lora_diffusion``),
+written here on its own from the state dict, not with the toolkit's modules."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from varestorer.cli import main
+from varestorer.export import ExportConfig, import_release, save_weights
+from varestorer.inference import VARestorerPipeline
+from varestorer.inference.pipeline import gumbel_bits
+from varestorer.restorer import SwinIR
+from varestorer.restorer.swinir import TINY_CONFIG
+from varestorer.tokenizer.loading import build_vae
+from varestorer.transformer.loading import build_transformer
+from varestorer.transformer.lora import DEFAULT_TARGETS
+
+RANK = 4
+SIDES_1M = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)
+
+
+def _release_state(seed: int = 0, rank: int = RANK) -> dict:
+    """A tiny Infinity with every weight random (biases, v_bias and LoRA-up too), in the release's
+    layout: each adapted Linear X as X.linear.*, X.lora_down.weight, X.lora_up.weight."""
+    g = torch.Generator().manual_seed(seed)
+    model = build_transformer("tiny")
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("zero_k_bias"):
+            state[k] = v
+        elif k.endswith("scale_mul_1H11"):
+            state[k] = torch.rand(v.shape, generator=g) * 2
+        else:
+            state[k] = torch.randn(v.shape, generator=g) * (0.3 if v.ndim > 1 else 0.1)
+    out = {}
+    for k, v in state.items():
+        module, _, kind = k.rpartition(".")
+        if module.startswith("block_chunks.") and module.endswith(DEFAULT_TARGETS):
+            out[f"{module}.linear.{kind}"] = v
+            if kind == "weight":
+                out[f"{module}.lora_down.weight"] = torch.randn(rank, v.shape[1], generator=g) * 0.2
+                out[f"{module}.lora_up.weight"] = torch.randn(v.shape[0], rank, generator=g) * 0.2
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """The release's three files in their layouts (varestorer.pth, the VAE, DiffBIR's SwinIR .ckpt)."""
+    root = tmp_path_factory.mktemp("release")
+    state = _release_state()
+    torch.save(state, root / "varestorer.pth")
+    torch.manual_seed(1)
+    save_weights(build_vae("tiny").state_dict(), root / "vae.safetensors")
+    torch.manual_seed(2)
+    swinir = SwinIR(**TINY_CONFIG)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in swinir.state_dict().items()}}, root / "swinir.ckpt")
+    out = import_release(
+        root / "varestorer.pth",
+        root / "imported",
+        vae=root / "vae.safetensors",
+        restorer=root / "swinir.ckpt",
+        preset="tiny",
+        rank=RANK,
+    )
+    return state, root, out
+
+
+# ----------------------------------------------------------------------------- the release, as read
+def _lora(sd, name, x):
+    """lora_diffusion's LoraInjectedLinear: linear(x) + lora_up(lora_down(x)) * 1.0."""
+    y = F.linear(x, sd[f"{name}.linear.weight"], sd.get(f"{name}.linear.bias"))
+    return y + F.linear(F.linear(x, sd[f"{name}.lora_down.weight"]), sd[f"{name}.lora_up.weight"])
+
+
+def _rope_1m(head_dim: int, length: int, theta: float = 10000.0):
+    """The release's table: Infinity's 1M schedule on a 64x64 grid, concatenated, sliced."""
+    half = head_dim // 2
+    inv = 1.0 / theta ** (torch.arange(0, half, 2).float() / half)
+    rows = []
+    for s in SIDES_1M:
+        idx = (torch.arange(s) * (64 / s)).round()
+        a_h = torch.outer(idx, inv)[:, None].expand(s, s, -1)
+        a_w = torch.outer(idx, inv)[None, :].expand(s, s, -1)
+        rows.append(torch.cat((a_h, a_w), -1).reshape(s * s, half))
+    a = torch.cat(rows)[:length]
+    return a.cos(), a.sin()
+
+
+def _rotate(x, cos, sin):
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((cos * a - sin * b, sin * a + cos * b), -1).flatten(-2)
+
+
+def _attend(q, k, v, mask=None, scale=None):
+    w = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if mask is not None:
+        w = w.masked_fill(~mask, float("-inf"))
+    return w.softmax(-1) @ v
+
+
+def release_logits(sd, feats, mask, x_wo_prefix, schedule, heads):
+    """``BInfinity.forward`` of the release for one pass, fp32: (B, L, d, 2)."""
+    B, C = feats.shape[0], sd["word_embed.weight"].shape[0]
+    c = C // heads
+    split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731
+    merge = lambda t: t.transpose(1, 2).flatten(2)  # noqa: E731
+    # text: RMSNorm, attentive pooling (a plain Linear: its v_bias IS added), the cross-attention MLP
+    t = feats * torch.rsqrt(feats.pow(2).mean(-1, keepdim=True) + 1e-6) * sd["text_norm.weight"]
+    pool_heads = sd["text_proj_for_sos.ca.mat_q"].shape[1]
+    kv = F.linear(
+        t,
+        sd["text_proj_for_sos.ca.mat_kv.weight"],
+        torch.cat((sd["text_proj_for_sos.ca.zero_k_bias"], sd["text_proj_for_sos.ca.v_bias"])),
+    )
+    k, v = kv.unflatten(-1, (2, pool_heads, -1)).permute(2, 0, 3, 1, 4)
+    q = sd["text_proj_for_sos.ca.mat_q"].expand(B, -1, -1).unsqueeze(2)
+    cond = _attend(q, k, v, mask[:, None, None, :]).transpose(1, 2).flatten(2)
+    cond = F.linear(cond, sd["text_proj_for_sos.ca.proj.weight"], sd["text_proj_for_sos.ca.proj.bias"])[:, 0]
+    ca_kv = F.linear(
+        F.gelu(F.linear(t, sd["text_proj_for_ca.0.weight"], sd["text_proj_for_ca.0.bias"]), approximate="tanh"),
+        sd["text_proj_for_ca.2.weight"],
+        sd["text_proj_for_ca.2.bias"],
+    )
+    gss = F.linear(F.silu(cond), sd["shared_ada_lin.1.weight"], sd["shared_ada_lin.1.bias"]).view(B, 1, 6, C)
+    # tokens: start token, word embedding, level embedding (the extra block: level K)
+    x = torch.cat(
+        (
+            (cond + sd["pos_start"][0])[:, None],
+            F.linear(x_wo_prefix, sd["word_embed.weight"], sd["word_embed.bias"]),
+        ),
+        1,
+    )
+    sizes = [h * w for h, w in schedule]
+    levels = [k for k, n in enumerate(sizes) for _ in range(n)]
+    levels += [len(schedule)] * (x.shape[1] - len(levels))
+    x = x + sd["lvl_embed.weight"][torch.tensor(levels)]
+    cos, sin = _rope_1m(c, x.shape[1])
+    blocks = sorted(
+        {k.split(".ada_gss")[0] for k in sd if k.endswith(".ada_gss")}, key=lambda s: [*map(int, s.split(".")[1::2])]
+    )
+    for p in blocks:
+        g1, g2, s1, s2, b1, b2 = (sd[f"{p}.ada_gss"] + gss).unbind(2)
+        h = F.layer_norm(x, (C,), eps=1e-6) * (1 + s1) + b1
+        qkv = _lora(sd, f"{p}.sa.mat_qkv", h) + torch.cat(
+            (sd[f"{p}.sa.q_bias"], sd[f"{p}.sa.zero_k_bias"], sd[f"{p}.sa.v_bias"])
+        )
+        q, k, v = (split(z) for z in qkv.chunk(3, -1))
+        scale = sd[f"{p}.sa.scale_mul_1H11"].clamp_max(math.log(100)).exp()
+        q = _rotate(F.normalize(q, dim=-1) * scale, cos, sin)
+        k = _rotate(F.normalize(k, dim=-1), cos, sin)
+        x = x + _lora(sd, f"{p}.sa.proj", merge(_attend(q, k, v, scale=1.0))) * g1  # no mask at all
+        hq = F.layer_norm(x, (C,), sd[f"{p}.ca_norm.weight"], sd[f"{p}.ca_norm.bias"], eps=1e-6)
+        kv = _lora(sd, f"{p}.ca.mat_kv", ca_kv)  # the LoRA branch: ca.v_bias is never added
+        k, v = (split(z) for z in kv.chunk(2, -1))
+        out = _attend(split(_lora(sd, f"{p}.ca.mat_q", hq)), k, v, mask[:, None, None, :])
+        x = x + _lora(sd, f"{p}.ca.proj", merge(out))
+        h = F.layer_norm(x, (C,), eps=1e-6) * (1 + s2) + b2
+        ffn = F.gelu(F.linear(h, sd[f"{p}.ffn.fc1.weight"], sd[f"{p}.ffn.fc1.bias"]), approximate="tanh")
+        x = x + F.linear(ffn, sd[f"{p}.ffn.fc2.weight"], sd[f"{p}.ffn.fc2.bias"]) * g2
+    L = sum(sizes)
+    scale, shift = (
+        F.linear(F.silu(cond), sd["head_nm.ada_lin.1.weight"], sd["head_nm.ada_lin.1.bias"]).view(B, 1, 2, C).unbind(2)
+    )
+    h = F.layer_norm(x[:, :L], (C,), eps=1e-6) * (1 + scale) + shift
+    return F.linear(h, sd["head.weight"], sd["head.bias"]).unflatten(-1, (-1, 2))
+
+
+def long_flip_requant(latent, schedule, extra: bool = True):
+    """The release's input from the raw latent: per scale area-down, BSQ sign, trilinear up; the
+    teacher-forcing input of every next scale, then (``extra``) the whole quantized latent."""
+    up = lambda z, s: F.interpolate(z[:, :, None], size=(1, *s), mode="trilinear").squeeze(2)  # noqa: E731
+    full, d = latent.shape[-2:], latent.shape[1]
+    cum, seq = torch.zeros_like(latent), []
+    for k, s in enumerate(schedule):
+        r = latent - cum
+        r = F.adaptive_avg_pool2d(r, s) if tuple(s) != tuple(full) else r
+        q = torch.where(F.normalize(r, dim=1) > 0, 1.0, -1.0) / math.sqrt(d)
+        cum = cum + up(q, full)
+        if k + 1 < len(schedule):
+            seq.append(up(cum, schedule[k + 1]))
+        elif extra:
+            seq.append(cum)
+    return torch.cat([z.flatten(2).transpose(1, 2) for z in seq], 1)
+
+
+def release_gumbel(logits, schedule, generator):
+    """``GumbelArgmax(logits, 0.5)`` per scale, with ``torch.rand`` from ``generator``."""
+    bits, start = [], 0
+    for h, w in schedule:
+        part = logits[:, start : start + h * w].reshape(logits.shape[0], -1, 2)
+        u = torch.rand(part.shape, generator=generator)
+        g = -torch.log(-torch.log(u + 1e-20) + 1e-20)
+        y = ((part + g) / 0.5).softmax(-1)
+        hard = F.one_hot(y.argmax(-1), 2).float()
+        bits.append((hard - y + y)[..., 1].reshape(logits.shape[0], h, w, -1))
+        start += h * w
+    return bits
+
+
+# ----------------------------------------------------------------------------- tests
+def _inputs(pipe, n=2, seed=3):
+    x = torch.rand(n, 3, pipe.resolution, pipe.resolution, generator=torch.Generator().manual_seed(seed))
+    return x, ["a photo of a cat", "a hillside at dusk"][:n]
+
+
+def test_the_imported_release_gives_the_releases_logits(release):
+    state, _, out = release
+    pipe = VARestorerPipeline.from_pretrained(out, merge_lora=False)
+    x, prompts = _inputs(pipe)
+    text = pipe.text(prompts)
+    with torch.no_grad():
+        latent = pipe.vae.encoder(pipe.stage1_restore(x) * 2 - 1).float()  # the public encoder, after SwinIR
+        reference = release_logits(
+            state, text.features, text.mask, long_flip_requant(latent, pipe.schedule), pipe.schedule, heads=4
+        )
+        ours = pipe.student_logits(x, text)
+    assert ours.shape == (2, sum(h * w for h, w in pipe.schedule), 16, 2)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    assert torch.equal(ours.argmax(-1), reference.argmax(-1))
+    merged = VARestorerPipeline.from_pretrained(out)  # the LoRA merged into the base: the same to float precision
+    torch.testing.assert_close(merged.student_logits(x, text), reference, rtol=0, atol=1e-5)
+
+
+def test_the_extra_finest_scale_block_changes_the_logits(release):
+    state, _, out = release
+    pipe = VARestorerPipeline.from_pretrained(out, merge_lora=False)
+    x, prompts = _inputs(pipe)
+    text = pipe.text(prompts)
+    with torch.no_grad():
+        latent = pipe.vae.encoder(pipe.stage1_restore(x) * 2 - 1).float()
+        without = release_logits(
+            state, text.features, text.mask, long_flip_requant(latent, pipe.schedule, extra=False), pipe.schedule, 4
+        )
+        ours = pipe.student_logits(x, text)
+    assert (ours - without).abs().max() > 1e-2
+
+
+def test_gumbel_decoding_draws_the_releases_bits_from_the_same_noise(release):
+    _, _, out = release
+    pipe = VARestorerPipeline.from_pretrained(out, merge_lora=False)
+    x, prompts = _inputs(pipe)
+    logits = pipe.student_logits(x, pipe.text(prompts))
+    ours = gumbel_bits(logits, pipe.schedule, torch.Generator().manual_seed(7))
+    theirs = release_gumbel(logits, pipe.schedule, torch.Generator().manual_seed(7))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    argmax = (logits.softmax(-1)[..., 1] > 0.5).float()
+    drawn = torch.cat([b.flatten(1, 2) for b in ours], 1)
+    assert 0 < (drawn != argmax).float().mean() < 0.5
+
+
+def test_the_imported_release_restores_reproducibly_by_seed_and_unlike_argmax(release):
+    _, _, out = release
+    pipe = VARestorerPipeline.from_pretrained(out)
+    x, _ = _inputs(pipe, 1)
+
+    def run(**kw):
+        return pipe(list(x), prompt="a photo", upscale=1, output_type="pt", **kw).images[0]
+
+    a, b = run(generator=torch.Generator().manual_seed(0)), run(generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, run(generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, run(decode="argmax"))
+    assert torch.equal(run(decode="argmax"), run(decode="argmax"))
+
+
+def test_the_import_records_the_releases_inference_form(release):
+    _, _, out = release
+    config = ExportConfig.load(out)
+    assert (config.lq_input, config.decode, config.resize, config.tile_weights, config.restorer) == (
+        "shifted_latent",
+        "gumbel",
+        "lanczos",
+        "gaussian",
+        "restorer.safetensors",
+    )
+    assert not config.has_encoder and config.has_adapter and config.source["lora_rank"] == RANK
+    assert config.transformer_config is None  # the tiny preset's architecture, read from the shapes
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "varestorer_config.json",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "base_transformer.safetensors",
+        "base_vae.safetensors",
+        "restorer.safetensors",
+    }
+
+
+def test_restore_without_the_restorer_reads_the_raw_input(release):
+    _, _, out = release
+    pipe = VARestorerPipeline.from_pretrained(out)
+    x, prompts = _inputs(pipe)
+    text = pipe.text(prompts)
+    with_restorer = pipe.student_logits(x, text)
+    pipe.set_restorer(False)
+    assert not torch.equal(pipe.student_logits(x, text), with_restorer)
+    assert torch.equal(pipe.stage1_restore(x), x)
+
+
+def test_a_checkpoint_of_another_size_imports_with_its_architecture(tmp_path, release):
+    _, root, _ = release
+    state = {k: v for k, v in _release_state().items() if not k.startswith("block_chunks.1.")}
+    torch.save(state, tmp_path / "half.pth")
+    out = import_release(
+        tmp_path / "half.pth", tmp_path / "out", vae=root / "vae.safetensors", preset="tiny", rank=RANK
+    )
+    config = ExportConfig.load(out)
+    assert (config.transformer_config["depth"], config.transformer_config["num_block_chunks"]) == (1, 1)
+    pipe = VARestorerPipeline.from_pretrained(out)
+    assert len(pipe.transformer.blocks) == 1 and pipe.stage1 is None
+    x, prompts = _inputs(pipe, 1)
+    assert pipe(list(x), prompt=prompts, upscale=1, output_type="pt").images[0].shape == (3, 64, 64)
+
+
+def _cli(capsys, *args):
+    code = main(["import-release", *map(str, args)])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("plain", "holds no LoRA"),
+        ("rank", f"rank {RANK}, not the release's 32"),
+        ("missing", "missing"),
+        ("extra", "unexpected"),
+        ("no_lora_on_proj", "no LoRA on block_chunks.0.module.0.sa.proj"),
+        ("truncated", "cannot read checkpoint"),
+        ("not_a_dict", "not a state dict"),
+    ],
+)
+def test_a_file_that_is_not_the_release_gets_one_paragraph_naming_what_was_found(
+    tmp_path, capsys, release, damage, message
+):
+    _, root, _ = release
+    state, args = _release_state(), ["--preset", "tiny", "--rank", RANK, "--vae", root / "vae.safetensors"]
+    path = tmp_path / "varestorer.pth"
+    if damage == "plain":
+        state = build_transformer("tiny").state_dict()
+    if damage == "rank":
+        args = args[:2] + args[4:]  # the default --rank 32
+    if damage == "missing":
+        del state["head.bias"]
+    if damage == "extra":
+        state["head.extra"] = torch.zeros(3)
+    if damage == "no_lora_on_proj":
+        w = state.pop("block_chunks.0.module.0.sa.proj.linear.weight")
+        b = state.pop("block_chunks.0.module.0.sa.proj.linear.bias")
+        del (
+            state["block_chunks.0.module.0.sa.proj.lora_down.weight"],
+            state["block_chunks.0.module.0.sa.proj.lora_up.weight"],
+        )
+        state["block_chunks.0.module.0.sa.proj.weight"], state["block_chunks.0.module.0.sa.proj.bias"] = w, b
+    torch.save([1, 2] if damage == "not_a_dict" else state, path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:5000])
+    code, out = _cli(capsys, path, "-o", tmp_path / "out", *args)
+    assert code == 2 and "Traceback" not in out.err, out.err
+    assert message in out.err, out.err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_the_import_command_writes_a_folder_that_restore_loads(tmp_path, capsys, release):
+    _, root, _ = release
+    code, out = _cli(
+        capsys,
+        root / "varestorer.pth",
+        "-o",
+        tmp_path / "model",
+        "--preset",
+        "tiny",
+        "--rank",
+        RANK,
+        "--vae",
+        root / "vae.safetensors",
+        "--restorer",
+        root / "swinir.ckpt",
+    )
+    assert code == 0, out.err
+    assert "shifted_latent" in out.out and "varestorer restore" in out.out
+    from PIL import Image
+
+    Image.fromarray((torch.rand(24, 20, 3) * 255).byte().numpy()).save(tmp_path / "in.png")
+    code = main(
+        [
+            "restore",
+            str(tmp_path / "in.png"),
+            "-o",
+            str(tmp_path / "restored"),
+            "--model",
+            str(tmp_path / "model"),
+            "--caption",
+            "none",
+        ]
+    )
+    assert code == 0
+    assert Image.open(tmp_path / "restored" / "in.png").size == (80, 96)
