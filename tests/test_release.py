@@ -401,3 +401,25 @@ def test_the_import_command_writes_a_folder_that_restore_loads(tmp_path, capsys,
     )
     assert code == 0
     assert Image.open(tmp_path / "restored" / "in.png").size == (80, 96)
+
+
+def test_prompt_embeds_restore_as_the_prompts_they_encode(release):
+    _, _, out = release
+    pipe = VARestorerPipeline.from_pretrained(out)
+    x, prompts = _inputs(pipe)
+    text = pipe.text(prompts)
+    kw = dict(upscale=1, output_type="pt", decode="argmax")
+    by_prompt = pipe(list(x), prompt=prompts, **kw).images
+    by_embeds = pipe(list(x), prompt_embeds=(text.features, text.mask), **kw).images
+    assert all(torch.equal(a, b) for a, b in zip(by_prompt, by_embeds))
+    with pytest.raises(Exception, match="prompt_embeds"):
+        pipe(list(x), prompt_embeds=(text.features[:1], text.mask[:1]), **kw)
+
+
+def test_an_imported_release_exports_with_samples_and_a_valid_card(tmp_path, capsys, release):
+    _, _, out = release
+    assert main(["export", str(out), str(tmp_path / "shared"), "--samples", "1"]) == 0
+    names = {p.name for p in (tmp_path / "shared").iterdir()}
+    assert {"restorer.safetensors", "README.md", "samples"} <= names
+    assert main(["publish", str(tmp_path / "shared"), "--repo-id", "me/release", "--dry-run"]) == 0
+    assert "Imported from the authors' release" in (tmp_path / "shared" / "README.md").read_text()

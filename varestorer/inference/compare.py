@@ -45,7 +45,8 @@ def write_samples(
 
     res = pipe.resolution
     trained_on = pipe.config.recipe.get("degradation", {}).get("preset", "realesrgan-x4")
-    deg = DegradationPipeline.from_preset(degradation or trained_on, scale=pipe.config.upscale)
+    scale = pipe.config.upscale
+    deg = DegradationPipeline.from_preset(degradation or trained_on, scale=int(scale) if scale == int(scale) else 4)
     folder = Path(out) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
