@@ -20,6 +20,15 @@ def test_paper_setting():
     assert (r.optim.lr, r.optim.weight_decay) == (1e-6, 1e-2)
     assert (r.train.global_batch_size, r.train.max_steps, r.train.mixed_precision) == (32, 10_000, "bf16")
     assert r.student.lora_rank == 32 and r.student.attention == "full"
+    # the release's form (EternalEvan/VARestorer), not the paper's text (ablation-paper-pyramid)
+    assert (r.student.lq_input, r.student.train_encoder, r.model.restorer) == (
+        "shifted_latent",
+        False,
+        "weights/general_swinir_v1.ckpt",
+    )
+    assert (r.inference.decode, r.inference.resize, r.inference.tile_weights) == ("gumbel", "lanczos", "gaussian")
+    paper = load_recipe("ablation-paper-pyramid")
+    assert (paper.student.lq_input, paper.student.train_encoder, paper.model.restorer) == ("pyramid", True, None)
     assert r.student.lora_targets == ["sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj"]
     assert load_recipe("ablation-no-cross-attention").student.attention == "causal"
     assert load_recipe("ablation-no-kl").loss.kl == 0
@@ -43,11 +52,22 @@ def _flat(recipe) -> dict:
     "name, changed",
     [
         ("ablation-no-kl", {"loss.kl"}),
-        ("ablation-no-cross-attention", {"student.attention"}),
+        ("ablation-no-cross-attention", {"student.attention", "student.lq_input"}),
         ("ablation-full-finetune", {"student.full_finetune"}),
         ("ablation-retrain-without-captions", {"data.use_captions"}),
-        ("ablation-no-distill", {"mode", "student.attention", "optim.lr"}),
-        ("varestorer-2b-1024", {"model.transformer", "model.resolution", "data.dataset"}),
+        ("ablation-no-distill", {"mode", "student.attention", "student.train_encoder", "optim.lr"}),
+        ("varestorer-2b-1024", {"model.transformer", "model.resolution", "data.dataset", "student.lq_input"}),
+        (
+            "ablation-paper-pyramid",
+            {
+                "model.restorer",
+                "student.lq_input",
+                "student.train_encoder",
+                "inference.decode",
+                "inference.resize",
+                "inference.tile_weights",
+            },
+        ),
     ],
 )
 def test_an_ablation_is_its_base_recipe_with_only_its_own_lines_changed(name, changed):

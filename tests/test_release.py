@@ -423,3 +423,79 @@ def test_an_imported_release_exports_with_samples_and_a_valid_card(tmp_path, cap
     assert {"restorer.safetensors", "README.md", "samples"} <= names
     assert main(["publish", str(tmp_path / "shared"), "--repo-id", "me/release", "--dry-run"]) == 0
     assert "Imported from the authors' release" in (tmp_path / "shared" / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------- training the release's form
+def _release_form_recipe(tmp_path, swinir_path, *overrides):
+    from varestorer.distill.recipe import load_recipe
+
+    return load_recipe(
+        "tiny",
+        [
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.report_to=none",
+            "student.lq_input=shifted_latent",
+            "student.train_encoder=false",
+            f"model.restorer={swinir_path}",
+            "inference.decode=gumbel",
+            "inference.resize=lanczos",
+            "inference.tile_weights=gaussian",
+            *overrides,
+        ],
+    )
+
+
+def test_training_and_the_pipeline_read_the_releases_form_alike(tmp_path, release):
+    """The student of a recipe in the release's form (shifted_latent input, the public encoder, the
+    SwinIR stage first) gives the same logits in training and, exported, in the pipeline; a step
+    trains its LoRA only."""
+    from varestorer.distill.dataloader import collate
+    from varestorer.distill.model import VARestorerModel
+
+    _, root, _ = release
+    torch.manual_seed(0)
+    model = VARestorerModel.from_recipe(_release_form_recipe(tmp_path, root / "swinir.ckpt"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval().save_export(tmp_path / "export")
+    config = ExportConfig.load(tmp_path / "export")
+    assert (config.lq_input, config.restorer, config.has_encoder, config.decode) == (
+        "shifted_latent",
+        "restorer.safetensors",
+        False,
+        "gumbel",
+    )
+    from varestorer.data.samples import SampleImages
+
+    data = SampleImages(64, random_crop=False)
+    batch = collate([data[i] for i in range(2)])
+    with torch.no_grad():
+        _, x_lq, seeds = model.degrade(batch)
+        text = model._text(batch["caption"], seeds)
+        trained = model.student_logits(text, model.lq_tokens(x_lq))
+    pipe = VARestorerPipeline.from_pretrained(tmp_path / "export", merge_lora=False)
+    assert torch.equal(pipe.student_logits((x_lq + 1) / 2, text), trained)
+    pipe.set_restorer(False)
+    assert not torch.equal(pipe.student_logits((x_lq + 1) / 2, text), trained)  # the restorer takes part
+
+    model.train()
+    out = model(batch)
+    out["loss"].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all("lora_" in n for n in grads)  # the public encoder and SwinIR stay frozen
+
+
+def test_the_releases_form_is_refused_where_it_cannot_be_read(tmp_path):
+    from varestorer.distill.recipe import load_recipe
+    from varestorer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="student.attention=full"):
+        load_recipe("tiny", ["student.lq_input=shifted_latent", "student.attention=causal"])
+    with pytest.raises(ConfigError, match="ends at the 1024 px schedule"):
+        load_recipe("varestorer-2b-1024", ["student.lq_input=shifted_latent"])
+    with pytest.raises(ConfigError, match="lxq007/DiffBIR"):
+        from varestorer.distill.model import VARestorerModel
+
+        VARestorerModel.from_recipe(load_recipe("tiny", [f"model.restorer={tmp_path / 'missing.ckpt'}"]))

@@ -31,8 +31,9 @@ from torch import Tensor
 from ..degradations import DegradationPipeline
 from ..errors import ConfigError
 from ..evaluation.metrics import build_lpips
-from ..export import ExportConfig, write_export
+from ..export import RESTORER_FILE, ExportConfig, write_export
 from ..presets import get_preset
+from ..restorer import load_restorer
 from ..tokenizer import MultiScaleBSQ
 from ..tokenizer.loading import build_vae, load_vae
 from ..transformer.loading import build_transformer, load_transformer
@@ -48,30 +49,41 @@ logger = logging.getLogger(__name__)
 
 
 def check_base_checkpoint(recipe: Recipe) -> None:
-    """A base (teacher) given as a local file must exist: say how to make it or what to use instead."""
+    """A base (teacher) or a stage-1 restorer given as a local file must exist: say how to make it or
+    what to use instead."""
     wanted = recipe.model.transformer
-    if wanted is None or Path(wanted).exists() or not wanted.endswith((".safetensors", ".pth", ".pt", ".bin")):
-        return
-
-    hint = ""
-    if recipe.mode in ("distill", "varsr"):
-        hint = (
-            " The paper distils from Infinity fine-tuned at 512 px: make it first with\n"
-            "  accelerate launch distill.py --recipe recipes/teacher-512.yaml\n"
-            "(its final/transformer.safetensors is this file), or distil from the public checkpoint "
-            "with the override model.transformer=null."
+    if wanted is not None and not Path(wanted).exists() and wanted.endswith((".safetensors", ".pth", ".pt", ".bin")):
+        hint = ""
+        if recipe.mode in ("distill", "varsr"):
+            hint = (
+                " The paper distils from Infinity fine-tuned at 512 px: make it first with\n"
+                "  accelerate launch distill.py --recipe recipes/teacher-512.yaml\n"
+                "(its final/transformer.safetensors is this file), or distil from the public checkpoint "
+                "with the override model.transformer=null."
+            )
+        raise ConfigError(f"model.transformer={wanted} does not exist.{hint}")
+    restorer = recipe.model.restorer
+    if restorer is not None and not Path(restorer).expanduser().exists():
+        raise ConfigError(
+            f"model.restorer={restorer} does not exist. The release's stage-1 restorer is DiffBIR's SwinIR: "
+            f"huggingface-cli download lxq007/DiffBIR general_swinir_v1.ckpt --local-dir weights; or restore "
+            f"without one (the paper's 'w/o restorer'): model.restorer=null"
         )
-    raise ConfigError(f"model.transformer={wanted} does not exist.{hint}")
 
 
 class VARestorerModel(TrainingModule):
-    def __init__(self, recipe: Recipe, vae, transformer, text_encoder, degradation, lpips=None):
+    def __init__(self, recipe: Recipe, vae, transformer, text_encoder, degradation, lpips=None, restorer=None):
         super().__init__()
         self.recipe = recipe
         self.mode = recipe.mode
         self.schedule = vae.schedule(recipe.model.resolution)
         # outside the module tree: accelerate's DDP/FSDP/DeepSpeed see only the transformer and the encoder copy
-        self.hold_outside(vae=vae.eval().requires_grad_(False), text_encoder=text_encoder, lpips=lpips)
+        self.hold_outside(
+            vae=vae.eval().requires_grad_(False),
+            text_encoder=text_encoder,
+            lpips=lpips,
+            restorer=restorer.eval().requires_grad_(False) if restorer is not None else None,
+        )
         self.degradation = degradation
         s = recipe.student
         self.teacher = None
@@ -105,7 +117,7 @@ class VARestorerModel(TrainingModule):
         ]
 
     def frozen_modules(self):
-        return self.vae, self.text_encoder, self.lpips, self.teacher
+        return self.vae, self.text_encoder, self.lpips, self.teacher, self.restorer
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -130,7 +142,11 @@ class VARestorerModel(TrainingModule):
         lpips = None
         if recipe.mode == "distill" and recipe.loss.lpips > 0:
             lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
-        return cls(recipe, vae, transformer, text_encoder, degradation, lpips)
+        restorer = None
+        if m.restorer is not None:
+            path = Path(m.restorer).expanduser()
+            restorer = load_restorer(path / RESTORER_FILE if path.is_dir() else path)
+        return cls(recipe, vae, transformer, text_encoder, degradation, lpips, restorer)
 
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
@@ -172,7 +188,12 @@ class VARestorerModel(TrainingModule):
             return teacher(text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal")
 
     def lq_latent(self, lq_up: Tensor) -> Tensor:
-        """The trainable encoder copy's latent of the LQ image (float32)."""
+        """The encoder copy's latent of the LQ image (float32), cleaned first by the stage-1
+        restorer when the recipe names one (``model.restorer``; in [0, 1], not clamped, as the
+        pipeline runs it)."""
+        if self.restorer is not None:
+            with torch.no_grad():
+                lq_up = self.restorer((lq_up + 1) / 2).float() * 2 - 1
         return self.lq_encoder(lq_up).float()
 
     def lq_tokens(self, lq_up: Tensor | None = None, latent: Tensor | None = None):
@@ -327,17 +348,20 @@ class VARestorerModel(TrainingModule):
         def part(name: str) -> dict[str, Tensor]:
             return {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
 
+        # a frozen encoder copy is the VAE's own encoder: the export names none (the pipeline copies the VAE's)
+        own_encoder = self.lq_encoder is not None and self.recipe.student.train_encoder
         config = ExportConfig.from_recipe(
             self.recipe,
             self.schedule,
             has_adapter=is_adapted(self.transformer),
-            has_encoder=self.lq_encoder is not None,
+            has_encoder=own_encoder,
         )
         write_export(
             out,
             transformer=self.transformer,
             transformer_state=part("transformer"),
             config=config,
-            encoder_state=part("lq_encoder") if self.lq_encoder is not None else None,
+            encoder_state=part("lq_encoder") if own_encoder else None,
             base_vae_state=part("vae") if self.recipe.model.random_init else None,
+            restorer=self.restorer,
         )

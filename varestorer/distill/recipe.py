@@ -17,10 +17,11 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
+from ..export.config import DECODINGS, RESIZES, TILE_WEIGHTS
 from ..presets import get_preset
 from ..resources import find_resource
 from ..tokenizer.quantizer import LQ_INPUT_FORMS
-from ..tokenizer.schedules import scale_schedule, vae_downsample
+from ..tokenizer.schedules import SQUARE_SIDES, num_tokens, scale_schedule, vae_downsample
 from .losses import SCALE_WEIGHTINGS
 
 
@@ -34,6 +35,10 @@ class ModelSection:
     # random weights for the VAE and the transformer where no checkpoint is given above (pre-training
     # from scratch, tests, benchmarks); False: a part without a checkpoint loads the preset's weights
     random_init: bool = False
+    # the stage-1 restorer (DiffBIR's SwinIR), frozen, run on the LQ image before the student's
+    # encoder, in training and at inference (the released VARestorer's): a checkpoint file (DiffBIR's
+    # general_swinir_v1.ckpt, a restorer.safetensors) or an export folder holding one; None: none
+    restorer: str | None = None
 
 
 @dataclass
@@ -57,7 +62,9 @@ class StudentSection:
     attention: str = "full"  # full (cross-scale pyramid conditioning) | causal (w/o cross ablation)
     # pyramid: position k reads the LQ codes accumulated through scale k (the paper's pyramid);
     # shifted: through scale k - 1, the teacher-forcing form (never shows the finest LQ scale);
-    # tokens: scale k's own LQ codes, negated, at every scale (MultiScaleTokens.lq_input_sequence)
+    # tokens: scale k's own LQ codes, negated, at every scale (MultiScaleTokens.lq_input_sequence);
+    # shifted_latent: the released VARestorer's (long_flip_requant): the shifted form, then one extra
+    # block holding the whole LQ latent at the finest scale (needs attention: full)
     lq_input: str = "pyramid"
     # the first N scales of the restoration are the LQ tokens' own instead of predicted (0: the
     # paper's student, which predicts every scale); 1 keeps the LQ's 1x1 scale, its mean colour
@@ -70,6 +77,16 @@ class StudentSection:
     )
     full_finetune: bool = False  # train every transformer weight (ablation); the teacher is then a frozen copy
     train_encoder: bool = True  # fine-tune a copy of the VAE encoder for the LQ pyramid
+
+
+@dataclass
+class InferenceSection:
+    """How the exported model restores by default (its export config; each is a pipeline and CLI
+    option too). The released VARestorer's: gumbel, lanczos, gaussian."""
+
+    decode: str = "argmax"  # argmax: the most likely bits | gumbel: each bit drawn from its Bernoulli
+    resize: str = "bicubic"  # bicubic (torch) | lanczos (PIL, 8-bit)
+    tile_weights: str = "linear"  # linear ramp over the overlap | gaussian (sigma 0.1 tile, reflect padding)
 
 
 @dataclass
@@ -176,6 +193,7 @@ class Recipe:
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -185,6 +203,9 @@ class Recipe:
             "mode": (self.mode, MODES),
             "student.attention": (self.student.attention, ("full", "causal")),
             "student.lq_input": (self.student.lq_input, LQ_INPUT_FORMS),
+            "inference.decode": (self.inference.decode, DECODINGS),
+            "inference.resize": (self.inference.resize, RESIZES),
+            "inference.tile_weights": (self.inference.tile_weights, TILE_WEIGHTS),
             "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
             "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
             "train.report_to": (self.train.report_to, ("tensorboard", "wandb", "all", "none")),
@@ -218,6 +239,11 @@ class Recipe:
             raise ConfigError(
                 "mode=tokenizer trains nothing with tokenizer.train_encoder=false and train_decoder=false"
             )
+        if self.mode == "distill" and self.student.lq_input == "shifted_latent" and self.student.attention != "full":
+            raise ConfigError(
+                "student.lq_input=shifted_latent (the release's input: an extra block after the scales) is read "
+                "in one pass with student.attention=full; for block-causal attention use student.lq_input=shifted"
+            )
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
 
@@ -228,6 +254,14 @@ class Recipe:
                 f"student.keep_lq_scales must be in [0, {len(schedule) - 1}] (the {self.model.resolution} px "
                 f"schedule has {len(schedule)} scales); got {self.student.keep_lq_scales}"
             )
+        if self.mode == "distill" and self.student.lq_input == "shifted_latent":
+            side = schedule[-1][0]
+            if num_tokens([(s, s) for s in SQUARE_SIDES]) < num_tokens(schedule) + side * side:
+                raise ConfigError(
+                    f"student.lq_input=shifted_latent at {self.model.resolution} px: the extra block's RoPE "
+                    f"positions continue Infinity's 1M table, which ends at the 1024 px schedule; use "
+                    f"student.lq_input=shifted (or pyramid) at this resolution"
+                )
         if self.train.resume_from_checkpoint == "":
             self.train.resume_from_checkpoint = None
         return self

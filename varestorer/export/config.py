@@ -119,6 +119,10 @@ class ExportConfig:
             has_adapter=has_adapter,
             has_encoder=has_encoder,
             recipe=recipe.to_dict(),
+            decode=recipe.inference.decode,
+            restorer=RESTORER_FILE if model.restorer else None,
+            resize=recipe.inference.resize,
+            tile_weights=recipe.inference.tile_weights,
         ).validate()
 
     def replace(self, **changes) -> ExportConfig:
