@@ -499,3 +499,67 @@ def test_the_releases_form_is_refused_where_it_cannot_be_read(tmp_path):
         from varestorer.distill.model import VARestorerModel
 
         VARestorerModel.from_recipe(load_recipe("tiny", [f"model.restorer={tmp_path / 'missing.ckpt'}"]))
+
+
+def test_fine_tuning_the_imported_release_starts_from_its_restoration_and_trains_the_adapter_only(tmp_path, release):
+    """model.init_from=IMPORTED: at step 0 the student is the imported model (the same logits, and
+    with argmax the same restoration bit for bit after export); training steps change the adapter
+    only (the base, the VAE and the restorer files are the release's)."""
+    from safetensors.torch import load_file
+
+    from varestorer.distill.recipe import load_recipe
+    from varestorer.distill.trainer import train
+
+    _, _, imported = release
+    overrides = [
+        f"model.init_from={imported}",
+        "student.lq_input=shifted_latent",
+        f"student.lora_rank={RANK}",
+        f"student.lora_alpha={RANK}",
+        "student.train_encoder=false",
+        "train.report_to=none",
+        "train.max_steps=2",
+        "train.checkpointing_steps=1",
+        "train.validation_steps=100",
+        "optim.lr=1e-2",
+        "inference.decode=gumbel",
+        "inference.resize=lanczos",
+        "inference.tile_weights=gaussian",
+    ]
+    step0 = load_recipe("tiny", [f"train.output_dir={tmp_path / 'zero'}", *overrides, "train.max_steps=1"])
+    from varestorer.distill.model import VARestorerModel
+
+    model = VARestorerModel.from_recipe(step0).eval()
+    model.save_export(tmp_path / "step0")
+    pipe = VARestorerPipeline.from_pretrained(imported, merge_lora=False)
+    again = VARestorerPipeline.from_pretrained(tmp_path / "step0", merge_lora=False)
+    x, prompts = _inputs(pipe)
+    text = pipe.text(prompts)
+    assert torch.equal(again.student_logits(x, text), pipe.student_logits(x, text))
+    kw = dict(prompt="a photo", upscale=1, output_type="pt", decode="argmax")
+    assert torch.equal(again(list(x), **kw).images[0], pipe(list(x), **kw).images[0])
+
+    train(load_recipe("tiny", [f"train.output_dir={tmp_path / 'run'}", *overrides]))
+    final = tmp_path / "run" / "final"
+    for name in ("base_transformer.safetensors", "base_vae.safetensors", "restorer.safetensors"):
+        a, b = load_file(str(final / name)), load_file(str(imported / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    before, after = (load_file(str(p / "adapter_model.safetensors")) for p in (imported, final))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    config = ExportConfig.load(final)
+    assert config.source["init_from"] == str(imported) and config.source["release"] == "EternalEvan/VARestorer"
+    tuned = VARestorerPipeline.from_pretrained(final, merge_lora=False)
+    assert not torch.equal(tuned.student_logits(x, text), pipe.student_logits(x, text))
+
+
+def test_fine_tuning_refuses_a_recipe_that_reads_the_model_otherwise(tmp_path, release):
+    from varestorer.distill.model import VARestorerModel
+    from varestorer.distill.recipe import load_recipe
+    from varestorer.errors import ConfigError
+
+    _, _, imported = release
+    recipe = load_recipe("tiny", [f"model.init_from={imported}", "train.report_to=none"])
+    with pytest.raises(ConfigError, match=r"set student.lq_input=shifted_latent \("):
+        VARestorerModel.from_recipe(recipe)
+    with pytest.raises(ConfigError, match="leave model.transformer and model.vae null"):
+        load_recipe("tiny", [f"model.init_from={imported}", "model.vae=x.safetensors"])

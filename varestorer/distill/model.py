@@ -31,13 +31,13 @@ from torch import Tensor
 from ..degradations import DegradationPipeline
 from ..errors import ConfigError
 from ..evaluation.metrics import build_lpips
-from ..export import RESTORER_FILE, ExportConfig, write_export
+from ..export import RESTORER_FILE, ExportConfig, load_export, write_export
 from ..presets import get_preset
 from ..restorer import load_restorer
 from ..tokenizer import MultiScaleBSQ
 from ..tokenizer.loading import build_vae, load_vae
 from ..transformer.loading import build_transformer, load_transformer
-from ..transformer.lora import adapters_disabled, apply_lora, is_adapted
+from ..transformer.lora import adapters_disabled, apply_lora, is_adapted, lora_rank
 from ..transformer.sampling import sample
 from ..transformer.text import TextEncoder
 from .heldout import teacher_cross_entropy
@@ -72,7 +72,9 @@ def check_base_checkpoint(recipe: Recipe) -> None:
 
 
 class VARestorerModel(TrainingModule):
-    def __init__(self, recipe: Recipe, vae, transformer, text_encoder, degradation, lpips=None, restorer=None):
+    def __init__(
+        self, recipe: Recipe, vae, transformer, text_encoder, degradation, lpips=None, restorer=None, init=None
+    ):
         super().__init__()
         self.recipe = recipe
         self.mode = recipe.mode
@@ -91,6 +93,10 @@ class VARestorerModel(TrainingModule):
             self.transformer = transformer.requires_grad_(True)
             if self.mode == "distill":  # full fine-tuning ablation: the teacher must stay fixed
                 self.teacher = copy.deepcopy(transformer).eval().requires_grad_(False)
+        elif is_adapted(transformer):  # model.init_from: the export's adapter trains on
+            self.transformer = transformer.requires_grad_(False)
+            for name, p in transformer.named_parameters():
+                p.requires_grad_("lora_" in name)
         else:
             self.transformer = apply_lora(
                 transformer.requires_grad_(False),
@@ -99,9 +105,11 @@ class VARestorerModel(TrainingModule):
                 dropout=s.lora_dropout,
                 targets=s.lora_targets,
             )
+        self.init = init  # the ExportParts the student started from (model.init_from), or None
         self.lq_encoder = None
         if self.mode in ("distill", "varsr"):
-            self.lq_encoder = copy.deepcopy(vae.encoder).requires_grad_(s.train_encoder)
+            start = init.encoder if init is not None else vae.encoder
+            self.lq_encoder = copy.deepcopy(start).requires_grad_(s.train_encoder)
 
     def param_groups(self, lr: float, encoder_lr: float | None = None) -> list[dict]:
         """The adapter (or the transformer) at ``lr``, the LQ encoder copy in a group of its own at
@@ -126,6 +134,8 @@ class VARestorerModel(TrainingModule):
         is then loaded in its precision there: float16 on CUDA, as Infinity runs it)."""
 
         m = recipe.model
+        if m.init_from is not None:
+            return cls.from_export(recipe, device)
         preset = get_preset(m.preset)
         check_base_checkpoint(recipe)
         # random_init: random weights for each part no checkpoint is given for (pre-training from scratch)
@@ -147,6 +157,43 @@ class VARestorerModel(TrainingModule):
             path = Path(m.restorer).expanduser()
             restorer = load_restorer(path / RESTORER_FILE if path.is_dir() else path)
         return cls(recipe, vae, transformer, text_encoder, degradation, lpips, restorer)
+
+    @classmethod
+    def from_export(cls, recipe: Recipe, device: str | torch.device = "cpu") -> VARestorerModel:
+        """``model.init_from``: fine-tune an exported one-step model (an imported release, a run's
+        ``final/``). The student is the export's adapter (and encoder) on the export's base; the
+        teacher is that base with the adapter off; its VAE and stage-1 restorer come with it."""
+        m, s = recipe.model, recipe.student
+        init = load_export(m.init_from, text_encoder=m.text_encoder)
+        c = init.config
+        wanted = {
+            "model.preset": (m.preset, c.base_preset),
+            "model.resolution": (m.resolution, c.resolution),
+            "student.lq_input": (s.lq_input, c.lq_input),
+            "student.keep_lq_scales": (s.keep_lq_scales, c.keep_lq_scales),
+            "student.attention": (s.attention, c.attention),
+            "student.lora_rank": (s.lora_rank, lora_rank(init.transformer) if c.has_adapter else s.lora_rank),
+        }
+        differ = [f"{k}={theirs}" for k, (ours, theirs) in wanted.items() if ours != theirs]
+        if c.mode != "distill" or not c.has_adapter:
+            raise ConfigError(f"model.init_from={m.init_from} is not a one-step model with a LoRA adapter")
+        if differ:
+            raise ConfigError(
+                f"model.init_from={m.init_from} reads its input otherwise than this recipe: set "
+                + " ".join(differ)
+                + " (the fine-tuning trains the form the model has)"
+            )
+        restorer = init.restorer
+        if m.restorer is not None:
+            check_base_checkpoint(recipe)
+            path = Path(m.restorer).expanduser()
+            restorer = load_restorer(path / RESTORER_FILE if path.is_dir() else path)
+        degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)
+        lpips = None
+        if recipe.loss.lpips > 0:
+            lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
+        text = init.text_encoder
+        return cls(recipe, init.vae, init.transformer, text, degradation, lpips, restorer, init=init)
 
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
@@ -354,14 +401,25 @@ class VARestorerModel(TrainingModule):
             self.recipe,
             self.schedule,
             has_adapter=is_adapted(self.transformer),
-            has_encoder=own_encoder,
-        )
+            has_encoder=own_encoder or (self.init is not None and self.init.config.has_encoder),
+        ).replace(restorer=RESTORER_FILE if self.restorer is not None else None)  # model.restorer, or init_from's
+        if self.init is not None:  # the base is the export's: its files travel with this one
+            c = self.init.config
+            config = config.replace(
+                base_transformer=c.base_transformer,
+                base_vae=c.base_vae,
+                random_init_base=c.random_init_base,
+                text_encoder=self.recipe.model.text_encoder or c.text_encoder,
+                transformer_config=c.transformer_config,
+                source={"init_from": str(self.recipe.model.init_from), **c.source},
+            )
         write_export(
             out,
             transformer=self.transformer,
             transformer_state=part("transformer"),
             config=config,
-            encoder_state=part("lq_encoder") if own_encoder else None,
+            encoder_state=part("lq_encoder") if config.has_encoder else None,
             base_vae_state=part("vae") if self.recipe.model.random_init else None,
             restorer=self.restorer,
+            base_from=self.init.folder if self.init is not None else None,
         )

@@ -39,6 +39,10 @@ class ModelSection:
     # encoder, in training and at inference (the released VARestorer's): a checkpoint file (DiffBIR's
     # general_swinir_v1.ckpt, a restorer.safetensors) or an export folder holding one; None: none
     restorer: str | None = None
+    # fine-tune a model: an export folder (an imported release, any run's final/): the student starts
+    # from its adapter (and encoder), the base is its base (the teacher: that base, adapters off),
+    # its VAE and restorer come with it; the student's form must be the export's
+    init_from: str | None = None
 
 
 @dataclass
@@ -243,6 +247,13 @@ class Recipe:
             raise ConfigError(
                 "student.lq_input=shifted_latent (the release's input: an extra block after the scales) is read "
                 "in one pass with student.attention=full; for block-causal attention use student.lq_input=shifted"
+            )
+        if self.model.init_from is not None and (
+            self.mode != "distill" or self.model.transformer is not None or self.model.vae is not None
+        ):
+            raise ConfigError(
+                "model.init_from fine-tunes an exported one-step model (mode distill): its base transformer and "
+                "VAE come from the export, so leave model.transformer and model.vae null"
             )
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")

@@ -95,7 +95,8 @@ def write_export(
     state = transformer.state_dict() if transformer_state is None else transformer_state
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    copied = [Path(base_from) / n for n in BASE_FILES if base_from is not None and (Path(base_from) / n).is_file()]
+    names = [n for n in BASE_FILES if not (n == MERGED_FILE and is_adapted(transformer))]  # a merge of another LoRA
+    copied = [Path(base_from) / n for n in names if base_from is not None and (Path(base_from) / n).is_file()]
     if is_adapted(transformer):
         save_adapter(transformer, out, state)
         if base_vae_state is not None:

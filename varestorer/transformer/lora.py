@@ -70,6 +70,11 @@ def lora_trainable_params(model: nn.Module, **kwargs) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def lora_rank(model: nn.Module) -> int:
+    """The rank of ``model``'s LoRA adapter."""
+    return int(model.peft_config["default"].r)
+
+
 def is_adapted(model: nn.Module) -> bool:
     """Whether ``model`` carries LoRA adapters."""
     return bool(getattr(model, "_hf_peft_config_loaded", False))
