@@ -1,6 +1,8 @@
 """The stage-1 restorer: DiffBIR's SwinIR, its checkpoint layout and loading."""
 
 import importlib.util
+import json
+import math
 import os
 import sys
 import types
@@ -227,3 +229,43 @@ def test_the_release_config_has_the_reference_state_dict(reference):
         ours = SwinIR(**RELEASE_CONFIG).state_dict()
     assert {k: tuple(v.shape) for k, v in ref.state_dict().items()} == {k: tuple(v.shape) for k, v in ours.items()}
     assert sum(p.numel() for p in ref.parameters()) == RELEASE_PARAMETERS
+
+
+def test_restorer_mode_trains_swinir_on_degraded_photos_and_a_distillation_recipe_runs_it(tmp_path):
+    """mode: restorer trains the SwinIR stage with the trainer (same data, degradations, checkpoints
+    and export as every mode); its final/ folder is what model.restorer names."""
+    from varestorer.distill.model import VARestorerModel
+    from varestorer.distill.recipe import load_recipe
+    from varestorer.distill.trainer import train
+    from varestorer.restorer import load_restorer
+
+    recipe = load_recipe(
+        "tiny",
+        [
+            "mode=restorer",
+            "restorer.architecture=tiny",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.report_to=none",
+            "train.max_steps=3",
+            "train.checkpointing_steps=2",
+            "train.validation_steps=2",
+            "optim.lr=1e-3",
+        ],
+    )
+    train(recipe)
+    final = tmp_path / "run" / "final"
+    assert {"restorer.safetensors", "restorer_config.json"} <= {p.name for p in final.iterdir()}
+    assert (tmp_path / "run" / "validation" / "step-000002.png").is_file()
+    history = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
+    trained = load_restorer(final / "restorer.safetensors")
+    untrained = SwinIR(**TINY_CONFIG)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), untrained.state_dict().values()))
+
+    student = VARestorerModel.from_recipe(
+        load_recipe("tiny", [f"model.restorer={final}", f"train.output_dir={tmp_path / 'd'}", "train.report_to=none"])
+    )
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = student.lq_encoder(trained((x + 1) / 2) * 2 - 1).float()
+        assert torch.equal(student.lq_latent(x), expected)

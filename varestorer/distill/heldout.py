@@ -74,3 +74,14 @@ def sample_grid(transformer, vae, text_encoder, size: int, path: str | Path, see
     path = Path(path)
     stack_rows(rows).save(path)
     return path
+
+
+@torch.no_grad()
+def heldout_restorer_psnr(restorer, degradation, size: int, seed: int = 0) -> dict[str, float]:
+    """PSNR (dB, RGB, [0, 1]) on the held-out crops degraded with fixed seeds (``seed + i``): of the
+    stage-1 restorer's output (``heldout_psnr``) and of the LQ resized back (``heldout_lq_psnr``)."""
+    _, images, _ = _heldout_batch(size)
+    device = next(restorer.parameters()).device
+    out = degradation(images.to(device), [seed + i for i in range(len(images))])
+    restored = restorer(out.lq_up).clamp(0, 1)
+    return {"heldout_psnr": float(psnr_db(restored, out.gt)), "heldout_lq_psnr": float(psnr_db(out.lq_up, out.gt))}

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..export.config import DECODINGS, RESIZES, TILE_WEIGHTS
 from ..presets import get_preset
 from ..resources import find_resource
+from ..restorer.swinir import ARCHITECTURES
 from ..tokenizer.quantizer import LQ_INPUT_FORMS
 from ..tokenizer.schedules import SQUARE_SIDES, num_tokens, scale_schedule, vae_downsample
 from .losses import SCALE_WEIGHTINGS
@@ -81,6 +82,15 @@ class StudentSection:
     )
     full_finetune: bool = False  # train every transformer weight (ablation); the teacher is then a frozen copy
     train_encoder: bool = True  # fine-tune a copy of the VAE encoder for the LQ pyramid
+
+
+@dataclass
+class RestorerSection:
+    """Training the stage-1 restorer (``mode: restorer``; see :mod:`varestorer.distill.restorer_module`)."""
+
+    architecture: str = "small"  # a SwinIR preset: release (DiffBIR's, 15.8M) | small | tiny
+    l1: float = 1.0
+    mse: float = 0.0
 
 
 @dataclass
@@ -174,7 +184,7 @@ class TrainSection:
 
 
 #: What a recipe trains (see :class:`Recipe`).
-MODES = ("distill", "teacher", "varsr", "tokenizer")
+MODES = ("distill", "teacher", "varsr", "tokenizer", "restorer")
 
 
 @dataclass
@@ -198,6 +208,7 @@ class Recipe:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
+    restorer: RestorerSection = field(default_factory=RestorerSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,6 +221,7 @@ class Recipe:
             "inference.decode": (self.inference.decode, DECODINGS),
             "inference.resize": (self.inference.resize, RESIZES),
             "inference.tile_weights": (self.inference.tile_weights, TILE_WEIGHTS),
+            "restorer.architecture": (self.restorer.architecture, tuple(ARCHITECTURES)),
             "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
             "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
             "train.report_to": (self.train.report_to, ("tensorboard", "wandb", "all", "none")),

@@ -38,6 +38,7 @@ from .checkpointing import (
 from .dataloader import build_dataloader
 from .model import VARestorerModel
 from .recipe import Recipe
+from .restorer_module import RestorerModel
 from .tokenizer_module import TokenizerModel
 from .visualize import save_image, save_loss_plot, validation_grid
 
@@ -161,6 +162,8 @@ def build_model(recipe: Recipe, device="cpu"):
     """The training module of ``recipe.mode``: the BSQ-VAE for ``tokenizer``, else teacher + student."""
     if recipe.mode == "tokenizer":
         return TokenizerModel.from_recipe(recipe, device=device)
+    if recipe.mode == "restorer":
+        return RestorerModel.from_recipe(recipe, device=device)
 
     return VARestorerModel.from_recipe(recipe, device=device)
 
@@ -344,7 +347,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
             final, keep="the checkpoints are intact: free space and export one with varestorer export"
         ) as partial:
             core.save_export(partial, state)
-            if recipe.mode != "tokenizer":  # a tokenizer export has no model card (yet)
+            if recipe.mode not in ("tokenizer", "restorer"):  # their exports have no model card (yet)
                 render_card(partial, t.hub_model_id or "USER/MODEL").save(partial / CARD_FILE)
         if t.push_to_hub:  # as diffusers' examples: the token is huggingface_hub's login / HF_TOKEN
             url = publish(final, t.hub_model_id).get("url")

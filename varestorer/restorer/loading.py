@@ -136,10 +136,11 @@ def load_restorer(
     return model.to(device).eval().requires_grad_(False)  # already in dtype (cast_floats)
 
 
-def save_restorer(model: SwinIR, path: str | os.PathLike) -> None:
-    """``model``'s state dict as safetensors, its config (JSON) in the metadata."""
+def save_restorer(model: SwinIR, path: str | os.PathLike, state: Mapping | None = None) -> None:
+    """``model``'s weights (``state``, by default its own state dict) as safetensors, its config
+    (JSON) in the metadata."""
     from safetensors.torch import save_file
 
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     save_file(state, str(path), metadata={_METADATA_KEY: json.dumps(config)})
