@@ -265,3 +265,15 @@ def test_a_per_set_metric_compares_each_methods_folder_with_the_ground_truth_fol
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [float(r["fid"]) for r in rows] == [12.5, 12.5]
     assert all(r["fid"] == "" for r in csv.DictReader(open(out / "per_image.csv")))  # one value per set
+
+
+def test_sharpness_is_one_for_the_photo_below_one_for_blur_and_above_for_noise():
+    from skimage import data
+
+    from varestorer.evaluation.metrics import sharpness
+
+    photo = np.asarray(data.astronaut())[:256, :256]
+    blurred = np.asarray(Image.fromarray(photo).resize((64, 64), Image.BICUBIC).resize((256, 256), Image.BICUBIC))
+    noisy = np.clip(photo + np.random.default_rng(0).normal(0, 25, photo.shape), 0, 255).astype(np.uint8)
+    assert sharpness(photo, photo) == 1.0
+    assert sharpness(blurred, photo) < 0.5 < 1.5 < sharpness(noisy, photo)

@@ -563,3 +563,14 @@ def test_fine_tuning_refuses_a_recipe_that_reads_the_model_otherwise(tmp_path, r
         VARestorerModel.from_recipe(recipe)
     with pytest.raises(ConfigError, match="leave model.transformer and model.vae null"):
         load_recipe("tiny", [f"model.init_from={imported}", "model.vae=x.safetensors"])
+
+
+def test_the_restorer_method_is_the_stage_1_output_alone(release):
+    _, _, out = release
+    pipe = VARestorerPipeline.from_pretrained(out)
+    x, _ = _inputs(pipe, 1)
+    got = pipe(list(x), method="restorer", upscale=1, output_type="pt").images[0]
+    assert torch.equal(got, pipe.stage1_restore(x).clamp(0, 1)[0])
+    pipe.stage1 = None
+    with pytest.raises(Exception, match="has none"):
+        pipe(list(x), method="restorer", upscale=1)

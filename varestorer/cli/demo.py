@@ -7,8 +7,10 @@
 3. degrades the held-out photos (never seen by the base nor here) with a fixed seed and restores
    them with every method: bicubic, zero-shot, multi-step teacher, one-step student (and the
    paper's guided sampling with ``--methods``);
-   scores them like ``varestorer evaluate`` (PSNR/SSIM on Y, LPIPS and the others where their
-   weights are present);
+   scores them like ``varestorer evaluate`` (PSNR/SSIM on Y, the detail kept (``sharpness``: the
+   restoration's gradient energy over the photo's), LPIPS and the others where their weights are
+   present), on the path a user gets: no prompt (``--caption none``), as no user has hand-written
+   captions of their photos (``--with-captions`` scores with the held-out photos' own, to compare);
 4. writes ``report.md`` (the table, seconds per image, what the numbers mean), ``grid.png``
    (LQ | bicubic | zero-shot | multi-step | one-step | HQ) and the loss curves.
 
@@ -23,11 +25,11 @@ import time
 from pathlib import Path
 
 #: The methods the demo can compare, in the grid's order (varsr needs a model trained in varsr mode).
-DEMO_METHODS = ("bicubic", "zeroshot", "multistep", "guided", "onestep")
+DEMO_METHODS = ("bicubic", "restorer", "zeroshot", "multistep", "guided", "onestep")
 #: Those it runs by default: guided costs about five multi-step passes; add it with --methods.
 DEFAULT_METHODS = ("bicubic", "zeroshot", "multistep", "onestep")
 #: Full-reference metrics first; NIQE needs 192 px crops, FID many more images than the held-out set.
-DEMO_METRICS = "psnr,ssim,lpips,dists,musiq,clipiqa"
+DEMO_METRICS = "psnr,ssim,sharpness,lpips,dists,musiq,clipiqa"
 
 
 def register(sub) -> None:
@@ -48,6 +50,11 @@ def register(sub) -> None:
         f"(default: {','.join(DEFAULT_METHODS)})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out degradations and the samplers")
+    p.add_argument(
+        "--with-captions",
+        action="store_true",
+        help="restore with the held-out photos' hand-written captions (default: none, what a user has)",
+    )
     p.set_defaults(func=run)
 
 
@@ -95,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "--out",
         str(evaluation),
         "--caption",
-        str(heldout["captions"]),
+        str(heldout["captions"]) if args.with_captions else "none",
         "--crop-border",
         "4",
         "--seed",
@@ -111,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     grid = method_grid(heldout["lq"], heldout["hq"], evaluation, methods, out / "grid.png")
     total = time.perf_counter() - started
-    report = write_demo_report(out, recipe, evaluation, grid, trained_seconds=trained, total_seconds=total)
+    report = write_demo_report(
+        out, recipe, evaluation, grid, trained_seconds=trained, total_seconds=total, captions=args.with_captions
+    )
     print(f"\ndemo done in {total / 60:.1f} min (training {trained / 60:.1f} min). Look at:")
     for path in (report, grid, out / "train" / "losses.png", out / "train" / "validation", evaluation / "results.md"):
         print(f"  {path}")

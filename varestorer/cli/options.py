@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 #: ``--method`` values (varestorer.inference.pipeline.METHODS, without importing torch here).
-METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr")
+METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr", "restorer")
 
 
 def add_prompt_options(p) -> None:

@@ -102,6 +102,19 @@ def psnr(pred, gt, crop_border: int = 0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
+def sharpness(pred, gt, crop_border: int = 0) -> float:
+    """Detail kept: the restoration's gradient energy on Y over the HQ photo's (finite differences,
+    both directions). 1: as much high-frequency energy as the photo; below 1: blurrier (bicubic
+    upsampling of a 4x LQ: about 0.2-0.3); above 1: more than the photo (noise, invented texture). A
+    realism measure that needs no download, beside PSNR/SSIM, which rank blur first."""
+    p, g = _pair(pred, gt, crop_border)
+
+    def energy(a):
+        return float(np.mean(np.diff(a, axis=0) ** 2) + np.mean(np.diff(a, axis=1) ** 2))
+
+    return energy(p) / max(energy(g), 1e-12)
+
+
 def psnr_db(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean PSNR (dB, RGB) of image batches in [-1, 1], computed in [0, 1], differentiable: what
     tokenizer training logs (the tables' PSNR is :func:`psnr`, on Y)."""
@@ -251,6 +264,7 @@ METRICS: dict[str, Metric] = {
         Metric("clipiqa", True, False, _pyiqa("clipiqa")),
         Metric("liqe", True, False, _pyiqa("liqe")),
         Metric("qalign", True, False, _pyiqa("qalign")),
+        Metric("sharpness", True, True, _always(sharpness)),  # not in the papers: the detail kept, offline
         Metric("fid", False, True, _pyiqa("fid"), per_set=True),
     ]
 }

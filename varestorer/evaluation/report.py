@@ -107,6 +107,7 @@ METHOD_NOTES = {
     "multistep": "the base (teacher) sampled scale by scale from the LQ image's coarse scales with CFG",
     "guided": "the base sampled with the paper's measurement guidance on the last scales",
     "onestep": "the distilled student: one forward pass (VARestorer)",
+    "restorer": "the stage-1 restorer (SwinIR) alone, what the student's encoder reads",
 }
 
 
@@ -120,7 +121,13 @@ def _compare(rows: dict, a: str, b: str, metric: str) -> str | None:
 
 
 def write_demo_report(
-    out: Path, recipe, evaluation: Path, grid: Path, trained_seconds: float, total_seconds: float
+    out: Path,
+    recipe,
+    evaluation: Path,
+    grid: Path,
+    trained_seconds: float,
+    total_seconds: float,
+    captions: bool = False,
 ) -> Path:
     """``out/report.md``: what ran, the evaluation table, what the numbers mean and where the
     one-step student stands against each baseline."""
@@ -141,13 +148,21 @@ def write_demo_report(
         f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores (torch {torch.__version__}).",
         "",
         "Held-out photos (never seen by the base nor the distillation), degraded with a fixed seed "
-        f"({doc['settings']['pairs']} crops of {recipe.model.resolution} px, LQ {recipe.model.resolution // recipe.degradation.scale} px):",
+        f"({doc['settings']['pairs']} crops of {recipe.model.resolution} px, LQ {recipe.model.resolution // recipe.degradation.scale} px), "
+        + (
+            "restored with the held-out photos' hand-written captions (`--with-captions`: no user has these):"
+            if captions
+            else "restored without prompts (`--caption none`), as a user without captions of their photos restores:"
+        ),
         "",
         table,
         "## What the numbers mean",
         "",
         "- PSNR and SSIM: fidelity to the HQ crop, on the Y channel, 4 border pixels cropped (higher is better). "
         "LPIPS and the no-reference metrics appear where their weights are installed.",
+        "- sharpness: the detail kept, the restoration's gradient energy (Y) over the HQ crop's: 1 is as much "
+        "high-frequency content as the photo, below 1 blurrier (PSNR/SSIM reward blur: bicubic ranks first on "
+        "them), above 1 noise or invented texture.",
         "- s/image: wall-clock seconds per image on this machine, batch as `varestorer evaluate` runs it.",
         "- The methods:",
     ]

@@ -49,7 +49,7 @@ from .tiling import restore_tiled
 logger = logging.getLogger(__name__)
 
 #: Restoration methods, all through the same resizing and tiling (see the module doc).
-METHODS = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr")
+METHODS = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr", "restorer")
 #: What the captioner looks at when a call gives no prompt (:meth:`VARestorerPipeline.set_captioner`).
 CAPTION_SOURCES = ("restored", "input", "restorer")
 MODES = ("auto", "resize", "tile")
@@ -473,11 +473,15 @@ class VARestorerPipeline:
                 "this export is a multi-step VARSR-style model (recipe mode 'varsr'), not a one-step "
                 "model: restore with --method varsr"
             )
-        allowed = {"onestep": {"decode", "generator"}, "bicubic": set()}.get(method)
+        if method == "restorer" and self.stage1 is None:
+            raise ConfigError("method restorer runs the model's stage-1 restorer alone: this model has none")
+        allowed = {"onestep": {"decode", "generator"}, "bicubic": set(), "restorer": set()}.get(method)
         if allowed is not None and set(kwargs) - allowed:
             raise ConfigError(f"method {method} takes no settings {sorted(set(kwargs) - allowed)}")
         if method == "bicubic":
             return lambda x, prompts: x
+        if method == "restorer":
+            return lambda x, prompts: self.stage1_restore(x).clamp(0, 1)
         if method == "onestep":
             given = {k: v for k, v in kwargs.items() if v is not None}
             return lambda x, prompts: self.restore_onestep(x, prompts, **given)
@@ -507,7 +511,7 @@ class VARestorerPipeline:
             if len(prompts) != len(images):
                 raise ConfigError(f"{len(prompts)} prompts for {len(images)} images")
             return prompts
-        if method == "bicubic" or not self.config.use_captions:
+        if method in ("bicubic", "restorer") or not self.config.use_captions:
             return [""] * len(images)  # prompts unused, or the model never saw any
         if self.captioner is None:
             if not self._warned_no_prompt:
