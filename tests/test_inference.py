@@ -662,3 +662,21 @@ def test_evaluate_restores_with_each_method_at_the_ground_truth_size_and_scores_
     assert recorded["psnr"] == pytest.approx(float(rows[0]["psnr"])) and "sec_per_image" in recorded
     assert "| toy-set |" in str(render_card(export).content)
     (export / "evaluation.json").unlink()  # the module's other tests share this export
+
+
+def test_a_student_trained_without_captions_restores_the_same_with_or_without_one(tmp_path):
+    """data.use_captions=false (recipes/small.yaml): the student restores from the image alone, so
+    `restore --caption none` (what a user without captions gets) equals a captioned restoration."""
+    torch.manual_seed(0)
+    recipe = load_recipe("tiny", [f"train.output_dir={tmp_path}", "train.report_to=none", "data.use_captions=false"])
+    model = VARestorerModel.from_recipe(recipe)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval().save_export(tmp_path / "export")
+    pipe = VARestorerPipeline.from_pretrained(tmp_path / "export")
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    captioned = pipe([x], prompt="a photo of a red cup", output_type="pt").images[0]
+    assert torch.equal(pipe([x], prompt=None, output_type="pt").images[0], captioned)
+    assert torch.equal(pipe([x], prompt="", output_type="pt").images[0], captioned)
