@@ -9,6 +9,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def move_lora(model, std: float = 0.05):
+    """Give ``model``'s LoRA up-projections random values (they start at zero), so that a student
+    differs from its base: what the export and pipeline tests compare. Returns ``model``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return model
+
+
 @pytest.fixture
 def seed():
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import move_lora
 
 from varestorer.distill.model import VARestorerModel
 from varestorer.distill.recipe import load_recipe
@@ -45,10 +46,7 @@ def export(tmp_path_factory):
         "tiny", [f"train.output_dir={root}", "train.report_to=none", "student.lq_input=shifted", "degradation.scale=2"]
     )
     model = VARestorerModel.from_recipe(recipe).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    move_lora(model, 0.05)
     model.save_export(root / "export")
     return root / "export"
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import move_lora
 
 from varestorer.cli import main
 from varestorer.export import ExportConfig, import_release, save_weights
@@ -455,10 +456,7 @@ def test_training_and_the_pipeline_read_the_releases_form_alike(tmp_path, releas
     _, root, _ = release
     torch.manual_seed(0)
     model = VARestorerModel.from_recipe(_release_form_recipe(tmp_path, root / "swinir.ckpt"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    move_lora(model, 0.05)
     model.eval().save_export(tmp_path / "export")
     config = ExportConfig.load(tmp_path / "export")
     assert (config.lq_input, config.restorer, config.has_encoder, config.decode) == (
@@ -574,3 +572,16 @@ def test_the_restorer_method_is_the_stage_1_output_alone(release):
     pipe.stage1 = None
     with pytest.raises(Exception, match="has none"):
         pipe(list(x), method="restorer", upscale=1)
+
+
+def test_restore_runs_the_restorer_method_and_the_release_options_from_the_command_line(tmp_path, release):
+    from PIL import Image
+
+    _, _, out = release
+    Image.fromarray((torch.rand(16, 16, 3) * 255).byte().numpy()).save(tmp_path / "in.png")
+    for args in (["--method", "restorer"], ["--decode", "argmax", "--no-restorer"], ["--decode", "gumbel"]):
+        dest = tmp_path / "_".join(a.strip("-") for a in args)
+        code = main(
+            ["restore", str(tmp_path / "in.png"), "-o", str(dest), "--model", str(out), "--caption", "none", *args]
+        )
+        assert code == 0 and Image.open(dest / "in.png").size == (64, 64), args

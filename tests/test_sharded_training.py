@@ -95,7 +95,7 @@ def _exports_equal(a: Path, b: Path, atol: float = 0.0) -> None:
         x, y = load_file(str(f)), load_file(str(b / f.name))
         assert x.keys() == y.keys(), f.name
         for k in x:
-            torch.testing.assert_close(x[k], y[k], rtol=0, atol=atol, msg=f"{f.name}: {k}")
+            torch.testing.assert_close(x[k], y[k], rtol=0, atol=atol, msg=lambda m: f"{f.name}: {k}: {m}")
 
 
 def _losses(run: Path) -> list[dict]:
@@ -111,7 +111,11 @@ def test_sharded_training_trains_as_ddp_does_a_nan_step_skipped_included(runs, b
     assert _losses(run)[-1]["skipped_steps"] == 1
     two, three = (load_file(str(run / f"checkpoint-{s}" / TRAINABLE_FILE)) for s in (2, 3))
     assert all(torch.equal(two[k], three[k]) for k in two)  # the NaN step changed no weight
-    _exports_equal(ddp / "final", run / "final", atol=1e-6)  # gathered: FSDP and ZeRO-3 shard the weights
+    # gathered: FSDP and ZeRO-3 shard the weights. Adam moves an element by about lr whatever its
+    # gradient, so where a clipped gradient is near Adam's eps another reduction order moves it by a
+    # slightly different share of lr: 1e-3 of the largest move (lr 1e-3 x 3 updates) is allowed
+    # (observed: up to 1.5e-6 on the encoder's biases under ZeRO-2/3, 0 to 7e-9 elsewhere)
+    _exports_equal(ddp / "final", run / "final", atol=3e-6)
     # FSDP, ZeRO-3: every process ran validation's forward passes, on gathered weights
     assert (run / "validation" / "step-000004.png").is_file()
 

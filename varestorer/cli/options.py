@@ -122,7 +122,7 @@ def add_method_options(p) -> None:
 
 def method_kwargs(args, method: str) -> dict:
     """The pipeline settings of ``method`` from the parsed options."""
-    if method == "bicubic":
+    if method in ("bicubic", "restorer"):
         return {}
     if method == "onestep":
         return dict(decode=args.decode, generator=_generator(args))

@@ -24,8 +24,9 @@ from ..transformer.lora import apply_lora
 from ..transformer.text import TextFeatures
 from .pipeline import METHODS, VARestorerPipeline
 
-#: The methods timed (all but bicubic), in the order printed; ``onestep`` is the reference of the ratios.
-TIMED = tuple(m for m in METHODS if m != "bicubic")
+#: The methods timed (all but bicubic and the stage-1 restorer, which a random pipeline has not), in
+#: the order printed; ``onestep`` is the reference of the ratios.
+TIMED = tuple(m for m in METHODS if m not in ("bicubic", "restorer"))
 
 
 class RandomText(nn.Module):
