@@ -19,6 +19,19 @@ def move_lora(model, std: float = 0.05):
     return model
 
 
+def exported_student(root, *overrides: str):
+    """A tiny student (seed 0, recipe ``tiny`` with ``overrides``), its LoRA moved (:func:`move_lora`),
+    in eval mode and exported to ``root/export``: ``(model, export folder)``."""
+    from varestorer.distill.model import VARestorerModel
+    from varestorer.distill.recipe import load_recipe
+
+    torch.manual_seed(0)
+    recipe = load_recipe("tiny", [f"train.output_dir={root}", "train.report_to=none", *overrides])
+    model = move_lora(VARestorerModel.from_recipe(recipe)).eval()
+    model.save_export(root / "export")
+    return model, root / "export"
+
+
 @pytest.fixture
 def seed():
     torch.manual_seed(0)

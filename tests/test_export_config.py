@@ -6,10 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import move_lora
+from conftest import exported_student
 
-from varestorer.distill.model import VARestorerModel
-from varestorer.distill.recipe import load_recipe
 from varestorer.errors import ConfigError
 from varestorer.export import CONFIG_FILE, FORMAT_VERSION, ExportConfig
 from varestorer.inference import VARestorerPipeline
@@ -40,15 +38,7 @@ def _v1_layouts() -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """A tiny student (LoRA away from zero, shifted LQ input: what version 1 without lq_input meant)."""
-    root = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    recipe = load_recipe(
-        "tiny", [f"train.output_dir={root}", "train.report_to=none", "student.lq_input=shifted", "degradation.scale=2"]
-    )
-    model = VARestorerModel.from_recipe(recipe).eval()
-    move_lora(model, 0.05)
-    model.save_export(root / "export")
-    return root / "export"
+    return exported_student(tmp_path_factory.mktemp("export"), "student.lq_input=shifted", "degradation.scale=2")[1]
 
 
 def _restore(folder):

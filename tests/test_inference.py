@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import move_lora
+from conftest import exported_student, move_lora
 from PIL import Image
 
 from varestorer.cli import main
@@ -44,15 +44,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_varsr(tmp_path_factory):
     """A tiny multi-step VARSR-style model (mode varsr) with a LoRA away from zero, exported."""
-    root = tmp_path_factory.mktemp("varsr")
-    torch.manual_seed(0)
-    recipe = load_recipe(
-        "tiny", [f"train.output_dir={root}", "train.report_to=none", "mode=varsr", "student.attention=causal"]
-    )
-    model = VARestorerModel.from_recipe(recipe)
-    move_lora(model, 0.05)
-    model.eval().save_export(root / "export")
-    return root / "export"
+    return exported_student(tmp_path_factory.mktemp("varsr"), "mode=varsr", "student.attention=causal")[1]
 
 
 def _student_images(model, batch):
@@ -83,11 +75,7 @@ def test_exported_pipeline_equals_the_in_training_student(trained):
 def test_a_student_that_keeps_the_lq_first_scale_restores_with_it_in_training_and_in_the_pipeline(tmp_path):
     from varestorer.tokenizer import MultiScaleBSQ
 
-    torch.manual_seed(0)
-    recipe = load_recipe("tiny", [f"train.output_dir={tmp_path}", "train.report_to=none", "student.keep_lq_scales=1"])
-    model = VARestorerModel.from_recipe(recipe).eval()
-    move_lora(model, 0.05)
-    model.save_export(tmp_path / "export")
+    model, _ = exported_student(tmp_path, "student.keep_lq_scales=1")
     batch = _batch()
     lq, logits, reference = _student_images(model, batch)
     with torch.no_grad():
@@ -665,12 +653,8 @@ def test_evaluate_restores_with_each_method_at_the_ground_truth_size_and_scores_
 def test_a_student_trained_without_captions_restores_the_same_with_or_without_one(tmp_path):
     """data.use_captions=false (recipes/small.yaml): the student restores from the image alone, so
     `restore --caption none` (what a user without captions gets) equals a captioned restoration."""
-    torch.manual_seed(0)
-    recipe = load_recipe("tiny", [f"train.output_dir={tmp_path}", "train.report_to=none", "data.use_captions=false"])
-    model = VARestorerModel.from_recipe(recipe)
-    move_lora(model, 0.05)
-    model.eval().save_export(tmp_path / "export")
-    pipe = VARestorerPipeline.from_pretrained(tmp_path / "export")
+    _, export = exported_student(tmp_path, "data.use_captions=false")
+    pipe = VARestorerPipeline.from_pretrained(export)
     x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
     captioned = pipe([x], prompt="a photo of a red cup", output_type="pt").images[0]
     assert torch.equal(pipe([x], prompt=None, output_type="pt").images[0], captioned)

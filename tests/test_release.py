@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import move_lora
+from conftest import exported_student
 
 from varestorer.cli import main
 from varestorer.export import ExportConfig, import_release, save_weights
@@ -210,17 +210,25 @@ def _inputs(pipe, n=2, seed=3):
     return x, ["a photo of a cat", "a hillside at dusk"][:n]
 
 
+@torch.no_grad()
+def _release_and_ours(state, pipe, extra: bool = True):
+    """The release's logits (from its state dict, on the input it builds from the public encoder's
+    latent of the SwinIR output) and the imported pipeline's, for the same images and text."""
+    x, prompts = _inputs(pipe)
+    text = pipe.text(prompts)
+    latent = pipe.vae.encoder(pipe.stage1_restore(x) * 2 - 1).float()
+    sequence = long_flip_requant(latent, pipe.schedule, extra=extra)
+    return release_logits(state, text.features, text.mask, sequence, pipe.schedule, heads=4), pipe.student_logits(
+        x, text
+    )
+
+
 def test_the_imported_release_gives_the_releases_logits(release):
     state, _, out = release
     pipe = VARestorerPipeline.from_pretrained(out, merge_lora=False)
+    reference, ours = _release_and_ours(state, pipe)
     x, prompts = _inputs(pipe)
     text = pipe.text(prompts)
-    with torch.no_grad():
-        latent = pipe.vae.encoder(pipe.stage1_restore(x) * 2 - 1).float()  # the public encoder, after SwinIR
-        reference = release_logits(
-            state, text.features, text.mask, long_flip_requant(latent, pipe.schedule), pipe.schedule, heads=4
-        )
-        ours = pipe.student_logits(x, text)
     assert ours.shape == (2, sum(h * w for h, w in pipe.schedule), 16, 2)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
     assert torch.equal(ours.argmax(-1), reference.argmax(-1))
@@ -231,14 +239,7 @@ def test_the_imported_release_gives_the_releases_logits(release):
 def test_the_extra_finest_scale_block_changes_the_logits(release):
     state, _, out = release
     pipe = VARestorerPipeline.from_pretrained(out, merge_lora=False)
-    x, prompts = _inputs(pipe)
-    text = pipe.text(prompts)
-    with torch.no_grad():
-        latent = pipe.vae.encoder(pipe.stage1_restore(x) * 2 - 1).float()
-        without = release_logits(
-            state, text.features, text.mask, long_flip_requant(latent, pipe.schedule, extra=False), pipe.schedule, 4
-        )
-        ours = pipe.student_logits(x, text)
+    without, ours = _release_and_ours(state, pipe, extra=False)
     assert (ours - without).abs().max() > 1e-2
 
 
@@ -427,23 +428,16 @@ def test_an_imported_release_exports_with_samples_and_a_valid_card(tmp_path, cap
 
 
 # ----------------------------------------------------------------------------- training the release's form
-def _release_form_recipe(tmp_path, swinir_path, *overrides):
-    from varestorer.distill.recipe import load_recipe
-
-    return load_recipe(
-        "tiny",
-        [
-            f"train.output_dir={tmp_path / 'run'}",
-            "train.report_to=none",
-            "student.lq_input=shifted_latent",
-            "student.train_encoder=false",
-            f"model.restorer={swinir_path}",
-            "inference.decode=gumbel",
-            "inference.resize=lanczos",
-            "inference.tile_weights=gaussian",
-            *overrides,
-        ],
-    )
+def _release_form(swinir_path) -> list[str]:
+    """The overrides that make ``tiny`` train the release's form."""
+    return [
+        "student.lq_input=shifted_latent",
+        "student.train_encoder=false",
+        f"model.restorer={swinir_path}",
+        "inference.decode=gumbel",
+        "inference.resize=lanczos",
+        "inference.tile_weights=gaussian",
+    ]
 
 
 def test_training_and_the_pipeline_read_the_releases_form_alike(tmp_path, release):
@@ -451,13 +445,9 @@ def test_training_and_the_pipeline_read_the_releases_form_alike(tmp_path, releas
     SwinIR stage first) gives the same logits in training and, exported, in the pipeline; a step
     trains its LoRA only."""
     from varestorer.distill.dataloader import collate
-    from varestorer.distill.model import VARestorerModel
 
     _, root, _ = release
-    torch.manual_seed(0)
-    model = VARestorerModel.from_recipe(_release_form_recipe(tmp_path, root / "swinir.ckpt"))
-    move_lora(model, 0.05)
-    model.eval().save_export(tmp_path / "export")
+    model, _ = exported_student(tmp_path, *_release_form(root / "swinir.ckpt"))
     config = ExportConfig.load(tmp_path / "export")
     assert (config.lq_input, config.restorer, config.has_encoder, config.decode) == (
         "shifted_latent",

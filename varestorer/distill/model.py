@@ -31,9 +31,9 @@ from torch import Tensor
 from ..degradations import DegradationPipeline
 from ..errors import ConfigError
 from ..evaluation.metrics import build_lpips
-from ..export import RESTORER_FILE, ExportConfig, load_export, write_export
+from ..export import ExportConfig, load_export, write_export
 from ..presets import get_preset
-from ..restorer import load_restorer
+from ..restorer import RESTORER_FILE, load_restorer
 from ..tokenizer import MultiScaleBSQ
 from ..tokenizer.loading import build_vae, load_vae
 from ..transformer.loading import build_transformer, load_transformer
@@ -69,6 +69,17 @@ def check_base_checkpoint(recipe: Recipe) -> None:
             f"huggingface-cli download lxq007/DiffBIR general_swinir_v1.ckpt --local-dir weights; or restore "
             f"without one (the paper's 'w/o restorer'): model.restorer=null"
         )
+
+
+def _step_parts(recipe: Recipe) -> tuple[DegradationPipeline | None, torch.nn.Module | None]:
+    """The degradation pipeline (the modes that read an LQ image) and LPIPS (distillation, when weighed)."""
+    degradation = None
+    if recipe.mode in ("distill", "varsr"):
+        degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)
+    lpips = None
+    if recipe.mode == "distill" and recipe.loss.lpips > 0:
+        lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
+    return degradation, lpips
 
 
 class VARestorerModel(TrainingModule):
@@ -146,17 +157,8 @@ class VARestorerModel(TrainingModule):
             else load_transformer(preset, m.transformer)
         )
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
-        degradation = None
-        if recipe.mode in ("distill", "varsr"):
-            degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)
-        lpips = None
-        if recipe.mode == "distill" and recipe.loss.lpips > 0:
-            lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
-        restorer = None
-        if m.restorer is not None:
-            path = Path(m.restorer).expanduser()
-            restorer = load_restorer(path / RESTORER_FILE if path.is_dir() else path)
-        return cls(recipe, vae, transformer, text_encoder, degradation, lpips, restorer)
+        restorer = load_restorer(Path(m.restorer).expanduser()) if m.restorer is not None else None
+        return cls(recipe, vae, transformer, text_encoder, *_step_parts(recipe), restorer)
 
     @classmethod
     def from_export(cls, recipe: Recipe, device: str | torch.device = "cpu") -> VARestorerModel:
@@ -186,14 +188,8 @@ class VARestorerModel(TrainingModule):
         restorer = init.restorer
         if m.restorer is not None:
             check_base_checkpoint(recipe)
-            path = Path(m.restorer).expanduser()
-            restorer = load_restorer(path / RESTORER_FILE if path.is_dir() else path)
-        degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)
-        lpips = None
-        if recipe.loss.lpips > 0:
-            lpips = build_lpips(recipe.loss.lpips_net, pretrained=recipe.loss.lpips_pretrained)
-        text = init.text_encoder
-        return cls(recipe, init.vae, init.transformer, text, degradation, lpips, restorer, init=init)
+            restorer = load_restorer(Path(m.restorer).expanduser())
+        return cls(recipe, init.vae, init.transformer, init.text_encoder, *_step_parts(recipe), restorer, init=init)
 
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
@@ -402,10 +398,11 @@ class VARestorerModel(TrainingModule):
             self.schedule,
             has_adapter=is_adapted(self.transformer),
             has_encoder=own_encoder or (self.init is not None and self.init.config.has_encoder),
-        ).replace(restorer=RESTORER_FILE if self.restorer is not None else None)  # model.restorer, or init_from's
+        )
         if self.init is not None:  # the base is the export's: its files travel with this one
             c = self.init.config
             config = config.replace(
+                restorer=RESTORER_FILE if self.restorer is not None else None,  # model.restorer, or the export's
                 base_transformer=c.base_transformer,
                 base_vae=c.base_vae,
                 random_init_base=c.random_init_base,

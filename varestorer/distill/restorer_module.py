@@ -22,8 +22,7 @@ from torch import Tensor
 from ..degradations import DegradationPipeline
 from ..errors import ConfigError
 from ..evaluation.metrics import psnr_db
-from ..export import RESTORER_FILE
-from ..restorer import ARCHITECTURES, SwinIR, load_restorer, save_restorer
+from ..restorer import ARCHITECTURES, RESTORER_FILE, SwinIR, load_restorer, save_restorer
 from .heldout import heldout_restorer_psnr
 from .module import TrainingModule
 
@@ -46,8 +45,7 @@ class RestorerModel(TrainingModule):
     def from_recipe(cls, recipe, device="cpu") -> RestorerModel:
         r, m = recipe.restorer, recipe.model
         if m.restorer is not None:
-            path = Path(m.restorer).expanduser()
-            swinir = load_restorer(path / RESTORER_FILE if path.is_dir() else path)
+            swinir = load_restorer(Path(m.restorer).expanduser())
         else:
             swinir = SwinIR(**ARCHITECTURES[r.architecture])
         degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..restorer import RESTORER_FILE
 from ..tokenizer.quantizer import LQ_INPUT_FORMS
 
 CONFIG_FILE = "varestorer_config.json"
@@ -42,7 +43,6 @@ RESIZES = ("bicubic", "lanczos")
 #: How overlapping tiles are blended: a linear ramp over the overlap, or the release's Gaussian
 #: weights (sigma 0.1 tile) over reflect-padded borders.
 TILE_WEIGHTS = ("linear", "gaussian")
-RESTORER_FILE = "restorer.safetensors"
 
 
 @dataclass

@@ -147,7 +147,9 @@ class VARestorerPipeline:
     Build it with :meth:`from_pretrained`; call it on images (see the module doc).
     """
 
-    def __init__(self, vae, encoder, transformer, text_encoder, config: ExportConfig, source: Path | None = None):
+    def __init__(
+        self, vae, encoder, transformer, text_encoder, config: ExportConfig, source: Path | None = None, restorer=None
+    ):
         self.vae = vae.eval().requires_grad_(False)
         self.encoder = encoder.eval().requires_grad_(False)
         self.transformer = transformer.eval().requires_grad_(False)
@@ -158,7 +160,7 @@ class VARestorerPipeline:
         self.schedule = config.schedule
         self.attention = config.attention
         self.upscale = float(config.upscale)
-        self.stage1 = None  # the stage-1 restorer (set_restorer): cleans the LQ image before the tokenizer
+        self.stage1 = restorer  # the stage-1 restorer (set_restorer): cleans the LQ image before the tokenizer
         self.use_restorer = True
         self.captioner = None  # set by set_captioner: prompts from BLIP when a call gives none
         self.caption_from = "restored"
@@ -190,8 +192,15 @@ class VARestorerPipeline:
                 reversible: the sampling methods unfuse it).
         """
         parts = load_export(model, base=base, vae=vae, text_encoder=text_encoder, revision=revision)
-        pipe = cls(parts.vae, parts.encoder, parts.transformer, parts.text_encoder, parts.config, source=parts.folder)
-        pipe.stage1 = parts.restorer
+        pipe = cls(
+            parts.vae,
+            parts.encoder,
+            parts.transformer,
+            parts.text_encoder,
+            parts.config,
+            source=parts.folder,
+            restorer=parts.restorer,
+        )
         if merge_lora:
             pipe.merge_lora()
         return pipe

@@ -26,6 +26,8 @@ from ..checkpoints import _TORCH_SUFFIXES, cast_floats, load_strict, read_file, 
 from ..errors import CheckpointError
 from .swinir import RELEASE_CONFIG, SwinIR
 
+#: The restorer's file in a folder (an export, a ``mode: restorer`` run's ``final/``).
+RESTORER_FILE = "restorer.safetensors"
 _METADATA_KEY = "swinir_config"
 _STATE_KEYS = ("state_dict", "params_ema", "params")
 _PREFIX = "module."
@@ -112,11 +114,13 @@ def load_restorer(
 ) -> SwinIR:
     """A :class:`SwinIR` (eval mode, no gradients) with the weights of ``path`` loaded strictly.
 
-    ``config``: the model's arguments; by default those in the file's metadata (a file of
-    :func:`save_restorer`), else inferred from the state dict (:func:`restorer_config_from_state`).
+    ``path``: a checkpoint file (DiffBIR's ``.ckpt``, BasicSR's, a :func:`save_restorer` file) or a
+    folder holding :data:`RESTORER_FILE`. ``config``: the model's arguments; by default those in the
+    file's metadata (a file of :func:`save_restorer`), else inferred from the state dict
+    (:func:`restorer_config_from_state`).
     The model is built on the meta device and gets the file's tensors assigned.
     """
-    path = resolve_file(path)
+    path = resolve_file(path, RESTORER_FILE)
     state, unused = select_state_dict(read_file(path), _STATE_KEYS)
     if config is None:
         config = _metadata_config(path) or restorer_config_from_state(state)
