@@ -2,6 +2,8 @@
 
     accelerate launch [--config_file launch/8gpu.yaml] distill.py --recipe recipes/NAME.yaml [section.key=value ...]
 
+``--overwrite`` starts again in a ``train.output_dir`` that holds another run (its files moved aside).
+
 Everything lives in the library; this file is the entry point accelerate launches.
 """
 

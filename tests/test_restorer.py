@@ -14,7 +14,7 @@ from torch import nn
 
 from varestorer.errors import CheckpointError
 from varestorer.restorer import RELEASE_CONFIG, SwinIR, load_restorer, restorer_config_from_state, save_restorer
-from varestorer.restorer.swinir import TINY_CONFIG, shifted_window_mask
+from varestorer.restorer.swinir import RGB_MEAN, TINY_CONFIG, shifted_window_mask
 
 #: DiffBIR's ``swinir.py`` (``infinity/models/swinir.py`` of EternalEvan/VARestorer), to compare with;
 #: the equivalence tests are skipped without it.
@@ -103,6 +103,23 @@ def test_other_upsamplers_residual_convs_and_unshuffle_scales_are_refused():
     for change in (dict(upsampler="pixelshuffle"), dict(resi_connection="3conv"), dict(unshuffle_scale=4), dict(sf=3)):
         with pytest.raises(ValueError):
             SwinIR(**{**TINY_CONFIG, **change})
+
+
+def test_a_residual_restorer_starts_as_the_identity_and_keeps_that_form_through_save_and_load(tmp_path):
+    config = {**TINY_CONFIG, "residual": True}  # the small preset's form
+    x = images(32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(SwinIR(**config)(x), x, rtol=0, atol=0)
+        model = randomized(config)
+        save_restorer(model, tmp_path / "r.safetensors")
+        loaded = load_restorer(tmp_path / "r.safetensors")
+        assert loaded.config.residual
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        plain_form = SwinIR(**TINY_CONFIG)
+        plain_form.load_state_dict(model.state_dict())  # the same keys; only the input is not added
+        torch.testing.assert_close(plain_form(x) + x - plain_form(x).new_tensor(RGB_MEAN).view(1, 3, 1, 1), model(x))
+    with pytest.raises(ValueError, match="needs unshuffle_scale"):
+        SwinIR(**{**config, "unshuffle_scale": None})
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 48)])  # the stored shifted-window mask's size, and another

@@ -83,16 +83,44 @@ def resolve_file(path_or_repo: str | os.PathLike, filename: str | None = None, *
             f"('owner/name') together with the file name in it"
         )
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(text, filename, **hub_kwargs))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+    except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError) as exc:
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
         raise CheckpointError(
-            f"could not get {filename!r} from the Hub repo {text!r} ({type(exc).__name__}: {exc}). "
-            f"Download it where you have network access (huggingface-cli download {text} {filename}) "
-            f"and pass the local path."
+            f"no such file or folder {text}{where}, and no {filename!r} to download from a Hub repo {text!r}: "
+            f"{hub_failure(exc)}. Check the path; for a Hub repo, download it where you have network access "
+            f"(huggingface-cli download {text} {filename}) and pass the local path."
         ) from exc
+
+
+def hub_failure(exc: Exception) -> str:
+    """Why a Hub download failed, in words: no such repo, offline, ... (for messages that also say
+    the local path does not exist: a mistyped ``runs/name`` looks like a Hub id)."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return "that repo is gated (accept its terms on the Hub, then huggingface-cli login)"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "the Hub has no repo of that name (or it is private and you are not logged in: huggingface-cli login)"
+    if isinstance(exc, RevisionNotFoundError):
+        return "the Hub repo has no such revision"
+    if isinstance(exc, LocalEntryNotFoundError):
+        return "the Hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and the local cache does not hold it"
+    if isinstance(exc, EntryNotFoundError):
+        return "the Hub repo has no such file"
+    if isinstance(exc, HFValidationError):
+        return "that is not a valid Hub repo id either"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def read_file(path: str | os.PathLike) -> dict:
@@ -105,7 +133,40 @@ def read_file(path: str | os.PathLike) -> dict:
 
         return load_file(path)
     except Exception as exc:  # unreadable, truncated, or pickled code that weights_only refuses
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged (cut short by "
+            f"a download, a copy or a full disk?) or is not a weights file: get or copy it again, or write it "
+            f"again (a model folder: varestorer export RUN OUT)"
+        ) from exc
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite. The sum first (one pass, no temporary: a NaN or an
+    infinity anywhere makes it non-finite); only when it is not (or overflowed) each value, a chunk
+    at a time."""
+    flat = t.detach().reshape(-1)
+    if bool(torch.isfinite(flat.sum())):
+        return True
+    step = 1 << 24
+    return all(bool(torch.isfinite(flat[i : i + step]).all()) for i in range(0, flat.numel(), step))
+
+
+def refuse_nonfinite(state: Mapping, what: str, source: str) -> None:
+    """Raise a :class:`CheckpointError` naming the file and the first tensor of ``state`` that holds
+    NaN or infinite values (weights like that restore every image to the same garbage)."""
+    bad = [
+        k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.is_meta and not _finite(v)
+    ]
+    if bad:
+        v = state[bad[0]]
+        count = int((~torch.isfinite(v)).sum())
+        others = f" (and {len(bad) - 1} other tensors)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{what} checkpoint {source} holds weights that are not finite: {bad[0]} has {count} NaN or "
+            f"infinite values of {v.numel()}{others}. The file is damaged, or the run that wrote it diverged: "
+            f"use a checkpoint whose weights are finite (re-export an earlier one: varestorer export "
+            f"RUN/checkpoint-STEP OUT) or get the file again"
+        )
 
 
 def select_state_dict(obj: Mapping, keys: tuple[str, ...]) -> tuple[dict, list[str]]:
@@ -188,6 +249,7 @@ def load_strict(
     """
     expected = model.state_dict()
     renamed: dict[str, torch.Tensor] = {}
+    in_file: dict[str, str] = {}  # the model's key -> the file's
     report = LoadReport(unused=list(unused_top_level or []))
     for key, value in state_dict.items():
         new = rename(key) if rename else key
@@ -195,6 +257,7 @@ def load_strict(
             report.unused.append(key)
         else:
             renamed[new] = value
+            in_file[new] = key
     # listed in the model's (resp. the file's) order, which reads like the architecture
     report.missing = [k for k in expected if k not in renamed]
     extra = [k for k in renamed if k not in expected]
@@ -232,6 +295,7 @@ def load_strict(
                 else f"\n  It matches none of the presets {sorted(candidates)}: is it a {what} checkpoint?"
             )
         raise CheckpointError(msg)
+    refuse_nonfinite({in_file[k]: renamed[k] for k in expected}, what, source)  # named as in the file
     on_meta = any(t.is_meta for t in expected.values())
     model.load_state_dict({k: renamed[k] for k in expected}, strict=True, assign=on_meta)
     if report.ignored:

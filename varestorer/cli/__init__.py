@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"varestorer {args.command}: {getattr(exc, 'label', 'error')}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except OSError as exc:  # the last line of defence: an output location that cannot be used
+        from ..outputs import REPORTED_ERRNOS, os_error_message
+
+        if args.debug or exc.errno not in REPORTED_ERRNOS:
+            raise
+        print(f"varestorer {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import SEED, device_name, number
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,15 +23,17 @@ def register(sub) -> None:
     p.add_argument(
         "--preset", default="realesrgan-x4", help="preset name in degradations/ or a YAML path (default: realesrgan-x4)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
-    p.add_argument("--size", type=int, default=512, help="HQ crop size (default: 512; LQ is SIZE/scale)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the run (default: 0)")
+    p.add_argument("--size", type=number(int, 1), default=512, help="HQ crop size (default: 512; LQ is SIZE/scale)")
     p.add_argument("--resize", action="store_true", help="resize the short side to SIZE before cropping")
     p.add_argument("--save-hq", action="store_true", help="also write the HQ crops to OUT/hq (paired test set)")
-    p.add_argument("--batch", type=int, default=8, help="images per pipeline call (default: 8)")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many images")
-    p.add_argument("--device", default=None, help="device (default: cuda if available)")
+    p.add_argument("--batch", type=number(int, 1), default=8, help="images per pipeline call (default: 8)")
+    p.add_argument("--limit", type=number(int, 1), default=None, help="stop after this many images")
+    p.add_argument("--device", type=device_name, default=None, help="device (default: cuda if available)")
     p.add_argument("--no-sheet", action="store_true", help="do not write OUT/sheet.png")
-    p.add_argument("--sheet-samples", type=int, default=4, help="images on the comparison sheet (default: 4)")
+    p.add_argument(
+        "--sheet-samples", type=number(int, 1), default=4, help="images on the comparison sheet (default: 4)"
+    )
     p.add_argument(
         "--sheet-presets", default=None, help="comma-separated presets on the sheet (default: every shipped preset)"
     )
@@ -69,10 +73,10 @@ def register_bench(sub) -> None:
         "the same basicsr calls (Real-ESRGAN's way), on scikit-image photos.",
     )
     p.add_argument("--preset", default="realesrgan-x4", help="preset (default: realesrgan-x4)")
-    p.add_argument("--size", type=int, default=512, help="HQ size (default: 512)")
-    p.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
-    p.add_argument("--steps", type=int, default=3, help="timed batches (default: 3)")
-    p.add_argument("--device", default=None, help="device (default: cuda if available)")
+    p.add_argument("--size", type=number(int, 1), default=512, help="HQ size (default: 512)")
+    p.add_argument("--batch", type=number(int, 1), default=8, help="batch size (default: 8)")
+    p.add_argument("--steps", type=number(int, 1), default=3, help="timed batches (default: 3)")
+    p.add_argument("--device", type=device_name, default=None, help="device (default: cuda if available)")
     p.add_argument("--no-sequential", action="store_true", help="skip the sequential basicsr run")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_bench)

@@ -24,6 +24,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .options import SEED, number
+
 #: The methods the demo can compare, in the grid's order (varsr needs a model trained in varsr mode).
 DEMO_METHODS = ("bicubic", "restorer", "zeroshot", "multistep", "guided", "onestep")
 #: Those it runs by default: guided costs about five multi-step passes; add it with --methods.
@@ -41,15 +43,17 @@ def register(sub) -> None:
     )
     p.add_argument("--output-dir", default="outputs/demo", help="where to write (default: outputs/demo)")
     p.add_argument("--recipe", default="small", help="the distillation recipe (default: small)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
-    p.add_argument("--images", type=int, default=None, help="score only the first N held-out images (default: all)")
+    p.add_argument("--steps", type=number(int, 1), default=None, help="training steps (default: the recipe's)")
+    p.add_argument(
+        "--images", type=number(int, 1), default=None, help="score only the first N held-out images (default: all)"
+    )
     p.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
         help=f"comma-separated restoration methods out of {','.join(DEMO_METHODS)} "
         f"(default: {','.join(DEFAULT_METHODS)})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out degradations and the samplers")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the held-out degradations and the samplers")
     p.add_argument(
         "--with-captions",
         action="store_true",
@@ -69,15 +73,19 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DEMO_METHODS]
-    if unknown:
-        raise ConfigError(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(DEMO_METHODS)}")
+    if unknown or not methods:
+        what = f"unknown {unknown[0]!r}" if unknown else "no method"
+        raise ConfigError(f"--methods: {what}; choose from {', '.join(DEMO_METHODS)}")
     out = Path(args.output_dir)
+    from ..outputs import check_output_folder
+
+    check_output_folder(out, "--output-dir")  # before the training
     started = time.perf_counter()
     overrides = [f"train.output_dir={out / 'train'}", "train.report_to=tensorboard"]
     if args.steps is not None:
         overrides.append(f"train.max_steps={args.steps}")
     recipe = load_recipe(args.recipe, overrides)
-    logs = train(recipe)
+    logs = train(recipe, overwrite=True)  # a demo run again replaces its own training (moved aside)
     trained = time.perf_counter() - started
     print("\nlast step: " + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
     model = out / "train" / "final"  # the export form (adapter, encoder, config)

@@ -22,10 +22,18 @@ unavailable with the reason. Written to ``--out``: ``results.md`` (the table), `
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from .options import METHOD_CHOICES, add_method_options, add_prompt_options, add_running_options, load_pipeline
+from .options import (
+    METHOD_CHOICES,
+    add_method_options,
+    add_prompt_options,
+    add_running_options,
+    load_pipeline,
+    number,
+)
 
 
 def register(sub) -> None:
@@ -46,7 +54,9 @@ def register(sub) -> None:
         help="a restoration method (repeat for several rows; default onestep with --model)",
     )
     p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
-    p.add_argument("--crop-border", type=int, default=0, help="pixels cut from each side before scoring (papers: 4)")
+    p.add_argument(
+        "--crop-border", type=number(int, 0), default=0, help="pixels cut from each side before scoring (papers: 4)"
+    )
     p.add_argument(
         "--ssim-convention",
         default="pyiqa",
@@ -55,7 +65,7 @@ def register(sub) -> None:
     )
     p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; unavailable ones say why)")
     p.add_argument("--allow-missing", action="store_true", help="skip ground-truth images without a partner")
-    p.add_argument("--json", action="store_true", help="also print results.json")
+    p.add_argument("--json", action="store_true", help="print results.json, not the table (stdout: the JSON alone)")
     p.add_argument(
         "--warmup",
         type=int,
@@ -85,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.metrics import DEFAULT_METRICS, METRICS, build_metrics, score
     from ..evaluation.pairs import index_images, match, resolve_folder
     from ..evaluation.report import summarise, write_report
+    from ..outputs import check_output_folder, check_outside_inputs
 
     methods = tuple(args.method or (("onestep",) if args.model else ()))
     if args.pred is None and not methods:
@@ -95,7 +106,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--method needs --lq: the LQ images to restore")
     if args.pred is not None and args.model is not None:
         raise ConfigError("--pred scores existing restorations, --model makes them: pass one of the two")
+    if args.record and args.model and Path(args.model).is_dir():
+        from ..export.hub import read_evaluation
+
+        read_evaluation(args.model)  # a damaged evaluation.json is said before the work, not after
     names = DEFAULT_METRICS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    check_output_folder(args.out, "--out")  # before any image is read or restored
+    check_outside_inputs(args.out, {"--gt": args.gt, "--lq": args.lq, "--pred": args.pred}, "--out")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gt_dir = resolve_folder(args.gt, "gt")
     gt = index_images(gt_dir, "gt")
@@ -104,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     pred = index_images(pred_dir, "pred") if pred_dir else None
     pairs = match(gt, pred, lq, allow_missing=args.allow_missing)
     truth = [_read(p.gt) for p in pairs]  # decoded once: sizes, then every method's scores
+    _check_crop_border(args.crop_border, pairs, truth)
+    if lq is not None:  # restored at the ground truth's size: an LQ of another shape would be squashed
+        from ..evaluation.pairs import check_sizes, image_size
+
+        check_sizes([(p.lq.name, image_size(p.lq), t.shape[:2]) for p, t in zip(pairs, truth)], lq=True)
     fns, unavailable = build_metrics(names, device)
     out = Path(args.out).expanduser()
     rows, per_image, problems = [], [], {}
@@ -151,15 +173,18 @@ def run(args: argparse.Namespace) -> int:
     doc = write_report(out, rows, per_image, metrics, unavailable, settings)
     if args.record:
         _record(args, rows)
-    print((out / "results.md").read_text())
     written = [
         f
         for f in ("results.md", "results.csv", "per_image.csv", "results.json", "metric_vs_time.png")
         if (out / f).is_file()
     ]
-    print(f"wrote {out}/: {', '.join(written)}" + "".join(f", {name}/" for name, m in sources if m))
-    if args.json:
+    wrote = f"wrote {out}/: {', '.join(written)}" + "".join(f", {name}/" for name, m in sources if m)
+    if args.json:  # standard output is the JSON alone (| jq); what was written goes to stderr
+        print(wrote, file=sys.stderr)
         print(json.dumps(doc, indent=2, default=str))
+        return 0
+    print((out / "results.md").read_text())
+    print(wrote)
     return 0
 
 
@@ -168,23 +193,48 @@ def _record(args, rows: list[dict]) -> None:
     import json
 
     from ..errors import ConfigError
-    from ..export.hub import EVAL_FILE
+    from ..export.hub import EVAL_FILE, read_evaluation
 
     folder = Path(args.model or "")
     row = next((r for r in rows if r["method"] == "onestep"), None)
     if args.model is None or not folder.is_dir() or row is None:
         raise ConfigError("--record needs a local --model folder and --method onestep")
     path = folder / EVAL_FILE
-    table = json.loads(path.read_text()) if path.is_file() else {}
+    table = read_evaluation(folder)
     table[args.record] = {k: v for k, v in row.items() if k not in ("method", "images") and v is not None}
     path.write_text(json.dumps(table, indent=2))
-    print(f"recorded the onestep row as {args.record!r} in {path}")
+    print(f"recorded the onestep row as {args.record!r} in {path}", file=sys.stderr if args.json else sys.stdout)
 
 
 def _read(path: Path):
-    from ..data.images import read_rgb, to_tensor, to_uint8
+    from ..data.images import ImageSkip, read_rgb, to_tensor, to_uint8
+    from ..errors import ConfigError
+    from ..inference.pipeline import MAX_OUTPUT_PIXELS
 
-    return to_uint8(to_tensor(read_rgb(path)))
+    def check_size(w: int, h: int) -> None:  # from the header, before the pixels are decoded
+        if w * h > MAX_OUTPUT_PIXELS:
+            raise ConfigError(f"more than the {MAX_OUTPUT_PIXELS / 1e6:.0f} MP a restoration can have")
+
+    try:
+        return to_uint8(to_tensor(read_rgb(path, check_size)))
+    except ImageSkip as exc:
+        raise ConfigError(
+            f"cannot score {path}: {exc}; replace the file, or move it out of the folder (with its partner, "
+            f"or pass --allow-missing)"
+        ) from None
+
+
+def _check_crop_border(border: int, pairs, truth: list) -> None:
+    """``--crop-border`` must leave pixels of every image to score (else PSNR is nan)."""
+    from ..errors import ConfigError
+
+    for pair, t in zip(pairs, truth):
+        h, w = t.shape[:2]
+        if 2 * border >= min(h, w):
+            raise ConfigError(
+                f"--crop-border {border} cuts all of {pair.gt.name} ({w}x{h}): {border} pixels from each side leave "
+                f"nothing to score; use at most {(min(h, w) - 1) // 2} for these images (the papers crop the scale, 4)"
+            )
 
 
 def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Path) -> tuple[list, float | None]:
@@ -198,6 +248,7 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
     from ..data.images import to_tensor, to_uint8
     from ..evaluation.pairs import check_sizes
     from ..inference.pipeline import resize_images
+    from ..outputs import save_image
     from .options import method_kwargs, prompts_for
 
     if method is None:
@@ -235,7 +286,7 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
             if tuple(y.shape[-2:]) != (h, w):  # a non-integer ratio: the last pixel of rounding
                 y = resize_images(y[None], (h, w))[0]
             image = to_uint8(y)
-            Image.fromarray(image).save(folder / f"{pair.gt.stem}.png")
+            save_image(Image.fromarray(image), folder / f"{pair.gt.stem}.png")
             images.append(np.asarray(image))
         bar.update(len(chunk))
     bar.close()

@@ -34,41 +34,53 @@ def register(sub) -> None:
     p.add_argument("--repo-id", default="USER/MODEL", help="the Hub repo the card's usage code names")
     p.add_argument("--base", help="base transformer checkpoint, when not the one the export names")
     p.add_argument("--device", default=None, help="device for --merge and --samples (default: cuda if present)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT, an export, as a whole (the new export is written beside it and swapped in when complete)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Everything is written into a folder beside OUT and swapped in when complete
+    (:func:`~varestorer.export.folder.new_export`): ``--overwrite`` leaves exactly the new export."""
     import torch
 
-    from ..export import MERGED_FILE, copy_export, find_export
+    from ..export import MERGED_FILE, export_files, find_export
+    from ..export.folder import check_weights, new_export
     from ..export.hub import CARD_FILE, render_card
+    from ..outputs import check_output_folder, copy_file
 
     src = find_export(args.checkpoint)
-    out = copy_export(src, args.out, overwrite=args.overwrite)
-    print(f"export of {src} -> {out}")
-    if args.merge or args.samples > 0:
-        from ..inference import VARestorerPipeline
+    check_weights(src)  # damaged or diverged weights are refused naming the source file, before anything is written
+    out = check_output_folder(args.out, "the export folder")
+    with new_export(out, overwrite=args.overwrite, source=src) as tmp:
+        for f in export_files(src):
+            copy_file(f, tmp / f.name)
+        print(f"export of {src} -> {out}")
+        if args.merge or args.samples > 0:
+            from ..inference import VARestorerPipeline
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = VARestorerPipeline.from_pretrained(out, base=args.base, merge_lora=False).to(device)
-        if args.samples > 0:
-            from ..inference.compare import write_samples
+            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            pipe = VARestorerPipeline.from_pretrained(tmp, base=args.base, merge_lora=False).to(device)
+            if args.samples > 0:
+                from ..inference.compare import write_samples
 
-            for path in write_samples(pipe, out, args.samples):
-                print(f"  sample {path.relative_to(out)}")
-        if args.merge:
-            from ..transformer.lora import base_state_dict, is_adapted
+                for path in write_samples(pipe, tmp, args.samples):
+                    print(f"  sample {path.relative_to(tmp)}")
+            if args.merge:
+                from ..transformer.lora import base_state_dict, is_adapted
 
-            if not is_adapted(pipe.transformer):
-                print("  --merge: this model has no adapter (its transformer is already whole); nothing to merge")
-            else:
-                from ..export import save_weights
+                if not is_adapted(pipe.transformer):
+                    print("  --merge: this model has no adapter (its transformer is already whole); nothing to merge")
+                else:
+                    from ..export import save_weights
 
-                pipe.merge_lora()  # fused: the base layers hold base + LoRA
-                save_weights(base_state_dict(pipe.transformer), out / MERGED_FILE)
-                print(f"  {MERGED_FILE}: the base with the LoRA merged in")
-    render_card(out, args.repo_id).save(out / CARD_FILE)
+                    pipe.merge_lora()  # fused: the base layers hold base + LoRA
+                    save_weights(base_state_dict(pipe.transformer), tmp / MERGED_FILE)
+                    print(f"  {MERGED_FILE}: the base with the LoRA merged in")
+        render_card(tmp, args.repo_id).save(tmp / CARD_FILE)
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         print(f"  {path.relative_to(out)}  ({path.stat().st_size / 2**20:.2f} MiB)")
     print(f"publish it with: varestorer publish {out} --repo-id {args.repo_id}")

@@ -38,7 +38,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import ExportConfig, import_release
+    from ..outputs import check_output_folder
 
+    check_output_folder(args.out, "OUT")  # before the release is read
     out = import_release(
         args.checkpoint,
         args.out,

@@ -3,11 +3,76 @@ the pipeline they name (imports of torch and the models stay inside functions: `
 
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 from pathlib import Path
 
 #: ``--method`` values (varestorer.inference.pipeline.METHODS, without importing torch here).
 METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr", "restorer")
+
+
+def number(
+    kind: type = float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, note: str = ""
+):
+    """An argparse ``type=``: a finite ``kind`` (int or float) in ``[lo, hi]`` (``(lo, hi]`` with
+    ``lo_open``); anything else is argparse's one-line error (exit 2) naming the option, the value
+    and the valid range, e.g. ``argument --upscale: must be a number > 0, got 'nan'``."""
+    word = "an integer" if kind is int else "a number"
+    lo_, hi_ = (f"{x:g}" if isinstance(x, float) else str(x) for x in (lo, hi))
+    if lo is not None and hi is not None:
+        valid = f"{word} in {'(' if lo_open else '['}{lo_}, {hi_}]"
+    elif lo is not None:
+        valid = f"{word} {'>' if lo_open else '>='} {lo_}"
+    else:
+        valid = f"a finite {word.split()[1]}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        ok = value is not None and math.isfinite(value)
+        ok = ok and (lo is None or (value > lo if lo_open else value >= lo)) and (hi is None or value <= hi)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {valid}, got {text!r}" + (f" ({note})" if note else ""))
+        return value
+
+    parse.__name__ = valid  # what argparse would name in its own message
+    return parse
+
+
+def device_name(text: str, allow_meta: bool = False) -> str:
+    """An argparse ``type=`` for ``--device``: ``cpu``, ``cuda``, ``cuda:N`` (present here) or ``mps``."""
+    import torch
+
+    kinds = "cpu, cuda, cuda:N, mps" + (" or meta" if allow_meta else "")
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use {kinds}") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise argparse.ArgumentTypeError(
+                f"{text}: no CUDA GPU is usable here (torch.cuda.is_available() is False); use --device cpu"
+            )
+        if d.index is not None and d.index >= n:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no Apple GPU (MPS) here; use --device cpu")
+    elif not (d.type == "cpu" or (allow_meta and d.type == "meta")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device this toolkit runs on; use {kinds}")
+    return text
+
+
+def meta_device_name(text: str) -> str:
+    return device_name(text, allow_meta=True)
+
+
+#: Seeds: what ``torch.Generator.manual_seed`` takes.
+SEED = number(int, 0, 2**63 - 1)
 
 
 def add_prompt_options(p) -> None:
@@ -75,8 +140,8 @@ def _caption_lookup(path: str):
 def add_running_options(p) -> None:
     """Batch, device, precision and the checkpoints a model names (shared with ``evaluate``)."""
     g = p.add_argument_group("running")
-    g.add_argument("--batch-size", type=int, default=4)
-    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    g.add_argument("--batch-size", type=number(int, 1), default=4)
+    g.add_argument("--device", type=device_name, default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     g.add_argument(
         "--dtype",
         default=None,
@@ -94,19 +159,23 @@ def add_method_options(p) -> None:
         "sampling methods (zeroshot, multistep, guided, varsr)",
         "unset sampler settings are the base preset's (Infinity's released: cfg 4, tau 0.5, top_k 900, top_p 0.97)",
     )
-    g.add_argument("--num-given", type=int, default=4, help="zeroshot: scales given from the LQ image (default 4)")
+    g.add_argument(
+        "--num-given", type=number(int, 0), default=4, help="zeroshot: scales given from the LQ image (default 4)"
+    )
     g.add_argument(
         "--gamma",
-        type=int,
+        type=number(int, 1),
         default=None,
         help="guided: first guided scale, 1-indexed (default: 8/10 of the scales, the paper's)",
     )
-    g.add_argument("--alpha", type=float, default=None, help="guided: step on the logits (default 1, the paper's)")
-    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
-    g.add_argument("--tau", type=float, default=None, help="temperature")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=0, help="the sampling methods' and --decode gumbel's draws")
+    g.add_argument(
+        "--alpha", type=number(float, 0), default=None, help="guided: step on the logits (default 1, the paper's)"
+    )
+    g.add_argument("--cfg", type=number(float), default=None, help="classifier-free guidance scale (1: none)")
+    g.add_argument("--tau", type=number(float, 0, lo_open=True), default=None, help="temperature (> 0)")
+    g.add_argument("--top-k", type=number(int, 0), default=None, help="keep the k most likely values (0: off)")
+    g.add_argument("--top-p", type=number(float, 0, 1), default=None, help="nucleus sampling (0: off)")
+    g.add_argument("--seed", type=SEED, default=0, help="the sampling methods' and --decode gumbel's draws")
     g.add_argument(
         "--decode",
         default=None,

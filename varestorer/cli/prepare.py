@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import SEED, device_name, number
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def register(sub) -> None:
     )
     p.add_argument("src", help="folder of HQ images (searched recursively)")
     p.add_argument("out", help="output folder (the dataset)")
-    p.add_argument("--size", type=int, default=512, help="crop size in pixels (default: 512)")
+    p.add_argument("--size", type=number(int, 8), default=512, help="crop size in pixels (default: 512)")
     p.add_argument(
         "--mode",
         choices=("crop", "resize", "short-side"),
@@ -24,7 +26,12 @@ def register(sub) -> None:
         help="crop: SIZE crops at native resolution (default); resize: short side to SIZE, center crop; "
         "short-side: short side to SIZE, no crop (the training loader crops)",
     )
-    p.add_argument("--crops", type=int, default=1, help="crops per image with --mode crop (default: 1)")
+    p.add_argument(
+        "--crops",
+        type=number(int, 1),
+        default=1,
+        help="distinct crops per image with --mode crop (default: 1; fewer when the image has fewer positions)",
+    )
     p.add_argument(
         "--caption",
         default="blip",
@@ -36,11 +43,18 @@ def register(sub) -> None:
         default=None,
         help="BLIP checkpoint: Hub id or local folder (default: Salesforce/blip-image-captioning-large)",
     )
-    p.add_argument("--caption-batch-size", type=int, default=16, help="images per BLIP batch (default: 16)")
+    p.add_argument("--caption-batch-size", type=number(int, 1), default=16, help="images per BLIP batch (default: 16)")
     p.add_argument("--caption-prompt", default=None, help="conditional captioning prompt, e.g. 'a photography of'")
-    p.add_argument("--device", default=None, help="captioning device (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=4, help="processes reading and encoding images (default: 4; 0: none)")
-    p.add_argument("--shard-size", type=int, default=1000, help="source files per Arrow shard (default: 1000)")
+    p.add_argument("--device", type=device_name, default=None, help="captioning device (default: cuda if available)")
+    p.add_argument(
+        "--workers",
+        type=number(int, 0, 256),
+        default=4,
+        help="processes reading and encoding images (default: 4; 0: none)",
+    )
+    p.add_argument(
+        "--shard-size", type=number(int, 1), default=1000, help="source files per Arrow shard (default: 1000)"
+    )
     p.add_argument(
         "--format",
         dest="image_format",
@@ -48,7 +62,7 @@ def register(sub) -> None:
         default="png",
         help="how the crops are stored (default: png, lossless)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the crop positions (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the crop positions (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="start OUT again from scratch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -56,6 +70,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.prepare import prepare_dataset
+    from ..outputs import check_output_folder
+
+    check_output_folder(args.out, "OUT")  # before any image is read
 
     try:
         report = prepare_dataset(

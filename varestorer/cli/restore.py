@@ -7,8 +7,12 @@ at that resolution (the paper), larger ones are tiled with overlap and blended. 
 captions of the model's own first restoration (default; ``--caption-from input`` captions the LQ
 input), one ``--prompt`` for all, or none at all with ``--no-prompt`` (the paper's "w/o prompt"
 ablation, Table A). Outputs keep the inputs' relative
-paths under OUT, as PNG; an existing output is kept unless ``--overwrite``; an input is never
-written over. Files that cannot be read are skipped and listed in ``OUT/skipped.tsv``.
+paths under OUT, as PNG (``photo.jpg`` -> ``photo.png``; when two inputs share a stem, each but
+the one already ending in ``.png`` keeps its suffix: ``photo.jpg.png``), the same names on every
+run. Each output records its input (EXIF ImageDescription): an existing output of the same input
+is kept unless ``--overwrite`` (run the same command again to resume, also after Ctrl-C), one of
+another input never is; an input is never written over. Files that cannot be read are skipped and
+listed in ``OUT/skipped.tsv``.
 
 ``--method`` compares like with like through the same resizing and tiling: ``onestep``
 (VARestorer), ``bicubic`` (no model needed), and the base model sampling scale by scale:
@@ -22,6 +26,7 @@ scale with the LQ image as prefix tokens).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .options import (
@@ -29,8 +34,10 @@ from .options import (
     add_method_options,
     add_prompt_options,
     add_running_options,
+    device_name,
     load_pipeline,
     method_kwargs,
+    number,
     prompts_for,
 )
 
@@ -50,14 +57,21 @@ def register(sub) -> None:
     p.add_argument("--method", default="onestep", choices=METHOD_CHOICES)
     add_prompt_options(p)
     g = p.add_argument_group("size")
-    g.add_argument("--upscale", type=float, default=None, help="output size / input size (default: the model's)")
+    g.add_argument(
+        "--upscale",
+        type=number(float, 0, lo_open=True),
+        default=None,
+        help="output size / input size (default: the model's)",
+    )
     g.add_argument(
         "--mode",
         default="auto",
         choices=("auto", "resize", "tile"),
         help="auto: one pass when the output fits the model's resolution, tiles otherwise",
     )
-    g.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: 1/4 tile)")
+    g.add_argument(
+        "--tile-overlap", type=number(int, 0), default=None, help="tile overlap in pixels (default: 1/4 tile)"
+    )
     add_running_options(p)
     g = p.add_argument_group("output")
     g.add_argument("--compare", action="store_true", help="also write NAME_compare.png: input | restored")
@@ -105,24 +119,119 @@ def check_output_outside_inputs(inputs: list[str], out: Path) -> None:
             )
 
 
-def plan_outputs(found: list[tuple[Path, Path]], out: Path, ext: str) -> list[tuple[Path, Path]]:
-    """``(input, output)`` pairs: unique output names, never an input's path."""
+def plan_outputs(found: list[tuple[Path, Path]], out: Path, ext: str) -> list[tuple[Path, Path, Path]]:
+    """``(input, its relative path, output)``: one output per input, named by
+    :func:`~varestorer.outputs.output_names` (the same on every run), never an input's path. A
+    file given twice is restored once."""
     from ..errors import ConfigError
+    from ..outputs import output_names
 
-    inputs = {p.resolve() for p, _ in found}
-    used: set[Path] = set()
-    pairs = []
+    unique, inputs = [], set()
     for path, rel in found:
-        target = out / rel.with_suffix(f".{ext}")
-        k = 1
-        while target in used:
-            target = out / rel.with_name(f"{rel.stem}-{k}.{ext}")
-            k += 1
-        used.add(target)
+        if path.resolve() not in inputs:
+            inputs.add(path.resolve())
+            unique.append((path, rel))
+    plan = []
+    for (path, rel), name in zip(unique, output_names([rel for _, rel in unique], ext, out, [p for p, _ in unique])):
+        target = out / name
         if target.resolve() in inputs:
             raise ConfigError(f"restoring {path} would write over the input {target}; choose another -o folder")
-        pairs.append((path, target))
-    return pairs
+        plan.append((path, rel, target))
+    return plan
+
+
+#: The EXIF tag (ImageDescription) where an output records the input it was restored from.
+SOURCE_TAG = 0x010E
+
+
+def _source(path: Path, rel: Path, args) -> dict:
+    """What an output records of how it was made: its input (relative path and size), the method
+    and the model."""
+    model = args.model
+    if model is not None and Path(model).expanduser().is_dir():
+        model = str(Path(model).expanduser().resolve())
+    return {"restored_from": rel.as_posix(), "bytes": path.stat().st_size, "method": args.method, "model": model}
+
+
+def _recorded_source(output: Path) -> dict | None:
+    """The source an existing output records (:func:`_source`); ``{}`` when it records none (written
+    by another program or an older version); ``None`` when it is not a readable image."""
+    import json
+
+    from PIL import Image
+
+    try:
+        with Image.open(output) as im:
+            text = im.getexif().get(SOURCE_TAG)
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for a file that is not an image
+        return None
+    try:
+        found = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) and "restored_from" in found else {}
+
+
+def _same_input(a: dict, b: dict) -> bool:
+    return (a.get("restored_from"), a.get("bytes")) == (b.get("restored_from"), b.get("bytes"))
+
+
+def resume_plan(plan: list[tuple[Path, Path, Path]], args) -> tuple[list, int, list[str]]:
+    """``(to do, kept, notes)``: an existing output of the same input is kept (resume), unless
+    ``--overwrite``. An existing output of another input is never kept for this one: when its own
+    input is in this run under a new name (``photo.jpg``'s ``photo.png`` once ``photo.png`` is
+    added beside it), it is moved to that name; otherwise the run is refused before any work."""
+    from ..errors import ConfigError
+
+    todo, kept, moves, foreign, other_method = [], 0, [], [], 0
+    sources = {id(p): _source(p[0], p[1], args) for p in plan}
+    by_input = {(s["restored_from"], s["bytes"]): p for p in plan for s in [sources[id(p)]]}
+    for item in plan:
+        src, _, dst = item
+        if dst.is_dir():
+            raise ConfigError(
+                f"{dst} is a folder where the restoration of {src} goes; move it away or choose another -o"
+            )
+        recorded = None if args.overwrite or not dst.exists() else _recorded_source(dst)
+        if recorded is None:  # nothing there (or not an image, or --overwrite): restore it
+            todo.append(item)
+        elif not recorded or _same_input(recorded, sources[id(item)]):
+            kept += 1
+            other_method += bool(recorded) and (recorded.get("method"), recorded.get("model")) != (
+                args.method,
+                sources[id(item)]["model"],
+            )
+        else:
+            owner = by_input.get((recorded["restored_from"], recorded["bytes"]))
+            if owner is not None and owner[2] != dst and not owner[2].exists() and owner[2] not in dict(moves).values():
+                moves.append((dst, owner[2]))
+                todo.append(item)
+            else:
+                foreign.append(
+                    f"{dst} (restored from {recorded['restored_from']}, {recorded['bytes']} bytes; not {src})"
+                )
+    if foreign:
+        raise ConfigError(
+            f"{len(foreign)} output(s) in {args.output} were restored from other inputs, and their names are now "
+            f"these inputs': {'; '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}. Pass --overwrite to "
+            f"restore over them, or choose another -o folder"
+        )
+    notes = []
+    for old, new in moves:  # only once nothing is refused
+        os.replace(old, new)
+        if _compare_path(old).exists():
+            os.replace(_compare_path(old), _compare_path(new))
+        # the moved output is its input's: kept, not restored again
+        todo = [t for t in todo if t[2] != new]
+        kept += 1
+        notes.append(f"moved {old.name} to {new.name} (its input's name now that another input shares its stem)")
+    if other_method:
+        notes.append(f"{other_method} of the kept outputs were made with another --method or --model")
+    return todo, kept, notes
+
+
+def _compare_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_compare.png")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,53 +239,96 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.images import ImageSkip, read_rgb, to_tensor
-    from ..errors import ConfigError
+    from ..errors import ConfigError, VARestorerError
     from ..inference.pipeline import output_size
+    from ..outputs import REPORTED_ERRNOS, check_output_folder, os_error_message
 
     out = Path(args.output).expanduser()
+    check_output_folder(args.output, "-o")
     check_output_outside_inputs(args.inputs, out)
-    pairs = plan_outputs(collect_inputs(args.inputs), out, args.ext)
-    todo = [(i, o) for i, o in pairs if args.overwrite or not o.exists()]
-    kept = len(pairs) - len(todo)
+    plan = plan_outputs(collect_inputs(args.inputs), out, args.ext)
+    if args.compare:
+        names = {dst for _, _, dst in plan}
+        clash = next((dst for _, _, dst in plan if _compare_path(dst) in names), None)
+        if clash is not None:
+            raise ConfigError(
+                f"--compare would write {_compare_path(clash)}, the output of another input; rename that input "
+                f"or leave out --compare"
+            )
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
+    todo, kept, notes = resume_plan(plan, args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args, device, (args.method,))
+    try:
+        pipe = load_pipeline(args, device, (args.method,))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted while loading the model, before any image was restored into {out}")
+        return 130
     skipped: list[tuple[Path, str]] = []
+    done = 0
     bar = tqdm(total=len(todo), desc=f"restore ({args.method})", unit="image")
-    for start in range(0, len(todo), args.batch_size):
-        chunk, images = [], []
-        for src, dst in todo[start : start + args.batch_size]:
-            try:
-                image = to_tensor(read_rgb(src))
-                output_size(tuple(image.shape[-2:]), args.upscale or pipe.upscale)  # too large: say which, go on
-            except (ImageSkip, ConfigError) as exc:
-                skipped.append((src, str(exc)))
-                bar.update(1)
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            chunk, images = [], []
+            for src, rel, dst in todo[start : start + args.batch_size]:
+                try:
+                    scale = args.upscale or pipe.upscale  # the size the header declares, before decoding:
+                    image = to_tensor(read_rgb(src, lambda w, h: output_size((h, w), scale)))
+                    output_size(tuple(image.shape[-2:]), args.upscale or pipe.upscale)  # too large: say which, go on
+                except (ImageSkip, ConfigError) as exc:
+                    skipped.append((src, str(exc)))
+                    bar.update(1)
+                    continue
+                images.append(image)
+                chunk.append((src, rel, dst))
+            if not chunk:
                 continue
-            images.append(image)
-            chunk.append((src, dst))
-        if not chunk:
-            continue
-        restored = pipe(images, prompt=prompts_for(args, [src for src, _ in chunk]), **_call_kwargs(args)).images
-        for (src, dst), im, res in zip(chunk, images, restored):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _save(res, dst)
-            if args.compare:
-                _save_compare(im, res, dst.with_name(f"{dst.stem}_compare.png"), args.method)
-        bar.update(len(chunk))
+            restored = pipe(images, prompt=prompts_for(args, [src for src, _, _ in chunk]), **_call_kwargs(args)).images
+            for (src, rel, dst), im, res in zip(chunk, images, restored):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if args.compare:  # first: an output that exists is a finished image
+                    _save_compare(im, res, _compare_path(dst), args.method)
+                _save(res, dst, _source(src, rel, args))
+                done += 1
+            bar.update(len(chunk))
+    except KeyboardInterrupt:
+        bar.close()
+        _write_skipped(out, skipped)
+        print(
+            f"\ninterrupted: {done} image(s) restored into {out}, the one(s) in progress dropped; run the same "
+            f"command again to resume"
+        )
+        return 130
+    except OSError as exc:
+        bar.close()
+        if exc.errno not in REPORTED_ERRNOS:
+            raise
+        raise VARestorerError(
+            f"{os_error_message(exc)}: it resumes after the {done + kept} image(s) finished in {out} "
+            f"(nothing half-written was left)"
+        ) from exc
     bar.close()
-    done = len(todo) - len(skipped)
     print(
         f"restored {done} image(s) into {out}" + (f"; kept {kept} existing (--overwrite replaces them)" if kept else "")
     )
+    for note in notes:
+        print(f"  {note}")
+    _write_skipped(out, skipped)
     if skipped:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "skipped.tsv").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
         print(f"skipped {len(skipped)} file(s), listed in {out / 'skipped.tsv'}:")
         for p, why in skipped[:10]:
             print(f"  {p}: {why}")
     return 1 if done == 0 and todo and not kept else 0
+
+
+def _write_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
+    from ..outputs import write_text
+
+    if skipped:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "skipped.tsv", "".join(f"{p}\t{why}\n" for p, why in skipped))
+    elif (out / "skipped.tsv").is_file():  # an earlier run's: nothing is skipped now
+        (out / "skipped.tsv").unlink()
 
 
 def _call_kwargs(args) -> dict:
@@ -191,11 +343,20 @@ def _call_kwargs(args) -> dict:
     )
 
 
-def _save(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def _save(image, path: Path, source: dict | None = None) -> None:
+    """Under a temporary name, renamed when complete: a crash, a full disk or Ctrl-C never leaves a
+    half-written output under the final name. ``source`` (:func:`_source`) goes into its EXIF."""
+    import json
+
+    from PIL import Image
+
+    from ..outputs import save_image
+
     fmt = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[path.suffix[1:]]
-    image.save(tmp, format=fmt, **({"quality": 95} if fmt != "PNG" else {}))
-    tmp.replace(path)  # a crash never leaves a half-written output under the final name
+    exif = Image.Exif()
+    if source is not None:
+        exif[SOURCE_TAG] = json.dumps(source)
+    save_image(image, path, format=fmt, exif=exif, **({"quality": 95} if fmt != "PNG" else {}))
 
 
 def _save_compare(lq, restored, path: Path, method: str) -> None:
@@ -203,9 +364,10 @@ def _save_compare(lq, restored, path: Path, method: str) -> None:
     import torch
 
     from ..inference.compare import comparison_strip
+    from ..outputs import save_image
 
     res = torch.from_numpy(np.array(restored)).permute(2, 0, 1).float() / 255
-    comparison_strip([lq, res], ["input", method]).save(path)
+    save_image(comparison_strip([lq, res], ["input", method]), path, format="PNG")
 
 
 def register_bench(sub) -> None:
@@ -216,12 +378,12 @@ def register_bench(sub) -> None:
         "pass vs scale-by-scale sampling (multistep with CFG, zeroshot, guided, varsr).",
     )
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
-    p.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
-    p.add_argument("--batch", type=int, default=1, help="images per call (default: 1)")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per method (default: 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default: 1)")
+    p.add_argument("--resolution", type=number(int, 1), default=None, help="image size (default: the preset's)")
+    p.add_argument("--batch", type=number(int, 1), default=1, help="images per call (default: 1)")
+    p.add_argument("--repeats", type=number(int, 1), default=3, help="timed calls per method (default: 3)")
+    p.add_argument("--warmup", type=number(int, 0), default=1, help="untimed calls first (default: 1)")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
-    p.add_argument("--device", default=None, help="device (default: cuda if available)")
+    p.add_argument("--device", type=device_name, default=None, help="device (default: cuda if available)")
     p.add_argument(
         "--dtype",
         default=None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import meta_device_name, number
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -17,6 +19,13 @@ def register(sub) -> None:
     p.add_argument("--recipe", required=True, help="recipe name in recipes/ or a path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in a train.output_dir that holds another run: its checkpoints, final/ and logs "
+        "are moved aside into OUTPUT_DIR/replaced-DATE-TIME/ (not deleted). Without it such a folder is "
+        "refused unless train.resume_from_checkpoint resumes it",
+    )
     p.set_defaults(func=run)
 
 
@@ -30,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         return 0
     from ..distill.trainer import train
+    from ..outputs import check_output_folder
 
-    train(recipe)
+    check_output_folder(recipe.train.output_dir, "train.output_dir")  # before the model is built
+    train(recipe, overwrite=args.overwrite)
     return 0
 
 
@@ -44,14 +55,15 @@ def register_bench(sub) -> None:
         "with random weights of a preset.",
     )
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
-    p.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
-    p.add_argument("--batch", type=int, default=4, help="images per step (default: 4)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    p.add_argument("--resolution", type=number(int, 1), default=None, help="image size (default: the preset's)")
+    p.add_argument("--batch", type=number(int, 1), default=4, help="images per step (default: 4)")
+    p.add_argument("--steps", type=number(int, 1), default=5, help="timed steps (default: 5)")
+    p.add_argument("--warmup", type=number(int, 0), default=2, help="untimed steps first (default: 2)")
     p.add_argument("--mode", default="distill", choices=("distill", "teacher", "varsr"))
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument(
         "--device",
+        type=meta_device_name,
         default=None,
         help="device (default: cuda if available); meta: estimate the GPU memory of the step "
         "(no GPU, no weights, nothing timed)",

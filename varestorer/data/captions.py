@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,38 @@ import numpy as np
 from ..errors import ConfigError
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
+#: Seconds to wait for the Hub to answer before loading from the cache alone (without network,
+#: huggingface_hub retries each file for minutes).
+HUB_PROBE_SECONDS = 5.0
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face Hub (``HF_ENDPOINT``, or the HTTPS proxy in the environment) cannot be
+    reached in ``timeout`` seconds, or None when a TCP connection to it opens."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    proxy = next(
+        (os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None
+    )
+    url = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}" if proxy else constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    result: list = []
+
+    def probe():  # in a thread: a name lookup ignores socket timeouts
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as exc:
+            result.append(f"{host}:{port}: {exc.strerror or exc}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else f"{host}:{port} did not answer in {timeout:g} s"
 
 
 class BlipCaptioner:
@@ -40,13 +73,27 @@ class BlipCaptioner:
         if dtype is None:
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
+        offline = None  # why the Hub cannot be reached: then the cache alone, at once
+        from huggingface_hub import constants
+
+        if not Path(self.name).expanduser().is_dir() and not constants.HF_HUB_OFFLINE:
+            offline = hub_unreachable()
         try:
-            self.processor = BlipProcessor.from_pretrained(self.name)
-            self.model = BlipForConditionalGeneration.from_pretrained(self.name, dtype=dtype)
+            kw = {"local_files_only": True} if offline else {}
+            self.processor = BlipProcessor.from_pretrained(self.name, **kw)
+            self.model = BlipForConditionalGeneration.from_pretrained(self.name, dtype=dtype, **kw)
         except (OSError, ValueError) as exc:  # missing files, no network, not a repo id
+            if offline:
+                raise ConfigError(
+                    f"the BLIP captioner {self.name!r} is not in the local Hugging Face cache and the Hub cannot "
+                    f"be reached ({offline}). Without network: --caption none (no captions), --caption FILE or "
+                    f"--prompt TEXT; or download it where there is network (huggingface-cli download {self.name}) "
+                    f"and run with HF_HUB_OFFLINE=1 (the cache alone, no waiting on the network)"
+                ) from None
             raise ConfigError(
                 f"cannot load the BLIP captioner {self.name!r}: {exc}. Pass a local BLIP folder "
-                f"with --caption-model, a caption file with --caption FILE, or --caption none"
+                f"with --caption-model, a caption file with --caption FILE, or --caption none "
+                f"(offline: HF_HUB_OFFLINE=1 loads it from the cache without waiting on the network)"
             ) from None
         self.model.to(self.device).eval()
         self.batch_size = int(batch_size)

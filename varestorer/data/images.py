@@ -105,8 +105,12 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
         raise ImageSkip("unsupported mode", f"{mode}: {exc}") from None
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open, fully decode and EXIF-orient an image; :class:`ImageSkip` if it cannot be used."""
+def open_image(path: str | Path, check_size=None) -> Image.Image:
+    """Open, fully decode and EXIF-orient an image; :class:`ImageSkip` if it cannot be used.
+
+    ``check_size(width, height)``, if given, is called with the size the file's header declares,
+    before any pixel is decoded: an error it raises skips the image as ``too large`` (a 20 kB PNG
+    may declare 13000 x 13000 pixels)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -115,6 +119,11 @@ def open_image(path: str | Path) -> Image.Image:
             # above Pillow's limit (89 MP) it warns, above twice that it refuses: keep the former
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
+            if check_size is not None:
+                try:
+                    check_size(*im.size)
+                except (ConfigError, ValueError) as exc:
+                    raise ImageSkip("too large", f"{im.width}x{im.height} declared by the file: {exc}") from None
             im.load()
     except ImageSkip:
         raise
@@ -138,9 +147,10 @@ def open_image(path: str | Path) -> Image.Image:
     return im
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file, EXIF-oriented; :class:`ImageSkip` if unusable."""
-    im = open_image(path)
+def read_rgb(path: str | Path, check_size=None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, EXIF-oriented; :class:`ImageSkip` if unusable
+    (``check_size``: see :func:`open_image`)."""
+    im = open_image(path, check_size)
     try:
         return to_rgb(im)
     except ImageSkip:

@@ -40,12 +40,18 @@ import numpy as np
 
 from ..errors import ConfigError
 from .captions import DEFAULT_BLIP, BlipCaptioner, CaptionFile
-from .images import ImageSkip, encode, is_image_path, read_rgb
+from .images import IMAGE_SUFFIXES, ImageSkip, encode, is_image_path, read_rgb
 
 logger = logging.getLogger(__name__)
 
 MODES = ("crop", "resize", "short-side")
 FORMAT_VERSION = 1
+#: Uncompressed bytes of crops one source image may give (``--crops`` x SIZE^2 x 3): a worker holds
+#: them at once.
+MAX_CROP_BYTES_PER_IMAGE = 1 << 30
+#: Rows, and encoded bytes, held in memory before they are captioned and appended to the shard's
+#: file (Arrow holds at most 2 GB of one column in one batch).
+FLUSH_ROWS, FLUSH_BYTES = 256, 64 << 20
 
 
 # ------------------------------------------------------------------------------ one source image
@@ -58,14 +64,36 @@ class CropSettings:
     image_format: str = "png"
 
 
+def max_crops(size: int) -> int:
+    """The most ``size`` px crops taken from one image (:data:`MAX_CROP_BYTES_PER_IMAGE` of pixels)."""
+    return max(1, MAX_CROP_BYTES_PER_IMAGE // (size * size * 3))
+
+
+def crop_positions(width: int, height: int, size: int) -> int:
+    """How many distinct ``size`` crops a ``width`` x ``height`` image has (one per top-left pixel)."""
+    return max(0, width - size + 1) * max(0, height - size + 1)
+
+
 def crop_boxes(width: int, height: int, rel_path: str, s: CropSettings) -> list[tuple[int, int, int, int]]:
-    """``(left, top, w, h)`` boxes in the oriented source image, deterministic in (seed, path)."""
+    """``(left, top, w, h)`` boxes in the oriented source image, deterministic in (seed, path): ``s.crops``
+    distinct ones, or every position the image has when it has fewer (:func:`crop_positions`), and at
+    most :func:`max_crops`."""
     if s.mode != "crop":
         return [(0, 0, width, height)]
-    boxes = []
-    for k in range(s.crops):
+    positions = crop_positions(width, height, s.size)
+    n = min(s.crops, positions, max_crops(s.size))
+    columns = width - s.size + 1
+    if n > positions // 2:  # most positions: a sample of them all (drawing each would repeat a lot)
+        picked = random.Random(f"{s.seed}:{rel_path}:all").sample(range(positions), n)
+        return [(i % columns, i // columns, s.size, s.size) for i in picked]
+    boxes, seen, k = [], set(), 0
+    while len(boxes) < n:  # crop k is a function of (seed, path, k); a repeated position is drawn again
         rng = random.Random(f"{s.seed}:{rel_path}:{k}")
-        boxes.append((rng.randint(0, width - s.size), rng.randint(0, height - s.size), s.size, s.size))
+        box = (rng.randint(0, width - s.size), rng.randint(0, height - s.size), s.size, s.size)
+        k += 1
+        if box not in seen:
+            seen.add(box)
+            boxes.append(box)
     return boxes
 
 
@@ -100,7 +128,10 @@ def process_file(task: tuple[str, str, CropSettings]) -> dict:
     try:
         array = read_rgb(abs_path)
         crops = make_crops(array, rel_path, s)
-        return {"path": rel_path, "items": [(box, encode(c, s.image_format)) for box, c in crops]}
+        out = {"path": rel_path, "items": [(box, encode(c, s.image_format)) for box, c in crops]}
+        if s.mode == "crop" and len(crops) < s.crops:  # the image has fewer distinct crop positions
+            out["capped"] = (array.shape[1], array.shape[0], len(crops))
+        return out
     except ImageSkip as exc:
         return {"path": rel_path, "skip": (exc.reason, exc.detail)}
     except MemoryError:
@@ -151,21 +182,41 @@ def shard_name(k: int) -> str:
     return f"data-{k:05d}.arrow"
 
 
+class ShardWriter:
+    """Shard ``k`` written batch by batch to a temporary file, renamed into place by :meth:`commit`
+    (memory holds one batch, not the shard)."""
+
+    def __init__(self, out: Path, k: int):
+        from datasets.arrow_writer import ArrowWriter
+
+        self.tmp, self.final = out / f".{shard_name(k)}.tmp", out / shard_name(k)
+        self.writer = ArrowWriter(features=features(), path=str(self.tmp), writer_batch_size=64)
+
+    def write(self, rows: dict[str, list]) -> None:
+        if rows["image"]:
+            self.writer.write_batch(rows)
+
+    def commit(self) -> int:
+        """Finish the file and rename it into place; returns its number of rows."""
+        try:
+            n, _ = self.writer.finalize()
+        finally:
+            self.writer.close()
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.final)
+        return n
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_shard(out: Path, k: int, rows: dict[str, list]) -> int:
     """Write shard ``k`` (temporary file, then renamed into place); returns its number of rows."""
-    from datasets.arrow_writer import ArrowWriter
-
-    tmp = out / f".{shard_name(k)}.tmp"
-    writer = ArrowWriter(features=features(), path=str(tmp), writer_batch_size=64)
-    try:
-        writer.write_batch(rows)
-        n, _ = writer.finalize()
-    finally:
-        writer.close()
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / shard_name(k))
-    return n
+    writer = ShardWriter(out, k)
+    writer.write(rows)
+    return writer.commit()
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,6 +260,9 @@ class PrepareReport:
     shards_resumed: int = 0  # shards found finished by an earlier run
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
     missing_captions: int = 0
+    crops: int = 1  # crops asked per image (--crops)
+    size: int = 512
+    capped: list[tuple[str, int, int, int]] = field(default_factory=list)  # (path, width, height, crops given)
 
     @property
     def skipped_by_reason(self) -> Counter:
@@ -227,6 +281,21 @@ class PrepareReport:
             lines.append("skipped 0 files")
         if self.missing_captions:
             lines.append(f"{self.missing_captions} images have no caption in the caption file (empty caption)")
+        if self.crops > max_crops(self.size):
+            lines.append(
+                f"--crops {self.crops} of {self.size} px: at most {max_crops(self.size)} were taken per image "
+                f"({MAX_CROP_BYTES_PER_IMAGE >> 30} GiB of pixels, what a worker holds at once)"
+            )
+        capped = [c for c in self.capped if c[3] < min(self.crops, max_crops(self.size))]
+        if capped:
+            path, w, h, n = capped[0]
+            lines.append(
+                f"{len(capped)} source files gave fewer than --crops {self.crops} crops: a W x H image has "
+                f"only (W - {self.size} + 1) x (H - {self.size} + 1) distinct {self.size} px crops, and each is "
+                f"taken once (e.g. {path}: {w}x{h}, {n} crops)"
+            )
+        if self.sources and not self.images:
+            lines.append(f"no source file gave an image: the dataset in {self.out} is empty")
         return "\n".join(lines)
 
 
@@ -277,11 +346,12 @@ def _check_or_write_settings(out: Path, settings: dict, overwrite: bool) -> bool
     return False
 
 
-def _load_sources(out: Path, src: Path, resuming: bool) -> list[str]:
+def _load_sources(out: Path, src: Path, resuming: bool, found: list[str] | None = None) -> list[str]:
     path = out / "sources.txt"
+    found = list_sources(src) if found is None else found
     if resuming and path.exists():
         sources = path.read_text(encoding="utf-8").splitlines()
-        now = len(list_sources(src))
+        now = len(found)
         if now != len(sources):
             logger.warning(
                 "%s now has %d images, %d when this preparation started; going on with the original "
@@ -291,7 +361,7 @@ def _load_sources(out: Path, src: Path, resuming: bool) -> list[str]:
                 len(sources),
             )
         return sources
-    sources = list_sources(src)
+    sources = found
     _atomic_write(path, "\n".join(sources) + ("\n" if sources else ""))
     return sources
 
@@ -331,6 +401,14 @@ def prepare_dataset(
         raise ConfigError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
     if size < 8 or crops < 1 or shard_size < 1:
         raise ConfigError("size must be >= 8, crops >= 1, shard size >= 1")
+    if mode == "crop" and crops > max_crops(size):
+        logger.warning(
+            "--crops %d of %d px: at most %d are taken per image (%d GiB of pixels, what a worker holds at once)",
+            crops,
+            size,
+            max_crops(size),
+            MAX_CROP_BYTES_PER_IMAGE >> 30,
+        )
     if mode != "crop" and crops != 1:
         raise ConfigError("--crops applies to --mode crop only")
     if image_format not in ("png", "jpeg", "webp"):
@@ -351,11 +429,14 @@ def prepare_dataset(
         caption_file = CaptionFile(caption, root=src)
         caption_desc = caption_file.describe()
 
+    found = list_sources(src)
+    if not found:
+        raise ConfigError(f"no images in {src} (looked for {', '.join(IMAGE_SUFFIXES)}, in every subfolder)")
     resuming = _check_or_write_settings(out, _settings(src, crop, caption_desc, shard_size), overwrite)
-    sources = _load_sources(out, src, resuming)
+    sources = _load_sources(out, src, resuming, found)
     (out / "progress").mkdir(exist_ok=True)
     n_shards = max(1, -(-len(sources) // shard_size))
-    report = PrepareReport(out=out, sources=len(sources), shards=n_shards)
+    report = PrepareReport(out=out, sources=len(sources), shards=n_shards, crops=crops, size=size)
 
     def progress_file(k):
         return out / "progress" / f"shard-{k:05d}.json"
@@ -395,35 +476,52 @@ def prepare_dataset(
         for i, k in enumerate(todo):
             files = sources[k * shard_size : (k + 1) * shard_size]
             results = upcoming
+            writer = ShardWriter(out, k)
             rows = {"image": [], "path": [], "caption": [], "crop": []}
-            skipped, missing = [], 0
-            for r in results:
-                bar.update(1)
-                if "skip" in r:
-                    skipped.append((r["path"], *r["skip"]))
-                    continue
-                for box, data in r["items"]:
-                    rows["image"].append({"bytes": data, "path": None})
-                    rows["path"].append(r["path"])
-                    rows["crop"].append(list(box))
-                    if caption_file is not None:
-                        c = caption_file.lookup(r["path"], src / r["path"])
-                        missing += c is None
-                        rows["caption"].append(c or "")
-                    else:
-                        rows["caption"].append("")
-            # the workers go on with the next shard while this one is captioned and written
-            upcoming = submit(todo[i + 1]) if i + 1 < len(todo) else None
-            if captioner is not None and rows["image"]:
-                import io
+            skipped, capped, missing, held = [], [], 0, 0
 
-                from PIL import Image
+            def flush():  # caption and append what is held (memory holds a batch, not the shard)
+                nonlocal rows, held
+                if captioner is not None and rows["image"]:
+                    import io
 
-                bar.set_postfix_str("captioning")
-                images = [Image.open(io.BytesIO(im["bytes"])).convert("RGB") for im in rows["image"]]
-                rows["caption"] = captioner(images)
-                bar.set_postfix_str("")
-            n = write_shard(out, k, rows)
+                    from PIL import Image
+
+                    bar.set_postfix_str("captioning")
+                    images = [Image.open(io.BytesIO(im["bytes"])).convert("RGB") for im in rows["image"]]
+                    rows["caption"] = captioner(images)
+                    bar.set_postfix_str("")
+                writer.write(rows)
+                rows, held = {"image": [], "path": [], "caption": [], "crop": []}, 0
+
+            try:
+                for r in results:
+                    bar.update(1)
+                    if "skip" in r:
+                        skipped.append((r["path"], *r["skip"]))
+                        continue
+                    if "capped" in r:
+                        capped.append((r["path"], *r["capped"]))
+                    for box, data in r["items"]:
+                        rows["image"].append({"bytes": data, "path": None})
+                        rows["path"].append(r["path"])
+                        rows["crop"].append(list(box))
+                        if caption_file is not None:
+                            c = caption_file.lookup(r["path"], src / r["path"])
+                            missing += c is None
+                            rows["caption"].append(c or "")
+                        else:
+                            rows["caption"].append("")
+                        held += len(data)
+                        if len(rows["image"]) >= FLUSH_ROWS or held >= FLUSH_BYTES:
+                            flush()
+                # the workers go on with the next shard while this one is captioned and written
+                upcoming = submit(todo[i + 1]) if i + 1 < len(todo) else None
+                flush()
+                n = writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
             _atomic_write(
                 progress_file(k),
                 json.dumps(
@@ -433,6 +531,7 @@ def prepare_dataset(
                         "files": len(files),
                         "missing_captions": missing,
                         "skipped": [list(s) for s in skipped],
+                        "capped": [list(c) for c in capped],
                     }
                 ),
             )
@@ -451,6 +550,7 @@ def prepare_dataset(
         report.images += p["images"]
         report.missing_captions += p.get("missing_captions", 0)
         report.skipped.extend(tuple(s) for s in p["skipped"])
+        report.capped.extend(tuple(c) for c in p.get("capped", []))
     if not (out / "state.json").exists():
         write_dataset_index(out, sorted(done))
     lines = ["path\treason\tdetail"] + [

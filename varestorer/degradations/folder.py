@@ -5,7 +5,7 @@ Each image is center-cropped (or resized and cropped) to ``size`` and degraded w
 is a function of ``(seed, its path)`` only, so one image gives the same LQ however the folder is
 batched or ordered. Written::
 
-    OUT/lq/<path>.png     the LQ (size / scale)
+    OUT/lq/<path>.png     the LQ (size / scale); a.png and a.jpg: lq/a.png and lq/a.jpg.png (as restore names them)
     OUT/hq/<path>.png     the HQ crop (with --save-hq), the reference of a paired test set
     OUT/params.jsonl      per image: path, seed and every random choice of its degradation
     OUT/skipped.tsv       files that could not be read, and why
@@ -28,6 +28,7 @@ from ..data.photos import heldout_crops
 from ..data.prepare import list_sources
 from ..data.samples import SAMPLES, sample_image
 from ..errors import ConfigError
+from ..outputs import check_output_folder, check_outside_inputs, output_names, save_image, write_text
 from .pipeline import DegradationPipeline
 from .sheet import default_sheet_presets, write_comparison_sheet
 
@@ -105,7 +106,12 @@ def degrade_folder(
 ) -> DegradeReport:
     from PIL import Image
 
-    out = Path(out)
+    out = check_output_folder(out, "the output folder")
+    check_outside_inputs(out, {"source": None if src == "skimage" else src}, "the output folder")
+    names: dict[str, Path] = {}  # one output per input (a.png and a.jpg: a.png and a.jpg.png), as restore names them
+    if src != "skimage" and not (Path(src) / "state.json").exists():
+        rels = list_sources(Path(src))
+        names = dict(zip(rels, output_names(rels, "png", out / "lq")))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = DegradationPipeline.from_preset(preset, device=dev)
     if size % pipe.scale:
@@ -116,7 +122,7 @@ def degrade_folder(
     report = DegradeReport(out=out)
     pending: list[tuple[str, np.ndarray]] = []
     first: list[tuple[str, np.ndarray]] = []
-    params_file = open(out / "params.jsonl", "w", encoding="utf-8")
+    params: list[str] = []  # params.jsonl, written when complete
 
     def flush():
         if not pending:
@@ -126,14 +132,14 @@ def degrade_folder(
         seeds = [image_seed(seed, k) for k in keys]
         result = pipe(hq, seeds)
         for i, key in enumerate(keys):
-            name = Path(key).with_suffix(".png")
+            name = names.get(key) or Path(key).with_suffix(".png")
             (out / "lq" / name).parent.mkdir(parents=True, exist_ok=True)
             lq = (result.lq[i].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            Image.fromarray(lq).save(out / "lq" / name)
+            save_image(Image.fromarray(lq), out / "lq" / name)
             if save_hq:
                 (out / "hq" / name).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pending[i][1]).save(out / "hq" / name)
-            params_file.write(
+                save_image(Image.fromarray(pending[i][1]), out / "hq" / name)
+            params.append(
                 json.dumps(
                     {
                         "path": key,
@@ -147,26 +153,24 @@ def degrade_folder(
         report.written += len(keys)
         pending.clear()
 
-    try:
-        for key, item in iter_sources(src):
-            if limit is not None and report.written + len(pending) >= limit:
-                break
-            if isinstance(item, ImageSkip):
-                report.skipped.append((key, item.reason))
-                continue
-            crop = center_crop(item, size, resize)
-            if crop is None:
-                report.skipped.append((key, f"too small ({item.shape[1]}x{item.shape[0]} < {size})"))
-                continue
-            if len(first) < sheet_samples:
-                first.append((key, crop))
-            pending.append((key, crop))
-            if len(pending) >= batch:
-                flush()
-        flush()
-    finally:
-        params_file.close()
-    (out / "skipped.tsv").write_text("path\treason\n" + "".join(f"{k}\t{r}\n" for k, r in report.skipped))
+    for key, item in iter_sources(src):
+        if limit is not None and report.written + len(pending) >= limit:
+            break
+        if isinstance(item, ImageSkip):
+            report.skipped.append((key, item.reason))
+            continue
+        crop = center_crop(item, size, resize)
+        if crop is None:
+            report.skipped.append((key, f"too small ({item.shape[1]}x{item.shape[0]} < {size})"))
+            continue
+        if len(first) < sheet_samples:
+            first.append((key, crop))
+        pending.append((key, crop))
+        if len(pending) >= batch:
+            flush()
+    flush()
+    write_text(out / "params.jsonl", "".join(params))
+    write_text(out / "skipped.tsv", "path\treason\n" + "".join(f"{k}\t{r}\n" for k, r in report.skipped))
     if sheet and first:
         presets = sheet_presets or default_sheet_presets(extra=preset)
         hq = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1) for _, a in first]).float().div(255)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..resources import find_resource, resource_dir
+from ..safe_yaml import read_text, safe_load
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -227,8 +228,8 @@ def load_preset(name_or_path: str | Path | DegradationConfig) -> DegradationConf
 
     path = find_resource("degradations", str(name_or_path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = safe_load(read_text(path, "degradation preset"), str(path), "a degradation preset") or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return validate(data, source=str(path), name=path.stem)
 

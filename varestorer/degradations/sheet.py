@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..outputs import save_image
 from .pipeline import DegradationPipeline
 from .presets import preset_names
 
@@ -76,5 +77,6 @@ def write_comparison_sheet(
 ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    comparison_sheet(hq, presets, seeds=seeds, device=device, labels=labels).save(path)
+
+    save_image(comparison_sheet(hq, presets, seeds=seeds, device=device, labels=labels), path)
     return path

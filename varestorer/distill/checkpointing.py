@@ -212,6 +212,11 @@ def resolve_resume(wanted: str | None, output_dir: str | os.PathLike, recipe_dig
         raise ConfigError(
             f"checkpoint {wanted!r} not found (looked in {wanted} and {path}); use 'latest' or a checkpoint-STEP folder"
         )
+    if (path / "varestorer_config.json").is_file() and not (path / TRAINABLE_FILE).is_file():
+        raise ConfigError(
+            f"{path} is an exported model, not a checkpoint (it holds no optimizer state to resume): resume from "
+            f"a checkpoint-STEP folder, or start a new run from its weights with model.init_from={path}"
+        )
     problem = check_checkpoint(path)
     if problem is not None and not (path / MANIFEST_FILE).exists() and (path / TRAINABLE_FILE).is_file():
         logger.warning(
@@ -373,6 +378,93 @@ class StopSignals:
     @staticmethod
     def name(signum: int) -> str:
         return signal.Signals(signum).name
+
+
+#: What a run leaves in its output folder besides its checkpoints (moved aside with them by ``--overwrite``).
+RUN_FILES = ("final", "losses.jsonl", "losses.png", "recipe.json", "logs", "validation")
+
+
+def _run_files(out: Path) -> list[Path]:
+    """Another run's files in ``out`` that a new run would replace or mix with: its checkpoints,
+    ``final/``, ``losses.jsonl``."""
+    return [*list_checkpoints(out), *(out / n for n in ("final", "losses.jsonl") if (out / n).exists())]
+
+
+def _step(path: Path) -> int | None:
+    m = re.match(r"^checkpoint-(\d+)$", path.name)
+    return int(m.group(1)) if m else None
+
+
+def claim_run_folder(
+    output_dir: str | os.PathLike, resume: str | None, overwrite: bool = False, move: bool = True
+) -> Path | None:
+    """Refuse to train into a folder holding another run, unless this run resumes it or ``overwrite``.
+
+    A new run (no ``resume``) would replace the old run's ``final/``, append to its ``losses.jsonl``,
+    and with ``checkpoints_total_limit`` prune its own new checkpoints first (the old ones have higher
+    steps; ``latest`` would then go back to the old run). Resuming from a named checkpoint while later
+    ones of the abandoned run are there has the same effect on those (``latest`` with no checkpoint to
+    take is a new run). With ``overwrite`` (and ``move``:
+    the main process) those files are moved aside into ``OUTPUT_DIR/replaced-DATE-TIME/``, never
+    deleted: returned, and said in a warning."""
+    out = Path(output_dir)
+    if not out.is_dir() or (resume == "latest" and list_checkpoints(out)):
+        return None
+    if resume == "latest":  # nothing to resume: a new run, which the checks below are for
+        resume = None
+    named = None
+    if resume:
+        named = Path(resume) if Path(resume).is_dir() else out / resume
+        if not named.is_dir() or (named.resolve().parent == out.resolve() and _step(named) is None):
+            return None  # not found, or not a checkpoint (final/): resolve_resume says so
+    if named is not None and named.resolve().parent == out.resolve():
+        # resuming this folder's own checkpoint: what comes after it is the abandoned run's
+        stale = [c for c in list_checkpoints(out) if _step(c) > _step(named)]
+        if not stale:  # final/ is then the named checkpoint's own (written with the newest one)
+            return None
+        stale += [out / "final"] if (out / "final").exists() else []
+        names = ", ".join(p.name for p in stale)
+        problem = (
+            f"{out} holds what the run did after {named.name} ({names}): resume_from_checkpoint=latest would "
+            f"go back to it, and checkpoints_total_limit would prune this run's new checkpoints first"
+        )
+        fix = "move them out of the way, or pass --overwrite to have them moved aside"
+    else:
+        stale = _run_files(out)
+        if not stale:
+            return None
+        shown = [p.name + "/" * p.is_dir() for p in stale]
+        names = ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
+        problem = (
+            f"{out} holds another run ({names}): a new run there would replace its final/, add to its "
+            f"losses.jsonl and mix its checkpoints with this run's"
+        )
+        resumable = "resume it with train.resume_from_checkpoint=latest, " if list_checkpoints(out) else ""
+        fix = (
+            f"{resumable}give this run another train.output_dir, or pass --overwrite to start again there "
+            f"(the old run's files are moved aside, not deleted)"
+        )
+        stale += [out / n for n in RUN_FILES if (out / n).exists() and out / n not in stale]
+    if not overwrite:
+        raise ConfigError(f"{problem}. To train there, {fix}")
+    if not move:
+        return None
+    import time
+
+    aside = out / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    aside.mkdir()
+    for p in stale:
+        os.replace(p, aside / p.name)
+    logger.warning(
+        "--overwrite: moved %s to %s; delete that folder when you no longer need it",
+        ", ".join(p.name for p in stale),
+        aside,
+    )
+    return aside
 
 
 LOCK_FILE = ".varestorer-train.lock"

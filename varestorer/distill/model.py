@@ -62,13 +62,33 @@ def check_base_checkpoint(recipe: Recipe) -> None:
                 "with the override model.transformer=null."
             )
         raise ConfigError(f"model.transformer={wanted} does not exist.{hint}")
-    restorer = recipe.model.restorer
-    if restorer is not None and not Path(restorer).expanduser().exists():
+    restorer_source(recipe)
+
+
+def restorer_source(recipe: Recipe) -> Path | None:
+    """The stage-1 restorer ``model.restorer`` names: a checkpoint file or a folder holding one, or
+    ``preset``: the one shipped with the base preset (``varestorer/assets/small/restorer.safetensors``)."""
+    name = recipe.model.restorer
+    if name is None:
+        return None
+    if name == "preset":
+        preset = get_preset(recipe.model.preset)
+        folder = preset.weights_dir()
+        if folder is None or not (folder / RESTORER_FILE).is_file():
+            raise ConfigError(
+                f"model.restorer=preset: the {preset.name} preset ships no stage-1 restorer (only 'small' does); "
+                f"name a checkpoint (DiffBIR's general_swinir_v1.ckpt for Infinity-2B) or model.restorer=null"
+            )
+        return folder / RESTORER_FILE
+    path = Path(name).expanduser()
+    if not path.exists():
         raise ConfigError(
-            f"model.restorer={restorer} does not exist. The release's stage-1 restorer is DiffBIR's SwinIR: "
-            f"huggingface-cli download lxq007/DiffBIR general_swinir_v1.ckpt --local-dir weights; or restore "
-            f"without one (the paper's 'w/o restorer'): model.restorer=null"
+            f"model.restorer={name} does not exist. The release's stage-1 restorer is DiffBIR's SwinIR: "
+            f"huggingface-cli download lxq007/DiffBIR general_swinir_v1.ckpt --local-dir weights; the small "
+            f"preset's ships with it (model.restorer=preset); or restore without one (the paper's "
+            f"'w/o restorer'): model.restorer=null"
         )
+    return path
 
 
 def _step_parts(recipe: Recipe) -> tuple[DegradationPipeline | None, torch.nn.Module | None]:
@@ -157,7 +177,7 @@ class VARestorerModel(TrainingModule):
             else load_transformer(preset, m.transformer)
         )
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
-        restorer = load_restorer(Path(m.restorer).expanduser()) if m.restorer is not None else None
+        restorer = load_restorer(restorer_source(recipe)) if m.restorer is not None else None
         return cls(recipe, vae, transformer, text_encoder, *_step_parts(recipe), restorer)
 
     @classmethod
@@ -187,8 +207,7 @@ class VARestorerModel(TrainingModule):
             )
         restorer = init.restorer
         if m.restorer is not None:
-            check_base_checkpoint(recipe)
-            restorer = load_restorer(Path(m.restorer).expanduser())
+            restorer = load_restorer(restorer_source(recipe))
         return cls(recipe, init.vae, init.transformer, init.text_encoder, *_step_parts(recipe), restorer, init=init)
 
     def enable_gradient_checkpointing(self) -> None:

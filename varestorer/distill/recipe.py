@@ -9,6 +9,7 @@ may name a ``base:`` recipe and hold only what differs from it (the ablations do
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from ..export.config import DECODINGS, RESIZES, TILE_WEIGHTS
 from ..presets import get_preset
 from ..resources import find_resource
 from ..restorer.swinir import ARCHITECTURES
+from ..safe_yaml import read_text, safe_load
 from ..tokenizer.quantizer import LQ_INPUT_FORMS
 from ..tokenizer.schedules import SQUARE_SIDES, num_tokens, scale_schedule, vae_downsample
+from ..transformer.infinity import CrossAttnBlock
 from .losses import SCALE_WEIGHTINGS
 
 
@@ -38,7 +41,8 @@ class ModelSection:
     random_init: bool = False
     # the stage-1 restorer (DiffBIR's SwinIR), frozen, run on the LQ image before the student's
     # encoder, in training and at inference (the released VARestorer's): a checkpoint file (DiffBIR's
-    # general_swinir_v1.ckpt, a restorer.safetensors) or an export folder holding one; None: none
+    # general_swinir_v1.ckpt, a restorer.safetensors) or an export folder holding one; "preset": the
+    # one shipped with the base preset (small); None: none
     restorer: str | None = None
     # fine-tune a model: an export folder (an imported release, any run's final/): the student starts
     # from its adapter (and encoder), the base is its base (the teacher: that base, adapters off),
@@ -176,7 +180,7 @@ class TrainSection:
     max_nonfinite_steps: int = 5  # steps in a row with a non-finite loss/gradient (each skipped) before the run stops
     resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest"
     validation_steps: int = 500
-    num_validation_images: int = 4
+    num_validation_images: int = 4  # images in each validation grid; 0: no grids
     log_steps: int = 10
     report_to: str = "tensorboard"  # tensorboard | wandb | all | none
     push_to_hub: bool = False
@@ -185,6 +189,93 @@ class TrainSection:
 
 #: What a recipe trains (see :class:`Recipe`).
 MODES = ("distill", "teacher", "varsr", "tokenizer", "restorer")
+#: ``optim.lr_scheduler``: the diffusers schedules the trainer builds (``piecewise_constant`` needs
+#: step rules a recipe does not give).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+#: ``loss.lpips_net``: the backbones of the lpips package.
+LPIPS_NETS = ("vgg", "alex", "squeeze")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric recipe field (finite, within bounds), said in its error."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself excluded
+    hi_open: bool = False
+    note: str = ""  # what the edge values mean, or a typical value
+
+    def __contains__(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and not (value > self.lo if self.lo_open else value >= self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        lo, hi = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.lo, self.hi))
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {lo}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {hi}"
+        return "a finite number"
+
+
+_WEIGHT = Range(0, note="0 turns the term off")
+#: The range of every numeric field of a recipe (tests check that none is missing). Those checked
+#: against the scale schedule instead: model.resolution, student.keep_lq_scales.
+RANGES: dict[str, Range] = {
+    "data.num_workers": Range(0, note="0 loads the data in the training process"),
+    "degradation.scale": Range(1, note="the super-resolution factor: 4 in the paper"),
+    "student.lora_rank": Range(1, note="the paper's is 32"),
+    "student.lora_alpha": Range(0, lo_open=True, note="the LoRA scale is alpha / rank; the paper's alpha = rank"),
+    "student.lora_dropout": Range(0, 1, hi_open=True),
+    "restorer.l1": _WEIGHT,
+    "restorer.mse": _WEIGHT,
+    "loss.kl": _WEIGHT,
+    "loss.lpips": _WEIGHT,
+    "loss.mse": _WEIGHT,
+    "loss.cross_entropy": _WEIGHT,
+    "loss.encoder_latent": _WEIGHT,
+    "loss.text_dropout": Range(0, 1, note="the share of captions replaced by the empty one"),
+    "self_correction.layers": Range(0, note="0 turns it off"),
+    "self_correction.strength": Range(0, 1),
+    "tokenizer.l1": _WEIGHT,
+    "tokenizer.mse": _WEIGHT,
+    "tokenizer.lpips": _WEIGHT,
+    "tokenizer.commitment": _WEIGHT,
+    "tokenizer.entropy": _WEIGHT,
+    "tokenizer.inv_temperature": Range(0, lo_open=True, note="Infinity's is 100"),
+    "tokenizer.codebook_entropy_weight": Range(0, note="Infinity's is 1"),
+    "optim.lr": Range(0, lo_open=True, note="the paper's is 1e-6 for Infinity-2B"),
+    "optim.weight_decay": Range(0, note="AdamW's decoupled decay; 0: none"),
+    "optim.betas": Range(0, 1, hi_open=True, note="AdamW's (beta1, beta2), e.g. [0.9, 0.999]"),
+    "optim.eps": Range(0, lo_open=True, note="AdamW's, e.g. 1e-8"),
+    "optim.max_grad_norm": Range(0, note="0: no gradient clipping"),
+    "optim.lr_warmup_steps": Range(0),
+    "optim.encoder_lr": Range(0, lo_open=True, note="or null: optim.lr"),
+    "train.global_batch_size": Range(1),
+    "train.gradient_accumulation_steps": Range(1),
+    "train.max_steps": Range(1),
+    "train.seed": Range(0, 2**32 - 1),
+    "train.checkpointing_steps": Range(1),
+    "train.checkpoints_total_limit": Range(1, note="or null to keep every checkpoint"),
+    "train.max_nonfinite_steps": Range(1, note="steps in a row with a non-finite loss before the run stops"),
+    "train.validation_steps": Range(1),
+    "train.num_validation_images": Range(0, note="0: no validation grids"),
+    "train.log_steps": Range(1),
+}
+
+
+def lora_target_names() -> tuple[str, ...]:
+    """The linear layers of an Infinity block that ``student.lora_targets`` may name."""
+    import torch.nn as nn
+
+    block = CrossAttnBlock(8, 2, 16, 1e-6)
+    return tuple(name for name, m in block.named_modules() if isinstance(m, nn.Linear))
 
 
 @dataclass
@@ -225,23 +316,24 @@ class Recipe:
             "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
             "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
             "train.report_to": (self.train.report_to, ("tensorboard", "wandb", "all", "none")),
+            "optim.lr_scheduler": (self.optim.lr_scheduler, LR_SCHEDULERS),
+            "loss.lpips_net": (self.loss.lpips_net, LPIPS_NETS),
         }
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
-        t = self.train
-        if t.max_steps < 1 or t.checkpointing_steps < 1 or t.validation_steps < 1 or t.log_steps < 1:
-            raise ConfigError("train.max_steps, checkpointing_steps, validation_steps and log_steps must be >= 1")
-        if t.max_nonfinite_steps < 1:
+        self._check_ranges()
+        s = self.student
+        targets = lora_target_names()
+        unknown = [t for t in s.lora_targets if t not in targets]
+        if not s.lora_targets or unknown:
+            got = f"{unknown[0]!r} is not a layer of a block" if unknown else "the list is empty"
             raise ConfigError(
-                "train.max_nonfinite_steps must be >= 1 (steps in a row with a non-finite loss before the run stops)"
+                f"student.lora_targets must name one or more linear layers of an Infinity block ({got}); "
+                f"choose among {', '.join(targets)} (the paper's: sa.mat_qkv, sa.proj, ca.mat_q, ca.mat_kv, ca.proj)"
             )
-        if t.checkpoints_total_limit is not None and t.checkpoints_total_limit < 1:
-            raise ConfigError("train.checkpoints_total_limit must be >= 1, or null to keep every checkpoint")
-        if self.optim.lr <= 0 or (self.optim.encoder_lr is not None and self.optim.encoder_lr <= 0):
-            raise ConfigError(f"optim.lr must be > 0 (got {self.optim.lr:g}); the paper's is 1e-6 for Infinity-2B")
-        if self.train.global_batch_size < 1 or self.train.gradient_accumulation_steps < 1:
-            raise ConfigError("train.global_batch_size and train.gradient_accumulation_steps must be >= 1")
+        if not str(self.train.output_dir).strip():
+            raise ConfigError("train.output_dir is empty; name the run folder, e.g. train.output_dir=outputs/run")
         if self.train.push_to_hub and not self.train.hub_model_id:
             raise ConfigError(
                 "train.push_to_hub=true needs train.hub_model_id=USER/NAME (the token comes from "
@@ -272,6 +364,12 @@ class Recipe:
 
         preset = get_preset(self.model.preset)  # unknown presets and resolutions: before anything is built
         schedule = scale_schedule(self.model.resolution, vae_downsample(preset.vae["ch_mult"]))
+        if self.degradation.scale > self.model.resolution:
+            raise ConfigError(
+                f"degradation.scale={self.degradation.scale} makes {self.model.resolution} px images "
+                f"{self.model.resolution // self.degradation.scale} px LQ inputs; use a scale of at most "
+                f"{self.model.resolution} at this resolution (the paper's is 4)"
+            )
         if not 0 <= self.student.keep_lq_scales < len(schedule):
             raise ConfigError(
                 f"student.keep_lq_scales must be in [0, {len(schedule) - 1}] (the {self.model.resolution} px "
@@ -289,6 +387,19 @@ class Recipe:
             self.train.resume_from_checkpoint = None
         return self
 
+    def _check_ranges(self) -> None:
+        """Every numeric field within its :data:`RANGES` entry: one error naming the field, the value
+        and the valid range (a value torch or peft would crash on later, or silently misuse)."""
+        for key, rng in RANGES.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value is None and key in ("optim.encoder_lr", "train.checkpoints_total_limit"):
+                continue
+            values, what = ([value], str(rng)) if not isinstance(value, list) else (value, f"two numbers {rng}")
+            if any(v not in rng for v in values) or (key == "optim.betas" and len(values) != 2):
+                note = f"; {rng.note}" if rng.note else ""
+                raise ConfigError(f"{key} must be {what} (got {_short(value)}){note}")
+
 
 def _coerce(value, tp, key: str):
     origin = typing.get_origin(tp)
@@ -300,8 +411,9 @@ def _coerce(value, tp, key: str):
         origin = typing.get_origin(tp)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return list(value)
+            raise ConfigError(f"{key} must be a list, got {_short(value)}")
+        inner = typing.get_args(tp)
+        return [_coerce(v, inner[0], f"{key}[{i}]") for i, v in enumerate(value)] if inner else list(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -310,8 +422,14 @@ def _coerce(value, tp, key: str):
         except ValueError:
             pass
     if tp in (int, bool, str, float) and type(value) is not tp:
-        raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{key} must be {tp.__name__}, got {_short(value)}")
     return value
+
+
+def _short(value) -> str:
+    """``repr`` of a value, cut short (an error message is one paragraph whatever the value)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _build(cls, data: dict, prefix: str = ""):
@@ -367,13 +485,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = safe_load(raw, f"the override {key}=...", "a recipe value")
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc}); "
+                f"give a YAML value, quoted for the shell: '{key}=1e-4', '{key}=[a, b]', '{key}=null'"
+            ) from None
     return data
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = safe_load(read_text(path, "YAML recipe"), str(path), "a recipe") or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..evaluation.metrics import psnr_db
 from ..restorer import ARCHITECTURES, RESTORER_FILE, SwinIR, load_restorer, save_restorer
 from .heldout import heldout_restorer_psnr
+from .model import restorer_source
 from .module import TrainingModule
 
 RESTORER_CONFIG_FILE = "restorer_config.json"
@@ -45,7 +46,7 @@ class RestorerModel(TrainingModule):
     def from_recipe(cls, recipe, device="cpu") -> RestorerModel:
         r, m = recipe.restorer, recipe.model
         if m.restorer is not None:
-            swinir = load_restorer(Path(m.restorer).expanduser())
+            swinir = load_restorer(restorer_source(recipe))
         else:
             swinir = SwinIR(**ARCHITECTURES[r.architecture])
         degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)

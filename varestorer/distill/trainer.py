@@ -26,6 +26,7 @@ from ..export.hub import CARD_FILE, publish, render_card
 from .checkpointing import (
     StopSignals,
     atomic_folder,
+    claim_run_folder,
     full_state,
     load_checkpoint,
     recipe_hash,
@@ -168,10 +169,12 @@ def build_model(recipe: Recipe, device="cpu"):
     return VARestorerModel.from_recipe(recipe, device=device)
 
 
-def train(recipe: Recipe) -> dict:
+def train(recipe: Recipe, overwrite: bool = False) -> dict:
     """Run a recipe to ``train.max_steps``; returns the last logged losses.
 
-    Only one training at a time writes to an output folder (the main process holds a lock on it)."""
+    Only one training at a time writes to an output folder (the main process holds a lock on it),
+    and a folder holding another run is refused unless this run resumes it or ``overwrite``, which
+    moves the old run's files aside (:func:`~.checkpointing.claim_run_folder`)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -194,8 +197,10 @@ def train(recipe: Recipe) -> dict:
     _check_world(accelerator)  # before anything is written
     _check_launch_config(accelerator, recipe)
     if not accelerator.is_main_process:
+        claim_run_folder(t.output_dir, t.resume_from_checkpoint, overwrite, move=False)  # refused on all
         return _train(recipe, accelerator)
     with run_lock(t.output_dir):
+        claim_run_folder(t.output_dir, t.resume_from_checkpoint, overwrite)  # before anything is written
         return _train(recipe, accelerator)
 
 
@@ -325,11 +330,13 @@ def _train(recipe: Recipe, accelerator) -> dict:
                 # sharded weights (FSDP): every process runs the forward passes, the main one writes
                 if validating and (accelerator.is_main_process or _sharded(accelerator)):
                     with _unsharded(core, accelerator):
-                        grid = validation_grid(core, val_batch)
+                        # train.num_validation_images=0: no grids (the held-out metrics still run)
+                        grid = validation_grid(core, val_batch) if t.num_validation_images else None
                         measured = core.validation_metrics()
                 if validating and accelerator.is_main_process:
-                    save_image(grid, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
-                    _log_image(accelerator, grid, global_step)
+                    if grid is not None:
+                        save_image(grid, Path(t.output_dir) / "validation" / f"step-{global_step:06d}.png")
+                        _log_image(accelerator, grid, global_step)
                     if measured:
                         accelerator.log(measured, step=global_step)
                         history[-1].update(measured)

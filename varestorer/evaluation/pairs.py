@@ -106,12 +106,37 @@ def match(
     return pairs
 
 
-def check_sizes(pairs_sizes: list[tuple[str, tuple[int, int], tuple[int, int]]]) -> None:
-    """``(name, pred size, gt size)``: the first pair whose sizes differ is an error saying what to do."""
+def image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file as it is read (EXIF orientation applied), from its header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # rotated a quarter turn
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; replace the file or move it out of the folder") from None
+    return (w, h) if turned else (h, w)
+
+
+def check_sizes(pairs_sizes: list[tuple[str, tuple[int, int], tuple[int, int]]], lq: bool = False) -> None:
+    """``(name, size, gt size)`` of each restored image (``--pred``), or of each LQ image (``lq``):
+    a restoration is scored as it is, so it must have the ground truth's size; an LQ image is
+    restored at the ground truth's size, so it must have its shape (the same aspect, within one LQ
+    pixel), or the restoration would be squashed. The first pair that differs is an error saying
+    what to do."""
     for name, ps, gs in pairs_sizes:
-        if tuple(ps) != tuple(gs):
+        (h, w), (H, W) = ps, gs
+        if not lq and (h, w) != (H, W):
             raise ConfigError(
-                f"{name}: the restored image is {ps[1]}x{ps[0]} but the ground truth is {gs[1]}x{gs[0]}. "
+                f"{name}: the restored image is {w}x{h} but the ground truth is {W}x{H}. "
                 f"Restore at the ground-truth size (varestorer restore --upscale, or evaluate --model, "
                 f"which does it) or crop both to the same size"
+            )
+        scale = H / h
+        if lq and abs(w * scale - W) > max(1.0, scale):
+            raise ConfigError(
+                f"{name}: the LQ image is {w}x{h} but its ground truth is {W}x{H}, another shape: restored at the "
+                f"ground truth's height ({scale:.3g}x) it would be {round(w * scale)}x{H} and squashed to {W}x{H} "
+                f"to be scored. Pair each LQ image with the ground truth it was made from, or crop both to one shape"
             )

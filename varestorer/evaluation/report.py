@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from ..outputs import atomic_file, write_text
 from .metrics import METRICS
 
 
@@ -52,13 +53,14 @@ def write_report(
 ) -> dict:
     """Write every file of the module doc into ``out``; returns the JSON document."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown_table(rows, metrics, unavailable, settings.get("title", "")))
+
+    write_text(out / "results.md", markdown_table(rows, metrics, unavailable, settings.get("title", "")))
     fields = ["method", *metrics, "sec_per_image", "images"]
-    with open(out / "results.csv", "w", newline="") as f:
+    with atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows)
-    with open(out / "per_image.csv", "w", newline="") as f:
+    with atomic_file(out / "per_image.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "image", *metrics], extrasaction="ignore")
         w.writeheader()
         w.writerows(per_image)
@@ -68,7 +70,7 @@ def write_report(
         "unavailable": unavailable,
         "rows": rows,
     }
-    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
+    write_text(out / "results.json", json.dumps(doc, indent=2, default=str))
     plot_metric_vs_time(rows, out / "metric_vs_time.png", metrics, unavailable)
     return doc
 

@@ -158,6 +158,17 @@ class ExportConfig:
             )
         if self.restorer is not None and (not isinstance(self.restorer, str) or "/" in self.restorer):
             raise ConfigError(f"{where}: restorer={self.restorer!r} must be a file name in the folder; re-export")
+        for key in ("random_init_base", "use_captions", "has_adapter", "has_encoder"):
+            if not isinstance(getattr(self, key), bool):  # "no" would read as true
+                raise ConfigError(f"{where}: {key}={getattr(self, key)!r} must be true or false; re-export the model")
+        for key in ("base_preset", "base_transformer", "base_vae", "text_encoder"):
+            value = getattr(self, key)
+            if not (isinstance(value, str) and value) and not (value is None and key != "base_preset"):
+                raise ConfigError(f"{where}: {key}={value!r} must be a name or a path; re-export the model")
+        for key in ("transformer_config", "recipe", "source"):
+            value = getattr(self, key)
+            if not isinstance(value, dict) and not (value is None and key == "transformer_config"):
+                raise ConfigError(f"{where}: {key} must be a JSON object, got {value!r:.60}; re-export the model")
         return self
 
     # ------------------------------------------------------------------ the file

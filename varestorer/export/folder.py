@@ -28,21 +28,25 @@ of the trainer; the trainer's checkpoint hooks (``distill/checkpointing.py``) ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
-import shutil
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..checkpoints import is_hub_id, list_checkpoints, load_strict, read_file
+from ..checkpoints import hub_failure, is_hub_id, list_checkpoints, load_strict, read_file, refuse_nonfinite
 from ..errors import CheckpointError, ConfigError
+from ..outputs import atomic_file, copy_file, replacing_folder
 from ..presets import get_preset
 from ..restorer import load_restorer, save_restorer
 from ..tokenizer.loading import load_vae
-from ..transformer.loading import load_transformer
+from ..tokenizer.schedules import vae_downsample
+from ..transformer.loading import build_transformer, load_transformer
 from ..transformer.lora import base_weights, is_adapted, load_adapter, save_adapter
 from ..transformer.text import TextEncoder
 from .config import CONFIG_FILE, RESTORER_FILE, ExportConfig
@@ -60,10 +64,22 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 def save_weights(state: dict, path: str | Path) -> None:
-    """A state dict as safetensors (detached, contiguous, on the CPU: what safetensors needs)."""
+    """A state dict as safetensors (detached, contiguous, on the CPU: what safetensors needs), under
+    a temporary name renamed when complete: a full disk never leaves a truncated file under its
+    name. An I/O error is an ``OSError`` naming the file (the CLI says what to do)."""
+    import re
+
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+    with atomic_file(path) as tmp:
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        except SafetensorError as exc:  # safetensors' I/O errors are its own type: "... (os error 28) ..."
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
 def write_export(
@@ -93,10 +109,16 @@ def write_export(
         restorer: the stage-1 restorer (a SwinIR), written as ``config.restorer``.
     """
     state = transformer.state_dict() if transformer_state is None else transformer_state
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     names = [n for n in BASE_FILES if not (n == MERGED_FILE and is_adapted(transformer))]  # a merge of another LoRA
     copied = [Path(base_from) / n for n in names if base_from is not None and (Path(base_from) / n).is_file()]
+    if (restorer is None) != (config.restorer is None):
+        raise ValueError(f"the config names the restorer {config.restorer!r} but the export is given {restorer!r}")
+    with new_export(out, overwrite=True) as tmp:  # exactly this export in ``out`` once complete, or nothing
+        _write_export(tmp, transformer, config, state, encoder_state, base_vae_state, copied, restorer)
+    return Path(out).expanduser()
+
+
+def _write_export(out: Path, transformer, config, state, encoder_state, base_vae_state, copied, restorer) -> None:
     if is_adapted(transformer):
         save_adapter(transformer, out, state)
         if base_vae_state is not None:
@@ -108,14 +130,10 @@ def write_export(
     if base_vae_state is not None:
         save_weights(base_vae_state, out / BASE_VAE_FILE)
     for f in copied:
-        if f.resolve() != (out / f.name).resolve():
-            shutil.copy2(f, out / f.name)
-    if (restorer is None) != (config.restorer is None):
-        raise ValueError(f"the config names the restorer {config.restorer!r} but the export is given {restorer!r}")
+        copy_file(f, out / f.name)
     if restorer is not None:
         save_restorer(restorer, out / config.restorer)
     config.save(out)
-    return out
 
 
 def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule, vae_state: dict | None = None) -> Path:
@@ -145,17 +163,20 @@ def export_dir(model: str | Path, revision: str | None = None) -> Path:
     if path.is_dir():
         return path
     text = str(model)
+    where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    if path.exists():
+        raise ConfigError(f"model {text} is a file, not a folder: pass the export folder that holds it")
     if not is_hub_id(text):
-        raise ConfigError(f"model {text!r} is neither a folder nor a Hub repo id (owner/name)")
+        raise ConfigError(f"no such folder {text}{where}; --model takes an export folder or a Hub repo id (owner/name)")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(text, revision=revision))
     except Exception as exc:
         raise CheckpointError(
-            f"could not get the model {text!r} from the Hub ({type(exc).__name__}: {exc}). "
-            f"Download it where you have network access (huggingface-cli download {text} "
-            f"--local-dir DIR) and pass DIR."
+            f"no such folder {text}{where}, and no Hub repo {text} to download: "
+            f"{hub_failure(exc)}. Check the path; for a model on the Hub, download it where you have "
+            f"network access (huggingface-cli download {text} --local-dir DIR) and pass DIR."
         ) from exc
 
 
@@ -189,13 +210,27 @@ def load_export(
         vae, text_encoder: likewise for the VAE and the T5 encoder.
     """
     folder = export_dir(model, revision)
+    if not (folder / CONFIG_FILE).is_file() and list(folder.glob(f"*/{CONFIG_FILE}")) + list_checkpoints(folder):
+        try:  # a run or checkpoint folder: say where its export is
+            found = find_export(folder)
+        except ConfigError:
+            found = None
+        if found is not None:
+            raise ConfigError(f"{folder} is a training run or checkpoint, not an export: pass its export {found}")
     config = ExportConfig.load(folder)
     preset = get_preset(config.base_preset)
     if config.transformer_config is not None:  # an imported checkpoint of another size
         preset = dataclasses.replace(preset, transformer=dict(config.transformer_config))
+    _check_config_fits(folder, config, preset)
 
     def local(name: str) -> Path | None:
         return folder / name if (folder / name).is_file() else None
+
+    if not config.has_adapter and local(ADAPTER_FILES[0]) and not (local(TRANSFORMER_FILE) or local(MERGED_FILE)):
+        raise CheckpointError(
+            f"{folder} holds a LoRA adapter ({ADAPTER_FILES[0]}) but its {CONFIG_FILE} says has_adapter: false, "
+            f"so the base would restore without it; re-export the model (varestorer export RUN OUT)"
+        )
 
     vae_source = vae or local(BASE_VAE_FILE) or config.base_vae
     the_vae = _explain(lambda: load_vae(preset, vae_source), "VAE", "vae", vae_source)
@@ -227,21 +262,50 @@ def load_export(
     encoder = copy.deepcopy(the_vae.encoder)
     if config.has_encoder:
         if not local(ENCODER_FILE):
-            raise CheckpointError(f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}")
+            raise CheckpointError(
+                f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}; re-export the model"
+            )
         load_encoder(encoder, local(ENCODER_FILE))
     text = TextEncoder.from_preset(preset, text_encoder or config.text_encoder)
     restorer = None
     if config.restorer is not None:
         if not local(config.restorer):
-            raise CheckpointError(f"{folder} names the stage-1 restorer {config.restorer} but does not hold it")
+            raise CheckpointError(
+                f"{folder} names the stage-1 restorer {config.restorer} but does not hold it; re-export the model"
+            )
         restorer = load_restorer(local(config.restorer))
     return ExportParts(folder, config, the_vae, encoder, transformer, text, restorer)
+
+
+def _check_config_fits(folder: Path, config: ExportConfig, preset) -> None:
+    """What :meth:`ExportConfig.validate` cannot see alone: the resolution must be the scale
+    schedule's last scale through the preset's VAE, and ``transformer_config`` a transformer this
+    version builds."""
+
+    where = folder / CONFIG_FILE
+    down = vae_downsample(preset.vae["ch_mult"])
+    last = tuple(config.schedule[-1][-2:])
+    if config.resolution % down or last != (config.resolution // down,) * 2:
+        raise ConfigError(
+            f"{where}: resolution={config.resolution} does not fit its scale schedule, which ends at "
+            f"{last[0]}x{last[1]} tokens ({last[0] * down}x{last[1] * down} px through the {preset.name} VAE); "
+            f"re-export the model"
+        )
+    if config.transformer_config is not None:
+        try:
+            with torch.device("meta"):
+                build_transformer(preset)
+        except Exception as exc:  # unknown or ill-typed arguments: TypeError, ValueError, ...
+            raise ConfigError(
+                f"{where}: transformer_config describes no transformer this varestorer builds "
+                f"({type(exc).__name__}: {exc}); re-import or re-export the model"
+            ) from None
 
 
 def load_encoder(encoder, path: str | Path) -> None:
     """The fine-tuned encoder of an export (``encoder.*`` keys, Infinity's VAE layout), strictly."""
     state = read_file(path)
-    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in state.items()}, what="encoder", source=str(path))
+    load_strict(encoder, state, what="encoder", source=str(path), rename=lambda k: k.removeprefix("encoder."))
 
 
 def _explain(load, what: str, option: str, source):
@@ -291,17 +355,67 @@ def export_files(folder: str | Path) -> list[Path]:
     return [folder / n for n in names if (folder / n).is_file()]
 
 
+def check_weights(folder: str | Path) -> None:
+    """Refuse an export whose weight files cannot be read or hold NaN or infinite values, where they
+    are copied or uploaded without a model being loaded (``export``, ``publish``): a
+    :class:`CheckpointError` naming the file and the tensor."""
+    for f in export_files(folder):
+        if f.suffix == ".safetensors":
+            refuse_nonfinite(read_file(f), "model", str(f))
+
+
 def copy_export(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Copy the export form found in ``src`` (see :func:`find_export`) into the folder ``out``."""
+    """Copy the export form found in ``src`` (see :func:`find_export`) into the folder ``out``
+    (:func:`new_export`: ``out`` holds exactly this export once complete)."""
     src, out = find_export(src), Path(out).expanduser()
-    if out.resolve() == src.resolve():
-        return out
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    for f in export_files(src):
-        shutil.copy2(f, out / f.name)
+    with new_export(out, overwrite=overwrite, source=src) as tmp:
+        for f in export_files(src):
+            copy_file(f, tmp / f.name)
     return out
+
+
+def is_export_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an export (its config file), of any mode."""
+    return any((Path(folder) / n).is_file() for n in (CONFIG_FILE, TOKENIZER_CONFIG_FILE))
+
+
+def check_export_target(out: str | Path, *, overwrite: bool = False, source: str | Path | None = None) -> Path:
+    """Refuse, before anything is written, an ``out`` an export may not replace: a file, a folder
+    that is not empty without ``overwrite``, a folder that is neither empty nor an export
+    (``overwrite`` replaces an export only, as a whole), a folder holding ``source``, the model
+    being exported. Returns ``out`` (expanded)."""
+    out = Path(out).expanduser()
+    if source is not None and out.resolve() == Path(source).resolve():
+        overwrite = True  # an export written again into its own folder (export X X --merge)
+    if source is not None and out.resolve() in Path(source).resolve().parents:
+        raise ConfigError(
+            f"{out} holds the model being exported ({source}): replacing it would delete that model; choose "
+            f"another folder"
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a folder: choose another folder for the export, or move the file away")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+        if not is_export_folder(out):
+            example = sorted(p.name for p in out.iterdir())[0]
+            raise ConfigError(
+                f"{out} is not an export folder (it holds {example}, and no {CONFIG_FILE}): --overwrite replaces "
+                f"an export as a whole, never another folder; choose another folder"
+            )
+    return out
+
+
+@contextlib.contextmanager
+def new_export(out: str | Path, *, overwrite: bool = False, source: str | Path | None = None) -> Iterator[Path]:
+    """Yield an empty folder beside ``out`` to write an export into; when the block ends without
+    error it replaces ``out`` (:func:`~varestorer.outputs.replacing_folder`): an overwrite leaves
+    exactly the new export, and a failure (a full disk) leaves ``out`` as it was. Refused first
+    (:func:`check_export_target`): what ``out`` may not be replaced by an export."""
+
+    out = check_export_target(out, overwrite=overwrite, source=source)
+    with replacing_folder(out) as tmp:
+        yield tmp
 
 
 def bundle_base(preset, vae_checkpoint, transformer_checkpoint, out: str | Path | None = None) -> Path:

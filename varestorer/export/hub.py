@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import VARestorerError
+from ..errors import ConfigError, VARestorerError
 from ..presets import get_preset
 from ..resources import find_resource
 from .config import CONFIG_FILE, ExportConfig
+from .folder import check_weights
 
 CARD_FILE = "README.md"
 EVAL_FILE = "evaluation.json"
@@ -47,16 +48,52 @@ _NO_RECIPE = {
 }
 
 
+def _card_recipe(config: ExportConfig, folder: Path) -> dict:
+    """The recipe the card describes: the config's (every entry the card names there, or an error
+    naming the file), or :data:`_NO_RECIPE` for an imported model."""
+    recipe = config.recipe or _NO_RECIPE
+    for path in [f"{section}.{key}" for section, keys in _NO_RECIPE.items() if isinstance(keys, dict) for key in keys]:
+        section, key = path.split(".")
+        if not isinstance(recipe.get(section), dict) or key not in recipe[section]:
+            raise ConfigError(
+                f"{folder / CONFIG_FILE}: its recipe lacks {path}, which the model card states; re-export the model"
+            )
+    if "name" not in recipe or not isinstance(recipe["student"]["lora_targets"], list):
+        raise ConfigError(f"{folder / CONFIG_FILE}: its recipe is not a recipe varestorer wrote; re-export the model")
+    return recipe
+
+
 def _base_model_id(config: ExportConfig) -> str:
     preset = get_preset(config.base_preset)
     return config.base_transformer or preset.hub_repo or f"varestorer-preset/{preset.name}"
 
 
-def _eval_table(folder: Path) -> str | None:
-    path = folder / EVAL_FILE
+def read_evaluation(folder: str | Path) -> dict:
+    """``folder/evaluation.json``, ``{dataset: {metric: number}}`` (empty when there is none); a
+    :class:`ConfigError` naming the file when it is not such a table."""
+    path = Path(folder) / EVAL_FILE
     if not path.is_file():
+        return {}
+    fix = "fix it or delete it (varestorer evaluate --model DIR --record DATASET writes it again)"
+    try:
+        rows = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); {fix}") from None
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not isinstance(rows, dict) or not all(
+        isinstance(v, dict) and all(number(x) for x in v.values()) for v in rows.values()
+    ):
+        raise ConfigError(f"{path} is not a table of results ({{dataset: {{metric: number}}}}); {fix}")
+    return rows
+
+
+def _eval_table(folder: Path) -> str | None:
+    rows = read_evaluation(folder)  # {"dataset": {"metric": value}}
+    if not rows:
         return None
-    rows = json.loads(path.read_text())  # {"dataset": {"metric": value}}
     metrics = sorted({m for v in rows.values() for m in v})
     lines = ["| dataset | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for ds, vals in rows.items():
@@ -70,7 +107,7 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
 
     folder = Path(folder)
     config = ExportConfig.load(folder)
-    recipe = config.recipe or _NO_RECIPE  # an imported model has none
+    recipe = _card_recipe(config, folder)  # an imported model has none
     base = _base_model_id(config)
     dataset = recipe["data"]["dataset"] or "skimage"
     data = ModelCardData(
@@ -158,7 +195,9 @@ def publish(
     commit_message: str = "Upload VARestorer model",
 ) -> dict:
     """Write/refresh the card, then create the repo and upload the folder (unless ``dry_run``)."""
+
     folder = Path(folder)
+    check_weights(folder)  # a damaged or diverged model is not uploaded
     card = render_card(folder, repo_id)
     problems = validate_card(str(card))
     if problems:

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import inspect
 import re
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from ..checkpoints import read_file, select_state_dict
+from ..checkpoints import read_file, refuse_nonfinite, select_state_dict
 from ..errors import CheckpointError, ConfigError
 from ..presets import get_preset
 from ..restorer import load_restorer, save_restorer
@@ -41,7 +39,7 @@ from ..transformer.infinity import InfinityTransformer
 from ..transformer.loading import load_transformer_state
 from ..transformer.lora import ADAPTER_WEIGHTS_FILE, DEFAULT_TARGETS, PEFT_PREFIX, lora_config
 from .config import RESTORER_FILE, ExportConfig
-from .folder import BASE_TRANSFORMER_FILE, BASE_VAE_FILE, save_weights
+from .folder import BASE_TRANSFORMER_FILE, BASE_VAE_FILE, check_export_target, new_export, save_weights
 
 RELEASE_REPO = "EternalEvan/VARestorer"
 RELEASE_WEIGHTS = "EvanEternal/VARestorer"  # the Hub repo of weights/varestorer.pth
@@ -167,8 +165,7 @@ def import_release(
     checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
     if not checkpoint.is_file():
         raise ConfigError(f"{checkpoint} is not a file: pass the release's weights/varestorer.pth")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    check_export_target(out, overwrite=overwrite)  # before the long conversion
     p = get_preset(preset)
     base, adapter, found = convert_release_state(_release_state(checkpoint), str(checkpoint))
     if rank is not None and found != rank:
@@ -177,6 +174,7 @@ def import_release(
             f"in the release's layout. Import it anyway with --rank {found}"
         )
     rank = found
+    refuse_nonfinite(adapter, "release LoRA", str(checkpoint))  # the base is checked where it loads, below
     arch = infer_transformer_config(base, str(checkpoint))
     with torch.device("meta"):
         model = InfinityTransformer(**arch)
@@ -205,9 +203,7 @@ def import_release(
         source={"release": RELEASE_REPO, "checkpoint": checkpoint.name, "lora_rank": rank},
     ).validate()
     # written beside ``out`` and swapped in: an interrupted import leaves no half folder
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with new_export(out, overwrite=overwrite) as tmp:
         save_weights(
             {k: v.float() if v.is_floating_point() else v for k, v in base.items()}, tmp / BASE_TRANSFORMER_FILE
         )
@@ -219,12 +215,6 @@ def import_release(
         if stage1 is not None:
             save_restorer(stage1, tmp / RESTORER_FILE)
         config.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

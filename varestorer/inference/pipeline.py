@@ -626,7 +626,10 @@ class VARestorerPipeline:
         R = self.resolution
         overlap = R // 4 if tile_overlap is None else int(tile_overlap)
         if not 0 <= overlap < R:
-            raise ConfigError(f"tile_overlap must be in [0, {R}), got {overlap}")
+            raise ConfigError(
+                f"tile_overlap (--tile-overlap) must be in [0, {R}) pixels, less than the model's {R} px tiles; "
+                f"got {overlap}"
+            )
         outputs: list[Tensor | None] = [None] * len(items)
         bar = tqdm(total=len(items), desc=f"restore ({method})", disable=not progress, unit="image")
         resized = [i for i, p in enumerate(plans) if p == "resize"]

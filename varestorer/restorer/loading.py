@@ -43,7 +43,7 @@ def restorer_config_from_state(state: Mapping[str, torch.Tensor]) -> dict:
     ``blocks.{j}`` keys, heads and window from the bias tables (``((2w - 1)**2, heads)``), MLP
     ratio from ``mlp.fc1``, unshuffle scale from ``conv_first``'s input channels, ``sf`` from the
     number of ``conv_up{n}``, ``img_size`` from a stored ``attn_mask`` (``((img / w)**2, w*w, w*w)``).
-    ``img_range`` is not in a state dict: the release's 1.0."""
+    ``img_range`` and ``residual`` are not in a state dict: the release's 1.0 and ``False``."""
     shapes = {_strip(k): tuple(v.shape) for k, v in state.items()}
 
     def shape(key: str) -> tuple:
@@ -92,6 +92,7 @@ def restorer_config_from_state(state: Mapping[str, torch.Tensor]) -> dict:
         qkv_bias="layers.0.residual_group.blocks.0.attn.qkv.bias" in shapes,
         upsampler="nearest+conv",
         resi_connection="1conv",
+        residual=False,  # not in a state dict: the reference's (ours are saved with their config)
     )
 
 
@@ -102,7 +103,13 @@ def _metadata_config(path: Path) -> dict | None:
 
     with safe_open(path, "pt") as f:
         text = (f.metadata() or {}).get(_METADATA_KEY)
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except ValueError as exc:
+        raise CheckpointError(
+            f"SwinIR checkpoint {path}: its {_METADATA_KEY} metadata is not valid JSON ({exc}); get the file "
+            f"again or re-export the model"
+        ) from None
 
 
 def load_restorer(

@@ -16,10 +16,14 @@ from pathlib import Path
 
 from torch import nn
 
+from ..checkpoints import read_file, refuse_nonfinite
+from ..errors import CheckpointError
+
 DEFAULT_TARGETS: tuple[str, ...] = ("sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.mat_kv", "ca.proj")
 DEFAULT_RANK = 32
 PEFT_PREFIX = "base_model.model."  # the keys of PEFT's adapter files start with it
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 def lora_config(
@@ -117,16 +121,52 @@ def save_adapter(model: nn.Module, out, state_dict: dict | None = None) -> None:
     )
 
 
+def read_adapter_config(folder):
+    """The ``peft.LoraConfig`` of ``folder/adapter_config.json``; a :class:`CheckpointError` naming
+    the file and what is wrong with it (missing, not JSON, not a LoRA, values PEFT refuses)."""
+    import json
+
+    from peft import LoraConfig
+
+    path = Path(folder) / ADAPTER_CONFIG_FILE
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path} {problem}, so the LoRA adapter beside it cannot be loaded; re-export the model "
+            f"(varestorer export RUN OUT), or copy the file again from where the model came from"
+        )
+
+    if not path.is_file():
+        raise bad("does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise bad(f"holds a JSON {type(data).__name__}, not the object PEFT writes")
+    if data.get("peft_type") != "LORA":
+        raise bad(f"describes an adapter of type {data.get('peft_type')!r}, not a LoRA (peft_type: LORA)")
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise bad(f"is not a valid LoRA configuration ({type(exc).__name__}: {exc})") from None
+    if not isinstance(config.r, int) or isinstance(config.r, bool) or config.r <= 0:
+        raise bad(f"gives the rank r={config.r!r}, not a positive integer")
+    return config
+
+
 def load_adapter(model: nn.Module, folder) -> nn.Module:
     """Add the PEFT-format adapter in ``folder`` to ``model`` (in place). Raises ``ValueError``
-    when its weights do not fit the model (another base, another rank)."""
-    from peft import LoraConfig
+    when its weights do not fit the model (another base, another rank), a
+    :class:`~varestorer.errors.CheckpointError` when its files are damaged or its weights not finite."""
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    config = LoraConfig.from_pretrained(str(folder))
+    config = read_adapter_config(folder)
+    path = Path(folder) / ADAPTER_WEIGHTS_FILE
+    weights = read_file(path)
+    refuse_nonfinite(weights, "LoRA adapter", str(path))
     model.add_adapter(config)
-    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(Path(folder) / ADAPTER_WEIGHTS_FILE)).items()}
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
     result = set_peft_model_state_dict(model, state)
     if result.unexpected_keys:
         raise ValueError(

@@ -1,0 +1,240 @@
+"""Writing outputs so that none is lost and none is half-written.
+
+* :func:`output_names`: the name of each input's output (``restore``, ``degrade``): a function of
+  the inputs alone, so one input gets the same output on every run.
+* :func:`atomic_file`, :func:`save_image`, :func:`write_text`: a file is written under a temporary
+  name beside its final one and renamed when complete: a full disk, a crash or Ctrl-C never leaves
+  a truncated file under the final name.
+* :func:`replacing_folder`: a folder (an export) written beside its final place and swapped in
+  when complete; the old one is removed only then.
+* :func:`check_output_folder`: an output location that cannot be used (a file where a folder is
+  wanted, a read-only folder, a full disk) refused before any work.
+* :func:`os_error_message`: the one paragraph the CLI prints for an ``OSError`` that gets through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+
+#: Less free space than this where an output goes is refused before any work.
+MIN_FREE_BYTES = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------- names
+def output_names(
+    rels: Sequence[str | os.PathLike],
+    ext: str,
+    where: str | os.PathLike = "the output folder",
+    inputs: Sequence[str | os.PathLike] | None = None,
+) -> list[Path]:
+    """The output path (relative) of each input path ``rels``, with the suffix ``ext``.
+
+    ``photo.jpg`` -> ``photo.png``, unless another input of the same folder has the same stem
+    (``photo.jpg`` and ``photo.png``): then each of them keeps its own suffix in the name
+    (``photo.jpg.png``), except the one whose suffix already is ``ext`` (``photo.png`` stays
+    ``photo.png``). The names depend on the inputs alone, never on what the output folder holds
+    or on the order the inputs come in: each input gets one output, the same on every run.
+    Two inputs that would still get one name (the same relative path from two input folders)
+    are refused, naming both (their paths ``inputs``, by default ``rels``)."""
+    suffix = f".{ext.lstrip('.')}"
+    rels = [Path(r) for r in rels]
+    plain = [r.with_suffix(suffix) for r in rels]
+    count: dict[Path, int] = {}
+    for p in plain:
+        count[p] = count.get(p, 0) + 1
+    names = [p if count[p] == 1 or r.suffix == suffix else r.with_name(r.name + suffix) for r, p in zip(rels, plain)]
+    owner: dict[Path, str | os.PathLike] = {}
+    for r, n in zip(inputs if inputs is not None else rels, names):
+        if n in owner:
+            raise ConfigError(
+                f"{owner[n]} and {r} would both be written as {Path(where) / n}: the output folder keeps the "
+                f"inputs' relative paths; rename one of them, or restore each input folder into its own output folder"
+            )
+        owner[n] = r
+    return names
+
+
+# ----------------------------------------------------------------------------------------- files
+def _temporary(path: Path, suffix: str = ".tmp") -> Path:
+    """A new name beside ``path``: hidden, unique, and short enough where ``path``'s name is long
+    (most file systems allow 255 bytes)."""
+    name = path.name if len(os.fsencode(path.name)) <= 200 else "varestorer"
+    return path.with_name(f".{name}.{secrets.token_hex(4)}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; renamed to ``path`` when the block ends
+    without error, removed otherwise (an error, a full disk, Ctrl-C)."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:  # name the file the user knows (a failed write() names none)
+        if exc.filename in (None, str(tmp), tmp):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def save_image(image, path: str | os.PathLike, format: str | None = None, **params) -> Path:
+    """A PIL image saved under a temporary name and renamed (``format``: from the suffix)."""
+    path = Path(path)
+    if format is None:
+        format = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    with atomic_file(path) as tmp:
+        image.save(tmp, format=format, **params)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """``path.write_text(text)`` under a temporary name, renamed when complete."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """``shutil.copy2`` under a temporary name, renamed when complete."""
+    with atomic_file(dst) as tmp:
+        shutil.copy2(src, tmp)
+    return Path(dst)
+
+
+# ---------------------------------------------------------------------------------------- folders
+@contextlib.contextmanager
+def replacing_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``out`` to write into. When the block ends without error it
+    becomes ``out``, and an ``out`` that existed is removed only then; otherwise it is removed and
+    ``out`` is untouched. The caller decides whether ``out`` may be replaced."""
+    out = Path(out)
+    if out.is_symlink():  # the folder it points to is replaced, the link kept
+        out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(out, ".partial")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists() or out.is_symlink():
+            old = _temporary(out, ".old")
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "the output folder") -> Path:
+    """Refuse, before any work, an output folder that cannot be used: a file where the folder or
+    one of its parents should be, a folder that cannot be written (permissions, a read-only file
+    system), a disk with (almost) no free space, an empty name (an unset shell variable: it would
+    mean the current folder). Creates nothing. Returns the path."""
+    if not os.fspath(path).strip():
+        raise ConfigError(f"{option} is empty (an unset variable?); name the folder to write, '.' for the current one")
+    path = Path(path).expanduser()
+    name = f"{option} {path}"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} is a file, not a folder: choose another folder, or move the file away")
+    probe = path
+    while not probe.is_dir():
+        if probe.is_symlink() and not probe.exists():
+            raise ConfigError(
+                f"cannot create {name}: {probe} is a link to {os.readlink(probe)}, which does not exist; create "
+                f"that folder, or choose another folder"
+            )
+        if probe.exists():
+            raise ConfigError(
+                f"cannot create {name}: {probe} is a file, not a folder; choose another folder, or move the file away"
+            )
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only else "is not writable (permissions)"
+        fix = (
+            "choose a folder on a writable disk"
+            if read_only
+            else "choose a folder you can write to, or change its permissions"
+        )
+        raise ConfigError(f"cannot write {name}: {probe} {why}; {fix}")
+    usage = shutil.disk_usage(probe)
+    if usage.total == 0:
+        raise ConfigError(
+            f"cannot write {name}: {probe} is on a virtual file system with no disk behind it (like /proc); choose a "
+            f"folder on a disk"
+        )
+    free = usage.free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"no space left for {name}: the disk of {probe} has {free} bytes free; free space or choose a folder "
+            f"on another disk"
+        )
+    return path
+
+
+def check_outside_inputs(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], option: str) -> None:
+    """Refuse an output folder that is, or is inside, one of the ``inputs`` folders (``{label:
+    folder}``, each searched recursively): a later run would read the outputs back as inputs."""
+    here = Path(out).expanduser().resolve()
+    for label, item in inputs.items():
+        if item is None or not Path(item).expanduser().is_dir():
+            continue
+        folder = Path(item).expanduser().resolve()
+        if here == folder or folder in here.parents:
+            raise ConfigError(
+                f"{option} {out} is {'the' if here == folder else 'inside the'} {label} folder {item}, which is "
+                f"searched recursively: a later run would read what is written there back as input; choose "
+                f"{option} outside it"
+            )
+
+
+# -------------------------------------------------------------------------------------- messages
+_REASONS = {
+    errno.ENOSPC: ("the disk is full", "free space there, or choose a location on another disk"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space there, or choose a location on another disk"),
+    errno.EACCES: ("permission denied", "change its permissions, or choose a location you may use"),
+    errno.EPERM: (
+        "the operation is not permitted (an immutable or protected file or folder)",
+        "choose a location you can write to",
+    ),
+    errno.EROFS: ("the file system is read-only", "choose a location on a writable disk"),
+    errno.ENOTDIR: ("a file is where a folder should be", "move that file away, or choose another location"),
+    errno.EEXIST: ("it exists already", "move it away, or choose another location"),
+    errno.EISDIR: ("a folder is where a file should be", "move that folder away, or choose another location"),
+    errno.ENAMETOOLONG: ("the name is too long for the file system", "shorten the input's name or the output path"),
+}
+
+#: The ``OSError`` numbers the CLI reports as one paragraph (the output location cannot be used).
+REPORTED_ERRNOS = frozenset(_REASONS)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One paragraph for an ``OSError`` of :data:`REPORTED_ERRNOS`: the path, why, what to do."""
+    code = exc.errno
+    if code == errno.EEXIST and exc.filename is not None and os.path.isfile(exc.filename):
+        code = errno.ENOTDIR  # mkdir(exist_ok=True) met a file where the folder goes
+    why, fix = _REASONS.get(code, (exc.strerror or str(exc), "check the location"))
+    where = " and ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "an output location"
+    said = exc.strerror or str(exc)
+    why += f" ({said})" if said.lower() != why.lower() else ""
+    return f"cannot use {where}: {why}; {fix}, then run the same command again"
