@@ -205,13 +205,13 @@ def test_the_demo_distils_the_small_base_and_reports_every_method(tmp_path, caps
                 "--images",
                 "2",
                 "--methods",
-                "bicubic,zeroshot,multistep,onestep",
+                "bicubic,restorer,zeroshot,multistep,onestep",
             ]
         )
         == 0
     )
     report = (out / "report.md").read_text()
-    for method in ("bicubic", "zeroshot", "multistep", "onestep"):
+    for method in ("bicubic", "restorer", "zeroshot", "multistep", "onestep"):
         assert f"| {method} |" in report
     assert "against zeroshot: PSNR" in report
     rows = json.loads((out / "evaluation" / "results.json").read_text())["rows"]
@@ -223,6 +223,15 @@ def test_the_demo_distils_the_small_base_and_reports_every_method(tmp_path, caps
     from PIL import Image
 
     grid = Image.open(out / "grid.png")
-    assert grid.width > 6 * 128  # LQ | 4 methods | HQ
+    assert grid.width > 7 * 128  # LQ | 5 methods | HQ
     assert (out / "train" / "losses.png").is_file() and (out / "train" / "final" / "adapter_config.json").is_file()
     assert str(out / "report.md") in capsys.readouterr().out
+
+
+def test_the_demo_refuses_the_restorer_row_for_a_recipe_without_a_restorer_before_training(tmp_path, capsys):
+    from varestorer.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--recipe", "tiny", "--methods", "bicubic,restorer", "--output-dir", str(out)]) == 2
+    assert "names no stage-1 restorer" in capsys.readouterr().err
+    assert not (out / "train").exists()

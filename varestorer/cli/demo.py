@@ -12,7 +12,7 @@
    present), on the path a user gets: no prompt (``--caption none``), as no user has hand-written
    captions of their photos (``--with-captions`` scores with the held-out photos' own, to compare);
 4. writes ``report.md`` (the table, seconds per image, what the numbers mean), ``grid.png``
-   (LQ | bicubic | zero-shot | multi-step | one-step | HQ) and the loss curves.
+   (LQ | bicubic | restorer | zero-shot | multi-step | one-step | HQ) and the loss curves.
 
 Same seed, same numbers. ``--recipe tiny`` runs the same flow on the random toy model in a minute
 (it restores nothing: a smoke test of the machinery).
@@ -29,7 +29,7 @@ from .options import SEED, number
 #: The methods the demo can compare, in the grid's order (varsr needs a model trained in varsr mode).
 DEMO_METHODS = ("bicubic", "restorer", "zeroshot", "multistep", "guided", "onestep")
 #: Those it runs by default: guided costs about five multi-step passes; add it with --methods.
-DEFAULT_METHODS = ("bicubic", "zeroshot", "multistep", "onestep")
+DEFAULT_METHODS = ("bicubic", "restorer", "zeroshot", "multistep", "onestep")
 #: Full-reference metrics first; NIQE needs 192 px crops, FID many more images than the held-out set.
 DEMO_METRICS = "psnr,ssim,sharpness,lpips,dists,musiq,clipiqa"
 
@@ -85,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"train.max_steps={args.steps}")
     recipe = load_recipe(args.recipe, overrides)
+    if "restorer" in methods and recipe.model.restorer is None:
+        if args.methods != ",".join(DEFAULT_METHODS):
+            raise ConfigError(
+                f"--methods restorer: the recipe {args.recipe} names no stage-1 restorer (model.restorer)"
+            )
+        methods.remove("restorer")  # the default list, on a recipe without one (tiny)
     logs = train(recipe, overwrite=True)  # a demo run again replaces its own training (moved aside)
     trained = time.perf_counter() - started
     print("\nlast step: " + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
