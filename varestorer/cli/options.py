@@ -10,6 +10,8 @@ from pathlib import Path
 
 #: ``--method`` values (varestorer.inference.pipeline.METHODS, without importing torch here).
 METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr", "restorer")
+#: ``--color-fix`` values (varestorer.inference.color.COLOR_FIXES).
+COLOR_FIX_CHOICES = ("none", "adain", "wavelet")
 
 
 def number(
@@ -148,6 +150,12 @@ def add_running_options(p) -> None:
         choices=("float32", "bfloat16", "float16"),
         help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)",
     )
+    g.add_argument(
+        "--offload",
+        action="store_true",
+        help="hold the models in CPU memory and bring each to the GPU only for its step (T5, BLIP, "
+        "restorer, encoder, transformer, VAE): less GPU memory, slower (varestorer bench memory)",
+    )
     g.add_argument("--base", help="base transformer checkpoint, when not the one the model names")
     g.add_argument("--vae", help="VAE checkpoint, when not the one the model names")
     g.add_argument("--text-encoder", help="T5 encoder (Hub id or folder), when not the one the model names")
@@ -187,10 +195,30 @@ def add_method_options(p) -> None:
         action="store_true",
         help="onestep: skip the model's stage-1 restorer (the paper's 'w/o restorer', Table A)",
     )
+    g.add_argument(
+        "--lq-scales",
+        type=number(int, 0),
+        default=None,
+        help="onestep: the fidelity <-> realism knob: how many of the coarsest scales are the LQ tokens' own "
+        "(0: all predicted; the number of scales: the LQ tokens decoded, the most faithful); default: the model's",
+    )
+    g.add_argument(
+        "--color-fix",
+        default=None,
+        choices=COLOR_FIX_CHOICES,
+        help="correct the restoration's colour against the input (as StableSR/OSEDiff): AdaIN, wavelet "
+        "(low frequencies from the input) or none; default: the pipeline's (DEFAULT_COLOR_FIX)",
+    )
 
 
 def method_kwargs(args, method: str) -> dict:
-    """The pipeline settings of ``method`` from the parsed options."""
+    """The pipeline settings of ``method`` from the parsed options (with ``--color-fix`` and
+    ``--lq-scales`` when given: the pipeline says which methods take them)."""
+    given = {k: getattr(args, k, None) for k in ("color_fix", "lq_scales")}
+    return {**{k: v for k, v in given.items() if v is not None}, **_method_settings(args, method)}
+
+
+def _method_settings(args, method: str) -> dict:
     if method in ("bicubic", "restorer"):
         return {}
     if method == "onestep":
@@ -228,7 +256,10 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
 
     pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder)
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
-    pipe.to(device, getattr(torch, dtype))
+    if getattr(args, "offload", False):
+        pipe.to(dtype=getattr(torch, dtype)).enable_model_cpu_offload(device)
+    else:
+        pipe.to(device, getattr(torch, dtype))
     pipe.set_restorer(not args.no_restorer)
     wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.use_captions
     if args.caption not in ("blip", "none"):

@@ -74,9 +74,10 @@ def _text_encoder_parameters(preset) -> int:
         return sum(p.numel() for p in T5EncoderModel(T5Config(**T5_ENCODERS[preset.text_encoder])).parameters())
 
 
-def _fake_parameters(model: VARestorerModel) -> None:
-    """Every parameter and buffer replaced by an empty one of its shape (fake inside the mode)."""
-    for m in (m for root in (model, *model.held_outside()) for m in root.modules()):
+def fake_weights(*roots: nn.Module) -> None:
+    """Every parameter and buffer of ``roots`` replaced by an empty one of its shape and dtype (a
+    fake tensor inside ``FakeTensorMode``: modules built on the meta device can then run there)."""
+    for m in (m for root in roots for m in root.modules()):
         for n, t in list(m._parameters.items()):
             if t is not None:
                 m._parameters[n] = nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=t.requires_grad)
@@ -151,7 +152,7 @@ def estimate_train_memory(
         "text_encoder": _text_encoder_parameters(preset),
     }
     with FakeTensorMode(allow_non_fake_inputs=True):
-        _fake_parameters(model)
+        fake_weights(model, *model.held_outside())
         model.train()
         full = _saved_bytes(model, batch, resolution)
         checkpointed = None

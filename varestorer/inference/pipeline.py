@@ -43,6 +43,8 @@ from ..tokenizer import MultiScaleBSQ
 from ..transformer.lora import adapters_disabled, is_adapted
 from ..transformer.sampling import sample
 from ..transformer.text import TextFeatures
+from .color import DEFAULT_COLOR_FIX, check_color_fix
+from .color import color_fix as apply_color_fix
 from .guidance import DEFAULT_ALPHA, MeasurementGuidance, default_gamma
 from .tiling import restore_tiled
 
@@ -167,6 +169,7 @@ class VARestorerPipeline:
         self._warned_no_prompt = False
         self.dtype = torch.float32
         self._merged = False  # LoRA folded into the base weights now
+        self._offload: torch.device | None = None  # enable_model_cpu_offload: where each model runs
         self._merge_wanted = False  # ...and to be folded again after a sampling method (adapters off)
 
     # ------------------------------------------------------------------ loading
@@ -228,6 +231,7 @@ class VARestorerPipeline:
         release feeds it to the VAE); ``x`` itself without a restorer."""
         if self.stage1 is None or not self.use_restorer:
             return x
+        self._use(self.stage1)
         with torch.no_grad(), self._autocast():
             return self.stage1(x.to(self.device)).float()
 
@@ -248,11 +252,59 @@ class VARestorerPipeline:
             raise ConfigError(f"caption_from must be one of {', '.join(CAPTION_SOURCES)}, got {caption_from!r}")
         self.captioner = captioner
         self.caption_from = caption_from
+        if self._offload is not None and isinstance(getattr(captioner, "model", None), torch.nn.Module):
+            captioner.model.to("cpu")  # brought to the GPU for its step only
+            captioner.device = self._offload
         return self
 
     @property
     def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
+        """Where the models run (with CPU offload: where each is brought for its step)."""
+        return self._offload or next(self.vae.parameters()).device
+
+    def models(self) -> dict:
+        """Every model the pipeline holds, by name (the captioner's when it has one)."""
+        found = dict(
+            vae=self.vae,
+            encoder=self.encoder,
+            transformer=self.transformer,
+            text_encoder=self.text_encoder,
+            restorer=self.stage1,
+            captioner=getattr(self.captioner, "model", None),
+        )
+        return {k: m for k, m in found.items() if isinstance(m, torch.nn.Module)}
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> VARestorerPipeline:
+        """Hold every model in CPU memory and bring each to ``device`` only for its step (diffusers'
+        ``enable_model_cpu_offload``): T5 for the prompts, BLIP for the captions, the stage-1
+        restorer, the LQ encoder, the transformer, the VAE decoder. Peak GPU memory is the largest
+        model plus its activations instead of all of them (``varestorer bench memory``); each
+        batch moves the models over PCIe once. Set the precision first (``pipe.to(dtype=...)``)."""
+        self._offload = torch.device(device)
+        for m in self.models().values():
+            m.to("cpu")
+        if self.captioner is not None and hasattr(self.captioner, "device"):
+            self.captioner.device = self._offload
+        return self
+
+    def disable_model_cpu_offload(self) -> VARestorerPipeline:
+        """Every model back on the device offloading ran them on."""
+        device, self._offload = self._offload, None
+        if device is not None:
+            self.to(device)
+        return self
+
+    def _use(self, *wanted) -> None:
+        """With CPU offload: ``wanted`` models on the execution device, every other one on the CPU."""
+        if self._offload is None:
+            return
+        keep = {id(m) for m in wanted if m is not None}
+        for m in self.models().values():
+            if id(m) not in keep:
+                m.to("cpu")
+        for m in self.models().values():
+            if id(m) in keep:
+                m.to(self._offload)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VARestorerPipeline:
         """Move every model to ``device``. ``dtype`` (bfloat16/float16): the transformer's blocks
@@ -263,6 +315,8 @@ class VARestorerPipeline:
         for exact float32."""
         if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ConfigError(f"dtype {dtype} is not supported; float32, bfloat16 or float16")
+        if device is not None:
+            self._offload = None  # an explicit device ends CPU offload
         for m in (self.vae, self.encoder, self.transformer, self.text_encoder, self.stage1):
             if device is not None and m is not None:
                 m.to(device)
@@ -297,6 +351,7 @@ class VARestorerPipeline:
             return prompts.to(self.device)
         if not self.config.use_captions:
             prompts = [""] * len(prompts)  # a model trained without prompts sees none
+        self._use(self.text_encoder)
         return self.text_encoder(list(prompts), device=self.device)
 
     @torch.no_grad()
@@ -306,7 +361,9 @@ class VARestorerPipeline:
         with self._autocast():
             lq_tokens = self.lq_tokens(x) if lq_tokens is None else lq_tokens
             lq = lq_tokens.lq_input_sequence(self.config.lq_input)
-            return self.transformer(self.text(prompts), lq, self.schedule, attention=self.attention).float()
+            text = self.text(prompts)
+            self._use(self.transformer)
+            return self.transformer(text, lq, self.schedule, attention=self.attention).float()
 
     def lq_tokens(self, x: Tensor):
         """The LQ token pyramid of ``x`` (N, 3, R, R) in [0, 1] (cleaned by the stage-1 restorer
@@ -315,16 +372,22 @@ class VARestorerPipeline:
         if self._merge_wanted:
             self.merge_lora()
         x = self.stage1_restore(x)
+        self._use(self.encoder, self.vae)
         return self.vae.quantizer(self.encoder(x.to(self.device) * 2 - 1).float(), self.schedule)
 
     @torch.no_grad()
     def decode_logits(
-        self, logits: Tensor, lq_tokens=None, decode: str | None = None, generator: torch.Generator | None = None
+        self,
+        logits: Tensor,
+        lq_tokens=None,
+        decode: str | None = None,
+        generator: torch.Generator | None = None,
+        lq_scales: int | None = None,
     ) -> Tensor:
         """Bits of every scale -> images (N, 3, R, R) in [0, 1]: the most likely (``argmax``) or
         drawn (``gumbel``, :func:`gumbel_bits` from ``generator``); ``decode`` defaults to the
-        model's. The first ``keep_lq_scales`` scales are ``lq_tokens``' own when the student was
-        trained so."""
+        model's. The first ``lq_scales`` scales are ``lq_tokens``' own (the fidelity knob; default
+        the model's ``keep_lq_scales``, what it was trained with)."""
         decode = decode or self.config.decode
         if decode not in DECODINGS:
             raise ConfigError(f"decode must be one of {', '.join(DECODINGS)}, got {decode!r}")
@@ -332,19 +395,43 @@ class VARestorerPipeline:
             bits = gumbel_bits(logits, self.schedule, generator)
         else:
             bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
-        keep = self.config.keep_lq_scales
+        keep = self.check_lq_scales(lq_scales)
         if keep:
             if lq_tokens is None:
                 raise ValueError(f"this student keeps the LQ tokens' first {keep} scale(s): pass lq_tokens")
             bits = lq_tokens.keep_scales(bits, keep)
+        self._use(self.vae)
         return (self.vae.decode_bits(bits).float() + 1) / 2
+
+    def check_lq_scales(self, lq_scales: int | None) -> int:
+        """``lq_scales`` (default: the model's ``keep_lq_scales``), checked against the schedule."""
+        if lq_scales is None:
+            return self.config.keep_lq_scales
+        K = len(self.schedule)
+        if isinstance(lq_scales, bool) or not isinstance(lq_scales, int) or not 0 <= lq_scales <= K:
+            raise ConfigError(
+                f"lq_scales (--lq-scales) must be an integer in [0, {K}] (this model has {K} scales; "
+                f"{K}: every scale from the LQ tokens, the most faithful), got {lq_scales!r}"
+            )
+        return lq_scales
 
     @torch.no_grad()
     def restore_onestep(
-        self, x: Tensor, prompts, *, decode: str | None = None, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        prompts,
+        *,
+        decode: str | None = None,
+        generator: torch.Generator | None = None,
+        lq_scales: int | None = None,
     ) -> Tensor:
+        """One pass; the coarsest ``lq_scales`` scales from the LQ tokens (:meth:`decode_logits`)."""
         lq_tokens = self.lq_tokens(x)
-        return self.decode_logits(self.student_logits(x, prompts, lq_tokens), lq_tokens, decode, generator)
+        if self.check_lq_scales(lq_scales) == len(self.schedule):  # every scale the LQ tokens': no pass needed
+            self._use(self.vae)
+            return (self.vae.decode_bits(lq_tokens.keep_scales([], len(self.schedule))).float() + 1) / 2
+        logits = self.student_logits(x, prompts, lq_tokens)
+        return self.decode_logits(logits, lq_tokens, decode, generator, lq_scales)
 
     @torch.no_grad()
     def sample_base(
@@ -375,11 +462,14 @@ class VARestorerPipeline:
                 "checkpoint) with an adapter export"
             )
         self._unmerge_lora()
+        self._use(self.vae)
         lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule) if num_given else None
+        text = self.text(prompts)
+        self._use(self.transformer, self.vae if guidance is not None else None)
         with adapters_disabled(self.transformer), self._autocast():
             out = sample(
                 self.transformer,
-                self.text(prompts),
+                text,
                 self.schedule,
                 seed=seed,
                 generator=generator,
@@ -389,6 +479,7 @@ class VARestorerPipeline:
                 greedy=greedy,
                 **settings,
             )
+        self._use(self.vae)
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
 
     def _sampler_settings(self, given: dict) -> dict:
@@ -417,15 +508,18 @@ class VARestorerPipeline:
             )
         with self._autocast():
             prefix = self.lq_tokens(x).prefix_sequence()
+            text = self.text(prompts)
+            self._use(self.transformer)
             out = sample(
                 self.transformer,
-                self.text(prompts),
+                text,
                 self.schedule,
                 seed=seed,
                 generator=generator,
                 prefix=prefix,
                 **self._sampler_settings(sampler),
             )
+        self._use(self.vae)
         return (self.vae.decode_latent(out.latent.float()).float() + 1) / 2
 
     def restore_zeroshot(self, x: Tensor, prompts: Sequence[str], *, num_given: int = 4, **kwargs) -> Tensor:
@@ -484,7 +578,7 @@ class VARestorerPipeline:
             )
         if method == "restorer" and self.stage1 is None:
             raise ConfigError("method restorer runs the model's stage-1 restorer alone: this model has none")
-        allowed = {"onestep": {"decode", "generator"}, "bicubic": set(), "restorer": set()}.get(method)
+        allowed = {"onestep": {"decode", "generator", "lq_scales"}, "bicubic": set(), "restorer": set()}.get(method)
         if allowed is not None and set(kwargs) - allowed:
             raise ConfigError(f"method {method} takes no settings {sorted(set(kwargs) - allowed)}")
         if method == "bicubic":
@@ -538,6 +632,7 @@ class VARestorerPipeline:
         elif self.caption_from == "restorer":
             R = self.resolution
             images = [self.stage1_restore(self.resize(im[None], (R, R))).clamp(0, 1).cpu()[0] for im in images]
+        self._use(self.models().get("captioner"))
         return [str(c) for c in self.captioner([to_uint8(im) for im in images])]
 
     def pre_restore(self, images: list[Tensor], batch_size: int = 4) -> list[Tensor]:
@@ -571,6 +666,8 @@ class VARestorerPipeline:
         batch_size: int = 4,
         generator: torch.Generator | None = None,
         decode: str | None = None,
+        lq_scales: int | None = None,
+        color_fix: str = DEFAULT_COLOR_FIX,
         prompt_embeds: tuple[Tensor, Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -593,6 +690,11 @@ class VARestorerPipeline:
                 ``decode="gumbel"`` (default: torch's global generator, as the release draws).
             decode: ``onestep``: ``argmax`` (the most likely bits) or ``gumbel`` (each bit drawn
                 from its Bernoulli, the release's); default: the model's (its config).
+            lq_scales: ``onestep``: the fidelity <-> realism knob: how many of the coarsest scales
+                are the LQ tokens' own (0: all predicted, the most detail; ``len(schedule)``: the
+                LQ tokens decoded, the most faithful); default: the model's ``keep_lq_scales``.
+            color_fix: ``adain``, ``wavelet`` or ``none``: the restoration's colour corrected
+                against the input (:mod:`.color`).
             prompt_embeds: ``(features (N, T, C), mask (N, T))`` text features to restore with
                 instead of prompts (one row per image), as diffusers pipelines take them.
             method_kwargs: the method's settings: ``zeroshot``: num_given; ``guided``: gamma,
@@ -601,6 +703,7 @@ class VARestorerPipeline:
         from tqdm.auto import tqdm
 
         _check_output_type(output_type)  # before any work
+        check_color_fix(color_fix)
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
         if image is None:
@@ -613,9 +716,12 @@ class VARestorerPipeline:
         if method == "guided":
             method_kwargs.setdefault("factor", upscale or self.upscale)
         if method == "onestep":
-            method_kwargs.update(decode=decode, generator=generator)
-        elif decode is not None:
-            raise ConfigError(f"decode applies to the one-step method, not {method}")
+            method_kwargs.update(decode=decode, generator=generator, lq_scales=lq_scales)
+        elif decode is not None or lq_scales is not None:
+            hint = " (zeroshot: num_given)" if lq_scales is not None else ""
+            raise ConfigError(
+                f"{'decode' if decode else 'lq_scales'} applies to the one-step method, not {method}{hint}"
+            )
         restore = self.restorer(method, **method_kwargs)
         if prompt_embeds is not None:
             texts = _split_embeds(prompt_embeds, len(items))
@@ -644,6 +750,11 @@ class VARestorerPipeline:
             outputs[i] = self._tiled(items[i], sizes[i], _texts(texts, [i]), restore, overlap, batch_size)
             bar.update(1)
         bar.close()
+        self._use()  # with CPU offload: every model back in CPU memory between calls
+        if color_fix != "none" and method != "bicubic":
+            outputs = [
+                apply_color_fix(o, self.resize(x[None], s)[0], color_fix) for o, x, s in zip(outputs, items, sizes)
+            ]
         return pipeline_output(outputs, prompts, output_type, return_dict)
 
     def _to_model_size(self, x: Tensor, size: tuple[int, int]) -> Tensor:
