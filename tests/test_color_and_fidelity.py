@@ -105,3 +105,18 @@ def test_lq_scales_out_of_range_or_for_a_sampling_method_is_refused(pipe):
         _restore(pipe, x, lq_scales=K + 1)
     with pytest.raises(ConfigError, match="lq_scales applies to the one-step method, not zeroshot"):
         _restore(pipe, x, method="zeroshot", lq_scales=1)
+
+
+def test_color_error_measures_a_tint_not_fine_detail():
+    from varestorer.evaluation.metrics import color_error
+
+    rng = np.random.RandomState(0)
+    photo = rng.randint(40, 200, (64, 64, 3)).astype(np.uint8)
+    tinted = np.clip(photo.astype(int) + [25, 0, -10], 0, 255).astype(np.uint8)
+    flipped = photo[:, ::-1].copy()  # the same colours, the detail moved
+    checker = (np.indices((64, 64)).sum(0) % 2 * 40 - 20)[..., None]
+    detailed = np.clip(photo.astype(int) + checker, 0, 255).astype(np.uint8)  # zero-mean detail added
+    assert color_error(photo, photo) == 0
+    assert color_error(tinted, photo) > 5 * color_error(detailed, photo)
+    assert color_error(detailed, photo) < 1.0
+    assert color_error(flipped, photo) < color_error(tinted, photo)

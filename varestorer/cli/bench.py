@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "degrade": "varestorer.cli.degrade:register_bench",
     "train": "varestorer.cli.train:register_bench",
     "latency": "varestorer.cli.restore:register_bench",
+    "memory": "varestorer.cli.restore:register_bench_memory",
     "flops": "varestorer.cli.flops:register_bench",
 }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from .publish import add_license_options, license_choice
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -39,6 +41,7 @@ def register(sub) -> None:
         action="store_true",
         help="replace OUT, an export, as a whole (the new export is written beside it and swapped in when complete)",
     )
+    add_license_options(p)  # the card's licence; publish renders the card again (pass it there too)
     p.set_defaults(func=run)
 
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.hub import CARD_FILE, render_card
     from ..outputs import check_output_folder, copy_file
 
+    license = license_choice(args, None)  # checked before any work
     src = find_export(args.checkpoint)
     check_weights(src)  # damaged or diverged weights are refused naming the source file, before anything is written
     out = check_output_folder(args.out, "the export folder")
@@ -80,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
                     pipe.merge_lora()  # fused: the base layers hold base + LoRA
                     save_weights(base_state_dict(pipe.transformer), tmp / MERGED_FILE)
                     print(f"  {MERGED_FILE}: the base with the LoRA merged in")
-        render_card(tmp, args.repo_id).save(tmp / CARD_FILE)
+        render_card(tmp, args.repo_id, license=license).save(tmp / CARD_FILE)
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         print(f"  {path.relative_to(out)}  ({path.stat().st_size / 2**20:.2f} MiB)")
-    print(f"publish it with: varestorer publish {out} --repo-id {args.repo_id}")
+    same = "".join(f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k.startswith("license") and v)
+    print(f"publish it with: varestorer publish {out} --repo-id {args.repo_id}{same}")
     return 0

@@ -232,7 +232,9 @@ def _method_settings(args, method: str) -> dict:
 
 
 def _generator(args):
-    """One generator for the whole run (seeded with --seed), so that batches draw in sequence."""
+    """One generator for the whole run (seeded with --seed): ``evaluate``'s batches draw in sequence
+    (``restore`` gives each batch its own, :func:`~.processes.batch_seed`, so that a split run draws
+    the same)."""
     import torch
 
     if getattr(args, "_generator", None) is None:

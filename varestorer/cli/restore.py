@@ -21,6 +21,13 @@ listed in ``OUT/skipped.tsv``.
 measurement guidance: LQ tokens below scale ``--gamma``, gradient-guided logits above), and
 ``varsr`` for a model trained with ``recipes/ablation-no-distill.yaml`` (its LoRA samples scale by
 scale with the LQ image as prefix tokens).
+
+Many GPUs: ``accelerate launch --multi_gpu --num_processes N -m varestorer restore ...`` (or
+``torchrun --nproc_per_node N -m varestorer restore ...``) deals the one-process run's batches out
+whole to the processes, each on its own GPU: every image restored once, the outputs identical to
+one process's, one ``OUT/skipped.tsv``, the same resuming. Random draws (``--decode gumbel``, the
+sampling methods) come from one generator per batch (``--seed`` for the first), whichever process
+runs it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from .options import (
     add_running_options,
     device_name,
     load_pipeline,
+    meta_device_name,
     method_kwargs,
     number,
     prompts_for,
@@ -235,15 +243,20 @@ def _compare_path(output: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
+    from .processes import processes
 
-    from ..data.images import ImageSkip, read_rgb, to_tensor
-    from ..errors import ConfigError, VARestorerError
-    from ..inference.pipeline import output_size
-    from ..outputs import REPORTED_ERRNOS, check_output_folder, os_error_message
+    group = processes()
+    try:
+        return _run(args, group)
+    finally:
+        group.close()
 
-    out = Path(args.output).expanduser()
+
+def _plan(args: argparse.Namespace, out: Path) -> tuple[list, int, list[str]]:
+    """What to restore (:func:`resume_plan`), with its side effects (moves): the main process's."""
+    from ..errors import ConfigError
+    from ..outputs import check_output_folder
+
     check_output_folder(args.output, "-o")
     check_output_outside_inputs(args.inputs, out)
     plan = plan_outputs(collect_inputs(args.inputs), out, args.ext)
@@ -257,33 +270,79 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
-    todo, kept, notes = resume_plan(plan, args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return resume_plan(plan, args)
+
+
+def _shared_plan(args: argparse.Namespace, out: Path, group) -> tuple | None:
+    """The main process plans; every process gets its plan, or ``None`` when it was refused: the
+    main process raises (and reports) the error and fails the launch; the others end quietly
+    (:data:`QUIET`)."""
+    planned = None
+    if group.is_main:
+        try:
+            planned = _plan(args, out)
+        except Exception:
+            group.share(None)
+            raise
+    return group.share(planned)
+
+
+#: The exit code of a process other than the main one when the main one refuses the run: 0, as a
+#: process that failed first would have the launcher stop the main one before it says why.
+QUIET = 0
+
+
+def _run(args: argparse.Namespace, group) -> int:
+    from tqdm.auto import tqdm
+
+    from ..data.images import ImageSkip, read_rgb, to_tensor
+    from ..errors import ConfigError, VARestorerError
+    from ..inference.pipeline import output_size
+    from ..outputs import REPORTED_ERRNOS, os_error_message
+    from .processes import whole_batches
+
+    out = Path(args.output).expanduser()
+    try:
+        device = group.device(args.device)
+    except ConfigError:
+        if group.is_main:
+            raise
+        return QUIET  # the same refusal, reported by the main process
+    planned = _shared_plan(args, out, group)
+    if planned is None:
+        return QUIET
+    todo, kept, notes = planned
     try:
         pipe = load_pipeline(args, device, (args.method,))
     except KeyboardInterrupt:
-        print(f"\ninterrupted while loading the model, before any image was restored into {out}")
+        if group.is_main:
+            print(f"\ninterrupted while loading the model, before any image was restored into {out}")
         return 130
-    skipped: list[tuple[Path, str]] = []
+    batches = whole_batches(len(todo), args.batch_size, group.rank, group.world)
+    skipped: list[tuple[int, Path, str]] = []  # (index in todo, input, why)
     done = 0
-    bar = tqdm(total=len(todo), desc=f"restore ({args.method})", unit="image")
+    desc = f"restore ({args.method})" + (f" [process 1 of {group.world}]" if group.world > 1 else "")
+    mine = sum(len(todo[part]) for _, part in batches)
+    bar = tqdm(total=mine, desc=desc, unit="image", disable=not group.is_main)
+    kwargs = _call_kwargs(args)
     try:
-        for start in range(0, len(todo), args.batch_size):
+        for index, part in batches:
             chunk, images = [], []
-            for src, rel, dst in todo[start : start + args.batch_size]:
+            for i, (src, rel, dst) in enumerate(todo[part], start=part.start):
                 try:
                     scale = args.upscale or pipe.upscale  # the size the header declares, before decoding:
                     image = to_tensor(read_rgb(src, lambda w, h: output_size((h, w), scale)))
                     output_size(tuple(image.shape[-2:]), args.upscale or pipe.upscale)  # too large: say which, go on
                 except (ImageSkip, ConfigError) as exc:
-                    skipped.append((src, str(exc)))
+                    skipped.append((i, src, str(exc)))
                     bar.update(1)
                     continue
                 images.append(image)
                 chunk.append((src, rel, dst))
             if not chunk:
                 continue
-            restored = pipe(images, prompt=prompts_for(args, [src for src, _, _ in chunk]), **_call_kwargs(args)).images
+            prompts = prompts_for(args, [src for src, _, _ in chunk])
+            restored = pipe(images, prompt=prompts, **_batch_draws(kwargs, args, index)).images
             for (src, rel, dst), im, res in zip(chunk, images, restored):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if args.compare:  # first: an output that exists is a finished image
@@ -293,9 +352,12 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(chunk))
     except KeyboardInterrupt:
         bar.close()
-        _write_skipped(out, skipped)
+        if not group.is_main:
+            return 130
+        _write_skipped(out, [(p, why) for _, p, why in skipped])
+        by = f" by process 1 of {group.world} (the others' are there too)" if group.world > 1 else ""
         print(
-            f"\ninterrupted: {done} image(s) restored into {out}, the one(s) in progress dropped; run the same "
+            f"\ninterrupted: {done} image(s) restored into {out}{by}, the one(s) in progress dropped; run the same "
             f"command again to resume"
         )
         return 130
@@ -303,13 +365,40 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         if exc.errno not in REPORTED_ERRNOS:
             raise
+        finished = f"the {done + kept} image(s)" if group.world == 1 else "the image(s)"
         raise VARestorerError(
-            f"{os_error_message(exc)}: it resumes after the {done + kept} image(s) finished in {out} "
-            f"(nothing half-written was left)"
+            f"{os_error_message(exc)}: it resumes after {finished} finished in {out} (nothing half-written was left)"
         ) from exc
     bar.close()
+    reports = group.gather((done, skipped))  # every process's: waits for the last one
+    counts = [n for n, _ in reports]
+    skipped = sorted(s for _, part in reports for s in part)
+    if group.is_main:
+        _summary(out, counts, kept, notes, [(p, why) for _, p, why in skipped])
+    return 1 if sum(counts) == 0 and todo and not kept else 0
+
+
+def _batch_draws(kwargs: dict, args: argparse.Namespace, index: int) -> dict:
+    """The call's settings with batch ``index``'s own random draws (:func:`~.processes.batch_seed`:
+    ``--seed`` for the first batch), the same whichever process restores it."""
+    import torch
+
+    from .processes import batch_seed
+
+    seed = batch_seed(args.seed, index)
+    if "generator" in kwargs:  # onestep: --decode gumbel
+        return {**kwargs, "generator": torch.Generator().manual_seed(seed)}
+    if "seed" in kwargs:  # the sampling methods
+        return {**kwargs, "seed": seed}
+    return kwargs
+
+
+def _summary(out: Path, counts: list[int], kept: int, notes: list[str], skipped: list[tuple[Path, str]]) -> None:
+    """What the run did: ``counts``: the images each process restored."""
+    by = f" ({len(counts)} processes: {' + '.join(map(str, counts))})" if len(counts) > 1 else ""
     print(
-        f"restored {done} image(s) into {out}" + (f"; kept {kept} existing (--overwrite replaces them)" if kept else "")
+        f"restored {sum(counts)} image(s) into {out}{by}"
+        + (f"; kept {kept} existing (--overwrite replaces them)" if kept else "")
     )
     for note in notes:
         print(f"  {note}")
@@ -318,7 +407,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} file(s), listed in {out / 'skipped.tsv'}:")
         for p, why in skipped[:10]:
             print(f"  {p}: {why}")
-    return 1 if done == 0 and todo and not kept else 0
 
 
 def _write_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
@@ -415,4 +503,49 @@ def run_bench(args: argparse.Namespace) -> int:
         methods=methods,
     )
     print(json.dumps(r, indent=2) if args.json else format_latency(r))
+    return 0
+
+
+def register_bench_memory(sub) -> None:
+    p = sub.add_parser(
+        "memory",
+        help="peak memory of a restoration per method and resolution, with and without CPU offload",
+        description="Peak memory of one restoration (caption + restore) on random weights of a preset, with "
+        "every model a real one holds (T5, BLIP-large, the stage-1 restorer, the VAE): on a GPU "
+        "torch.cuda.max_memory_allocated, on the CPU the peak resident set, on --device meta an estimate "
+        "(weights + live tensors) with no GPU and no weights; with and without --offload "
+        "(enable_model_cpu_offload).",
+    )
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--resolutions", default=None, help="comma-separated image sizes (default: the preset's resolution)")
+    p.add_argument("--methods", default="onestep", help="comma-separated methods (default: onestep)")
+    p.add_argument("--batch", type=number(int, 1), default=1, help="images per call (default: 1)")
+    p.add_argument("--device", type=meta_device_name, default=None, help="cuda, cpu or meta (default: cuda if present)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="precision (default: bfloat16, float32 on a CPU)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_bench_memory)
+
+
+def run_bench_memory(args: argparse.Namespace) -> int:
+    import json
+
+    from ..errors import ConfigError
+    from ..inference.memory import MEASURED, bench_memory, format_memory
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if not methods or set(methods) - set(MEASURED):
+        raise ConfigError(f"--methods {args.methods!r}: choose among {', '.join(MEASURED)}")
+    try:
+        sizes = tuple(int(s) for s in (args.resolutions or "").split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--resolutions {args.resolutions!r}: comma-separated integers, e.g. 512,1024") from None
+    if any(s < 16 for s in sizes):
+        raise ConfigError(f"--resolutions {args.resolutions!r}: every size must be at least 16 pixels")
+    r = bench_memory(args.preset, sizes, methods, batch=args.batch, device=args.device, dtype=args.dtype)
+    print(json.dumps(r, indent=2) if args.json else format_memory(r))
     return 0

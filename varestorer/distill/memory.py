@@ -25,26 +25,14 @@ import torch
 from torch import nn
 
 from ..evaluation.metrics import build_lpips
+from ..inference.memory import fake_weights
 from ..presets import get_preset
 from ..tokenizer.loading import build_vae
 from ..transformer.loading import build_transformer
-from ..transformer.text import TextEncoder, TextFeatures
+from ..transformer.text import T5_ENCODERS, TextEncoder, TextFeatures
 from .model import VARestorerModel
 from .recipe import recipe_from_dict
 
-#: Encoder configurations of the Hub T5s the presets name (no download for an estimate).
-T5_ENCODERS = {
-    "google/flan-t5-xl": dict(
-        d_model=2048,
-        d_kv=64,
-        d_ff=5120,
-        num_layers=24,
-        num_heads=32,
-        vocab_size=32128,
-        feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=32,
-    ),
-}
 PARTS = ("transformer", "lq_encoder", "vae.decoder", "lpips")  # where the saved activations are
 
 
@@ -72,18 +60,6 @@ def _text_encoder_parameters(preset) -> int:
 
     with torch.device("meta"):
         return sum(p.numel() for p in T5EncoderModel(T5Config(**T5_ENCODERS[preset.text_encoder])).parameters())
-
-
-def fake_weights(*roots: nn.Module) -> None:
-    """Every parameter and buffer of ``roots`` replaced by an empty one of its shape and dtype (a
-    fake tensor inside ``FakeTensorMode``: modules built on the meta device can then run there)."""
-    for m in (m for root in roots for m in root.modules()):
-        for n, t in list(m._parameters.items()):
-            if t is not None:
-                m._parameters[n] = nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=t.requires_grad)
-        for n, t in list(m._buffers.items()):
-            if t is not None:
-                m._buffers[n] = torch.empty(t.shape, dtype=t.dtype)
 
 
 def _saved_bytes(model, batch: int, resolution: int) -> dict[str, int]:

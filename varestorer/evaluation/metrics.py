@@ -14,6 +14,10 @@ Full-reference, always available:
   image, and the contrast-structure term clamped at 0; ``"basicsr"`` (basicsr's
   ``calculate_ssim``): Y unrounded, no clamp. PSNR is the same in both tools.
 
+Not in the papers, offline: **sharpness** (the detail kept: gradient energy over the photo's) and
+**color_error** (the colour shift: mean CIELAB Delta E of 8 x 8 block means, what ``--color-fix``
+corrects).
+
 Through packages, where they and their weights are present (otherwise "unavailable" with the
 reason and the way to get them, never left out silently): **LPIPS** (the ``lpips`` package, AlexNet
 as in the papers' tables; ImageNet backbone weights needed), **NIQE** (basicsr's, whose model
@@ -113,6 +117,30 @@ def sharpness(pred, gt, crop_border: int = 0) -> float:
         return float(np.mean(np.diff(a, axis=0) ** 2) + np.mean(np.diff(a, axis=1) ** 2))
 
     return energy(p) / max(energy(g), 1e-12)
+
+
+#: ``color_error`` compares colour at this scale: each image averaged over 8 x 8 pixel blocks.
+COLOR_BLOCK = 8
+
+
+def color_error(pred, gt, crop_border: int = 0) -> float:
+    """Colour shift: the mean CIELAB distance (CIE76 Delta E; ~2.3 is a just-noticeable difference)
+    between the restoration and the HQ photo, both averaged over 8 x 8 blocks first, so that it
+    measures colour (what ``--color-fix`` corrects), not the detail PSNR and SSIM already score."""
+    from skimage.color import rgb2lab
+
+    p, g = (_crop(as_uint8_rgb(a).astype(np.float64) / 255, crop_border) for a in (pred, gt))
+    if p.shape != g.shape:
+        raise ValueError(f"image sizes differ: {p.shape[1::-1]} vs {g.shape[1::-1]}")
+    return float(np.linalg.norm(rgb2lab(_block_means(p)) - rgb2lab(_block_means(g)), axis=-1).mean())
+
+
+def _block_means(a: np.ndarray, k: int = COLOR_BLOCK) -> np.ndarray:
+    """(H, W, 3) -> the means of its k x k blocks (the whole image's mean when smaller than a block)."""
+    h, w = a.shape[0] // k * k, a.shape[1] // k * k
+    if not h or not w:
+        return a.mean((0, 1), keepdims=True)
+    return a[:h, :w].reshape(h // k, k, w // k, k, 3).mean((1, 3))
 
 
 def psnr_db(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -265,6 +293,7 @@ METRICS: dict[str, Metric] = {
         Metric("liqe", True, False, _pyiqa("liqe")),
         Metric("qalign", True, False, _pyiqa("qalign")),
         Metric("sharpness", True, True, _always(sharpness)),  # not in the papers: the detail kept, offline
+        Metric("color_error", False, True, _always(color_error)),  # not in the papers: colour shift, offline
         Metric("fid", False, True, _pyiqa("fid"), per_set=True),
     ]
 }

@@ -7,6 +7,7 @@ never from a recipe, never printed.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..errors import ConfigError, VARestorerError
@@ -14,11 +15,11 @@ from ..presets import get_preset
 from ..resources import find_resource
 from .config import CONFIG_FILE, ExportConfig
 from .folder import check_weights
+from .licenses import Entry, WeightsLicense, derived_license, license_problems, licenses_of, own_files
 
 CARD_FILE = "README.md"
 EVAL_FILE = "evaluation.json"
 PIPELINE_TAG = "image-to-image"
-LICENSE = "mit"  # Infinity's code and weights are released under the MIT license
 REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "base_model", "tags")
 
 _FILE_NOTES = {
@@ -101,8 +102,74 @@ def _eval_table(folder: Path) -> str | None:
     return "\n".join(lines)
 
 
-def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str = "varestorer"):
-    """The model card of an export folder (a ``huggingface_hub.ModelCard``)."""
+#: How the card's Licences table names each of an export's own files.
+_OWN_NOTES = {
+    "adapter_model.safetensors": "LoRA adapter",
+    "encoder.safetensors": "fine-tuned VAE encoder",
+    "transformer.safetensors": "fine-tuned transformer",
+    "merged_transformer.safetensors": "the base with the LoRA merged in",
+}
+
+
+def _where(files: tuple[str, ...]) -> str:
+    if all(f.startswith("samples/") for f in files):
+        return f"yes: `samples/` ({len(files)} images)"
+    return "yes: " + ", ".join(f"`{f}`" for f in files)
+
+
+def license_rows(entries: list[Entry], own: tuple[str, ...], weights: WeightsLicense) -> list[dict]:
+    """The card's Licences table (plain text; the template links ``source_url`` and
+    ``licence_url``): this model's own weights (``own``: True), then every part it names."""
+    rows = []
+    if own:
+        rows.append(
+            dict(
+                own=True,
+                part="this model",
+                source="",
+                source_url=None,
+                role=", ".join(_OWN_NOTES[f] for f in own if f in _OWN_NOTES),
+                licence=weights.text,
+                licence_url=None,
+                where=_where(own),
+            )
+        )
+    for e in entries:
+        hub = re.fullmatch(r"[\w.-]+/[\w.-]+", e.part.source)
+        rows.append(
+            dict(
+                own=False,
+                part=e.part.name,
+                source=e.part.source,
+                source_url=f"https://huggingface.co/{e.part.source}" if hub else None,
+                role=e.role,
+                licence=e.part.license,
+                licence_url=e.part.link,
+                where=_where(e.files) if e.files else e.where,
+            )
+        )
+    return rows
+
+
+def card_license(folder: str | Path, repo_id: str = "USER/MODEL", license: WeightsLicense | None = None):
+    """``(licence of the weights, Licences rows)`` of an export folder: ``license``, else the derived one."""
+    folder = Path(folder)
+    config = ExportConfig.load(folder)
+    entries = licenses_of(folder, config)
+    weights = license or derived_license(config, entries, repo_id)
+    own = own_files({p.name for p in folder.iterdir() if p.is_file()})
+    return weights, license_rows(entries, own, weights)
+
+
+def render_card(
+    folder: str | Path,
+    repo_id: str = "USER/MODEL",
+    template: str = "varestorer",
+    license: WeightsLicense | None = None,
+):
+    """The model card of an export folder (a ``huggingface_hub.ModelCard``); its ``license`` is
+    ``license`` (:func:`~varestorer.export.licenses.chosen_license`), by default the licence of
+    what the weights were made from (:func:`~varestorer.export.licenses.derived_license`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
@@ -110,8 +177,9 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
     recipe = _card_recipe(config, folder)  # an imported model has none
     base = _base_model_id(config)
     dataset = recipe["data"]["dataset"] or "skimage"
+    weights, licences = card_license(folder, repo_id, license)
     data = ModelCardData(
-        license=LICENSE,
+        **weights.metadata(),
         library_name="varestorer",
         pipeline_tag=PIPELINE_TAG,
         base_model=base,
@@ -162,7 +230,10 @@ def render_card(folder: str | Path, repo_id: str = "USER/MODEL", template: str =
         samples=samples,
         has_encoder=config.has_encoder,
         restorer=config.restorer,
-        imported=config.source.get("release"),
+        weights_license=weights.text,
+        weights_license_why=weights.why,
+        licences=licences,
+        imported=config.source.get("release") if "init_from" not in config.source else None,
         imported_file=config.source.get("checkpoint"),
         imported_rank=config.source.get("lora_rank"),
     )
@@ -184,7 +255,31 @@ def validate_card(text: str) -> list[str]:
         problems.append("tags must be a list")
     if "{{" in card.text or "{%" in card.text:
         problems.append("the card still holds template placeholders")
-    return problems
+    return problems + license_problems(meta)
+
+
+def _card_license(path: Path) -> dict:
+    """The licence metadata of the card at ``path`` (empty when there is none, or it does not parse)."""
+    from huggingface_hub import ModelCard
+
+    try:
+        meta = ModelCard.load(path).data.to_dict() if path.is_file() else {}
+    except Exception:  # a card that does not parse is replaced without a word about its licence
+        return {}
+    return {k: v for k, v in meta.items() if k.startswith("license")}
+
+
+def _license_notes(path: Path, before: dict, weights: WeightsLicense) -> list[str]:
+    """What the publisher should know of the licence: one not known here, or one the folder's card
+    stated that the new card replaces."""
+    notes = []
+    if weights.id == "unknown":
+        notes.append(f"the weights' licence is unknown ({weights.why}): set it with --license ID")
+    after = {k: v for k, v in weights.metadata().items() if v}
+    if before and before != after:
+        was = ", ".join(f"{k}: {v}" for k, v in before.items())
+        notes.append(f"{path} said {was}; the card now says license: {weights.id} (pass --license to keep the old one)")
+    return notes
 
 
 def publish(
@@ -193,12 +288,17 @@ def publish(
     private: bool = False,
     dry_run: bool = False,
     commit_message: str = "Upload VARestorer model",
+    license: WeightsLicense | None = None,
 ) -> dict:
-    """Write/refresh the card, then create the repo and upload the folder (unless ``dry_run``)."""
+    """Write/refresh the card, then create the repo and upload the folder (unless ``dry_run``).
+    ``license``: the weights' licence (:func:`~varestorer.export.licenses.chosen_license`); by
+    default the licence of what they were made from."""
 
     folder = Path(folder)
     check_weights(folder)  # a damaged or diverged model is not uploaded
-    card = render_card(folder, repo_id)
+    before = _card_license(folder / CARD_FILE)
+    weights, rows = card_license(folder, repo_id, license)
+    card = render_card(folder, repo_id, license=weights)
     problems = validate_card(str(card))
     if problems:
         raise VARestorerError("the model card is not valid: " + "; ".join(problems))
@@ -210,6 +310,9 @@ def publish(
         "files": sorted(files),
         "bytes": sum((folder / f).stat().st_size for f in files if (folder / f).is_file()),
         "card_metadata": card.data.to_dict(),
+        "license": {**{k: v for k, v in weights.metadata().items() if v}, "why": weights.why},
+        "licenses": rows,
+        "notes": _license_notes(folder / CARD_FILE, before, weights),
     }
     if dry_run:
         result["card"] = str(card)

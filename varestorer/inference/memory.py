@@ -37,7 +37,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..presets import get_preset
-from ..transformer.text import TextEncoder, TextFeatures
+from ..restorer.swinir import ARCHITECTURES, SwinIR
+from ..transformer.text import T5_ENCODERS, TextEncoder, TextFeatures
 from .bench import build_random_pipeline
 from .pipeline import METHODS
 
@@ -52,6 +53,18 @@ BLIP_LARGE = dict(
     ),
     text_config=dict(vocab_size=30524),
 )
+
+
+def fake_weights(*roots: nn.Module) -> None:
+    """Every parameter and buffer of ``roots`` replaced by an empty one of its shape and dtype (a
+    fake tensor inside ``FakeTensorMode``: modules built on the meta device can then run there)."""
+    for m in (m for root in roots for m in root.modules()):
+        for n, t in list(m._parameters.items()):
+            if t is not None:
+                m._parameters[n] = nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=t.requires_grad)
+        for n, t in list(m._buffers.items()):
+            if t is not None:
+                m._buffers[n] = torch.empty(t.shape, dtype=t.dtype)
 
 
 def model_bytes(module: nn.Module | None) -> int:
@@ -119,15 +132,11 @@ def _text_weights(preset) -> nn.Module:
         return TextEncoder.from_preset(preset)
     from transformers import T5Config, T5EncoderModel
 
-    from ..distill.memory import T5_ENCODERS
-
     return T5EncoderModel(T5Config(**T5_ENCODERS[preset.text_encoder]))
 
 
 def _restorer(preset) -> nn.Module | None:
     """The release's SwinIR for a Hub preset, the shipped one's form for ``small``, none for ``tiny``."""
-    from ..restorer.swinir import ARCHITECTURES, SwinIR
-
     if preset.hub_repo is None and not preset.bundled:
         return None
     return SwinIR(**ARCHITECTURES["small" if preset.bundled else "release"]).eval().requires_grad_(False)
@@ -160,8 +169,6 @@ def _on(pipe, device: torch.device):
         yield
         return
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from ..distill.memory import fake_weights
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake_weights(*pipe.models().values())

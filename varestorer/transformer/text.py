@@ -29,6 +29,20 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..presets import get_preset
 
+#: Encoder configurations of the Hub T5s the presets name (no download for an estimate).
+T5_ENCODERS = {
+    "google/flan-t5-xl": dict(
+        d_model=2048,
+        d_kv=64,
+        d_ff=5120,
+        num_layers=24,
+        num_heads=32,
+        vocab_size=32128,
+        feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32,
+    ),
+}
+
 
 @dataclass
 class TextFeatures:
