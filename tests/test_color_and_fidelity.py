@@ -120,3 +120,18 @@ def test_color_error_measures_a_tint_not_fine_detail():
     assert color_error(tinted, photo) > 5 * color_error(detailed, photo)
     assert color_error(detailed, photo) < 1.0
     assert color_error(flipped, photo) < color_error(tinted, photo)
+
+
+def test_the_default_colour_fix_is_wavelet_but_none_for_the_authors_release(pipe):
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
+    assert pipe.default_color_fix == "wavelet"
+    torch.testing.assert_close(_restore(pipe, x), _restore(pipe, x, color_fix="wavelet"))
+    trained = pipe.config
+    try:
+        pipe.config = trained.replace(source={"release": "EternalEvan/VARestorer", "checkpoint": "varestorer.pth"})
+        assert pipe.default_color_fix == "none"  # restores as the release's code does
+        torch.testing.assert_close(_restore(pipe, x), _restore(pipe, x, color_fix="none"))
+        pipe.config = trained.replace(source={"release": "EternalEvan/VARestorer", "init_from": "release/"})
+        assert pipe.default_color_fix == "wavelet"  # a fine-tune of it: the toolkit's default
+    finally:
+        pipe.config = trained

@@ -62,7 +62,7 @@ def test_exported_pipeline_equals_the_in_training_student(trained):
     lq, logits, reference = _student_images(model, batch)
     # unmerged LoRA: the very same computation, bit for bit
     pipe = VARestorerPipeline.from_pretrained(export, merge_lora=False)
-    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt").images
+    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt", color_fix="none").images
     for o, r in zip(out, reference):
         assert torch.equal(o, r)
     # merged LoRA (the default): the weights are summed once, logits agree to float rounding
@@ -86,7 +86,7 @@ def test_a_student_that_keeps_the_lq_first_scale_restores_with_it_in_training_an
     torch.testing.assert_close(reference, expected, rtol=0, atol=1e-5)  # same bits; the memory layout differs
     pipe = VARestorerPipeline.from_pretrained(tmp_path / "export", merge_lora=False)
     assert pipe.config.keep_lq_scales == 1
-    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt").images
+    out = pipe(list(lq), prompt=batch["caption"], upscale=1, output_type="pt", color_fix="none").images
     for o, r in zip(out, reference):
         assert torch.equal(o, r)
 
@@ -213,11 +213,11 @@ def test_tiles_that_disagree_are_cross_faded_without_seams(trained, monkeypatch)
     pipe = VARestorerPipeline.from_pretrained(export)
     _offset_per_tile(pipe, monkeypatch)
     flat = torch.full((3, 50, 70), 0.5)  # 200 x 280 out: 4 x 5 tiles of 64
-    out = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=16, output_type="pt").images[0]
+    out = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=16, color_fix="none", output_type="pt").images[0]
     assert out.shape == (3, 200, 280)
     assert out.min() < 0.51 and out.max() > 0.59  # both offsets are there...
     assert _largest_jump(out) < 0.1 / 8  # ...and meet smoothly (a 16 px ramp: ~0.1 / 17 per pixel)
-    hard = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=0, output_type="pt").images[0]
+    hard = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=0, color_fix="none", output_type="pt").images[0]
     assert _largest_jump(hard) > 0.09  # what a seam looks like
 
 
@@ -409,7 +409,7 @@ def test_without_a_prompt_the_caption_is_of_the_models_own_first_restoration(tra
     lq = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     blip = FakeCaptioner()
     result = pipe.set_captioner(blip)(lq, output_type="pt")
-    first = pipe(lq, prompt="", output_type="np").images  # the first pass, as the captioner saw it
+    first = pipe(lq, prompt="", color_fix="none", output_type="np").images  # the first pass, as the captioner saw it
     assert all(np.array_equal(a, b) for a, b in zip(blip.seen, first))
     captions = [f"brightness {im.mean():.1f}" for im in first]
     out = result.images

@@ -78,6 +78,7 @@ LAYERS = (
     ("inference",),
     ("evaluation",),
     ("distill",),
+    ("app",),
     ("cli", "__main__", ""),
 )
 

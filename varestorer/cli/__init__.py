@@ -22,6 +22,7 @@ COMMANDS = (
     "export",
     "import_release",
     "restore",
+    "app",
     "evaluate",
     "publish",
     "bench",

@@ -15,7 +15,7 @@ Full-reference, always available:
   ``calculate_ssim``): Y unrounded, no clamp. PSNR is the same in both tools.
 
 Not in the papers, offline: **sharpness** (the detail kept: gradient energy over the photo's) and
-**color_error** (the colour shift: mean CIELAB Delta E of 8 x 8 block means, what ``--color-fix``
+**color_error** (the colour shift: mean CIELAB Delta E of 16 x 16 block means, what ``--color-fix``
 corrects).
 
 Through packages, where they and their weights are present (otherwise "unavailable" with the
@@ -119,13 +119,13 @@ def sharpness(pred, gt, crop_border: int = 0) -> float:
     return energy(p) / max(energy(g), 1e-12)
 
 
-#: ``color_error`` compares colour at this scale: each image averaged over 8 x 8 pixel blocks.
-COLOR_BLOCK = 8
+#: ``color_error`` compares colour at this scale: each image averaged over 16 x 16 pixel blocks.
+COLOR_BLOCK = 16
 
 
 def color_error(pred, gt, crop_border: int = 0) -> float:
     """Colour shift: the mean CIELAB distance (CIE76 Delta E; ~2.3 is a just-noticeable difference)
-    between the restoration and the HQ photo, both averaged over 8 x 8 blocks first, so that it
+    between the restoration and the HQ photo, both averaged over 16 x 16 blocks first, so that it
     measures colour (what ``--color-fix`` corrects), not the detail PSNR and SSIM already score."""
     from skimage.color import rgb2lab
 

@@ -12,7 +12,9 @@ the restoration:
 - ``none``: the restoration as it is.
 
 :data:`DEFAULT_COLOR_FIX` is the one that measured best on the small base's held-out photos
-(docs/evaluation.md, "Colour correction").
+(``wavelet``: the one-step student 24.16 dB / SSIM 0.634 / colour error 6.3 against 22.83 / 0.629 /
+17.9 without, AdaIN between; docs/evaluation.md, "Colour correction"). A model imported from the
+authors' release restores as the release does, without one, unless asked.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..errors import ConfigError
 
 COLOR_FIXES = ("none", "adain", "wavelet")
 #: Measured on the small base's held-out photos (docs/evaluation.md): see the module doc.
-DEFAULT_COLOR_FIX = "none"
+DEFAULT_COLOR_FIX = "wavelet"
 WAVELET_LEVELS = 5
 
 

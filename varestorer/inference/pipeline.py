@@ -591,6 +591,14 @@ class VARestorerPipeline:
         restore = getattr(self, f"restore_{method}")
         return lambda x, prompts: restore(x, prompts, **kwargs)
 
+    @property
+    def default_color_fix(self) -> str:
+        """``wavelet`` (:data:`~.color.DEFAULT_COLOR_FIX`, what measured best), ``none`` for a model
+        imported from the authors' release (their code has no colour correction: it restores as
+        theirs does; a fine-tune of it has the toolkit's default)."""
+        source = self.config.source
+        return "none" if source.get("release") and "init_from" not in source else DEFAULT_COLOR_FIX
+
     # ------------------------------------------------------------------ planning a call
     def output_size(self, size: tuple[int, int], upscale: float | None = None) -> tuple[int, int]:
         return output_size(size, self.upscale if upscale is None else upscale)
@@ -667,7 +675,7 @@ class VARestorerPipeline:
         generator: torch.Generator | None = None,
         decode: str | None = None,
         lq_scales: int | None = None,
-        color_fix: str = DEFAULT_COLOR_FIX,
+        color_fix: str | None = None,
         prompt_embeds: tuple[Tensor, Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -694,7 +702,7 @@ class VARestorerPipeline:
                 are the LQ tokens' own (0: all predicted, the most detail; ``len(schedule)``: the
                 LQ tokens decoded, the most faithful); default: the model's ``keep_lq_scales``.
             color_fix: ``adain``, ``wavelet`` or ``none``: the restoration's colour corrected
-                against the input (:mod:`.color`).
+                against the input (:mod:`.color`); default :attr:`default_color_fix`.
             prompt_embeds: ``(features (N, T, C), mask (N, T))`` text features to restore with
                 instead of prompts (one row per image), as diffusers pipelines take them.
             method_kwargs: the method's settings: ``zeroshot``: num_given; ``guided``: gamma,
@@ -703,7 +711,7 @@ class VARestorerPipeline:
         from tqdm.auto import tqdm
 
         _check_output_type(output_type)  # before any work
-        check_color_fix(color_fix)
+        color_fix = check_color_fix(self.default_color_fix if color_fix is None else color_fix)
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
         if image is None:
