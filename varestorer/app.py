@@ -245,7 +245,9 @@ def _controls(pipe, prompt: str | None) -> dict:
         R = pipe.resolution
         c["tile_overlap"] = gr.Slider(0, R - 1, value=R // 4, step=1, label=f"tile overlap (px of a {R} px tile)")
     with gr.Accordion("colour and fidelity", open=True):
-        c["color_fix"] = gr.Radio(list(COLOR_FIXES), value=pipe.default_color_fix, label="colour fix (against the input)")
+        c["color_fix"] = gr.Radio(
+            list(COLOR_FIXES), value=pipe.default_color_fix, label="colour fix (against the input)"
+        )
         K = len(pipe.schedule)
         c["lq_scales"] = gr.Slider(
             0,
