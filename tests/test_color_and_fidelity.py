@@ -122,10 +122,12 @@ def test_color_error_measures_a_tint_not_fine_detail():
     assert color_error(flipped, photo) < color_error(tinted, photo)
 
 
-def test_the_default_colour_fix_is_wavelet_but_none_for_the_authors_release(pipe):
+def test_the_default_colour_fix_is_wavelet_for_the_model_none_for_baselines_and_the_authors_release(pipe):
     x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
     assert pipe.default_color_fix == "wavelet"
     torch.testing.assert_close(_restore(pipe, x), _restore(pipe, x, color_fix="wavelet"))
+    zeroshot = dict(method="zeroshot", num_given=1)  # a baseline stays as the paper defines it
+    torch.testing.assert_close(_restore(pipe, x, **zeroshot), _restore(pipe, x, color_fix="none", **zeroshot))
     trained = pipe.config
     try:
         pipe.config = trained.replace(source={"release": "EternalEvan/VARestorer", "checkpoint": "varestorer.pth"})

@@ -207,7 +207,8 @@ def add_method_options(p) -> None:
         default=None,
         choices=COLOR_FIX_CHOICES,
         help="correct the restoration's colour against the input (as StableSR/OSEDiff): AdaIN, wavelet "
-        "(low frequencies from the input) or none; default: wavelet (the best measured), none for the authors' release",
+        "(low frequencies from the input) or none; default: wavelet for onestep/varsr (the best measured; none for "
+        "the authors' release), none for the baselines",
     )
 
 

@@ -702,7 +702,10 @@ class VARestorerPipeline:
                 are the LQ tokens' own (0: all predicted, the most detail; ``len(schedule)``: the
                 LQ tokens decoded, the most faithful); default: the model's ``keep_lq_scales``.
             color_fix: ``adain``, ``wavelet`` or ``none``: the restoration's colour corrected
-                against the input (:mod:`.color`); default :attr:`default_color_fix`.
+                against the input (:mod:`.color`); default: :attr:`default_color_fix` for the model's
+                own restorations (``onestep``, ``varsr``), ``none`` for the baselines (a colour fix
+                takes the input's low frequencies: ``multistep``, which ignores the input, would
+                score as a blend of it).
             prompt_embeds: ``(features (N, T, C), mask (N, T))`` text features to restore with
                 instead of prompts (one row per image), as diffusers pipelines take them.
             method_kwargs: the method's settings: ``zeroshot``: num_given; ``guided``: gamma,
@@ -711,7 +714,9 @@ class VARestorerPipeline:
         from tqdm.auto import tqdm
 
         _check_output_type(output_type)  # before any work
-        color_fix = check_color_fix(self.default_color_fix if color_fix is None else color_fix)
+        if color_fix is None:  # the model's restorations get the default; baselines stay as defined
+            color_fix = self.default_color_fix if method in ("onestep", "varsr") else "none"
+        check_color_fix(color_fix)
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
         if image is None:
