@@ -162,6 +162,8 @@ def check_output_folder(path: str | os.PathLike, option: str = "the output folde
                 f"that folder, or choose another folder"
             )
         if probe.exists():
+            if probe.is_dir():  # made meanwhile (another process of the same launch): usable
+                break
             raise ConfigError(
                 f"cannot create {name}: {probe} is a file, not a folder; choose another folder, or move the file away"
             )

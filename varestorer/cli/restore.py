@@ -465,33 +465,44 @@ def register_bench(sub) -> None:
         description="Time every restoration method side by side on random weights of a preset: the one-step "
         "pass vs scale-by-scale sampling (multistep with CFG, zeroshot, guided, varsr).",
     )
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    _add_bench_options(p, device_name)
     p.add_argument("--resolution", type=number(int, 1), default=None, help="image size (default: the preset's)")
-    p.add_argument("--batch", type=number(int, 1), default=1, help="images per call (default: 1)")
     p.add_argument("--repeats", type=number(int, 1), default=3, help="timed calls per method (default: 3)")
     p.add_argument("--warmup", type=number(int, 0), default=1, help="untimed calls first (default: 1)")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
-    p.add_argument("--device", type=device_name, default=None, help="device (default: cuda if available)")
+    p.set_defaults(func=run_bench)
+
+
+def _add_bench_options(p, device_type) -> None:
+    """What the restoration benchmarks share: the preset, batch, device, precision and JSON output."""
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--batch", type=number(int, 1), default=1, help="images per call (default: 1)")
+    p.add_argument("--device", type=device_type, default=None, help="device (default: cuda if available)")
     p.add_argument(
         "--dtype",
         default=None,
         choices=("float32", "bfloat16", "float16"),
-        help="autocast precision (default: bfloat16 on a GPU, float32 on a CPU)",
+        help="precision (default: bfloat16, float32 on a CPU)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=run_bench)
+
+
+def _methods(text: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """``--methods`` of a benchmark: a comma-separated subset of ``allowed`` (all when not given)."""
+    from ..errors import ConfigError
+
+    methods = allowed if text is None else tuple(m.strip() for m in text.split(",") if m.strip())
+    if not methods or set(methods) - set(allowed):
+        raise ConfigError(f"--methods {text!r}: choose among {', '.join(allowed)}")
+    return methods
 
 
 def run_bench(args: argparse.Namespace) -> int:
     import json
 
-    from ..errors import ConfigError
     from ..inference.bench import TIMED, bench_latency, format_latency
 
-    methods = TIMED if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = [m for m in methods if m not in TIMED]
-    if unknown or not methods:
-        raise ConfigError(f"--methods {args.methods!r}: choose among {', '.join(TIMED)}")
+    methods = _methods(args.methods, TIMED)
     r = bench_latency(
         args.preset,
         args.resolution,
@@ -516,18 +527,9 @@ def register_bench_memory(sub) -> None:
         "(weights + live tensors) with no GPU and no weights; with and without --offload "
         "(enable_model_cpu_offload).",
     )
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    _add_bench_options(p, meta_device_name)
     p.add_argument("--resolutions", default=None, help="comma-separated image sizes (default: the preset's resolution)")
     p.add_argument("--methods", default="onestep", help="comma-separated methods (default: onestep)")
-    p.add_argument("--batch", type=number(int, 1), default=1, help="images per call (default: 1)")
-    p.add_argument("--device", type=meta_device_name, default=None, help="cuda, cpu or meta (default: cuda if present)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=("float32", "bfloat16", "float16"),
-        help="precision (default: bfloat16, float32 on a CPU)",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_bench_memory)
 
 
@@ -537,9 +539,7 @@ def run_bench_memory(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..inference.memory import MEASURED, bench_memory, format_memory
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    if not methods or set(methods) - set(MEASURED):
-        raise ConfigError(f"--methods {args.methods!r}: choose among {', '.join(MEASURED)}")
+    methods = _methods(args.methods, MEASURED)
     try:
         sizes = tuple(int(s) for s in (args.resolutions or "").split(",") if s.strip())
     except ValueError:
