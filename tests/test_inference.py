@@ -659,3 +659,12 @@ def test_a_student_trained_without_captions_restores_the_same_with_or_without_on
     captioned = pipe([x], prompt="a photo of a red cup", output_type="pt").images[0]
     assert torch.equal(pipe([x], prompt=None, output_type="pt").images[0], captioned)
     assert torch.equal(pipe([x], prompt="", output_type="pt").images[0], captioned)
+
+
+def test_available_methods_are_those_the_model_can_run_and_others_are_refused_before_any_work(trained):
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    assert pipe.available_methods() == ["onestep", "bicubic", "zeroshot", "multistep", "guided"]
+    for method, says in (("varsr", "needs a model trained in mode 'varsr'"), ("restorer", "this model has none")):
+        with pytest.raises(ConfigError, match=says):
+            pipe.restorer(method)

@@ -32,7 +32,6 @@ from .errors import ConfigError
 from .inference.color import COLOR_FIXES
 from .inference.pipeline import resize_images
 from .outputs import output_names, save_image
-from .transformer.lora import is_adapted
 
 #: The methods the app offers, in its menu's order. ``multistep`` is left out: it samples from the
 #: prompt alone and ignores the upload (a cost baseline, ``varestorer evaluate`` runs it).
@@ -81,21 +80,9 @@ class Restored:
 
 
 def available_methods(pipe) -> list[str]:
-    """The methods of :data:`METHOD_LABELS` this model can run: those the pipeline accepts, and the
-    sampling ones only with the base weights apart from the adapter (or a fine-tuned teacher)."""
-    return [m for m in METHOD_LABELS if _runs(pipe, m)]
-
-
-def _runs(pipe, method: str) -> bool:
-    try:
-        pipe.restorer(method)
-    except ConfigError:
-        return False
-    if method == "varsr":
-        return pipe.config.mode == "varsr"
-    if method in ("zeroshot", "guided"):
-        return pipe.config.mode == "teacher" or is_adapted(pipe.transformer)
-    return True
+    """The methods of :data:`METHOD_LABELS` this model can run (:meth:`VARestorerPipeline.available_methods`)."""
+    runs = pipe.available_methods()
+    return [m for m in METHOD_LABELS if m in runs]
 
 
 def prompt_sources(pipe) -> list[str]:

@@ -454,13 +454,7 @@ class VARestorerPipeline:
         if not 0 <= num_given <= len(self.schedule):
             raise ConfigError(f"num_given={num_given}: this model has {len(self.schedule)} scales")
         settings = self._sampler_settings(sampler)
-        is_teacher = self.config.mode == "teacher"  # a fine-tuned teacher: its weights are the teacher
-        if not (is_teacher or is_adapted(self.transformer)):
-            raise ConfigError(
-                "sampling the base model needs the base weights and the adapter apart; this model "
-                "was loaded from a merged or fully fine-tuned transformer: pass --base (the base "
-                "checkpoint) with an adapter export"
-            )
+        self._check_runs("zeroshot")
         self._unmerge_lora()
         self._use(self.vae)
         lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule) if num_given else None
@@ -501,11 +495,7 @@ class VARestorerPipeline:
         distill"): its LoRA samples scale by scale with the LQ image's quantized latent (from the
         fine-tuned encoder) as prefix tokens in the KV cache."""
 
-        if self.config.mode != "varsr":
-            raise ConfigError(
-                f"the varsr method needs a model trained in mode 'varsr' (recipes/ablation-no-distill"
-                f".yaml); this one was trained in mode {self.config.mode!r}"
-            )
+        self._check_runs("varsr")
         with self._autocast():
             prefix = self.lq_tokens(x).prefix_sequence()
             text = self.text(prompts)
@@ -560,6 +550,34 @@ class VARestorerPipeline:
         )
         return self.sample_base(x, prompts, num_given=gamma - 1, guidance=guide, greedy=True, **kwargs)
 
+    def _check_runs(self, method: str) -> None:
+        """Refuse, before any work, a method this model cannot run."""
+        if method == "restorer" and self.stage1 is None:
+            raise ConfigError("method restorer runs the model's stage-1 restorer alone: this model has none")
+        if method == "varsr" and self.config.mode != "varsr":
+            raise ConfigError(
+                f"the varsr method needs a model trained in mode 'varsr' (recipes/ablation-no-distill"
+                f".yaml); this one was trained in mode {self.config.mode!r}"
+            )
+        is_teacher = self.config.mode == "teacher"  # a fine-tuned teacher: its weights are the teacher
+        if method in ("zeroshot", "multistep", "guided") and not (is_teacher or is_adapted(self.transformer)):
+            raise ConfigError(
+                "sampling the base model needs the base weights and the adapter apart; this model "
+                "was loaded from a merged or fully fine-tuned transformer: pass --base (the base "
+                "checkpoint) with an adapter export"
+            )
+
+    def available_methods(self) -> list[str]:
+        """The methods (:data:`METHODS`) this model can run."""
+        runs = []
+        for m in METHODS:
+            try:
+                self.restorer(m)
+            except ConfigError:
+                continue
+            runs.append(m)
+        return runs
+
     def restorer(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
         """``(x (N, 3, R, R) in [0, 1], prompts) -> restored (N, 3, R, R)`` for ``method``."""
         if method not in METHODS:
@@ -576,8 +594,7 @@ class VARestorerPipeline:
                 "this export is a multi-step VARSR-style model (recipe mode 'varsr'), not a one-step "
                 "model: restore with --method varsr"
             )
-        if method == "restorer" and self.stage1 is None:
-            raise ConfigError("method restorer runs the model's stage-1 restorer alone: this model has none")
+        self._check_runs(method)
         allowed = {"onestep": {"decode", "generator", "lq_scales"}, "bicubic": set(), "restorer": set()}.get(method)
         if allowed is not None and set(kwargs) - allowed:
             raise ConfigError(f"method {method} takes no settings {sorted(set(kwargs) - allowed)}")
