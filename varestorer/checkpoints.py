@@ -108,19 +108,21 @@ def hub_failure(exc: Exception) -> str:
         RevisionNotFoundError,
     )
 
-    if isinstance(exc, GatedRepoError):
-        return "that repo is gated (accept its terms on the Hub, then huggingface-cli login)"
-    if isinstance(exc, RepositoryNotFoundError):
-        return "the Hub has no repo of that name (or it is private and you are not logged in: huggingface-cli login)"
-    if isinstance(exc, RevisionNotFoundError):
-        return "the Hub repo has no such revision"
-    if isinstance(exc, LocalEntryNotFoundError):
-        return "the Hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and the local cache does not hold it"
-    if isinstance(exc, EntryNotFoundError):
-        return "the Hub repo has no such file"
-    if isinstance(exc, HFValidationError):
-        return "that is not a valid Hub repo id either"
-    return f"{type(exc).__name__}: {exc}"
+    reasons = (  # subclasses before their bases: a gated repo is a RepositoryNotFoundError too
+        (GatedRepoError, "that repo is gated (accept its terms on the Hub, then huggingface-cli login)"),
+        (
+            RepositoryNotFoundError,
+            "the Hub has no repo of that name (or it is private and you are not logged in: huggingface-cli login)",
+        ),
+        (RevisionNotFoundError, "the Hub repo has no such revision"),
+        (
+            LocalEntryNotFoundError,
+            "the Hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and the local cache does not hold it",
+        ),
+        (EntryNotFoundError, "the Hub repo has no such file"),
+        (HFValidationError, "that is not a valid Hub repo id either"),
+    )
+    return next((why for kind, why in reasons if isinstance(exc, kind)), f"{type(exc).__name__}: {exc}")
 
 
 def read_file(path: str | os.PathLike) -> dict:

@@ -41,6 +41,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..outputs import write_text
     from ..presets import get_preset
 
     if (args.tokenizer is None) != (args.teacher is None) or (args.tokenizer is None and args.restorer is None):
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         info.update(_bundle_base(args, preset, out))
     if args.restorer is not None:
         info.update(_bundle_restorer(args.restorer, preset, out))
-    info_file.write_text(json.dumps(info, indent=2))
+    write_text(info_file, json.dumps(info, indent=2))  # whole or not at all: it holds earlier bundles' numbers
     print(json.dumps(info, indent=2))
     total = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(f"wrote {out}/ ({total / 2**20:.1f} MiB of weights)")

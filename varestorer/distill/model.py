@@ -91,6 +91,12 @@ def restorer_source(recipe: Recipe) -> Path | None:
     return path
 
 
+def recipe_restorer(recipe: Recipe):
+    """The stage-1 restorer ``model.restorer`` names, loaded (:func:`restorer_source`); ``None`` without one."""
+    source = restorer_source(recipe)
+    return None if source is None else load_restorer(source)
+
+
 def _step_parts(recipe: Recipe) -> tuple[DegradationPipeline | None, torch.nn.Module | None]:
     """The degradation pipeline (the modes that read an LQ image) and LPIPS (distillation, when weighed)."""
     degradation = None
@@ -177,7 +183,7 @@ class VARestorerModel(TrainingModule):
             else load_transformer(preset, m.transformer)
         )
         text_encoder = TextEncoder.from_preset(preset, m.text_encoder, device=device)
-        restorer = load_restorer(restorer_source(recipe)) if m.restorer is not None else None
+        restorer = recipe_restorer(recipe)
         return cls(recipe, vae, transformer, text_encoder, *_step_parts(recipe), restorer)
 
     @classmethod
@@ -205,9 +211,8 @@ class VARestorerModel(TrainingModule):
                 + " ".join(differ)
                 + " (the fine-tuning trains the form the model has)"
             )
-        restorer = init.restorer
-        if m.restorer is not None:
-            restorer = load_restorer(restorer_source(recipe))
+        named = recipe_restorer(recipe)
+        restorer = init.restorer if named is None else named
         return cls(recipe, init.vae, init.transformer, init.text_encoder, *_step_parts(recipe), restorer, init=init)
 
     def enable_gradient_checkpointing(self) -> None:

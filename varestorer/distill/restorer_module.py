@@ -22,9 +22,9 @@ from torch import Tensor
 from ..degradations import DegradationPipeline
 from ..errors import ConfigError
 from ..evaluation.metrics import psnr_db
-from ..restorer import ARCHITECTURES, RESTORER_FILE, SwinIR, load_restorer, save_restorer
+from ..restorer import ARCHITECTURES, RESTORER_FILE, SwinIR, save_restorer
 from .heldout import heldout_restorer_psnr
-from .model import restorer_source
+from .model import recipe_restorer
 from .module import TrainingModule
 
 RESTORER_CONFIG_FILE = "restorer_config.json"
@@ -44,10 +44,9 @@ class RestorerModel(TrainingModule):
 
     @classmethod
     def from_recipe(cls, recipe, device="cpu") -> RestorerModel:
-        r, m = recipe.restorer, recipe.model
-        if m.restorer is not None:
-            swinir = load_restorer(restorer_source(recipe))
-        else:
+        r = recipe.restorer
+        swinir = recipe_restorer(recipe)
+        if swinir is None:
             swinir = SwinIR(**ARCHITECTURES[r.architecture])
         degradation = DegradationPipeline.from_preset(recipe.degradation.preset, scale=recipe.degradation.scale)
         return cls(recipe, swinir, degradation)

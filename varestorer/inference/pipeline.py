@@ -378,7 +378,7 @@ class VARestorerPipeline:
     @torch.no_grad()
     def decode_logits(
         self,
-        logits: Tensor,
+        logits: Tensor | None,
         lq_tokens=None,
         decode: str | None = None,
         generator: torch.Generator | None = None,
@@ -387,11 +387,14 @@ class VARestorerPipeline:
         """Bits of every scale -> images (N, 3, R, R) in [0, 1]: the most likely (``argmax``) or
         drawn (``gumbel``, :func:`gumbel_bits` from ``generator``); ``decode`` defaults to the
         model's. The first ``lq_scales`` scales are ``lq_tokens``' own (the fidelity knob; default
-        the model's ``keep_lq_scales``, what it was trained with)."""
+        the model's ``keep_lq_scales``, what it was trained with); ``logits`` is ``None`` when they
+        are every scale (nothing predicted)."""
         decode = decode or self.config.decode
         if decode not in DECODINGS:
             raise ConfigError(f"decode must be one of {', '.join(DECODINGS)}, got {decode!r}")
-        if decode == "gumbel":
+        if logits is None:
+            bits = []
+        elif decode == "gumbel":
             bits = gumbel_bits(logits, self.schedule, generator)
         else:
             bits = MultiScaleBSQ.split_sequence((logits.float().softmax(-1)[..., 1] > 0.5).float(), self.schedule)
@@ -427,10 +430,8 @@ class VARestorerPipeline:
     ) -> Tensor:
         """One pass; the coarsest ``lq_scales`` scales from the LQ tokens (:meth:`decode_logits`)."""
         lq_tokens = self.lq_tokens(x)
-        if self.check_lq_scales(lq_scales) == len(self.schedule):  # every scale the LQ tokens': no pass needed
-            self._use(self.vae)
-            return (self.vae.decode_bits(lq_tokens.keep_scales([], len(self.schedule))).float() + 1) / 2
-        logits = self.student_logits(x, prompts, lq_tokens)
+        every = self.check_lq_scales(lq_scales) == len(self.schedule)  # all the LQ tokens': no pass needed
+        logits = None if every else self.student_logits(x, prompts, lq_tokens)
         return self.decode_logits(logits, lq_tokens, decode, generator, lq_scales)
 
     @torch.no_grad()
