@@ -103,12 +103,17 @@ class DegradationPipeline:
         **overrides,
     ) -> DegradationPipeline:
         """A preset by name (``degradations/NAME.yaml``) or path; ``scale`` and any preset key
-        given as a keyword override the file (and are validated like it)."""
+        given as a keyword override the file (and are validated like it). A ``first_order`` preset
+        gives a :class:`~.first_order.FirstOrderPipeline`."""
         cfg = load_preset(name_or_path)
         if scale is not None:
             overrides["scale"] = scale
         if overrides:
             cfg = cfg.replace(**overrides)
+        if cfg.pipeline == "first_order" and cls is DegradationPipeline:
+            from .first_order import FirstOrderPipeline  # (it builds on this module)
+
+            cls = FirstOrderPipeline
         return cls(cfg, device=device)
 
     @property

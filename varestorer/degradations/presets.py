@@ -2,7 +2,12 @@
 :class:`DegradationConfig`.
 
 Every key of a preset is a field of :class:`DegradationConfig` (the defaults are the published
-Real-ESRGAN x4 values, so a preset may give only what it changes). An unknown key, a wrong type,
+Real-ESRGAN x4 values, so a preset may give only what it changes). ``pipeline`` picks the model:
+``realesrgan`` (Real-ESRGAN's second-order pipeline, :mod:`.pipeline`) or ``first_order`` (the
+one-pass blur -> downsample -> noise -> JPEG -> upsample of DiffBIR/CodeFormer, which the released
+VARestorer trainer uses; :mod:`.first_order`: it reads ``kernel_list``, ``kernel_prob``,
+``blur_sigma``, ``blur_kernel_size``, ``downsample_range``, ``noise_range``, ``jpeg_range`` and
+``lq_up_mode``). An unknown key, a wrong type,
 a range whose low end is above its high end or probabilities that do not sum to one are
 :class:`~varestorer.errors.ConfigError` s whose message names the file, the key and what is valid.
 """
@@ -21,6 +26,7 @@ from ..safe_yaml import read_text, safe_load
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 UP_MODES = ("bicubic", "bilinear", "area", "nearest")
+PIPELINES = ("realesrgan", "first_order")
 _ALL_KERNELS = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
 _KERNEL_PROB = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]
 
@@ -30,7 +36,12 @@ class DegradationConfig:
     """The parameters of the Real-ESRGAN second-order pipeline (names as in Real-ESRGAN's options)."""
 
     description: str = ""
-    scale: int = 4  # the final downscale: LQ is (H/scale, W/scale)
+    # realesrgan: the second-order pipeline; first_order: DiffBIR's one pass (module docstring)
+    pipeline: str = "realesrgan"
+    # the final downscale: LQ is (H/scale, W/scale). first_order draws its factor from
+    # downsample_range instead and gives the LQ at the HQ size; scale is then the factor the
+    # exported model restores at by default
+    scale: int = 4
     # unsharp masking of the GT
     usm_sharpen_gt: bool = True
     usm_weight: float = 0.5
@@ -71,6 +82,9 @@ class DegradationConfig:
     # final step
     final_sinc_prob: float = 0.8
     lq_up_mode: str = "bicubic"  # LQ resized back to the HQ size with this mode (the student's input)
+    # first_order only: the blur kernel's size (DiffBIR: 41) and the downsampling factor's range
+    blur_kernel_size: int = 41
+    downsample_range: tuple = (1.0, 12.0)
     name: str = field(default="", compare=False)  # the preset's name (file stem), not a YAML key
 
     @property
@@ -112,6 +126,7 @@ _RANGES = (
     "noise_range2",
     "poisson_scale_range2",
     "jpeg_range2",
+    "downsample_range",
 )
 
 
@@ -149,6 +164,8 @@ def validate(data: dict, source: str = "preset", name: str = "") -> DegradationC
                 raise err(key, "JPEG qualities lie in [1, 100]")
             if key.startswith("resize_range") and not (0 < lo <= 1 <= hi):
                 raise err(key, "resize factors [down, up] with 0 < down <= 1 <= up")
+            if key == "downsample_range" and lo < 1:
+                raise err(key, "downsampling factors [low, high] with 1 <= low <= high")
             out[key] = (lo, hi)
         elif key in ("resize_prob", "resize_prob2"):
             if (
@@ -185,6 +202,14 @@ def validate(data: dict, source: str = "preset", name: str = "") -> DegradationC
             if not isinstance(value, (list, tuple)) or not value or any(v not in RESIZE_MODES for v in value):
                 raise err(key, f"a non-empty list from {', '.join(RESIZE_MODES)}")
             out[key] = tuple(value)
+        elif key == "pipeline":
+            if value not in PIPELINES:
+                raise err(key, f"one of {', '.join(PIPELINES)}")
+            out[key] = value
+        elif key == "blur_kernel_size":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 3 or value % 2 != 1:
+                raise err(key, "an odd integer >= 3")
+            out[key] = value
         elif key == "lq_up_mode":
             if value not in UP_MODES:
                 raise err(key, f"one of {', '.join(UP_MODES)}")

@@ -50,7 +50,29 @@ def collate(items: list[dict]) -> dict:
     }
 
 
+class RandomHFlip(torch.utils.data.Dataset):
+    """``data.hflip``: each item's image flipped left-right with probability 1/2, drawn from the
+    item's own seed (the released trainer flips every HQ image so; the degradation comes after)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key) -> dict:
+        item = self.dataset[key]
+        if torch.rand((), generator=torch.Generator().manual_seed(int(item["seed"]) + 3)) < 0.5:
+            item = {**item, "pixel_values": item["pixel_values"].flip(-1)}
+        return item
+
+
 def build_dataset(recipe: Recipe):
+    dataset = _dataset(recipe)
+    return RandomHFlip(dataset) if recipe.data.hflip else dataset
+
+
+def _dataset(recipe: Recipe):
     res, d = recipe.model.resolution, recipe.data
     if d.dataset in (None, "skimage"):
         return SampleImages(

@@ -71,6 +71,29 @@ def bitwise_cross_entropy(
     return _weighted(ce.view(bit_labels.shape), schedule, weighting)
 
 
+def gumbel_straight_through_bits(logits: Tensor, tau: float, seeds: list[int]) -> Tensor:
+    """The released trainer's image path (``logits_to_img`` with ``GumbelArgmax(logits, 0.5)``):
+    ``(B, L, d, 2)`` logits -> ``(B, L, d)`` bits, hard forward, soft gradient.
+
+    Per bit, Gumbel noise ``g = -log(-log(U + 1e-20) + 1e-20)`` on both logits,
+    ``y = softmax((logits + g) / tau)``, the one-hot of its larger entry ``h``, and the bit is
+    ``h_1 - y_1.detach() + y_1``: the sampled bit forward, the gradient of the perturbed soft
+    probability backward. The release draws ``U`` from torch's global generator; here sample ``i``
+    draws it from a generator seeded with ``seeds[i]`` (offset so that no other draw of the step
+    shares it), so a step and a resumed step draw the same noise.
+    """
+    if len(seeds) != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} samples but {len(seeds)} seeds")
+    u = torch.stack(
+        [torch.rand(logits.shape[1:], generator=torch.Generator().manual_seed(int(s) + 2)) for s in seeds]
+    ).to(logits.device)
+    eps = 1e-20
+    gumbel = -torch.log(-torch.log(u + eps) + eps)
+    soft = F.softmax((logits.float() + gumbel) / tau, dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+    return (hard - soft.detach() + soft)[..., 1]
+
+
 def bit_probabilities(logits: Tensor) -> Tensor:
     """``(B, L, d, 2)`` logits -> probability that each bit is 1, ``(B, L, d)``."""
     return logits.float().softmax(-1)[..., 1]

@@ -41,7 +41,7 @@ from ..transformer.lora import adapters_disabled, apply_lora, is_adapted, lora_r
 from ..transformer.sampling import sample
 from ..transformer.text import TextEncoder
 from .heldout import teacher_cross_entropy
-from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl
+from .losses import bit_probabilities, bitwise_cross_entropy, bitwise_kl, gumbel_straight_through_bits
 from .module import TrainingModule
 from .recipe import Recipe
 
@@ -128,7 +128,7 @@ class VARestorerModel(TrainingModule):
         self.teacher = None
         if self.mode == "teacher" or s.full_finetune:
             self.transformer = transformer.requires_grad_(True)
-            if self.mode == "distill":  # full fine-tuning ablation: the teacher must stay fixed
+            if self.mode == "distill" and recipe.loss.kl > 0:  # full fine-tuning: the teacher must stay fixed
                 self.teacher = copy.deepcopy(transformer).eval().requires_grad_(False)
         elif is_adapted(transformer):  # model.init_from: the export's adapter trains on
             self.transformer = transformer.requires_grad_(False)
@@ -228,8 +228,8 @@ class VARestorerModel(TrainingModule):
     def _text(self, captions: list[str], seeds: list[int]):
         captions = list(captions) if self.recipe.data.use_captions else [""] * len(captions)
         drop = None
-        if self.mode in ("teacher", "varsr") and self.recipe.loss.text_dropout > 0 and self.training:
-            p = self.recipe.loss.text_dropout
+        p = self.recipe.student.text_dropout if self.mode == "distill" else self.recipe.loss.text_dropout
+        if self.mode in ("teacher", "varsr", "distill") and p > 0 and self.training:
             drop = torch.tensor([torch.rand((), generator=torch.Generator().manual_seed(s)).item() < p for s in seeds])
         return self.text_encoder(captions, device=self.device_of(), drop=drop)
 
@@ -238,9 +238,13 @@ class VARestorerModel(TrainingModule):
 
     @contextlib.contextmanager
     def _teacher(self):
-        """The frozen teacher: the same weights with the LoRA adapters switched off."""
+        """The frozen teacher: the same weights with the LoRA adapters switched off (a fully
+        fine-tuned transformer without a KL keeps no frozen copy: its validation grid's teacher-forced
+        pass is then the trained transformer's own)."""
         if self.teacher is not None:
             yield self.teacher
+        elif not is_adapted(self.transformer):
+            yield self.transformer
         else:
             with adapters_disabled(self.transformer):
                 yield self.transformer
@@ -257,10 +261,16 @@ class VARestorerModel(TrainingModule):
     def lq_latent(self, lq_up: Tensor) -> Tensor:
         """The encoder copy's latent of the LQ image (float32), cleaned first by the stage-1
         restorer when the recipe names one (``model.restorer``; in [0, 1], not clamped, as the
-        pipeline runs it)."""
+        pipeline runs it, unless ``model.restorer_clamp``: its input and output clamped to [0, 1],
+        as the released trainer runs it)."""
         if self.restorer is not None:
             with torch.no_grad():
-                lq_up = self.restorer((lq_up + 1) / 2).float() * 2 - 1
+                x = (lq_up + 1) / 2
+                if self.recipe.model.restorer_clamp:
+                    x = self.restorer(x.clamp(0, 1)).float().clamp(0, 1)
+                else:
+                    x = self.restorer(x).float()
+                lq_up = x * 2 - 1
         return self.lq_encoder(lq_up).float()
 
     def lq_tokens(self, lq_up: Tensor | None = None, latent: Tensor | None = None):
@@ -290,12 +300,21 @@ class VARestorerModel(TrainingModule):
         )
         return self.vae.decode_latent(out.latent)
 
-    def decode_student(self, logits: Tensor, lq_tokens) -> Tensor:
-        """Most likely bits forward, gradient through their probabilities -> image in [-1, 1]
-        (the first ``student.keep_lq_scales`` scales are the LQ tokens' own)."""
-        bits = MultiScaleBSQ.split_sequence(bit_probabilities(logits), self.schedule)
-        bits = lq_tokens.keep_scales(bits, self.recipe.student.keep_lq_scales)
-        return self.vae.decode_bits(bits, straight_through=True)
+    def decode_student(self, logits: Tensor, lq_tokens, seeds: list[int] | None = None) -> Tensor:
+        """The student's bits -> image in [-1, 1] (the first ``student.keep_lq_scales`` scales are
+        the LQ tokens' own). ``student.decode``: ``argmax``, the most likely bits forward and the
+        gradient through their probabilities; ``gumbel``, the release's hard Gumbel-softmax
+        straight-through (:func:`gumbel_straight_through_bits`, each sample's noise from its seed;
+        the most likely bits without seeds: at evaluation)."""
+        s = self.recipe.student
+        if s.decode == "gumbel" and seeds is not None:
+            bits = gumbel_straight_through_bits(logits, s.gumbel_tau, seeds)
+            straight_through = False  # already hard forward, soft gradient
+        else:
+            bits, straight_through = bit_probabilities(logits), True
+        bits = MultiScaleBSQ.split_sequence(bits, self.schedule)
+        bits = lq_tokens.keep_scales(bits, s.keep_lq_scales)
+        return self.vae.decode_bits(bits, straight_through=straight_through)
 
     def degrade(self, batch: dict) -> tuple[Tensor, Tensor, list[int]]:
         hq = batch["pixel_values"].to(self.device_of(), torch.float32)
@@ -336,15 +355,27 @@ class VARestorerModel(TrainingModule):
         lq_latent = self.lq_latent(x_lq)
         lq_tokens = self.lq_tokens(latent=lq_latent)
         s_logits = self.student_logits(text, lq_tokens)
-        x_s = self.decode_student(s_logits, lq_tokens)
-        zero = torch.zeros((), device=x_s.device)
+        zero = torch.zeros((), device=s_logits.device)
         kl = zero
         if self.uses_teacher:  # w/o KL: the teacher does not run at all
             kl = bitwise_kl(self.teacher_logits(text, hq_tokens), s_logits, self.schedule, lw.scale_weighting)
-        mse = F.mse_loss(x_s.float(), x_hq)
-        lp = self.lpips(x_s.float(), x_hq).mean() if self.lpips is not None else zero
-        loss = lw.kl * kl + lw.lpips * lp + lw.mse * mse
-        out = {"kl": kl.detach(), "lpips": lp.detach(), "mse": mse.detach()}
+        # the student's bitwise cross-entropy against the HQ tokens: trained when weighed, else only
+        # logged (the released trainer's "Lm"), with no graph
+        labels = hq_tokens.bit_labels()
+        if lw.student_cross_entropy > 0:
+            ce = bitwise_cross_entropy(s_logits, labels, self.schedule, lw.scale_weighting)
+        else:
+            with torch.no_grad():
+                ce = bitwise_cross_entropy(s_logits.detach(), labels, self.schedule, lw.scale_weighting)
+        loss = lw.kl * kl + lw.student_cross_entropy * ce
+        out = {"kl": kl.detach(), "cross_entropy": ce.detach()}
+        weighed = lw.mse > 0 or lw.lpips > 0  # else the image is decoded for the log only, with no graph
+        with contextlib.nullcontext() if weighed else torch.no_grad():
+            x_s = self.decode_student(s_logits, lq_tokens, seeds)
+            mse = F.mse_loss(x_s.float(), x_hq)
+            lp = self.image_lpips(x_s.float(), x_hq) if self.lpips is not None else zero
+        loss = loss + lw.lpips * lp + lw.mse * mse
+        out.update(lpips=lp.detach(), mse=mse.detach())
         if lw.encoder_latent > 0:
             with torch.no_grad():
                 target = self.vae.encode_latent(x_hq)
@@ -352,6 +383,12 @@ class VARestorerModel(TrainingModule):
             loss = loss + lw.encoder_latent * anchor
             out["encoder_latent"] = anchor.detach()
         return {"loss": loss, **out}
+
+    def image_lpips(self, x: Tensor, y: Tensor) -> Tensor:
+        """LPIPS of images in [-1, 1], averaged over the batch. With ``loss.lpips_rescale`` the
+        images are rescaled by ``2x - 1`` first (LPIPS's ``normalize``): what the released trainer
+        computes when it hands [-1, 1] images to pyiqa's ``lpips``, which expects [0, 1]."""
+        return self.lpips(x, y, normalize=self.recipe.loss.lpips_rescale).mean()
 
     # ------------------------------------------------------------------ looking at it
     @torch.no_grad()

@@ -44,6 +44,9 @@ class ModelSection:
     # general_swinir_v1.ckpt, a restorer.safetensors) or an export folder holding one; "preset": the
     # one shipped with the base preset (small); None: none
     restorer: str | None = None
+    # clamp the restorer's input and output to [0, 1] in training, as the released trainer does
+    # (its inference does not: the release's model was trained on clamped restorer outputs)
+    restorer_clamp: bool = False
     # fine-tune a model: an export folder (an imported release, any run's final/): the student starts
     # from its adapter (and encoder), the base is its base (the teacher: that base, adapters off),
     # its VAE and restorer come with it; the student's form must be the export's
@@ -58,6 +61,7 @@ class DataSection:
     )
     num_workers: int = 2
     random_crop: bool = True
+    hflip: bool = False  # flip each HQ image left-right with probability 1/2 (seeded per sample), as the release
 
 
 @dataclass
@@ -86,6 +90,15 @@ class StudentSection:
     )
     full_finetune: bool = False  # train every transformer weight (ablation); the teacher is then a frozen copy
     train_encoder: bool = True  # fine-tune a copy of the VAE encoder for the LQ pyramid
+    # How the image the MSE and LPIPS see is decoded from the student's logits: argmax = the most
+    # likely bits forward, the gradient through their probabilities (straight-through); gumbel = the
+    # released trainer's logits_to_img: per bit a hard Gumbel-softmax sample at gumbel_tau forward,
+    # the gradient through the Gumbel-perturbed softmax (its noise seeded per sample)
+    decode: str = "argmax"
+    gumbel_tau: float = 0.5
+    # the share of captions replaced by cfg_uncond while the student trains (the release's BInfinity
+    # cond_drop_rate=0.1); teacher and varsr modes use loss.text_dropout
+    text_dropout: float = 0.0
 
 
 @dataclass
@@ -113,11 +126,17 @@ class LossSection:
     lpips: float = 0.25
     mse: float = 0.5
     cross_entropy: float = 1.0  # teacher and varsr modes: next-scale bitwise cross-entropy
+    # distill mode: the bitwise cross-entropy of the student's logits against the HQ tokens, weighted
+    # over scales as scale_weighting says (0: computed and logged only, as the released trainer does)
+    student_cross_entropy: float = 0.0
     # distill mode: the encoder copy's latent of the LQ image towards the frozen encoder's latent of
     # the HQ one (relative MSE): "high-quality multi-scale token maps" from the LQ (0: off, the paper's)
     encoder_latent: float = 0.0
     lpips_net: str = "vgg"
     lpips_pretrained: bool = True  # False: random VGG backbone (offline smoke tests only)
+    # True: the images, in [-1, 1], go through LPIPS's [0, 1] -> [-1, 1] rescaling (2x - 1) once more,
+    # as the released trainer calls pyiqa's lpips (which expects [0, 1]) on [-1, 1] images
+    lpips_rescale: bool = False
     text_dropout: float = 0.1  # teacher and varsr modes: captions replaced by cfg_uncond, as Infinity trains
     # How tokens of different scales weigh in the KL and the cross-entropy (mean over the bits of a
     # token first): infinity = Infinity's reweight_loss_by_scale (weight ~ 1/side of the token's scale,
@@ -160,8 +179,12 @@ class OptimSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     max_grad_norm: float = 1.0
-    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
+    lr_scheduler: str = "constant"  # a diffusers.optimization scheduler name, or lin0 (Infinity's)
     lr_warmup_steps: int = 0
+    # lin0 only (Infinity's lr_wd_annealing, varestorer/distill/schedules.py): the warm-up starts at
+    # lr_warmup_start x lr (Infinity's wp0) and the schedule ends at lr_end x lr (its wpe)
+    lr_warmup_start: float = 0.005
+    lr_end: float = 0.3
     encoder_lr: float | None = None  # the LQ encoder copy's learning rate (None: lr)
 
 
@@ -191,7 +214,15 @@ class TrainSection:
 MODES = ("distill", "teacher", "varsr", "tokenizer", "restorer")
 #: ``optim.lr_scheduler``: the diffusers schedules the trainer builds (``piecewise_constant`` needs
 #: step rules a recipe does not give).
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "lin0",
+)
 #: ``loss.lpips_net``: the backbones of the lpips package.
 LPIPS_NETS = ("vgg", "alex", "squeeze")
 
@@ -233,12 +264,15 @@ RANGES: dict[str, Range] = {
     "student.lora_rank": Range(1, note="the paper's is 32"),
     "student.lora_alpha": Range(0, lo_open=True, note="the LoRA scale is alpha / rank; the paper's alpha = rank"),
     "student.lora_dropout": Range(0, 1, hi_open=True),
+    "student.gumbel_tau": Range(0, lo_open=True, note="the release's is 0.5"),
+    "student.text_dropout": Range(0, 1, note="the share of captions replaced by the empty one; the release's 0.1"),
     "restorer.l1": _WEIGHT,
     "restorer.mse": _WEIGHT,
     "loss.kl": _WEIGHT,
     "loss.lpips": _WEIGHT,
     "loss.mse": _WEIGHT,
     "loss.cross_entropy": _WEIGHT,
+    "loss.student_cross_entropy": _WEIGHT,
     "loss.encoder_latent": _WEIGHT,
     "loss.text_dropout": Range(0, 1, note="the share of captions replaced by the empty one"),
     "self_correction.layers": Range(0, note="0 turns it off"),
@@ -256,6 +290,8 @@ RANGES: dict[str, Range] = {
     "optim.eps": Range(0, lo_open=True, note="AdamW's, e.g. 1e-8"),
     "optim.max_grad_norm": Range(0, note="0: no gradient clipping"),
     "optim.lr_warmup_steps": Range(0),
+    "optim.lr_warmup_start": Range(0, 1, note="lin0: the first warm-up lr as a share of optim.lr (Infinity's 0.005)"),
+    "optim.lr_end": Range(0, 1, note="lin0: the last lr as a share of optim.lr; 1 keeps it constant"),
     "optim.encoder_lr": Range(0, lo_open=True, note="or null: optim.lr"),
     "train.global_batch_size": Range(1),
     "train.gradient_accumulation_steps": Range(1),
@@ -309,6 +345,7 @@ class Recipe:
             "mode": (self.mode, MODES),
             "student.attention": (self.student.attention, ("full", "causal")),
             "student.lq_input": (self.student.lq_input, LQ_INPUT_FORMS),
+            "student.decode": (self.student.decode, ("argmax", "gumbel")),
             "inference.decode": (self.inference.decode, DECODINGS),
             "inference.resize": (self.inference.resize, RESIZES),
             "inference.tile_weights": (self.inference.tile_weights, TILE_WEIGHTS),

@@ -40,6 +40,7 @@ from .dataloader import build_dataloader
 from .model import VARestorerModel
 from .recipe import Recipe
 from .restorer_module import RestorerModel
+from .schedules import build_scheduler
 from .tokenizer_module import TokenizerModel
 from .visualize import save_image, save_loss_plot, validation_grid
 
@@ -206,7 +207,6 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
 
 def _train(recipe: Recipe, accelerator) -> dict:
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
 
     t = recipe.train
     if accelerator.is_main_process:
@@ -224,12 +224,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
     optimizer = torch.optim.AdamW(
         model.param_groups(o.lr, o.encoder_lr), betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
     )
-    scheduler = get_scheduler(
-        recipe.optim.lr_scheduler,
-        optimizer,
-        num_warmup_steps=recipe.optim.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=t.max_steps * accelerator.num_processes,
-    )
+    scheduler = build_scheduler(recipe, optimizer, accelerator.num_processes)
     n = accelerator.num_processes
     accelerator.print(
         f"{recipe.name}: {n} process{'es' if n > 1 else ''} ({accelerator.distributed_type.value}, "
