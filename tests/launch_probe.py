@@ -1,4 +1,5 @@
-"""Run under torchrun by tests/test_sharded_training.py: ``varestorer train --recipe tiny ARGS``,
+"""Run under torchrun by tests/test_sharded_training.py: ``varestorer train --recipe tiny ARGS`` (or the
+recipe ``$PROBE_RECIPE`` names),
 the loss of the ``$PROBE_NAN_AT``-th forward pass NaN on every process (0: none), through the
 backend the environment asks for, as ``accelerate launch --config_file launch/X.yaml`` sets it:
 
@@ -39,4 +40,4 @@ def nan_at_call(self, batch):
 
 
 VARestorerModel.forward = nan_at_call
-sys.exit(main(["train", "--recipe", "tiny", *sys.argv[1:]]))
+sys.exit(main(["train", "--recipe", os.environ.get("PROBE_RECIPE", "tiny"), *sys.argv[1:]]))

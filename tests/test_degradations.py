@@ -313,3 +313,55 @@ def test_bench_degrade_cli(capsys):
     from varestorer.cli.bench import BENCHMARKS
 
     assert "degrade" in BENCHMARKS
+
+
+# ------------------------------------------------------------------ DiffBIR's first order (the release's)
+def test_the_diffbir_preset_draws_1000_parameter_sets_within_the_released_trainers_ranges():
+    from varestorer.degradations.first_order import sample_first_order
+
+    c = load_preset("diffbir")
+    assert (c.pipeline, c.blur_kernel_size, c.kernel_list, c.kernel_prob) == (
+        "first_order",
+        41,
+        ("iso", "aniso"),
+        (0.5, 0.5),
+    )
+    draws = [sample_first_order(c, seed) for seed in range(1000)]
+    kinds = [p.kernel_type for p in draws]
+    assert 400 < kinds.count("iso") < 600 and kinds.count("iso") + kinds.count("aniso") == 1000
+    for p in draws:
+        assert 0.1 <= p.sigma_x <= 12 and 0.1 <= p.sigma_y <= 12
+        if p.kernel_type == "iso":
+            assert p.sigma_x == p.sigma_y and p.rotation == 0
+        else:
+            assert -np.pi <= p.rotation <= np.pi
+        assert p.kernel.shape == (41, 41) and p.kernel.sum() == pytest.approx(1, abs=1e-5)
+        assert 1 <= p.downsample <= 12
+        assert p.noise.kind == "gaussian" and not p.noise.gray and 0 <= p.noise.level <= 15
+        assert p.jpeg == int(p.jpeg) and 30 <= p.jpeg < 100  # int(uniform(30, 100)), as OpenCV takes it
+    # the draws cover their ranges, not a corner of them
+    assert max(p.downsample for p in draws) > 11 and min(p.downsample for p in draws) < 2
+    assert max(p.noise.level for p in draws) > 14 and min(p.jpeg for p in draws) == 30
+    assert max(p.sigma_x for p in draws) > 11.5 and min(p.sigma_x for p in draws) < 0.5
+
+
+def test_a_diffbir_lq_is_at_the_hq_size_and_a_function_of_its_seed_alone(hq96):
+    deg = DegradationPipeline.from_preset("diffbir")
+    assert type(deg).__name__ == "FirstOrderPipeline"
+    seeds = [3, 4, 5, 6]
+    a = deg(hq96, seeds)
+    assert a.lq.shape == hq96.shape and torch.equal(a.lq, a.lq_up) and torch.equal(a.gt, hq96)
+    assert 0 <= a.lq.min() and a.lq.max() <= 1
+    alone = deg(hq96[2:3], [5])
+    torch.testing.assert_close(alone.lq[0], a.lq[2], rtol=0, atol=1e-6)
+    assert not torch.equal(deg(hq96, [7, 8, 9, 10]).lq, a.lq)
+    # what each sample's parameters say: the blur, then the LQ at int(H // factor) before it is resized back
+    from varestorer.degradations.first_order import sample_first_order
+
+    p = sample_first_order(deg.config, 5)
+    small = (int(96 // p.downsample), int(96 // p.downsample))
+    blurred = ops.filter2d(hq96[2:3], torch.from_numpy(p.kernel)[None])
+    down = F.interpolate(blurred, size=small, mode="bilinear", align_corners=False)
+    up = F.interpolate(down, size=(96, 96), mode="bilinear", align_corners=False)
+    # noise and JPEG on top: close to the blurred, resampled photo, far from the photo itself
+    assert (alone.lq - up).abs().mean() < (alone.lq - hq96[2:3]).abs().mean()

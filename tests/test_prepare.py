@@ -277,3 +277,36 @@ def test_prepare_errors_are_clear(tmp_path):
 
     with pytest.raises(ConfigError, match="not a dataset"):
         PreparedDataset(tmp_path / "src")
+
+
+def test_the_released_split_prepares_with_the_authors_captions_from_a_users_lsdir_folder(tmp_path):
+    """The release's data/LSDIR/splits/1.000_000084991.jsonl: absolute paths of the authors' machine
+    (/workspace/LSDIR/...), read as the user's LSDIR folder with --caption-prefix; the captions as the
+    release's loader reads them (the part before ``--``)."""
+    import datasets
+
+    src = tmp_path / "LSDIR"
+    (src / "0001000").mkdir(parents=True)
+    for i, name in enumerate(("astronaut", "coffee", "chelsea")):
+        Image.fromarray(photo(name, (96, 80))).save(src / "0001000" / f"000000{i + 1}.png")
+    split = tmp_path / "1.000_000000003.jsonl"
+    lines = [
+        {"image_path": "/workspace/LSDIR/0001000/0000001.png", "h_div_w": 1.0, "text": "a woman in a space suit"},
+        {"image_path": "/workspace/LSDIR/0001000/0000002.png", "h_div_w": 1.0, "text": "a cup of coffee--extra"},
+        {"image_path": "/workspace/LSDIR/0001000/0000003.png", "h_div_w": 1.0, "text": "a cat"},
+    ]
+    split.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="--caption-prefix /workspace/LSDIR"):
+        prepare_dataset(src, out, size=64, mode="resize", caption=str(split), progress=False)
+    report = prepare_dataset(
+        src, out, size=64, mode="resize", caption=str(split), caption_prefix="/workspace/LSDIR", progress=False
+    )
+    assert report.missing_captions == 0
+    ds = datasets.load_from_disk(str(out))
+    assert dict(zip(ds["path"], ds["caption"])) == {
+        "0001000/0000001.png": "a woman in a space suit",
+        "0001000/0000002.png": "a cup of coffee",
+        "0001000/0000003.png": "a cat",
+    }
+    assert all(r["image"].size == (64, 64) for r in ds)  # short side to 64 (LANCZOS), centre crop: the release's

@@ -51,9 +51,9 @@ def deepspeed_env(stage: int, **override) -> dict:
     }
 
 
-def fsdp_env(**override) -> dict:
-    """What ``accelerate launch --config_file launch/fsdp.yaml`` puts in the environment."""
-    config = yaml.safe_load((TESTS.parent / "launch" / "fsdp.yaml").read_text())["fsdp_config"]
+def fsdp_env(config_file: str = "fsdp.yaml", **override) -> dict:
+    """What ``accelerate launch --config_file launch/CONFIG_FILE`` puts in the environment."""
+    config = yaml.safe_load((TESTS.parent / "launch" / config_file).read_text())["fsdp_config"]
     config = {**config, **override}
     names = {"fsdp_transformer_layer_cls_to_wrap": "FSDP_TRANSFORMER_CLS_TO_WRAP"}
     env = {names.get(k, k.upper()): str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.items()}
@@ -164,6 +164,27 @@ def test_in_the_launch_configs_bf16_fsdp_and_zero2_train_as_ddp_does(tmp_path):
     assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-6)
     assert losses["zero2"][0] == pytest.approx(losses["ddp"][0], rel=1e-6)
     assert losses["zero2"][1] == pytest.approx(losses["ddp"][1], rel=2e-2)
+
+
+def test_the_release_trainers_step_under_fsdp_shard_grad_op_is_ddps(tmp_path):
+    """The released trainer runs FSDP SHARD_GRAD_OP (--zero=2): launch/fsdp-shard-grad-op.yaml (FSDP2,
+    reshard_after_forward false) trains recipes/tiny-release-trainer.yaml as DDP does, 2 processes."""
+    env = fsdp_env("fsdp-shard-grad-op.yaml")
+    assert env["FSDP_RESHARD_AFTER_FORWARD"] == "false"
+    args = [*ARGS, "train.max_steps=3", "optim.max_grad_norm=5.0", "train.validation_steps=3"]
+    for name, e in {"ddp": {}, "fsdp": env}.items():
+        out = tmp_path / name
+        res = launch_processes(
+            2, PROBE, *args, f"train.output_dir={out}", cwd=tmp_path, env={**e, "PROBE_RECIPE": "tiny-release-trainer"}
+        )
+        assert f"2 processes ({'FSDP' if e else 'MULTI_CPU'}, cpu)" in res.stdout
+    ddp, fsdp = _losses(tmp_path / "ddp"), _losses(tmp_path / "fsdp")
+    assert [r["step"] for r in fsdp] == [1, 2, 3]
+    for a, b in zip(ddp, fsdp, strict=True):
+        for k in ("loss", "mse", "lpips", "cross_entropy", "lr"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5), (a["step"], k)
+    assert all(r["kl"] == 0 for r in fsdp)
+    _exports_equal(tmp_path / "ddp" / "final", tmp_path / "fsdp" / "final", atol=3e-6)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,13 @@ def register(sub) -> None:
         help='blip (default), none, or a JSON-lines caption file ({"path": ..., "caption": ...} a line)',
     )
     p.add_argument(
+        "--caption-prefix",
+        default=None,
+        metavar="DIR",
+        help="the folder the caption file's absolute paths start with where it was written, read as SRC "
+        "(the released VARestorer split: --caption 1.000_000084991.jsonl --caption-prefix /workspace/LSDIR)",
+    )
+    p.add_argument(
         "--caption-model",
         default=None,
         help="BLIP checkpoint: Hub id or local folder (default: Salesforce/blip-image-captioning-large)",
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             caption_model=args.caption_model,
             caption_batch_size=args.caption_batch_size,
             caption_prompt=args.caption_prompt,
+            caption_prefix=args.caption_prefix,
             device=args.device,
             shard_size=args.shard_size,
             workers=args.workers,

@@ -127,11 +127,18 @@ class BlipCaptioner:
 
 
 class CaptionFile:
-    """Captions from a JSON-lines file; ``lookup(rel_path, abs_path)`` gives the caption or None."""
+    """Captions from a JSON-lines file; ``lookup(rel_path, abs_path)`` gives the caption or None.
 
-    def __init__(self, path: str | Path, root: str | Path | None = None):
+    A line is ``{"path": ..., "caption": ...}``, ``{path: caption}``, or the released VARestorer's
+    split (``data/LSDIR/splits/1.000_000084991.jsonl``): ``{"image_path": ..., "h_div_w": ...,
+    "text": ...}``, its caption used as the release's loader uses it (the part before a ``--``).
+    ``prefix``: the folder the file's paths start with on the machine that wrote it (the release's
+    ``/workspace/LSDIR``); a path under it is read relative to ``root``, the user's copy."""
+
+    def __init__(self, path: str | Path, root: str | Path | None = None, prefix: str | None = None):
         self.path = Path(path)
         self.root = Path(root).resolve() if root is not None else None
+        self.prefix = prefix.rstrip("/") + "/" if prefix else None
         self.captions: dict[str, str] = {}
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -152,16 +159,25 @@ class CaptionFile:
                 raise ConfigError(f"{self.path}:{n}: not a JSON object: {exc.msg}") from None
             if isinstance(obj, dict) and set(obj) >= {"path", "caption"}:
                 items = [(obj["path"], obj["caption"])]
+            elif isinstance(obj, dict) and set(obj) >= {"image_path", "text"}:  # the release's split
+                items = [
+                    (obj["image_path"], release_caption(obj["text"]) if isinstance(obj["text"], str) else obj["text"])
+                ]
             elif isinstance(obj, dict) and len(obj) == 1:
                 items = list(obj.items())
             else:
-                raise ConfigError(f'{self.path}:{n}: expected {{"path": ..., "caption": ...}} or {{path: caption}}')
+                raise ConfigError(
+                    f'{self.path}:{n}: expected {{"path": ..., "caption": ...}}, {{path: caption}} or the '
+                    f'release\'s {{"image_path": ..., "text": ...}}'
+                )
             for key, caption in items:
                 if not isinstance(caption, str):
                     raise ConfigError(f"{self.path}:{n}: the caption of {key!r} is not a string")
                 self.captions[self._key(str(key))] = " ".join(caption.split())
 
     def _key(self, path: str) -> str:
+        if self.prefix is not None and path.startswith(self.prefix):
+            return Path(path[len(self.prefix) :]).as_posix()
         p = Path(path)
         if p.is_absolute() and self.root is not None:
             try:
@@ -174,13 +190,40 @@ class CaptionFile:
         return len(self.captions)
 
     def describe(self) -> str:
-        return f"file:{self.path.resolve()}"
+        return f"file:{self.path.resolve()}" + (f" prefix={self.prefix}" if self.prefix else "")
+
+    def check_matches(self, sources: list[str], root: Path) -> int:
+        """How many of ``sources`` (paths relative to ``root``) have a caption; none while the file has
+        captions is an error saying which prefix the file's paths share (a split written elsewhere)."""
+        found = sum(self.lookup(p, root / p) is not None for p in sources)
+        if found or not self.captions:
+            return found
+        keys = list(self.captions)
+        common = ""
+        if all(k.startswith("/") for k in keys):
+            common = os.path.commonpath(keys) if len(keys) > 1 else os.path.dirname(keys[0])
+        hint = (
+            f" Its paths start with {common}: if that folder is {root} on this machine, add --caption-prefix {common}"
+            if common
+            else " Its paths are relative to the folder of images: check that it is the same folder"
+        )
+        raise ConfigError(
+            f"none of the {len(sources)} images in {root} has a caption in {self.path} "
+            f"({len(self.captions)} captions).{hint}"
+        )
 
     def lookup(self, rel_path: str, abs_path: str | Path | None = None) -> str | None:
         found = self.captions.get(Path(rel_path).as_posix())
         if found is None and abs_path is not None:
             found = self.captions.get(Path(abs_path).resolve().as_posix())
         return found
+
+
+def release_caption(text: str) -> str:
+    """The caption the released trainer reads from its split's ``text`` (``process_short_text``:
+    the part before ``--`` when that part is not empty)."""
+    head = text.split("--")[0]
+    return head if "--" in text and head else text
 
 
 def write_caption_file(path: str | Path, captions: dict[str, str]) -> None:

@@ -379,6 +379,7 @@ def prepare_dataset(
     caption_model: str | None = None,
     caption_batch_size: int = 16,
     caption_prompt: str | None = None,
+    caption_prefix: str | None = None,
     captioner=None,
     device: str | None = None,
     shard_size: int = 1000,
@@ -392,6 +393,8 @@ def prepare_dataset(
     ``caption`` is ``"blip"`` (``caption_model``: a BLIP Hub id or folder, default
     ``Salesforce/blip-image-captioning-large``), ``"none"`` or the path of a caption file.
     ``captioner`` (any ``list[image] -> list[str]`` with a ``describe()``) replaces BLIP.
+    ``caption_prefix``: where the caption file's absolute paths pointed to when it was written
+    (the released split's ``/workspace/LSDIR``): read as ``src`` (:class:`CaptionFile`).
     ``workers`` > 0 reads and encodes images in that many processes. ``on_shard(k)`` is called
     after shard ``k`` is committed (tests use it to interrupt a run).
     """
@@ -426,12 +429,14 @@ def prepare_dataset(
         caption_desc = f"blip:{caption_model or DEFAULT_BLIP}"
         caption_desc += f" prompt={caption_prompt!r}" if caption_prompt else ""
     else:
-        caption_file = CaptionFile(caption, root=src)
+        caption_file = CaptionFile(caption, root=src, prefix=caption_prefix)
         caption_desc = caption_file.describe()
 
     found = list_sources(src)
     if not found:
         raise ConfigError(f"no images in {src} (looked for {', '.join(IMAGE_SUFFIXES)}, in every subfolder)")
+    if caption_file is not None:
+        caption_file.check_matches(found, src)
     resuming = _check_or_write_settings(out, _settings(src, crop, caption_desc, shard_size), overwrite)
     sources = _load_sources(out, src, resuming, found)
     (out / "progress").mkdir(exist_ok=True)

@@ -1,0 +1,47 @@
+"""The table of ``launch/compare-objectives.sh``: mean and spread over seeds of each objective's scores,
+held-out crops and unseen images, from the runs' ``results.json`` files (markdown on stdout, and
+``OUT/table.md``)."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+OBJECTIVES = {"paper": "paper: KL + MSE", "release": "release: MSE via Gumbel ST", "ce": "CE only"}
+SETS = {"evaluation": "held-out crops (12, 128 px)", "unseen": "unseen images (20, 256 px)"}
+METRICS = ("psnr", "ssim", "sharpness", "niqe", "color_error")
+
+
+def rows(run: Path, split: str) -> dict:
+    doc = json.loads((run / split / "results.json").read_text())
+    return {r["method"]: r for r in doc["rows"]}
+
+
+def cell(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    digits = 4 if max(abs(v) for v in values) < 1 else 2
+    spread = max(values) - min(values)
+    return f"{statistics.mean(values):.{digits}f} ± {spread / 2:.{digits}f}"
+
+
+lines = []
+for split, title in SETS.items():
+    lines += [f"### {title}", "", "| objective | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    runs = {obj: sorted(out.glob(f"{obj}-seed*")) for obj in OBJECTIVES}
+    for obj, label in OBJECTIVES.items():
+        got = [rows(r, split)["onestep"] for r in runs[obj] if (r / split / "results.json").is_file()]
+        if got:
+            lines.append(
+                f"| {label} ({len(got)} seeds) | " + " | ".join(cell([g.get(m) for g in got]) for m in METRICS) + " |"
+            )
+    first = next((r for rs in runs.values() for r in rs if (r / split / "results.json").is_file()), None)
+    if first is not None:
+        b = rows(first, split)["bicubic"]
+        lines.append("| bicubic | " + " | ".join(cell([b.get(m)]) for m in METRICS) + " |")
+    lines.append("")
+text = "\n".join(lines)
+(out / "table.md").write_text(text + "\n")
+print(text)
