@@ -1,5 +1,7 @@
 """``varestorer bench degrade``: images/second of the batched on-device pipeline, next to the
-sequential per-image run of the same basicsr calls (Real-ESRGAN's way), in the same process."""
+sequential per-image run of the same degradation, in the same process: basicsr's calls one image at
+a time (Real-ESRGAN's way), or for a first-order preset OpenCV's on the CPU (the released VARestorer
+trainer's way)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.samples import sample_image
+from .first_order import OpenCVFirstOrder
 from .pipeline import DegradationPipeline
 from .reference import ReferenceDegrader
 
@@ -69,7 +72,9 @@ def bench_degrade(
         "batched_images_per_sec": steps * batch / batched,
     }
     if sequential:
-        ref = ReferenceDegrader(pipe.config, device=dev)
+        first_order = pipe.config.pipeline == "first_order"
+        ref = OpenCVFirstOrder(pipe.config) if first_order else ReferenceDegrader(pipe.config, device=dev)
+        out["sequential"] = "OpenCV on the CPU, one image at a time" if first_order else "basicsr, one image at a time"
         ref(hq[0], 10_000)  # warm-up
         _sync(dev)
         t0 = time.perf_counter()
@@ -85,12 +90,12 @@ def bench_degrade(
 
 def format_result(r: dict) -> str:
     lines = [
-        f"bench degrade: preset {r['preset']}, {r['size']}px -> {r['size'] // 4}px LQ, batch {r['batch']}, "
+        f"bench degrade: preset {r['preset']}, {r['size']}px, batch {r['batch']}, "
         f"{r['steps']} batches, {r['device_name']} ({r['threads']} threads)",
         f"  batched pipeline (on device, per-sample seeds): {r['batched_images_per_sec']:8.2f} images/s",
     ]
     if "sequential_images_per_sec" in r:
         seq = r["sequential_images_per_sec"]
-        lines.append(f"  sequential basicsr, one image at a time:        {seq:8.2f} images/s")
+        lines.append(f"  sequential ({r['sequential']}): {seq:8.2f} images/s")
         lines.append(f"  speedup: {r['speedup']:.1f}x")
     return "\n".join(lines)

@@ -108,3 +108,29 @@ class FirstOrderPipeline(DegradationPipeline):
             x, _ = ops.resize(x, sizes, [self.config.lq_up_mode] * len(group), out_sizes=[(H, W)] * len(group))
             lq = lq.index_copy(0, idx, x.clamp(0, 1))
         return DegradationOutput(lq=lq, lq_up=lq, gt=hq, params=params)
+
+
+class OpenCVFirstOrder:
+    """The released trainer's own per-image degradation (``SRIterableDataset.get_img_gt_and_img_lq``:
+    OpenCV and NumPy on the CPU, BGR), driven by the same :class:`FirstOrderParams`: the yardstick
+    of :class:`FirstOrderPipeline` in the tests and in ``varestorer bench degrade``. Its noise is
+    NumPy's (seeded with the sample's noise seed), so only noise-free settings compare value for value."""
+
+    def __init__(self, config: DegradationConfig):
+        self.config = config
+
+    def __call__(self, hq: Tensor, seed: int) -> Tensor:
+        """``hq`` (3, H, W) in [0, 1] -> the LQ (3, H, W) in [0, 1], as the release makes it."""
+        import cv2
+
+        p = sample_first_order(self.config, seed)
+        img = np.ascontiguousarray(hq.detach().cpu().float().permute(1, 2, 0).numpy()[..., ::-1])
+        h, w = img.shape[:2]
+        img = cv2.filter2D(img, -1, p.kernel)
+        img = cv2.resize(img, (int(w // p.downsample), int(h // p.downsample)), interpolation=cv2.INTER_LINEAR)
+        rng = np.random.RandomState(p.noise.seed % 2**32)
+        img = np.clip(img + rng.randn(*img.shape).astype(np.float32) * p.noise.level / 255.0, 0, 1)
+        ok, buf = cv2.imencode(".jpg", img * 255.0, [int(cv2.IMWRITE_JPEG_QUALITY), int(p.jpeg)])
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255.0
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).permute(2, 0, 1).clamp(0, 1)

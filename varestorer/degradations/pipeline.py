@@ -139,7 +139,9 @@ class DegradationPipeline:
         return torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
 
     def _jpeg(self, x: Tensor, qualities: list[float]) -> Tensor:
-        q = torch.tensor(qualities, dtype=torch.float32, device=x.device)
+        # DiffJPEG scales its tables by 200 - 2q: 0 at quality 100, which it divides by (NaN);
+        # libjpeg clamps each step to at least 1 there: 99 is as near as DiffJPEG gets
+        q = torch.tensor(qualities, dtype=torch.float32, device=x.device).clamp(max=99.0)
         return self.jpeger(torch.clamp(x, 0, 1), quality=q)
 
     def usm(self, x: Tensor) -> Tensor:
