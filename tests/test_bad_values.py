@@ -142,12 +142,12 @@ def test_every_shipped_recipe_is_within_the_ranges():
         load_recipe(str(path))
 
 
-def test_the_lr_schedulers_a_recipe_may_name_are_the_ones_diffusers_builds():
+def test_the_lr_schedulers_a_recipe_may_name_are_the_ones_diffusers_builds_and_infinitys_lin0():
     from diffusers.optimization import SchedulerType
 
     from varestorer.distill.recipe import LR_SCHEDULERS
 
-    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} - {"piecewise_constant"}
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} - {"piecewise_constant"} | {"lin0"}
 
 
 def test_zero_validation_images_means_none_and_the_run_still_writes_final(tmp_path, capsys):

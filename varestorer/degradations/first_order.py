@@ -28,7 +28,7 @@ from torch import Tensor
 from ..compat import import_basicsr
 from . import ops
 from .params import NoiseParams, seeded_global_rng
-from .pipeline import DegradationOutput, DegradationPipeline
+from .pipeline import PIPELINES, DegradationOutput, DegradationPipeline
 from .presets import DegradationConfig
 
 
@@ -108,6 +108,9 @@ class FirstOrderPipeline(DegradationPipeline):
             x, _ = ops.resize(x, sizes, [self.config.lq_up_mode] * len(group), out_sizes=[(H, W)] * len(group))
             lq = lq.index_copy(0, idx, x.clamp(0, 1))
         return DegradationOutput(lq=lq, lq_up=lq, gt=hq, params=params)
+
+
+PIPELINES["first_order"] = FirstOrderPipeline
 
 
 class OpenCVFirstOrder:

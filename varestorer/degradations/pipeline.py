@@ -110,10 +110,8 @@ class DegradationPipeline:
             overrides["scale"] = scale
         if overrides:
             cfg = cfg.replace(**overrides)
-        if cfg.pipeline == "first_order" and cls is DegradationPipeline:
-            from .first_order import FirstOrderPipeline  # (it builds on this module)
-
-            cls = FirstOrderPipeline
+        if cls is DegradationPipeline:
+            cls = PIPELINES[cfg.pipeline]
         return cls(cfg, device=device)
 
     @property
@@ -231,3 +229,8 @@ class DegradationPipeline:
         mode = self.config.lq_up_mode
         kwargs = {} if mode in ("nearest", "area") else {"align_corners": False}
         return F.interpolate(lq, size=size, mode=mode, **kwargs).clamp(0, 1)
+
+
+#: The class of each preset ``pipeline`` kind; ``first_order`` registers itself (:mod:`.first_order`,
+#: imported with the package).
+PIPELINES: dict[str, type[DegradationPipeline]] = {"realesrgan": DegradationPipeline}
