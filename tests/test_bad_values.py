@@ -110,12 +110,21 @@ def test_aliases_of_a_sane_size_and_base_recipes_keep_working(tmp_path, capsys):
         ("loss.lpips_net=squeeze9", ["loss.lpips_net='squeeze9' is not valid; choose one of vgg, alex, squeeze"]),
         ("train.output_dir=''", ["train.output_dir is empty"]),
         ("optim.lr=[", ["override 'optim.lr=[': the value is not valid YAML"]),
+        ("student.gumbel_tau=0", ["student.gumbel_tau must be > 0 (got 0.0)", "the release's is 0.5"]),
+        ("student.decode=sample", ["student.decode='sample' is not valid; choose one of argmax, gumbel"]),
+        ("optim.lr_end=1.5", ["optim.lr_end must be in [0, 1] (got 1.5)"]),
     ],
 )
 def test_recipe_values_out_of_range_are_refused_naming_the_field_the_value_and_the_range(capsys, override, fragments):
     code, err = run(capsys, "train", "--recipe", "tiny", "--print-recipe", override)
     assert_refused(code, err, "train", *fragments)
     assert err.count("\n") == 1  # one paragraph
+
+
+def test_a_distillation_with_every_loss_weight_zero_is_refused_saying_which_weights_train(capsys):
+    args = ("train", "--recipe", "tiny", "--print-recipe", "loss.kl=0", "loss.lpips=0", "loss.mse=0")
+    code, err = run(capsys, *args)
+    assert_refused(code, err, "train", "mode=distill with every loss weight 0 trains nothing", "student_cross_entropy")
 
 
 def test_every_numeric_recipe_field_has_a_valid_range():

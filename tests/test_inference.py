@@ -9,6 +9,7 @@ from conftest import exported_student, move_lora
 from PIL import Image
 
 from varestorer.cli import main
+from varestorer.data.samples import sample_image
 from varestorer.distill.model import VARestorerModel
 from varestorer.distill.recipe import load_recipe
 from varestorer.errors import ConfigError
@@ -219,6 +220,40 @@ def test_tiles_that_disagree_are_cross_faded_without_seams(trained, monkeypatch)
     assert _largest_jump(out) < 0.1 / 8  # ...and meet smoothly (a 16 px ramp: ~0.1 / 17 per pixel)
     hard = pipe([flat], prompt="", upscale=4, mode="tile", tile_overlap=0, color_fix="none", output_type="pt").images[0]
     assert _largest_jump(hard) > 0.09  # what a seam looks like
+
+
+def test_a_tiles_output_does_not_depend_on_how_many_images_or_tiles_share_its_forward_pass(trained):
+    """Tiles are restored one per forward pass by default (the release's way): the same tiled
+    output, Gumbel draws included, whatever ``batch_size``, and each tile is what restoring it alone
+    gives. (With several tiles a pass, a batched restorer's float rounding flips LQ bits, and the
+    draws go to other tiles: ``tile_batch_size`` trades that for speed.)"""
+    _, export = trained
+    pipe = VARestorerPipeline.from_pretrained(export)
+    image = sample_image("coffee")[:, :60, :80]  # 240 x 320 out: 4 x 5 tiles of 64 with 16 overlap
+    calls, outputs = [], []
+    restore = pipe.restore_onestep
+
+    def recording(x, prompts, **kw):
+        calls.append(x.clone())
+        outputs.append(restore(x, prompts, **kw))
+        return outputs[-1]
+
+    pipe.restore_onestep = recording
+
+    def run(**kw):
+        g = torch.Generator().manual_seed(3)
+        return pipe([image], prompt="", upscale=4, mode="tile", decode="gumbel", generator=g, output_type="pt", **kw)
+
+    one = run(batch_size=1).images[0]
+    assert all(len(c) == 1 for c in calls) and len(calls) == 20
+    # the first tile restored on its own, from the same generator state: what the tiled pass gave it
+    alone = restore(calls[0], [""], decode="gumbel", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(alone, outputs[0])
+    calls.clear()
+    assert torch.equal(run(batch_size=4).images[0], one)
+    calls.clear()
+    run(batch_size=1, tile_batch_size=4)
+    assert [len(c) for c in calls] == [4] * 5
 
 
 def test_odd_inputs_work_or_fail_clearly(trained, tmp_path):

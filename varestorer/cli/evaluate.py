@@ -271,6 +271,7 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
             upscale=h / chunk[0][1].shape[-2],
             output_type="pt",
             batch_size=args.batch_size,
+            tile_batch_size=args.tile_batch_size,
             **method_kwargs(args, method),
         ).images
 

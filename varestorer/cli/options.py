@@ -142,7 +142,14 @@ def _caption_lookup(path: str):
 def add_running_options(p) -> None:
     """Batch, device, precision and the checkpoints a model names (shared with ``evaluate``)."""
     g = p.add_argument_group("running")
-    g.add_argument("--batch-size", type=number(int, 1), default=4)
+    g.add_argument("--batch-size", type=number(int, 1), default=4, help="images per forward pass (default: 4)")
+    g.add_argument(
+        "--tile-batch-size",
+        type=number(int, 1),
+        default=1,
+        help="tiles of a large image per forward pass (default: 1, the release's: each tile's output "
+        "independent of the others; more is faster on a GPU, its rounding and draws then depend on the batch)",
+    )
     g.add_argument("--device", type=device_name, default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     g.add_argument(
         "--dtype",

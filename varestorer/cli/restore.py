@@ -426,6 +426,7 @@ def _call_kwargs(args) -> dict:
         mode=args.mode,
         tile_overlap=args.tile_overlap,
         batch_size=args.batch_size,
+        tile_batch_size=args.tile_batch_size,
         output_type="pil",
         **method_kwargs(args, args.method),
     )

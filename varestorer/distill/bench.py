@@ -9,8 +9,12 @@ import time
 import torch
 
 from ..data.samples import SampleImages
+from ..inference.bench import RandomText
+from ..presets import get_preset
+from ..tokenizer.loading import build_vae
+from ..transformer.loading import build_transformer
 from .dataloader import collate
-from .model import VARestorerModel
+from .model import VARestorerModel, _step_parts
 from .recipe import recipe_from_dict
 
 #: Dense bf16 peak FLOP/s of common training GPUs (no sparsity), for model FLOPs utilisation.
@@ -49,7 +53,7 @@ def bench_train(
     )
     torch.manual_seed(0)
     with torch.device(dev):
-        model = VARestorerModel.from_recipe(recipe)
+        model = _random_model(recipe)
     model.to(dev).train()
     if gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -104,6 +108,17 @@ def bench_train(
     if peak:
         out["mfu"] = flops / sec / peak
     return out
+
+
+def _random_model(recipe) -> VARestorerModel:
+    """The recipe's model with random weights and nothing from the network: a preset whose text
+    encoder is a Hub model (infinity-2b: flan-t5-xl) gets a stand-in of its width (fixed random
+    features, as ``bench latency`` has; T5 is frozen and outside the step's backward)."""
+    preset = get_preset(recipe.model.preset)
+    if preset.text_encoder == "local":
+        return VARestorerModel.from_recipe(recipe)
+    text = RandomText(preset.transformer["text_channels"], prompt_tokens=30)
+    return VARestorerModel(recipe, build_vae(preset), build_transformer(preset), text, *_step_parts(recipe))
 
 
 def format_result(r: dict) -> str:

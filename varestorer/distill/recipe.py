@@ -396,6 +396,12 @@ class Recipe:
                 "model.init_from fine-tunes an exported one-step model (mode distill): its base transformer and "
                 "VAE come from the export, so leave model.transformer and model.vae null"
             )
+        lw = self.loss
+        if self.mode == "distill" and not any((lw.kl, lw.lpips, lw.mse, lw.student_cross_entropy, lw.encoder_latent)):
+            raise ConfigError(
+                "mode=distill with every loss weight 0 trains nothing: give loss.kl, loss.lpips, loss.mse or "
+                "loss.student_cross_entropy a weight (the paper: kl 0.1, lpips 0.25, mse 0.5; the release: lpips 1, mse 1)"
+            )
         if self.mode == "varsr" and self.student.attention != "causal":
             raise ConfigError("mode=varsr predicts scale by scale: it needs student.attention=causal")
 

@@ -690,6 +690,7 @@ class VARestorerPipeline:
         mode: str = "auto",
         tile_overlap: int | None = None,
         batch_size: int = 4,
+        tile_batch_size: int = 1,
         generator: torch.Generator | None = None,
         decode: str | None = None,
         lq_scales: int | None = None,
@@ -712,6 +713,12 @@ class VARestorerPipeline:
             prompt: one for all, one per image, ``""`` (none: the paper's "w/o prompt") or ``None``
                 (the captioner's, see :meth:`set_captioner`; without one, empty prompts and a warning).
             method: one of :data:`METHODS`.
+            batch_size: images restored per forward pass (those resized to the model's resolution).
+            tile_batch_size: tiles of a large image restored per forward pass. 1 (the default, the
+                released VARestorer's way) makes each tile's output independent of the others: with
+                several, the stage-1 restorer's and the transformer's float rounding, and the order of
+                the Gumbel draws, depend on the batch (a few LQ bits flip per tile). More is faster
+                on a GPU.
             generator: the random draws of the sampling methods (default: ``seed``, 0) and of
                 ``decode="gumbel"`` (default: torch's global generator, as the release draws).
             decode: ``onestep``: ``argmax`` (the most likely bits) or ``gumbel`` (each bit drawn
@@ -735,8 +742,8 @@ class VARestorerPipeline:
         if color_fix is None:  # the model's restorations get the default; baselines stay as defined
             color_fix = self.default_color_fix if method in ("onestep", "varsr") else "none"
         check_color_fix(color_fix)
-        if batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
+        if batch_size < 1 or tile_batch_size < 1:
+            raise ConfigError("batch_size and tile_batch_size must be >= 1")
         if image is None:
             raise ConfigError("pass the image(s) to restore: pipe(image, prompt=...)")
         items = [to_tensor(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
@@ -778,7 +785,7 @@ class VARestorerPipeline:
                 outputs[i] = self.resize(r[None].clamp(0, 1), sizes[i])[0]
             bar.update(len(chunk))
         for i in (i for i, p in enumerate(plans) if p == "tile"):
-            outputs[i] = self._tiled(items[i], sizes[i], _texts(texts, [i]), restore, overlap, batch_size)
+            outputs[i] = self._tiled(items[i], sizes[i], _texts(texts, [i]), restore, overlap, tile_batch_size)
             bar.update(1)
         bar.close()
         self._use()  # with CPU offload: every model back in CPU memory between calls
