@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+from ..degradations import load_preset
 from ..errors import ConfigError, VARestorerError
 from ..presets import get_preset
 from ..resources import find_resource
@@ -89,6 +90,29 @@ def read_evaluation(folder: str | Path) -> dict:
     ):
         raise ConfigError(f"{path} is not a table of results ({{dataset: {{metric: number}}}}); {fix}")
     return rows
+
+
+def _degradation_kind(preset: str) -> str:
+    try:
+        kind = load_preset(preset).pipeline
+    except ConfigError:  # a preset file of the training machine, not here
+        return "its own preset file"
+    return {"realesrgan": "Real-ESRGAN second order", "first_order": "DiffBIR first order"}[kind]
+
+
+def _loss_text(recipe: dict, mode: str) -> str:
+    """The objective a recipe trained with, its zero-weight terms left out (an export's recipe of
+    an older version has no option added since: its default is taken)."""
+    loss, student = recipe["loss"], recipe.get("student", {})
+    if mode != "distill":
+        return f"{loss['cross_entropy']} bitwise cross-entropy"
+    lpips = f"LPIPS ({loss.get('lpips_net', 'vgg')}{', inputs rescaled as pyiqa is called' if loss.get('lpips_rescale') else ''})"
+    terms = [(loss["kl"], "KL to the teacher"), (loss["lpips"], lpips), (loss["mse"], "MSE")]
+    terms.append((loss.get("student_cross_entropy", 0), "bitwise cross-entropy against the HQ tokens"))
+    text = " + ".join(f"{w:g} {name}" for w, name in terms if w)
+    if student.get("decode") == "gumbel":
+        text += f"; the image decoded through a hard Gumbel-softmax straight-through (tau {student.get('gumbel_tau', 0.5):g})"
+    return text + ("" if loss["kl"] else "; no teacher")
 
 
 def _eval_table(folder: Path) -> str | None:
@@ -186,12 +210,7 @@ def render_card(
         tags=["super-resolution", "image-restoration", "visual-autoregressive", "infinity", "lora", "varestorer"],
         datasets=[dataset] if "/" in str(dataset) and not Path(dataset).exists() else None,
     )
-    loss = recipe["loss"]
-    loss_text = (
-        f"{loss['kl']} KL + {loss['lpips']} LPIPS + {loss['mse']} MSE"
-        if config.mode == "distill"
-        else f"{loss['cross_entropy']} bitwise cross-entropy"
-    )
+    loss_text = _loss_text(recipe, config.mode)
     trainable = (
         "LoRA rank {r} on {t}".format(r=recipe["student"]["lora_rank"], t=", ".join(recipe["student"]["lora_targets"]))
         if config.has_adapter
@@ -226,6 +245,7 @@ def render_card(
         trainable=trainable,
         dataset=dataset,
         degradation=recipe["degradation"]["preset"],
+        degradation_kind=_degradation_kind(recipe["degradation"]["preset"]),
         eval_table=_eval_table(folder),
         samples=samples,
         has_encoder=config.has_encoder,
