@@ -10,18 +10,16 @@ from .folder import (
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_VAE_FILE,
     TRANSFORMER_FILE,
-    ExportParts,
     bundle_base,
     copy_export,
-    export_dir,
     export_files,
     find_export,
-    load_export,
     save_weights,
     write_export,
     write_tokenizer_export,
 )
 from .hub import publish, render_card, validate_card
+from .loading import ExportParts, export_dir, load_export
 from .release import import_release
 
 __all__ = [
