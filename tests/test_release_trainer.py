@@ -242,3 +242,19 @@ def test_the_lpips_the_release_optimises_is_pyiqas_lpips_on_its_inputs(monkeypat
     x, y = (torch.rand(3, 3, 64, 64, generator=g) * 2 - 1 for _ in range(2))  # [-1, 1], as the trainer passes
     theirs = metric(x, y)
     torch.testing.assert_close(theirs, ours(x, y, normalize=True).mean(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("recipe", ["varestorer-2b-512-release-trainer", "varestorer-2b-512"])
+def test_bench_train_times_a_shipped_recipes_step_at_a_small_size_with_nothing_from_the_network(capsys, recipe):
+    import json
+
+    from varestorer.cli import main
+
+    code = main(
+        ["bench", "train", "--preset", "tiny", "--recipe", recipe, "--batch", "1", "--steps", "1"]
+        + ["--warmup", "0", "--device", "cpu", "--json"]
+    )
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["recipe"] == recipe and r["resolution"] == 64 and r["sec_per_step"] > 0
+    assert r["trainable_params"] == 53_248  # LoRA r32 on the tiny blocks; the release's form trains no encoder

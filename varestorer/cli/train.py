@@ -60,6 +60,12 @@ def register_bench(sub) -> None:
     p.add_argument("--steps", type=number(int, 1), default=5, help="timed steps (default: 5)")
     p.add_argument("--warmup", type=number(int, 0), default=2, help="untimed steps first (default: 2)")
     p.add_argument("--mode", default="distill", choices=("distill", "teacher", "varsr"))
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="time a recipe's step (its objective, student, degradation, restorer) with random weights at "
+        "--preset/--resolution/--batch, e.g. varestorer-2b-512 or varestorer-2b-512-release-trainer",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument(
         "--device",
@@ -83,8 +89,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from ..distill.memory import estimate_train_memory, format_estimate
         from ..errors import ConfigError
 
-        if args.mode != "distill":
-            raise ConfigError("--device meta estimates the distillation step only (--mode distill)")
+        if args.mode != "distill" or args.recipe:
+            raise ConfigError("--device meta estimates the default distillation step only (no --mode, no --recipe)")
         r = estimate_train_memory(args.preset, resolution, args.batch, args.gradient_checkpointing)
         print(json.dumps(r, indent=2) if args.json else format_estimate(r))
         return 0
@@ -97,6 +103,7 @@ def run_bench(args: argparse.Namespace) -> int:
         device=args.device,
         mode=args.mode,
         gradient_checkpointing=args.gradient_checkpointing,
+        recipe=args.recipe,
     )
     print(json.dumps(r, indent=2) if args.json else format_result(r))
     return 0

@@ -11,11 +11,13 @@ import torch
 from ..data.samples import SampleImages
 from ..inference.bench import RandomText
 from ..presets import get_preset
+from ..restorer.swinir import ARCHITECTURES, SwinIR
 from ..tokenizer.loading import build_vae
 from ..transformer.loading import build_transformer
+from ..transformer.text import TextEncoder
 from .dataloader import collate
 from .model import VARestorerModel, _step_parts
-from .recipe import recipe_from_dict
+from .recipe import Recipe, load_recipe, recipe_from_dict
 
 #: Dense bf16 peak FLOP/s of common training GPUs (no sparsity), for model FLOPs utilisation.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -37,20 +39,29 @@ def bench_train(
     device: str | None = None,
     mode: str = "distill",
     gradient_checkpointing: bool = False,
+    recipe: str | None = None,
 ) -> dict:
+    """Time the step. ``recipe``: a shipped recipe's step (its objective, student, degradation and
+    stage-1 restorer, random weights) at ``preset``, ``resolution`` and ``batch`` instead of the
+    default distillation step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    recipe = recipe_from_dict(
-        {
-            "name": "bench",
-            "mode": mode,
-            "model": {"preset": preset, "random_init": True, "resolution": resolution},
-            "loss": {"lpips_pretrained": False},
-            "student": {"full_finetune": mode == "teacher", "train_encoder": mode != "teacher"},
-            "train": {"global_batch_size": batch, "mixed_precision": "bf16" if dev.type == "cuda" else "no"},
-        }
-    )
+    precision = "bf16" if dev.type == "cuda" else "no"
+    if recipe is not None:
+        recipe = bench_recipe(recipe, preset, resolution, batch, precision)
+        mode = recipe.mode
+    else:
+        recipe = recipe_from_dict(
+            {
+                "name": "bench",
+                "mode": mode,
+                "model": {"preset": preset, "random_init": True, "resolution": resolution},
+                "loss": {"lpips_pretrained": False},
+                "student": {"full_finetune": mode == "teacher", "train_encoder": mode != "teacher"},
+                "train": {"global_batch_size": batch, "mixed_precision": precision},
+            }
+        )
     torch.manual_seed(0)
     with torch.device(dev):
         model = _random_model(recipe)
@@ -89,6 +100,7 @@ def bench_train(
     flops = counter.get_total_flops()
     out = {
         "preset": preset,
+        "recipe": recipe.name,
         "mode": mode,
         "resolution": resolution,
         "batch": batch,
@@ -110,20 +122,45 @@ def bench_train(
     return out
 
 
+def bench_recipe(name: str, preset: str, resolution: int, batch: int, mixed_precision: str) -> Recipe:
+    """A shipped recipe (or a path) at another preset, size and batch, every checkpoint it names
+    replaced by random weights (its stage-1 restorer: a random SwinIR, :func:`_random_model`)."""
+    return load_recipe(
+        name,
+        [
+            f"model.preset={preset}",
+            f"model.resolution={resolution}",
+            "model.random_init=true",
+            "model.transformer=null",
+            "model.vae=null",
+            "model.text_encoder=null",
+            "model.init_from=null",
+            "loss.lpips_pretrained=false",
+            f"train.global_batch_size={batch}",
+            "train.gradient_accumulation_steps=1",
+            f"train.mixed_precision='{mixed_precision}'",
+        ],
+    )
+
+
 def _random_model(recipe) -> VARestorerModel:
     """The recipe's model with random weights and nothing from the network: a preset whose text
     encoder is a Hub model (infinity-2b: flan-t5-xl) gets a stand-in of its width (fixed random
     features, as ``bench latency`` has; T5 is frozen and outside the step's backward)."""
     preset = get_preset(recipe.model.preset)
+    restorer = None
+    if recipe.model.restorer is not None:  # the recipe's stage-1 restorer, random, of the preset's size
+        restorer = SwinIR(**ARCHITECTURES["release" if preset.name == "infinity-2b" else preset.name])
     if preset.text_encoder == "local":
-        return VARestorerModel.from_recipe(recipe)
-    text = RandomText(preset.transformer["text_channels"], prompt_tokens=30)
-    return VARestorerModel(recipe, build_vae(preset), build_transformer(preset), text, *_step_parts(recipe))
+        text = TextEncoder.from_preset(preset)
+    else:
+        text = RandomText(preset.transformer["text_channels"], prompt_tokens=30)
+    return VARestorerModel(recipe, build_vae(preset), build_transformer(preset), text, *_step_parts(recipe), restorer)
 
 
 def format_result(r: dict) -> str:
     lines = [
-        f"bench train: preset {r['preset']} ({r['mode']}), {r['resolution']}px, batch {r['batch']}, "
+        f"bench train: {r['recipe']}, preset {r['preset']} ({r['mode']}), {r['resolution']}px, batch {r['batch']}, "
         f"{r['device_name']}, {r['trainable_params']:,} trainable parameters",
         f"  {r['sec_per_step']:.3f} s/step   {r['images_per_sec']:.2f} images/s   "
         f"{r['flops_per_step'] / 1e12:.2f} TFLOP/step   {r['achieved_tflops']:.2f} TFLOP/s",
