@@ -45,3 +45,25 @@ for split, title in SETS.items():
 text = "\n".join(lines)
 (out / "table.md").write_text(text + "\n")
 print(text)
+
+# what the seed-0 students make of a few images: LQ (bicubic) | paper | release | CE only | HQ
+from PIL import Image, ImageDraw  # noqa: E402
+
+ROWS = {
+    "evaluation": (out / "paper-seed0" / "heldout", ["coffee-a", "aitzgorri-b", "path-a", "summer_1am-a"]),
+    "unseen": (out / "unseen", ["stereo_motorcycle", "retina", "goldfish", "licorice-l"]),
+}
+side = 128
+cols = ["LQ (bicubic)", *OBJECTIVES, "HQ"]
+for split, (pairs, names) in ROWS.items():
+    sheet = Image.new("RGB", (len(cols) * (side + 4), len(names) * (side + 4) + 14), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(cols):
+        draw.text((c * (side + 4) + 2, 1), label, fill="black")
+    for r, name in enumerate(names):
+        tiles = [Image.open(pairs / "lq" / f"{name}.png").convert("RGB")]
+        tiles += [Image.open(out / f"{obj}-seed0" / split / "onestep" / f"{name}.png").convert("RGB") for obj in OBJECTIVES]
+        tiles += [Image.open(pairs / "hq" / f"{name}.png").convert("RGB")]
+        for c, im in enumerate(tiles):
+            sheet.paste(im.resize((side, side), Image.Resampling.BICUBIC), (c * (side + 4), 14 + r * (side + 4)))
+    sheet.save(out / f"strip-{split}.png")
