@@ -62,7 +62,9 @@ for split, (pairs, names) in ROWS.items():
         draw.text((c * (side + 4) + 2, 1), label, fill="black")
     for r, name in enumerate(names):
         tiles = [Image.open(pairs / "lq" / f"{name}.png").convert("RGB")]
-        tiles += [Image.open(out / f"{obj}-seed0" / split / "onestep" / f"{name}.png").convert("RGB") for obj in OBJECTIVES]
+        tiles += [
+            Image.open(out / f"{obj}-seed0" / split / "onestep" / f"{name}.png").convert("RGB") for obj in OBJECTIVES
+        ]
         tiles += [Image.open(pairs / "hq" / f"{name}.png").convert("RGB")]
         for c, im in enumerate(tiles):
             sheet.paste(im.resize((side, side), Image.Resampling.BICUBIC), (c * (side + 4), 14 + r * (side + 4)))

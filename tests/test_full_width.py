@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from varestorer.distill.checkpointing import TRAINABLE_FILE
 from varestorer.distill.recipe import load_recipe
 from varestorer.distill.trainer import train
-from varestorer.export import import_release
+from varestorer.export import import_release, save_weights
 from varestorer.inference.pipeline import VARestorerPipeline
 from varestorer.presets import get_preset
+from varestorer.tokenizer.loading import build_vae
 from varestorer.transformer.loading import build_transformer
 from varestorer.transformer.lora import DEFAULT_TARGETS
 
@@ -45,7 +46,10 @@ def release_checkpoint(path, rank=32):
 def test_a_2b_wide_release_imports_restores_trains_a_step_exports_and_reloads(tmp_path):
     model = release_checkpoint(tmp_path / "varestorer.pth")
     assert (model.config.embed_dim, model.config.num_heads, model.config.text_channels) == (2048, 16, 2048)
-    imported = import_release(tmp_path / "varestorer.pth", tmp_path / "imported", preset="tiny", rank=32)
+    save_weights(build_vae("tiny").state_dict(), tmp_path / "vae.safetensors")
+    imported = import_release(
+        tmp_path / "varestorer.pth", tmp_path / "imported", vae=tmp_path / "vae.safetensors", preset="tiny", rank=32
+    )
     image = torch.rand(3, 16, 16)
     pipe = VARestorerPipeline.from_pretrained(imported)
     before = pipe(image, prompt="", decode="argmax", output_type="pt").images[0]
