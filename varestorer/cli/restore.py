@@ -459,6 +459,9 @@ def _save_compare(lq, restored, path: Path, method: str) -> None:
     save_image(comparison_strip([lq, res], ["input", method]), path, format="PNG")
 
 
+SDPA_BACKENDS = ("default", "math", "flash", "efficient", "cudnn")
+
+
 def register_bench(sub) -> None:
     p = sub.add_parser(
         "latency",
@@ -471,6 +474,13 @@ def register_bench(sub) -> None:
     p.add_argument("--repeats", type=number(int, 1), default=3, help="timed calls per method (default: 3)")
     p.add_argument("--warmup", type=number(int, 0), default=1, help="untimed calls first (default: 1)")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
+    p.add_argument(
+        "--sdpa",
+        default="default",
+        choices=SDPA_BACKENDS,
+        help="the attention kernel torch may use (default: its own choice; flash and efficient need a GPU)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer first (its time: warm-up)")
     p.set_defaults(func=run_bench)
 
 
@@ -513,6 +523,8 @@ def run_bench(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         methods=methods,
+        sdpa=args.sdpa,
+        compile=args.compile,
     )
     print(json.dumps(r, indent=2) if args.json else format_latency(r))
     return 0

@@ -87,8 +87,13 @@ def bench_latency(
     device: str | None = None,
     dtype: str | None = None,
     methods: tuple[str, ...] = TIMED,
+    sdpa: str = "default",
+    compile: bool = False,
 ) -> dict:
-    """Seconds per image of each method (see the module doc); ratios to ``onestep``."""
+    """Seconds per image of each method (see the module doc); ratios to ``onestep``. ``sdpa``: the
+    attention kernel allowed (``default``: torch's choice; ``math``, ``flash``, ``efficient``,
+    ``cudnn``); ``compile``: ``torch.compile`` the transformer first (compilation falls in the
+    untimed warm-up calls)."""
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     res = resolution or get_preset(preset).resolution
@@ -97,13 +102,16 @@ def bench_latency(
     pipe.to(dev, dt)
     x = torch.rand(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(dev)
     prompts = ["a photo"] * batch
+    if compile:
+        pipe.transformer.compile()
     rows = {}
     for m in methods:
         pipe.config = pipe.config.replace(
             mode="varsr" if m == "varsr" else "distill"
         )  # the same weights read as either model
         restore = pipe.restorer(m)
-        sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
+        with _sdpa(sdpa):
+            sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
         rows[m] = {"sec_per_image": sec / batch}
     ref = rows.get("onestep", {}).get("sec_per_image")
     for r in rows.values():
@@ -119,14 +127,34 @@ def bench_latency(
         "device_name": name,
         "dtype": str(dt).removeprefix("torch."),
         "sampler": get_preset(preset).sampler.as_kwargs(),
+        "sdpa": sdpa,
+        "compile": compile,
         "methods": rows,
     }
+
+
+def _sdpa(backend: str):
+    """A context allowing only ``backend`` in ``scaled_dot_product_attention`` (``default``: any)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if backend == "default":
+        return contextlib.nullcontext()
+    kinds = {
+        "math": SDPBackend.MATH,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
+    return sdpa_kernel(kinds[backend])
 
 
 def format_latency(r: dict) -> str:
     lines = [
         f"bench latency: preset {r['preset']}, {r['resolution']}px ({r['scales']} scales), batch {r['batch']}, "
-        f"{r['device_name']} {r['dtype']}; sampler {r['sampler']}",
+        f"{r['device_name']} {r['dtype']}; sampler {r['sampler']}; attention {r.get('sdpa', 'default')}"
+        f"{', compiled' if r.get('compile') else ''}",
         f"  {'method':<10} {'s/image':>10} {'x onestep':>10}",
     ]
     for m, row in r["methods"].items():
