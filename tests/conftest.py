@@ -19,6 +19,19 @@ def move_lora(model, std: float = 0.05):
     return model
 
 
+def spread_lora(model, seed: int = 1):
+    """A student far from its base: random LoRA up-projections (std 0.5) and a head of full size
+    (the random base starts at p = 1/2 for every bit), so every loss term and bit differs. Returns
+    ``model``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.transformer.head.weight.mul_(50)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
 def exported_student(root, *overrides: str):
     """A tiny student (seed 0, recipe ``tiny`` with ``overrides``), its LoRA moved (:func:`move_lora`),
     in eval mode and exported to ``root/export``: ``(model, export folder)``."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import spread_lora
 from safetensors.torch import load_file
 
 from varestorer.distill.checkpointing import TRAINABLE_FILE
@@ -158,16 +159,6 @@ def _scale_weights_by_hand(schedule):
     return w / w.sum()
 
 
-def _randomize_lora(model, seed=1):
-    """Random LoRA weights and a head of full size (the random base starts at p = 1/2 for every bit)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.transformer.head.weight.mul_(50)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
 class Calls:
     """Records every call of the base transformer: its inputs, mask mode and whether LoRA was on."""
 
@@ -205,7 +196,7 @@ class Calls:
 
 
 def test_the_total_loss_is_0_1_kl_plus_0_25_lpips_plus_0_5_mse_computed_independently(model):
-    _randomize_lora(model)  # a student far from the teacher: every term matters
+    spread_lora(model)  # a student far from the teacher: every term matters
     batch = fixed_batch()
     calls = Calls(model)
     with torch.no_grad():
@@ -287,7 +278,7 @@ def test_kv_cached_sampling_with_the_hq_bits_given_reproduces_the_teacher_forced
     from varestorer.transformer.sampling import sample
 
     batch = fixed_batch()
-    _randomize_lora(model)
+    spread_lora(model)
     x_hq, _, seeds = model.degrade(batch)
     text = model._text(batch["caption"], seeds)
     tokens = model.vae.tokenize(x_hq, model.schedule)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import spread_lora
 
 from varestorer.distill.dataloader import RandomHFlip, collate
 from varestorer.distill.losses import gumbel_straight_through_bits, token_weights
@@ -37,17 +38,6 @@ def with_restorer(tmp_path, *overrides):
     save_restorer(SwinIR(**TINY_CONFIG), path)
     torch.manual_seed(0)
     return VARestorerModel.from_recipe(release_recipe(tmp_path, f"model.restorer={path}", *overrides))
-
-
-def spread_lora(model, seed=1):
-    """A student far from its base (random LoRA, a head of full size): bits that differ, every term > 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.transformer.head.weight.mul_(50)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model
 
 
 def student_inputs(model, b):
