@@ -575,3 +575,28 @@ def test_restore_runs_the_restorer_method_and_the_release_options_from_the_comma
             ["restore", str(tmp_path / "in.png"), "-o", str(dest), "--model", str(out), "--caption", "none", *args]
         )
         assert code == 0 and Image.open(dest / "in.png").size == (64, 64), args
+
+
+def test_the_streamed_writer_writes_what_safetensors_reads_back_converted_tensor_by_tensor(tmp_path):
+    """The import writes the 2B base tensor by tensor (peak RSS 1.34x the 4.16 GiB bf16 file, measured,
+    against 3.3x when the whole float32 copy was made first): the file is plain safetensors."""
+    from safetensors.torch import load_file
+
+    from varestorer.export.folder import save_weights_streamed
+
+    state = {
+        "b.weight": torch.randn(3, 5).bfloat16(),
+        "a.bias": torch.randn(7, dtype=torch.float16),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+        "steps": torch.arange(6).view(2, 3),
+        "mask": torch.tensor([True, False, True]),
+    }
+    save_weights_streamed(state, tmp_path / "w.safetensors", torch.float32)
+    back = load_file(str(tmp_path / "w.safetensors"))
+    assert back.keys() == state.keys()
+    for k, v in state.items():
+        want = v.float() if v.is_floating_point() else v
+        assert back[k].dtype == want.dtype and torch.equal(back[k], want), k
+    save_weights_streamed(state, tmp_path / "same.safetensors")  # no dtype: as they are
+    assert all(torch.equal(load_file(str(tmp_path / "same.safetensors"))[k], v) for k, v in state.items())

@@ -77,6 +77,52 @@ def save_weights(state: dict, path: str | Path) -> None:
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def save_weights_streamed(state: dict, path: str | Path, dtype: torch.dtype | None = None) -> None:
+    """A state dict as safetensors, written one tensor at a time, each floating tensor converted to
+    ``dtype`` (if given) just before it is written: memory holds the source (a memory-mapped
+    checkpoint costs no copy) and one converted tensor, never the whole converted state (what
+    :func:`save_weights` needs). Under a temporary name, renamed when complete."""
+
+    def out_dtype(t):
+        return dtype if dtype is not None and t.is_floating_point() else t.dtype
+
+    names = sorted(state)
+    header, offset = {}, 0
+    for k in names:
+        t = state[k]
+        size = t.numel() * torch.empty((), dtype=out_dtype(t)).element_size()
+        header[k] = {
+            "dtype": _SAFETENSORS_DTYPES[out_dtype(t)],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for k in names:
+            t = state[k].detach().to("cpu", out_dtype(state[k])).contiguous()
+            if t.numel():
+                f.write(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no bytes copy
+
+
 def write_export(
     out: str | Path,
     *,

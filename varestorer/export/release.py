@@ -39,7 +39,14 @@ from ..transformer.infinity import InfinityTransformer
 from ..transformer.loading import load_transformer_state
 from ..transformer.lora import ADAPTER_WEIGHTS_FILE, DEFAULT_TARGETS, PEFT_PREFIX, lora_config
 from .config import RESTORER_FILE, ExportConfig
-from .folder import BASE_TRANSFORMER_FILE, BASE_VAE_FILE, check_export_target, new_export, save_weights
+from .folder import (
+    BASE_TRANSFORMER_FILE,
+    BASE_VAE_FILE,
+    check_export_target,
+    new_export,
+    save_weights,
+    save_weights_streamed,
+)
 
 RELEASE_REPO = "EternalEvan/VARestorer"
 RELEASE_WEIGHTS = "EvanEternal/VARestorer"  # the Hub repo of weights/varestorer.pth
@@ -204,9 +211,8 @@ def import_release(
     ).validate()
     # written beside ``out`` and swapped in: an interrupted import leaves no half folder
     with new_export(out, overwrite=overwrite) as tmp:
-        save_weights(
-            {k: v.float() if v.is_floating_point() else v for k, v in base.items()}, tmp / BASE_TRANSFORMER_FILE
-        )
+        # tensor by tensor from the memory-mapped checkpoint: no converted copy of the 2B base in memory
+        save_weights_streamed(base, tmp / BASE_TRANSFORMER_FILE, torch.float32)
         peft_config = lora_config(rank=rank)
         peft_config.inference_mode = True
         peft_config.save_pretrained(str(tmp))
