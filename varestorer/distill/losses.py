@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..tokenizer.schedules import Scale
+from ..transformer.sampling import gumbel_noise
 
 #: Ways to weigh the tokens of the scales (``loss.scale_weighting``; see :func:`token_weights`).
 SCALE_WEIGHTINGS = ("infinity", "per_scale", "flat")
@@ -87,9 +88,7 @@ def gumbel_straight_through_bits(logits: Tensor, tau: float, seeds: list[int]) -
     u = torch.stack(
         [torch.rand(logits.shape[1:], generator=torch.Generator().manual_seed(int(s) + 2)) for s in seeds]
     ).to(logits.device)
-    eps = 1e-20
-    gumbel = -torch.log(-torch.log(u + eps) + eps)
-    soft = F.softmax((logits.float() + gumbel) / tau, dim=-1)
+    soft = F.softmax((logits.float() + gumbel_noise(u)) / tau, dim=-1)
     hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
     return (hard - soft.detach() + soft)[..., 1]
 

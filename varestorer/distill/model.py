@@ -264,13 +264,11 @@ class VARestorerModel(TrainingModule):
         pipeline runs it, unless ``model.restorer_clamp``: its input and output clamped to [0, 1],
         as the released trainer runs it)."""
         if self.restorer is not None:
+            clamp = self.recipe.model.restorer_clamp
             with torch.no_grad():
                 x = (lq_up + 1) / 2
-                if self.recipe.model.restorer_clamp:
-                    x = self.restorer(x.clamp(0, 1)).float().clamp(0, 1)
-                else:
-                    x = self.restorer(x).float()
-                lq_up = x * 2 - 1
+                x = self.restorer(x.clamp(0, 1) if clamp else x).float()
+                lq_up = (x.clamp(0, 1) if clamp else x) * 2 - 1
         return self.lq_encoder(lq_up).float()
 
     def lq_tokens(self, lq_up: Tensor | None = None, latent: Tensor | None = None):
@@ -361,12 +359,8 @@ class VARestorerModel(TrainingModule):
             kl = bitwise_kl(self.teacher_logits(text, hq_tokens), s_logits, self.schedule, lw.scale_weighting)
         # the student's bitwise cross-entropy against the HQ tokens: trained when weighed, else only
         # logged (the released trainer's "Lm"), with no graph
-        labels = hq_tokens.bit_labels()
-        if lw.student_cross_entropy > 0:
-            ce = bitwise_cross_entropy(s_logits, labels, self.schedule, lw.scale_weighting)
-        else:
-            with torch.no_grad():
-                ce = bitwise_cross_entropy(s_logits.detach(), labels, self.schedule, lw.scale_weighting)
+        with contextlib.nullcontext() if lw.student_cross_entropy > 0 else torch.no_grad():
+            ce = bitwise_cross_entropy(s_logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
         loss = lw.kl * kl + lw.student_cross_entropy * ce
         out = {"kl": kl.detach(), "cross_entropy": ce.detach()}
         weighed = lw.mse > 0 or lw.lpips > 0  # else the image is decoded for the log only, with no graph

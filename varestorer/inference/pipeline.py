@@ -41,7 +41,7 @@ from ..export.config import DECODINGS
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
 from ..transformer.lora import adapters_disabled, is_adapted
-from ..transformer.sampling import sample
+from ..transformer.sampling import gumbel_noise, sample
 from ..transformer.text import TextFeatures
 from .color import DEFAULT_COLOR_FIX, check_color_fix
 from .color import color_fix as apply_color_fix
@@ -89,8 +89,7 @@ def gumbel_bits(logits: Tensor, schedule, generator: torch.Generator | None = No
     for part, (h, w) in zip(MultiScaleBSQ.split_sequence(logits.float(), schedule), schedule):
         flat = part.reshape(part.shape[0], -1, 2)
         u = torch.rand(flat.shape, generator=generator, dtype=torch.float32).to(flat.device)
-        g = -torch.log(-torch.log(u + 1e-20) + 1e-20)
-        bits.append(((flat + g).argmax(-1) == 1).float().view(part.shape[0], h, w, -1))
+        bits.append(((flat + gumbel_noise(u)).argmax(-1) == 1).float().view(part.shape[0], h, w, -1))
     return bits
 
 

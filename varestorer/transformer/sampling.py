@@ -70,6 +70,12 @@ def sample_bits(logits: Tensor, top_k: int = 0, top_p: float = 0.0, generator: t
     return torch.multinomial(probs.reshape(-1, 2), 1, generator=generator).view(probs.shape[:-1])
 
 
+def gumbel_noise(u: Tensor) -> Tensor:
+    """Gumbel noise from uniform draws ``u``, as the released VARestorer's ``GumbelArgmax`` makes it:
+    ``-log(-log(u + 1e-20) + 1e-20)`` (its inference and its trainer's image path)."""
+    return -torch.log(-torch.log(u + 1e-20) + 1e-20)
+
+
 def next_scale_input(summed: Tensor, size: Scale) -> Tensor:
     """Summed codes ``(B, d, H, W)`` -> the next scale's input tokens ``(B, h*w, d)`` (trilinear)."""
     return trilinear_resize(summed, tuple(size)).flatten(2).transpose(1, 2)
