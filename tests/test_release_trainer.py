@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import spread_lora
 
+from varestorer.distill import model as model_module
 from varestorer.distill.dataloader import RandomHFlip, collate
 from varestorer.distill.losses import gumbel_straight_through_bits, token_weights
 from varestorer.distill.model import VARestorerModel
@@ -98,8 +99,19 @@ def test_gradients_reach_every_lora_weight_through_the_gumbel_straight_through_a
     assert model.teacher is None
     for name, part in frozen.items():
         assert not any(p.requires_grad for p in part.parameters()), name
-    out = model(batch())
-    assert not out["cross_entropy"].requires_grad  # logged only: no graph behind it
+    seen = []
+    real_ce = model_module.bitwise_cross_entropy
+
+    def recording(*a, **k):
+        seen.append(real_ce(*a, **k))
+        return seen[-1]
+
+    model_module.bitwise_cross_entropy = recording
+    try:
+        out = model(batch())
+    finally:
+        model_module.bitwise_cross_entropy = real_ce
+    assert len(seen) == 1 and not seen[0].requires_grad  # logged only: computed without a graph
     out["loss"].backward()
     lora = {n: p for n, p in model.transformer.named_parameters() if "lora_" in n}
     assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values()), [
@@ -248,3 +260,11 @@ def test_bench_train_times_a_shipped_recipes_step_at_a_small_size_with_nothing_f
     r = json.loads(capsys.readouterr().out)
     assert r["recipe"] == recipe and r["resolution"] == 64 and r["sec_per_step"] > 0
     assert r["trainable_params"] == 53_248  # LoRA r32 on the tiny blocks; the release's form trains no encoder
+
+
+def test_no_teacher_is_built_when_no_loss_needs_one_even_for_full_fine_tuning(tmp_path):
+    torch.manual_seed(0)
+    without = VARestorerModel.from_recipe(release_recipe(tmp_path, "student.full_finetune=true"))
+    assert without.teacher is None and not without.uses_teacher
+    with_kl = VARestorerModel.from_recipe(release_recipe(tmp_path, "student.full_finetune=true", "loss.kl=0.1"))
+    assert with_kl.teacher is not None and with_kl.uses_teacher  # the frozen copy the KL reads
