@@ -88,8 +88,15 @@ def write_t5(out: Path) -> None:
     text = out / "corpus.txt"
     text.write_text("\n".join(corpus()))
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(out / "spiece"), vocab_size=4000, hard_vocab_limit=False,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+        input=str(text),
+        model_prefix=str(out / "spiece"),
+        vocab_size=4000,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
     )
     text.unlink()
     (out / "spiece.vocab").unlink()
@@ -102,8 +109,13 @@ def write_blip(out: Path) -> None:
     """BLIP-large (ViT-L 384 + BERT-base decoder) with random weights and a BERT WordPiece
     vocabulary of exactly BLIP's 30,524 ids ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103,
     [DEC] 30522, [ENC] 30523), so every id the random decoder draws decodes."""
-    from transformers import BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
-    from transformers import BlipProcessor
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     words = sorted({w.lower().strip(".,;:()`*|[]") for ln in corpus() for w in ln.split()} - {""})
@@ -115,7 +127,9 @@ def write_blip(out: Path) -> None:
     )
     torch.manual_seed(0)
     BlipForConditionalGeneration(BlipConfig(**BLIP_LARGE)).save_pretrained(out)
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer=tokenizer)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer=tokenizer
+    )
     processor.save_pretrained(out)
 
 

@@ -641,6 +641,32 @@ def test_bench_train_prints_its_figures(capsys):
     assert r["flops_per_step"] > 0 and r["peak_rss_gib"] > 0
 
 
+def test_bench_train_runs_the_step_under_bf16_autocast_on_a_cpu_when_asked(capsys, monkeypatch):
+    """--mixed-precision bf16 on a CPU: the step runs under CPU bf16 autocast (float32 weights), as
+    accelerate trains; --no-flop-count skips the extra counted step."""
+    import json
+
+    from varestorer.cli import main
+    from varestorer.distill.model import VARestorerModel
+
+    seen, forward = [], VARestorerModel.forward
+
+    def spy(self, *a, **k):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(VARestorerModel, "forward", spy)
+    args = ["bench", "train", "--preset", "tiny", "--batch", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+    assert main(args + ["--mixed-precision", "bf16", "--no-flop-count", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["mixed_precision"] == "bf16" and r["flops_per_step"] is None
+    assert seen == [(True, torch.bfloat16)]  # one step: no FLOP-counting step
+    seen.clear()
+    assert main(args + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mixed_precision"] == "no"
+    assert [on for on, _ in seen] == [False, False]  # the timed step and the counted one
+
+
 def test_the_memory_estimate_adds_up_weights_state_and_saved_activations(capsys):
     """bench train --device meta: the step on fake tensors under bf16 autocast; checkpointing the
     blocks lowers only the transformer's share; the figures are marked as estimated."""

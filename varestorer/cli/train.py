@@ -68,6 +68,19 @@ def register_bench(sub) -> None:
     )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16"),
+        default=None,
+        help="bf16 autocast over float32 weights, as accelerate trains (default: bf16 on a GPU, no on a CPU; "
+        "a CPU with bfloat16 kernels runs bf16 too)",
+    )
+    p.add_argument(
+        "--no-flop-count",
+        dest="count_flops",
+        action="store_false",
+        help="skip the extra step under torch's FLOP counter (on a CPU it costs a step's time)",
+    )
+    p.add_argument(
         "--device",
         type=meta_device_name,
         default=None,
@@ -104,6 +117,8 @@ def run_bench(args: argparse.Namespace) -> int:
         mode=args.mode,
         gradient_checkpointing=args.gradient_checkpointing,
         recipe=args.recipe,
+        mixed_precision=args.mixed_precision,
+        count_flops=args.count_flops,
     )
     print(json.dumps(r, indent=2) if args.json else format_result(r))
     return 0
