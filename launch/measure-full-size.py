@@ -73,8 +73,9 @@ def warm(args) -> None:
     from varestorer.inference.pipeline import VARestorerPipeline
 
     t0 = time.perf_counter()
-    pipe = VARestorerPipeline.from_pretrained(args.model, text_encoder=args.text_encoder)
-    pipe.to("cpu", getattr(torch, args.dtype))  # as `varestorer restore --device cpu --dtype` does
+    dtype = getattr(torch, args.dtype)  # as `varestorer restore --device cpu --dtype` loads it
+    pipe = VARestorerPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, torch_dtype=dtype)
+    pipe.to("cpu", dtype)
     pipe.set_captioner(BlipCaptioner(args.caption_model, device="cpu"), caption_from="restorer")
     load = time.perf_counter() - t0
     image = Image.open(args.image)
@@ -171,7 +172,8 @@ def user(vr, full, imported, lq, out, results) -> None:
         "train.report_to=none",
         f"train.output_dir={run_dir}",
     ]
-    r = run("user-train", vr + ["train", "varestorer-2b-512-release-trainer", *overrides, "--overwrite"], out, results)
+    cmd = vr + ["train", "varestorer-2b-512-release-trainer", *overrides, "--overwrite"]
+    r = run("user-train", cmd, out, results, env={"ACCELERATE_MIXED_PRECISION": "bf16"})  # CPU bf16 autocast
     if r["rc"] != 0:
         return
     export = out / "export"

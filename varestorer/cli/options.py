@@ -264,8 +264,10 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
         return _Bicubic(getattr(args, "upscale", None) or 4.0)
     from ..inference import VARestorerPipeline
 
-    pipe = VARestorerPipeline.from_pretrained(args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder)
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    pipe = VARestorerPipeline.from_pretrained(
+        args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder, torch_dtype=getattr(torch, dtype)
+    )
     if getattr(args, "offload", False):
         pipe.to(dtype=getattr(torch, dtype)).enable_model_cpu_offload(device)
     else:

@@ -68,7 +68,12 @@ def _mixed_precision(recipe: Recipe) -> str | None:
         return None
     wanted = recipe.train.mixed_precision
     if wanted != "no" and not torch.cuda.is_available():
-        logger.info("train.mixed_precision=%s needs a GPU; running in float32", wanted)
+        logger.info(
+            "train.mixed_precision=%s: no GPU, training in float32 (a CPU with bfloat16 kernels trains in bf16 "
+            "autocast with ACCELERATE_MIXED_PRECISION=bf16 or accelerate launch --mixed_precision bf16: "
+            "Infinity-2B's step 2.5x faster, a third less memory; docs/real-size.md)",
+            wanted,
+        )
         return "no"
     return wanted
 

@@ -82,6 +82,7 @@ def load_export(
     vae: str | Path | None = None,
     text_encoder: str | Path | None = None,
     revision: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ExportParts:
     """Load an export folder (or a Hub repo id holding one) into its parts.
 
@@ -90,6 +91,9 @@ def load_export(
             export names (``base_transformer``; ``None`` there: the preset's official weights).
             Not needed with a merged or whole-transformer export.
         vae, text_encoder: likewise for the VAE and the T5 encoder.
+        dtype: the transformer and a Hub T5 read in it, tensor by tensor (``None``: float32, T5
+            as :meth:`TextEncoder.from_pretrained` chooses): the memory of that dtype only, never
+            a float32 copy first.
     """
     folder = export_dir(model, revision)
     if not (folder / CONFIG_FILE).is_file() and list(folder.glob(f"*/{CONFIG_FILE}")) + list_checkpoints(folder):
@@ -114,14 +118,15 @@ def load_export(
             f"so the base would restore without it; re-export the model (varestorer export RUN OUT)"
         )
 
+    weights = dtype or torch.float32
     vae_source = vae or local(BASE_VAE_FILE) or config.base_vae
     the_vae = _explain(lambda: load_vae(preset, vae_source), "VAE", "vae", vae_source)
     adapter = config.has_adapter and local("adapter_model.safetensors")
     if local(TRANSFORMER_FILE):  # full fine-tuning / teacher mode: the whole transformer
-        transformer = load_transformer(preset, local(TRANSFORMER_FILE))
+        transformer = load_transformer(preset, local(TRANSFORMER_FILE), dtype=weights)
         adapter = False
     elif local(MERGED_FILE) and base is None:
-        transformer = load_transformer(preset, local(MERGED_FILE))
+        transformer = load_transformer(preset, local(MERGED_FILE), dtype=weights)
         adapter = False
     else:
         if config.has_adapter and not adapter:
@@ -130,7 +135,9 @@ def load_export(
                 f"re-export it with varestorer export"
             )
         source = base or local(BASE_TRANSFORMER_FILE) or config.base_transformer
-        transformer = _explain(lambda: load_transformer(preset, source), "base transformer", "base", source)
+        transformer = _explain(
+            lambda: load_transformer(preset, source, dtype=weights), "base transformer", "base", source
+        )
     if adapter:
         try:
             load_adapter(transformer, folder)
@@ -148,7 +155,9 @@ def load_export(
                 f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}; re-export the model"
             )
         load_encoder(encoder, local(ENCODER_FILE))
-    text = TextEncoder.from_preset(preset, text_encoder or config.text_encoder)
+    source = text_encoder or config.text_encoder
+    hub_t5 = dtype is not None and str(source or preset.text_encoder) != "local"
+    text = TextEncoder.from_preset(preset, source, **({"dtype": dtype} if hub_t5 else {}))
     restorer = None
     if config.restorer is not None:
         if not local(config.restorer):

@@ -182,6 +182,7 @@ class VARestorerPipeline:
         text_encoder: str | Path | None = None,
         merge_lora: bool = True,
         revision: str | None = None,
+        torch_dtype: torch.dtype | None = None,
     ) -> VARestorerPipeline:
         """Load an export folder (``varestorer export``, a run's ``final/``) or a Hub repo id.
 
@@ -192,8 +193,14 @@ class VARestorerPipeline:
             vae, text_encoder: likewise for the VAE and the T5 encoder.
             merge_lora: merge the LoRA into the base weights for speed (``fuse_lora``;
                 reversible: the sampling methods unfuse it).
+            torch_dtype: read the transformer and T5 in this dtype (``torch.bfloat16``: half the
+                memory of float32, and no float32 copy on the way; the LoRA is then merged in it,
+                as PEFT merges into a bfloat16 base). ``None``: float32; ``.to(dtype=...)`` later
+                casts, after a float32 peak.
         """
-        parts = load_export(model, base=base, vae=vae, text_encoder=text_encoder, revision=revision)
+        parts = load_export(
+            model, base=base, vae=vae, text_encoder=text_encoder, revision=revision, dtype=torch_dtype
+        )
         pipe = cls(
             parts.vae,
             parts.encoder,

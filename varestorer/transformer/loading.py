@@ -143,8 +143,9 @@ def load_transformer(
     preset = get_preset(preset)
     source = checkpoint if checkpoint is not None else preset.default_weights(preset.transformer_file)
     path = resolve_file(source, preset.transformer_file)
-    state, unused = _transformer_weights(read_file(path))
-    state = cast_floats(state, dtype)  # the dtype asked for, whatever the file's (a shipped base is float16)
+    # the dtype asked for, whatever the file's (a shipped base is float16), cast tensor by tensor
+    state, unused = _transformer_weights(read_file(path, dtype))
+    state = cast_floats(state, dtype)  # a torch file's nested state dict
     with torch.device("meta"):
         model = build_transformer(preset)
     load_transformer_state(model, state, source=str(path), unused_top_level=unused)

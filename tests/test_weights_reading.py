@@ -1,0 +1,85 @@
+"""Reading weights in the dtype they are used in, a tensor at a time: a float32 base loaded for a
+bfloat16 restoration costs the bfloat16 copy only, never the file next to it (the 2B base: 4.4 GB
+instead of 8.8 + 4.4)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import exported_student
+from varestorer.checkpoints import read_file
+from varestorer.errors import CheckpointError
+from varestorer.inference.pipeline import VARestorerPipeline
+
+
+def mixed_state():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "f32": torch.randn(3, 5, generator=g),
+        "bf16": torch.randn(7, generator=g).bfloat16(),
+        "f16": torch.randn(2, 2, 2, generator=g).half(),
+        "i64": torch.arange(6).reshape(2, 3),
+        "flag": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
+    }
+
+
+def test_a_safetensors_file_reads_as_safetensors_reads_it_and_casts_only_floats(tmp_path):
+    save_file(mixed_state(), tmp_path / "w.safetensors")
+    theirs = load_file(tmp_path / "w.safetensors")
+    ours = read_file(tmp_path / "w.safetensors")
+    assert ours.keys() == theirs.keys()
+    for k, v in theirs.items():
+        assert ours[k].dtype == v.dtype and ours[k].shape == v.shape and torch.equal(ours[k], v), k
+    cast = read_file(tmp_path / "w.safetensors", torch.bfloat16)
+    for k, v in theirs.items():
+        want = v.to(torch.bfloat16) if v.is_floating_point() else v
+        assert cast[k].dtype == want.dtype and torch.equal(cast[k], want), k
+
+
+def test_a_truncated_safetensors_file_is_still_refused_naming_it(tmp_path):
+    save_file(mixed_state(), tmp_path / "w.safetensors")
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "w.safetensors").write_bytes(data[:-10])
+    with pytest.raises(CheckpointError, match="w.safetensors.*damaged"):
+        read_file(tmp_path / "w.safetensors", torch.bfloat16)
+
+
+PEAK = """
+import json, resource, sys, torch
+from varestorer.checkpoints import read_file
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+state = read_file(sys.argv[1], torch.bfloat16) if sys.argv[1] != "-" else {}
+print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def test_reading_float32_weights_as_bfloat16_never_holds_the_file_beside_its_copy(tmp_path):
+    """200 MB of float32 read as bfloat16 (100 MB): the process grows by the copy and about one tensor
+    (50 MB), not by the file (200 MB) plus the copy, as reading it whole and then casting does."""
+    save_file({f"w{i}": torch.ones(1024, 12_800) for i in range(4)}, tmp_path / "w.safetensors")
+    mb = {}
+    for arg in ("-", str(tmp_path / "w.safetensors")):
+        out = subprocess.run([sys.executable, "-c", PEAK, arg], capture_output=True, text=True, check=True).stdout
+        r = json.loads(out)
+        mb[arg] = (r["peak"] - r["base"]) / 1024
+    grown = mb[str(tmp_path / "w.safetensors")] - mb["-"]
+    assert 90 < grown < 180, mb  # the 100 MB copy and one 50 MB tensor at most; whole: 300 MB and more
+
+
+def test_a_pipeline_loaded_in_bfloat16_holds_the_float32_weights_rounded_once(tmp_path):
+    _, folder = exported_student(tmp_path)
+    full = VARestorerPipeline.from_pretrained(folder, merge_lora=False)
+    half = VARestorerPipeline.from_pretrained(folder, merge_lora=False, torch_dtype=torch.bfloat16)
+    ours, theirs = half.transformer.state_dict(), full.transformer.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert any("lora_" in k for k in ours)
+    for k, v in theirs.items():  # the adapter too: in the dtype PEFT gives it, the same values
+        want = v.to(ours[k].dtype if "lora_" in k else torch.bfloat16) if v.is_floating_point() else v
+        assert ours[k].dtype == want.dtype and torch.equal(ours[k], want), k
+    assert all(v.dtype == torch.bfloat16 for k, v in ours.items() if v.is_floating_point() and "lora_" not in k)
