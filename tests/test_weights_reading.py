@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import exported_student
 from safetensors.torch import load_file, save_file
 
-from conftest import exported_student
 from varestorer.checkpoints import read_file
 from varestorer.errors import CheckpointError
 from varestorer.inference.pipeline import VARestorerPipeline
@@ -69,19 +69,29 @@ def test_reading_float32_weights_as_bfloat16_never_holds_the_file_beside_its_cop
     (50 MB), not by the file (200 MB) plus the copy, as reading it whole and then casting does."""
     save_file({f"w{i}": torch.ones(1024, 12_800) for i in range(4)}, tmp_path / "w.safetensors")
     path = str(tmp_path / "w.safetensors")
-    r = json.loads(subprocess.run([sys.executable, "-c", PEAK, path], capture_output=True, text=True, check=True).stdout)
+    r = json.loads(
+        subprocess.run([sys.executable, "-c", PEAK, path], capture_output=True, text=True, check=True).stdout
+    )
     grown = (r["peak"] - r["base"]) / 1024
     assert 90 < grown < 180, r  # the 100 MB copy and one 50 MB tensor at most; whole, then cast: 300 MB
 
 
-def test_a_pipeline_loaded_in_bfloat16_holds_the_float32_weights_rounded_once(tmp_path):
+def test_a_pipeline_loaded_in_bfloat16_holds_what_loading_in_float32_and_casting_holds_and_restores_alike(
+    tmp_path,
+):
+    """from_pretrained(torch_dtype=bfloat16) reads the blocks in bfloat16 (their LayerNorms, the
+    embeddings and the head in float32, as ``pipe.to(dtype=...)`` holds them): the same weights,
+    the same restoration, without the float32 copy."""
     _, folder = exported_student(tmp_path)
-    full = VARestorerPipeline.from_pretrained(folder, merge_lora=False)
-    half = VARestorerPipeline.from_pretrained(folder, merge_lora=False, torch_dtype=torch.bfloat16)
-    ours, theirs = half.transformer.state_dict(), full.transformer.state_dict()
-    assert ours.keys() == theirs.keys()
-    assert any("lora_" in k for k in ours)
-    for k, v in theirs.items():  # the adapter too: in the dtype PEFT gives it, the same values
-        want = v.to(ours[k].dtype if "lora_" in k else torch.bfloat16) if v.is_floating_point() else v
-        assert ours[k].dtype == want.dtype and torch.equal(ours[k], want), k
-    assert all(v.dtype == torch.bfloat16 for k, v in ours.items() if v.is_floating_point() and "lora_" not in k)
+    cast = VARestorerPipeline.from_pretrained(folder, merge_lora=False).to(dtype=torch.bfloat16)
+    read = VARestorerPipeline.from_pretrained(folder, merge_lora=False, torch_dtype=torch.bfloat16)
+    ours, theirs = read.transformer.state_dict(), cast.transformer.state_dict()
+    assert ours.keys() == theirs.keys() and any("lora_" in k for k in ours)
+    for k, v in theirs.items():
+        assert ours[k].dtype == v.dtype and torch.equal(ours[k], v), k
+    held = {v.dtype for v in ours.values() if v.is_floating_point()}
+    assert held == {torch.bfloat16, torch.float32}  # the blocks in bfloat16, the rest float32
+    image, g = torch.rand(3, 16, 16), lambda: torch.Generator().manual_seed(0)
+    a = cast(image, prompt="a photo", output_type="pt", generator=g()).images[0]
+    b = read(image, prompt="a photo", output_type="pt", generator=g()).images[0]
+    assert torch.equal(a, b)

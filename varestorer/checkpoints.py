@@ -125,18 +125,18 @@ def hub_failure(exc: Exception) -> str:
     return next((why for kind, why in reasons if isinstance(exc, kind)), f"{type(exc).__name__}: {exc}")
 
 
-def read_file(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict:
+def read_file(path: str | os.PathLike, dtype: torch.dtype | Callable[[str], torch.dtype] | None = None) -> dict:
     """Read a checkpoint file: safetensors, or a torch file with ``weights_only=True``.
 
     ``dtype``: floating-point tensors are returned in it (integer ones as they are), each cast as it
-    is read. A safetensors file is read one tensor at a time from a memory map, and each tensor's
+    is read; a function of the key gives each tensor its own. A safetensors file is read one tensor at a time from a memory map, and each tensor's
     pages are released once it is copied (:func:`_read_safetensors`): the peak is the result, not the
     file plus the result (a float32 base read as bfloat16: 4.4 GB, not 8.8 + 4.4)."""
     path = Path(path)
     try:
         if path.suffix in _TORCH_SUFFIXES:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return cast_floats(state, dtype) if dtype is not None and isinstance(state, dict) else state
+            return cast_floats(state, dtype) if dtype is not None and isinstance(state, Mapping) else state
         return _read_safetensors(path, dtype)
     except Exception as exc:  # unreadable, truncated, or pickled code that weights_only refuses
         raise CheckpointError(
@@ -161,7 +161,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _read_safetensors(path: Path, dtype: torch.dtype | None) -> dict:
+def _read_safetensors(path: Path, dtype) -> dict:
     """Each tensor copied out of a private memory map of the file (cast to ``dtype`` on the way),
     then its pages dropped from this process (``MADV_DONTNEED``), so the file is never resident
     next to its copy. safetensors validates the file first (header, offsets, size)."""
@@ -185,7 +185,7 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None) -> dict:
                 info = header[k]
                 kind, shape = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
                 begin, end = (8 + n + o for o in info["data_offsets"])
-                cast = dtype if dtype is not None and kind.is_floating_point else kind
+                cast = _dtype_of(dtype, k) if dtype is not None and kind.is_floating_point else kind
                 if end == begin:
                     out[k] = torch.empty(shape, dtype=cast)
                     continue
@@ -368,6 +368,13 @@ def load_strict(
     return report
 
 
-def cast_floats(state: dict, dtype: torch.dtype) -> dict:
-    """The floating-point tensors of ``state`` in ``dtype`` (integer buffers as they are)."""
-    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
+def cast_floats(state: Mapping, dtype: torch.dtype | Callable[[str], torch.dtype]) -> dict:
+    """The floating-point tensors of ``state`` in ``dtype`` (a dtype, or a function of the key giving
+    one), integer buffers as they are."""
+    return {
+        k: v.to(_dtype_of(dtype, k)) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()
+    }
+
+
+def _dtype_of(dtype, key: str) -> torch.dtype:
+    return dtype(key) if callable(dtype) else dtype

@@ -91,9 +91,9 @@ def load_export(
             export names (``base_transformer``; ``None`` there: the preset's official weights).
             Not needed with a merged or whole-transformer export.
         vae, text_encoder: likewise for the VAE and the T5 encoder.
-        dtype: the transformer and a Hub T5 read in it, tensor by tensor (``None``: float32, T5
-            as :meth:`TextEncoder.from_pretrained` chooses): the memory of that dtype only, never
-            a float32 copy first.
+        dtype: the transformer's blocks (as ``cast_blocks`` holds them) and a Hub T5 read in it,
+            tensor by tensor (``None``: float32, T5 as :meth:`TextEncoder.from_pretrained`
+            chooses): the memory of that dtype only, never a float32 copy first.
     """
     folder = export_dir(model, revision)
     if not (folder / CONFIG_FILE).is_file() and list(folder.glob(f"*/{CONFIG_FILE}")) + list_checkpoints(folder):
@@ -118,15 +118,14 @@ def load_export(
             f"so the base would restore without it; re-export the model (varestorer export RUN OUT)"
         )
 
-    weights = dtype or torch.float32
     vae_source = vae or local(BASE_VAE_FILE) or config.base_vae
     the_vae = _explain(lambda: load_vae(preset, vae_source), "VAE", "vae", vae_source)
     adapter = config.has_adapter and local("adapter_model.safetensors")
     if local(TRANSFORMER_FILE):  # full fine-tuning / teacher mode: the whole transformer
-        transformer = load_transformer(preset, local(TRANSFORMER_FILE), dtype=weights)
+        transformer = load_transformer(preset, local(TRANSFORMER_FILE), blocks_dtype=dtype)
         adapter = False
     elif local(MERGED_FILE) and base is None:
-        transformer = load_transformer(preset, local(MERGED_FILE), dtype=weights)
+        transformer = load_transformer(preset, local(MERGED_FILE), blocks_dtype=dtype)
         adapter = False
     else:
         if config.has_adapter and not adapter:
@@ -136,7 +135,7 @@ def load_export(
             )
         source = base or local(BASE_TRANSFORMER_FILE) or config.base_transformer
         transformer = _explain(
-            lambda: load_transformer(preset, source, dtype=weights), "base transformer", "base", source
+            lambda: load_transformer(preset, source, blocks_dtype=dtype), "base transformer", "base", source
         )
     if adapter:
         try:

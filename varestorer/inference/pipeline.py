@@ -193,14 +193,13 @@ class VARestorerPipeline:
             vae, text_encoder: likewise for the VAE and the T5 encoder.
             merge_lora: merge the LoRA into the base weights for speed (``fuse_lora``;
                 reversible: the sampling methods unfuse it).
-            torch_dtype: read the transformer and T5 in this dtype (``torch.bfloat16``: half the
-                memory of float32, and no float32 copy on the way; the LoRA is then merged in it,
-                as PEFT merges into a bfloat16 base). ``None``: float32; ``.to(dtype=...)`` later
-                casts, after a float32 peak.
+            torch_dtype: read the transformer's blocks and T5 in this dtype, as
+                ``.to(dtype=...)`` holds them (``torch.bfloat16``: half the memory of float32, and
+                no float32 copy on the way; the LoRA is then merged in it, as PEFT merges into a
+                bfloat16 base). ``None``: float32; ``.to(dtype=...)`` later casts, after a float32
+                peak.
         """
-        parts = load_export(
-            model, base=base, vae=vae, text_encoder=text_encoder, revision=revision, dtype=torch_dtype
-        )
+        parts = load_export(model, base=base, vae=vae, text_encoder=text_encoder, revision=revision, dtype=torch_dtype)
         pipe = cls(
             parts.vae,
             parts.encoder,
@@ -210,6 +209,8 @@ class VARestorerPipeline:
             source=parts.folder,
             restorer=parts.restorer,
         )
+        if torch_dtype is not None:
+            pipe.to(dtype=torch_dtype)  # the blocks are in it already: T5's rule and autocast
         if merge_lora:
             pipe.merge_lora()
         return pipe

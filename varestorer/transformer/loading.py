@@ -132,6 +132,7 @@ def load_transformer(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    blocks_dtype: torch.dtype | None = None,
 ) -> InfinityTransformer:
     """Build the preset's transformer and load its weights.
 
@@ -139,15 +140,24 @@ def load_transformer(
     safetensors), a folder holding the preset's transformer file, or a Hub repo id; by
     default the preset's official Hub repo. The model is built on the meta device and the
     checkpoint's tensors are assigned (no time spent on a random initialisation).
+    ``blocks_dtype``: the blocks read in it and the rest float32, as
+    :meth:`~InfinityTransformer.cast_blocks` holds them (``dtype`` is then ignored); each tensor
+    is cast as it is read, so no float32 copy of the blocks is ever made.
     """
     preset = get_preset(preset)
     source = checkpoint if checkpoint is not None else preset.default_weights(preset.transformer_file)
     path = resolve_file(source, preset.transformer_file)
-    # the dtype asked for, whatever the file's (a shipped base is float16), cast tensor by tensor
-    state, unused = _transformer_weights(read_file(path, dtype))
-    state = cast_floats(state, dtype)  # a torch file's nested state dict
     with torch.device("meta"):
         model = build_transformer(preset)
+    wanted = dtype  # the dtype asked for, whatever the file's (a shipped base is float16)
+    if blocks_dtype is not None:
+        held = {k: v.dtype for k, v in model.cast_blocks(blocks_dtype).state_dict().items()}
+        wanted = lambda key: held.get(_rename(key), torch.float32)  # noqa: E731 - per key, as read
+    state, unused = _transformer_weights(read_file(path, wanted))  # cast tensor by tensor
+    state = cast_floats(state, wanted)  # a torch file's nested state dict
     load_transformer_state(model, state, source=str(path), unused_top_level=unused)
-    model = model.to(device) if dtype == torch.float32 else model.to(device=device, dtype=dtype)
+    if blocks_dtype is not None or dtype == torch.float32:
+        model = model.to(device)
+    else:
+        model = model.to(device=device, dtype=dtype)
     return model.eval()
