@@ -172,7 +172,7 @@ def user(vr, full, imported, lq, out, results) -> None:
         "train.report_to=none",
         f"train.output_dir={run_dir}",
     ]
-    cmd = vr + ["train", "varestorer-2b-512-release-trainer", *overrides, "--overwrite"]
+    cmd = vr + ["train", "--recipe", "varestorer-2b-512-release-trainer", *overrides, "--overwrite"]
     r = run("user-train", cmd, out, results, env={"ACCELERATE_MIXED_PRECISION": "bf16"})  # CPU bf16 autocast
     if r["rc"] != 0:
         return

@@ -724,3 +724,54 @@ def test_the_loss_plot_draws_a_running_mean_over_the_noise_of_small_batches():
 
     assert running_mean([1.0, 2.0, 3.0, 4.0, 10.0], 2) == [1.0, 1.5, 2.5, 3.5, 7.0]
     assert running_mean([4.0, 2.0], 5) == [4.0, 3.0]
+
+
+def test_frozen_weights_held_in_bf16_train_the_same_step_with_half_their_memory(tmp_path):
+    """train.frozen_dtype=bf16 (diffusers' weight_dtype): the blocks' frozen weights (not their
+    LayerNorms) and T5 in bf16, every trained weight float32; under bf16 autocast the step's loss
+    and gradients are those of float32-held weights, up to the rounding of the few frozen weights
+    used outside a matmul."""
+    batch = fixed_batch()
+    runs = []
+    for frozen in ("float32", "bf16"):
+        torch.manual_seed(0)
+        model = VARestorerModel.from_recipe(tiny_recipe(tmp_path, "train.mixed_precision=bf16")).train()
+        spread_lora(model)
+
+        def held(model=model):  # bytes of the blocks' frozen weights
+            return sum(
+                p.numel() * p.element_size()
+                for b in model.transformer.blocks
+                for p in b.parameters()
+                if not p.requires_grad
+            )
+
+        before = held()
+        if frozen == "bf16":
+            model.hold_frozen_in(torch.bfloat16)
+        after = held()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(batch)["loss"]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
+        runs.append((loss.detach(), grads, before, after, model))
+    (l32, g32, _, _, _), (l16, g16, before, after, model) = runs
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+    frozen = [p for blk in model.transformer.blocks for p in blk.parameters() if not p.requires_grad]
+    assert {p.dtype for p in frozen} == {torch.bfloat16, torch.float32}  # LayerNorms stay float32
+    assert after < 0.52 * before
+    assert {p.dtype for p in model.text_encoder.parameters()} == {torch.bfloat16}
+    torch.testing.assert_close(l16, l32, rtol=2e-2, atol=0)
+    cos = [torch.nn.functional.cosine_similarity(g16[n].flatten(), g32[n].flatten(), dim=0) for n in g32]
+    assert min(cos) > 0.95  # bf16 rounding of the few frozen weights used outside a matmul, and of T5
+
+
+def test_frozen_weights_in_bf16_without_bf16_mixed_precision_are_refused_before_anything_is_written(tmp_path):
+    from varestorer.distill.trainer import train
+    from varestorer.errors import ConfigError
+
+    _reset_accelerate()
+    recipe = tiny_recipe(tmp_path, "train.frozen_dtype=bf16", "train.mixed_precision=no", "train.max_steps=1")
+    with pytest.raises(ConfigError, match="frozen_dtype=bf16.*needs bf16 mixed precision.*ACCELERATE_MIXED_PRECISION"):
+        train(recipe)
+    assert not (tmp_path / "run").exists()

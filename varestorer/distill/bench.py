@@ -42,12 +42,14 @@ def bench_train(
     recipe: str | None = None,
     mixed_precision: str | None = None,
     count_flops: bool = True,
+    frozen_dtype: str = "float32",
 ) -> dict:
     """Time the step. ``recipe``: a shipped recipe's step (its objective, student, degradation and
     stage-1 restorer, random weights) at ``preset``, ``resolution`` and ``batch`` instead of the
     default distillation step. ``mixed_precision``: ``bf16`` (autocast, float32 weights, as accelerate
     runs it; the default on a GPU, and on a CPU with bfloat16 kernels when asked) or ``no`` (the
-    default on a CPU). ``count_flops``: one more step under torch's FLOP counter (a step's time again)."""
+    default on a CPU). ``count_flops``: one more step under torch's FLOP counter (a step's time again).
+    ``frozen_dtype``: ``train.frozen_dtype`` (``bf16``: the frozen weights held in bf16)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -55,7 +57,7 @@ def bench_train(
     if precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision must be 'no' or 'bf16', not {precision!r}")
     if recipe is not None:
-        recipe = bench_recipe(recipe, preset, resolution, batch, precision)
+        recipe = bench_recipe(recipe, preset, resolution, batch, precision, (f"train.frozen_dtype={frozen_dtype}",))
         mode = recipe.mode
     else:
         recipe = recipe_from_dict(
@@ -65,13 +67,17 @@ def bench_train(
                 "model": {"preset": preset, "random_init": True, "resolution": resolution},
                 "loss": {"lpips_pretrained": False},
                 "student": {"full_finetune": mode == "teacher", "train_encoder": mode != "teacher"},
-                "train": {"global_batch_size": batch, "mixed_precision": precision},
+                "train": {"global_batch_size": batch, "mixed_precision": precision, "frozen_dtype": frozen_dtype},
             }
         )
     torch.manual_seed(0)
     with torch.device(dev):
         model = _random_model(recipe)
     model.to(dev).train()
+    if recipe.train.frozen_dtype == "bf16":
+        if precision != "bf16":
+            raise ValueError("train.frozen_dtype=bf16 needs --mixed-precision bf16")
+        model.hold_frozen_in(torch.bfloat16)
     if gradient_checkpointing:
         model.enable_gradient_checkpointing()
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6)
@@ -115,6 +121,7 @@ def bench_train(
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "mixed_precision": precision,
+        "frozen_dtype": recipe.train.frozen_dtype,
         "gradient_checkpointing": gradient_checkpointing,
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
         "sec_per_step": sec,
@@ -132,7 +139,9 @@ def bench_train(
     return out
 
 
-def bench_recipe(name: str, preset: str, resolution: int, batch: int, mixed_precision: str) -> Recipe:
+def bench_recipe(
+    name: str, preset: str, resolution: int, batch: int, mixed_precision: str, overrides: tuple[str, ...] = ()
+) -> Recipe:
     """A shipped recipe (or a path) at another preset, size and batch, every checkpoint it names
     replaced by random weights (its stage-1 restorer: a random SwinIR, :func:`_random_model`)."""
     return load_recipe(
@@ -149,6 +158,7 @@ def bench_recipe(name: str, preset: str, resolution: int, batch: int, mixed_prec
             f"train.global_batch_size={batch}",
             "train.gradient_accumulation_steps=1",
             f"train.mixed_precision='{mixed_precision}'",
+            *overrides,
         ],
     )
 

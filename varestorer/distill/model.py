@@ -218,6 +218,23 @@ class VARestorerModel(TrainingModule):
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
 
+    def hold_frozen_in(self, dtype: torch.dtype) -> None:
+        """Hold the frozen weights in ``dtype`` (``train.frozen_dtype``, under autocast in it): the
+        transformer's blocks but their LayerNorms (as :meth:`InfinityTransformer.cast_blocks` holds
+        them for inference), a full fine-tuning's frozen teacher copy, and T5. The trained weights
+        (LoRA, the LQ encoder, whatever ``requires_grad``) stay float32; autocast casts the frozen
+        float32 weights of a Linear to ``dtype`` on every use anyway, so the matmuls are the same."""
+        for blk in self.transformer.blocks:
+            for m in blk.modules():
+                if isinstance(m, torch.nn.LayerNorm):
+                    continue
+                for p in m.parameters(recurse=False):
+                    if not p.requires_grad:
+                        p.data = p.data.to(dtype)
+        if self.teacher is not None:
+            self.teacher.cast_blocks(dtype)
+        self.text_encoder.to(dtype=dtype)
+
     def compile_transformer(self) -> None:
         """``torch.compile`` the transformer in place (``nn.Module.compile``): unlike wrapping it in
         ``torch.compile(...)``, which prefixes every parameter with ``_orig_mod.``, the checkpoints

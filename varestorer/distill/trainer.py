@@ -107,6 +107,26 @@ def _check_world(accelerator) -> None:
         )
 
 
+def _check_frozen_dtype(accelerator) -> None:
+    """``train.frozen_dtype=bf16`` needs bf16 autocast (a bf16 weight meets float32 activations
+    otherwise) and one dtype per block for the engine (FSDP and DeepSpeed flatten a block's
+    parameters, LoRA's float32 ones with the frozen bf16 ones)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.mixed_precision != "bf16":
+        raise ConfigError(
+            f"train.frozen_dtype=bf16 holds the frozen weights in bf16, which needs bf16 mixed precision, but this "
+            f"run's is {accelerator.mixed_precision!r}: set train.mixed_precision=bf16 (a CPU: "
+            f"ACCELERATE_MIXED_PRECISION=bf16), or train.frozen_dtype=float32"
+        )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"train.frozen_dtype=bf16 puts bf16 and float32 weights in the same blocks, which "
+            f"{accelerator.distributed_type.value} flattens into one dtype: launch with DDP (launch/8gpu.yaml) "
+            f"or one process, or set train.frozen_dtype=float32"
+        )
+
+
 def _check_launch_config(accelerator, recipe: Recipe) -> None:
     """What a launch config may not set. FSDP: ``cpu_ram_efficient_loading`` (accelerate's loader
     then takes rank 0's weights for every state-dict entry and fails on the model's buffers, and
@@ -114,6 +134,8 @@ def _check_launch_config(accelerator, recipe: Recipe) -> None:
     with its config's values, which must be the recipe's (``auto`` takes the recipe's clipping);
     bf16 becomes DeepSpeed's ``torch_autocast`` (see below)."""
     fsdp = getattr(accelerator.state, "fsdp_plugin", None)
+    if recipe.train.frozen_dtype == "bf16":
+        _check_frozen_dtype(accelerator)
     if fsdp is not None and fsdp.cpu_ram_efficient_loading:
         raise ConfigError(
             "the FSDP config sets fsdp_cpu_ram_efficient_loading: true, which accelerate's FSDP2 loader cannot "
@@ -223,6 +245,8 @@ def _train(recipe: Recipe, accelerator) -> dict:
     per_device = per_device_batch(recipe, accelerator.num_processes)
     loader = build_dataloader(recipe, per_device)  # before the model: a missing dataset is said at once
     model = build_model(recipe, accelerator.device)
+    if t.frozen_dtype == "bf16":
+        model.hold_frozen_in(torch.bfloat16)  # checked with the launch config: bf16 autocast, no FSDP/DeepSpeed
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     o = recipe.optim
