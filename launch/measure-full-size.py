@@ -11,9 +11,10 @@ file and a Markdown table (docs/real-size.md quotes them; issue 34):
 - warm: the same restoration in one process, loaded once, called twice (the second call's time);
 - train: ``bench train`` of the paper's recipe and of the authors' trainer at batch 1, 256 and
   512 px, gradient checkpointing, bf16 autocast (one step after model building, no FLOP count);
+  train-frozen-bf16: the same with the frozen weights held in bf16 (``--frozen-dtype bf16``);
 - estimate: ``bench train --device meta`` for the same steps;
-- user: the authors' trainer for one step on the import (``varestorer train``, real T5 folder, the
-  skimage photos), ``varestorer export`` of its checkpoint, the export and the trainer's final folder
+- user: the authors' trainer for one step on the import at 512 px (``varestorer train``, bf16
+  autocast with the frozen weights in bf16, the real-size T5 folder, the skimage photos), ``varestorer export`` of its checkpoint, the export and the trainer's final folder
   restoring the same bytes, and ``varestorer publish --dry-run``.
 
 Each case is its own process: its wall time and peak RSS (``os.wait4``) are its own. A case that
@@ -22,6 +23,7 @@ machine: every case uses all cores.
 """
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -91,7 +93,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("full", type=Path, help="the folder launch/write-full-size.py wrote")
     p.add_argument("out", type=Path)
-    p.add_argument("--only", nargs="+", default=["import", "restore", "warm", "estimate", "train", "user"])
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=["import", "restore", "warm", "estimate", "train", "train-frozen-bf16", "user"],
+        help="the groups of cases to run (default: all)",
+    )
     p.add_argument("--preset", default="infinity-2b", help="(tiny: a dry run of the bench cases)")
     args = p.parse_args()
     full, out = args.full.resolve(), args.out.resolve()
@@ -132,15 +139,20 @@ def main() -> None:
             r = run(f"estimate-{res}", bench + ["--resolution", str(res), "--device", "meta"], out, results)
             if r["rc"] == 0:
                 r["estimate"] = _json_tail(out / f"estimate-{res}.log")
-    if "train" in args.only:
-        for res in sizes:
-            for recipe in ("varestorer-2b-512", "varestorer-2b-512-release-trainer"):
-                name = f"train-{res}-{recipe.removeprefix('varestorer-2b-512').lstrip('-') or 'paper'}"
-                cmd = bench + ["--resolution", str(res), "--device", "cpu", "--recipe", recipe]
-                cmd += ["--mixed-precision", "bf16", "--steps", "1", "--warmup", "0", "--no-flop-count"]
-                r = run(name, cmd, out, results)
-                if r["rc"] == 0:
-                    r["bench"] = _json_tail(out / f"{name}.log")
+                (out / "results.json").write_text(json.dumps(results, indent=2))
+    if "train" in args.only or "train-frozen-bf16" in args.only:
+        frozen = ("float32",) * ("train" in args.only) + ("bf16",) * ("train-frozen-bf16" in args.only)
+        for res, recipe, dtype in itertools.product(
+            sizes, ("varestorer-2b-512", "varestorer-2b-512-release-trainer"), frozen
+        ):
+            name = f"train-{res}-{recipe.removeprefix('varestorer-2b-512').lstrip('-') or 'paper'}"
+            name += "-frozen-bf16" if dtype == "bf16" else ""
+            cmd = bench + ["--resolution", str(res), "--device", "cpu", "--recipe", recipe, "--frozen-dtype", dtype]
+            cmd += ["--mixed-precision", "bf16", "--steps", "1", "--warmup", "0", "--no-flop-count"]
+            r = run(name, cmd, out, results)
+            if r["rc"] == 0:
+                r["bench"] = _json_tail(out / f"{name}.log")
+                (out / "results.json").write_text(json.dumps(results, indent=2))
     if "user" in args.only:
         user(vr, full, imported, lq, out, results)
     (out / "results.md").write_text(table(results))
@@ -160,13 +172,13 @@ def user(vr, full, imported, lq, out, results) -> None:
         f"model.init_from={imported}",
         f"model.text_encoder={full / 'flan-t5-xl'}",
         f"model.restorer={full / 'general_swinir_v1.ckpt'}",
-        "model.resolution=256",
         "data.dataset=skimage",
         "data.use_captions=false",
         "data.num_workers=0",
         "loss.lpips_pretrained=false",
         "train.max_steps=1",
         "train.global_batch_size=1",
+        "train.frozen_dtype=bf16",  # the frozen blocks and T5 in bf16: 512 px fits in 24 GiB with the real T5
         "train.validation_steps=1000",
         "train.num_validation_images=1",
         "train.report_to=none",

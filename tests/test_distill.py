@@ -771,7 +771,7 @@ def test_frozen_weights_in_bf16_without_bf16_mixed_precision_are_refused_before_
     from varestorer.errors import ConfigError
 
     _reset_accelerate()
-    recipe = tiny_recipe(tmp_path, "train.frozen_dtype=bf16", "train.mixed_precision=no", "train.max_steps=1")
+    recipe = tiny_recipe(tmp_path, "train.frozen_dtype=bf16", "train.mixed_precision='no'", "train.max_steps=1")
     with pytest.raises(ConfigError, match="frozen_dtype=bf16.*needs bf16 mixed precision.*ACCELERATE_MIXED_PRECISION"):
         train(recipe)
     assert not (tmp_path / "run").exists()
