@@ -775,3 +775,20 @@ def test_frozen_weights_in_bf16_without_bf16_mixed_precision_are_refused_before_
     with pytest.raises(ConfigError, match="frozen_dtype=bf16.*needs bf16 mixed precision.*ACCELERATE_MIXED_PRECISION"):
         train(recipe)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_with_frozen_weights_in_bf16_trains_validates_and_exports(tmp_path, monkeypatch):
+    """The whole run under ACCELERATE_MIXED_PRECISION=bf16 (a CPU's bf16 autocast): the step, the
+    validation grid and the held-out metrics (run under the same autocast) and the export."""
+    from varestorer.distill.trainer import train
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    _reset_accelerate()
+    recipe = tiny_recipe(
+        tmp_path, "train.frozen_dtype=bf16", "train.max_steps=1", "train.validation_steps=1", "train.global_batch_size=2"
+    )
+    train(recipe)
+    assert (tmp_path / "run" / "validation" / "step-000001.png").is_file()
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    trained = load_file(str(tmp_path / "run" / "checkpoint-1" / TRAINABLE_FILE))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in trained.values())

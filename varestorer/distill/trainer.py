@@ -353,7 +353,8 @@ def _train(recipe: Recipe, accelerator) -> dict:
                 validating = global_step % t.validation_steps == 0 or global_step == t.max_steps
                 # sharded weights (FSDP): every process runs the forward passes, the main one writes
                 if validating and (accelerator.is_main_process or _sharded(accelerator)):
-                    with _unsharded(core, accelerator):
+                    # in the step's precision (train.frozen_dtype=bf16: bf16 weights need autocast)
+                    with _unsharded(core, accelerator), accelerator.autocast():
                         # train.num_validation_images=0: no grids (the held-out metrics still run)
                         grid = validation_grid(core, val_batch) if t.num_validation_images else None
                         measured = core.validation_metrics()
