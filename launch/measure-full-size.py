@@ -14,8 +14,9 @@ file and a Markdown table (docs/real-size.md quotes them; issue 34):
   train-frozen-bf16: the same with the frozen weights held in bf16 (``--frozen-dtype bf16``);
 - estimate: ``bench train --device meta`` for the same steps;
 - user: the authors' trainer for one step on the import at 512 px (``varestorer train``, bf16
-  autocast with the frozen weights in bf16, the real-size T5 folder, the skimage photos), ``varestorer export`` of its checkpoint, the export and the trainer's final folder
-  restoring the same pixels, and ``varestorer publish --dry-run``.
+  autocast with the frozen weights in bf16, the real-size T5 folder, the skimage photos),
+  ``varestorer export`` of its checkpoint, the export and the trainer's final folder restoring the
+  same pixels, and ``varestorer publish --dry-run``.
 
 Each case is its own process: its wall time and peak RSS (``os.wait4``) are its own. A case that
 fails (out of memory: killed) is recorded with its exit status; the rest run. Run it on a quiet
