@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +162,25 @@ _SAFETENSORS_DTYPES = {
 
 
 def _read_safetensors(path: Path, dtype) -> dict:
+    """A safetensors file as a state dict, read by :func:`_stream_safetensors`."""
+    return dict(_stream_safetensors(path, dtype))
+
+
+def iter_weights(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of a safetensors file one at a time, each tensor's file pages released once
+    it is copied: what checks every weight of a file (:func:`refuse_nonfinite`) holds one tensor at
+    a time, not the file. A damaged file raises :class:`CheckpointError` as :func:`read_file` does."""
+    path = Path(path)
+    try:
+        yield from _stream_safetensors(path, None)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged (cut short by "
+            f"a download, a copy or a full disk?) or is not a weights file: get or copy it again"
+        ) from exc
+
+
+def _stream_safetensors(path: Path, dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """Each tensor copied out of a private memory map of the file (cast to ``dtype`` on the way),
     then its pages dropped from this process (``MADV_DONTNEED``), so the file is never resident
     next to its copy. safetensors validates the file first (header, offsets, size)."""
@@ -178,8 +197,8 @@ def _read_safetensors(path: Path, dtype) -> dict:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
         if any(header[k]["dtype"] not in _SAFETENSORS_DTYPES for k in keys) or not hasattr(mmap, "MADV_DONTNEED"):
-            return cast_floats(load_file(path), dtype) if dtype is not None else load_file(path)
-        out = {}
+            yield from (cast_floats(load_file(path), dtype) if dtype is not None else load_file(path)).items()
+            return
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as mm:
             for k in keys:
                 info = header[k]
@@ -187,14 +206,15 @@ def _read_safetensors(path: Path, dtype) -> dict:
                 begin, end = (8 + n + o for o in info["data_offsets"])
                 cast = _dtype_of(dtype, k) if dtype is not None and kind.is_floating_point else kind
                 if end == begin:
-                    out[k] = torch.empty(shape, dtype=cast)
+                    yield k, torch.empty(shape, dtype=cast)
                     continue
                 view = torch.frombuffer(mm, dtype=kind, count=(end - begin) // kind.itemsize, offset=begin)
-                out[k] = view.reshape(shape).to(cast, copy=True)
+                tensor = view.reshape(shape).to(cast, copy=True)
                 del view
                 page = begin - begin % mmap.PAGESIZE
                 mm.madvise(mmap.MADV_DONTNEED, page, end - page)
-        return out
+                yield k, tensor
+                del tensor
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -208,19 +228,24 @@ def _finite(t: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(flat[i : i + step]).all()) for i in range(0, flat.numel(), step))
 
 
-def refuse_nonfinite(state: Mapping, what: str, source: str) -> None:
+def refuse_nonfinite(state: Mapping | Iterable[tuple[str, torch.Tensor]], what: str, source: str) -> None:
     """Raise a :class:`CheckpointError` naming the file and the first tensor of ``state`` that holds
-    NaN or infinite values (weights like that restore every image to the same garbage)."""
-    bad = [
-        k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.is_meta and not _finite(v)
-    ]
-    if bad:
-        v = state[bad[0]]
-        count = int((~torch.isfinite(v)).sum())
-        others = f" (and {len(bad) - 1} other tensors)" if len(bad) > 1 else ""
+    NaN or infinite values (weights like that restore every image to the same garbage). ``state``:
+    a state dict, or ``(name, tensor)`` pairs (:func:`iter_weights`: a file checked a tensor at a
+    time, never held whole)."""
+    first, bad = None, 0
+    for k, v in state.items() if isinstance(state, Mapping) else state:
+        if torch.is_tensor(v) and v.is_floating_point() and not v.is_meta and not _finite(v):
+            bad += 1
+            if first is None:
+                first = (k, int((~torch.isfinite(v)).sum()), v.numel())
+        del v  # a stream's tensor goes before the next is read
+    if first is not None:
+        k, count, numel = first
+        others = f" (and {bad - 1} other tensors)" if bad > 1 else ""
         raise CheckpointError(
-            f"{what} checkpoint {source} holds weights that are not finite: {bad[0]} has {count} NaN or "
-            f"infinite values of {v.numel()}{others}. The file is damaged, or the run that wrote it diverged: "
+            f"{what} checkpoint {source} holds weights that are not finite: {k} has {count} NaN or "
+            f"infinite values of {numel}{others}. The file is damaged, or the run that wrote it diverged: "
             f"use a checkpoint whose weights are finite (re-export an earlier one: varestorer export "
             f"RUN/checkpoint-STEP OUT) or get the file again"
         )
