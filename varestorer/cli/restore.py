@@ -481,6 +481,11 @@ def register_bench(sub) -> None:
         help="the attention kernel torch may use (default: its own choice; flash and efficient need a GPU)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer first (its time: warm-up)")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="hold the convolutional models (VAE, LQ encoder, stage-1 restorer) in channels-last memory format",
+    )
     p.set_defaults(func=run_bench)
 
 
@@ -525,6 +530,7 @@ def run_bench(args: argparse.Namespace) -> int:
         methods=methods,
         sdpa=args.sdpa,
         compile=args.compile,
+        channels_last=args.channels_last,
     )
     print(json.dumps(r, indent=2) if args.json else format_latency(r))
     return 0
