@@ -785,7 +785,11 @@ def test_a_run_with_frozen_weights_in_bf16_trains_validates_and_exports(tmp_path
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     _reset_accelerate()
     recipe = tiny_recipe(
-        tmp_path, "train.frozen_dtype=bf16", "train.max_steps=1", "train.validation_steps=1", "train.global_batch_size=2"
+        tmp_path,
+        "train.frozen_dtype=bf16",
+        "train.max_steps=1",
+        "train.validation_steps=1",
+        "train.global_batch_size=2",
     )
     train(recipe)
     assert (tmp_path / "run" / "validation" / "step-000001.png").is_file()
