@@ -777,13 +777,14 @@ def test_frozen_weights_in_bf16_without_bf16_mixed_precision_are_refused_before_
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_with_frozen_weights_in_bf16_trains_validates_and_exports(tmp_path, monkeypatch):
+def test_a_run_with_frozen_weights_in_bf16_trains_validates_and_exports(tmp_path, monkeypatch, request):
     """The whole run under ACCELERATE_MIXED_PRECISION=bf16 (a CPU's bf16 autocast): the step, the
     validation grid and the held-out metrics (run under the same autocast) and the export."""
     from varestorer.distill.trainer import train
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     _reset_accelerate()
+    request.addfinalizer(_reset_accelerate)  # the bf16 state must not outlive this test
     recipe = tiny_recipe(
         tmp_path,
         "train.frozen_dtype=bf16",
