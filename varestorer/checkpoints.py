@@ -129,25 +129,31 @@ def read_file(path: str | os.PathLike, dtype: torch.dtype | Callable[[str], torc
     """Read a checkpoint file: safetensors, or a torch file with ``weights_only=True``.
 
     ``dtype``: floating-point tensors are returned in it (integer ones as they are), each cast as it
-    is read; a function of the key gives each tensor its own. A safetensors file is read one tensor at a time from a memory map, and each tensor's
-    pages are released once it is copied (:func:`_read_safetensors`): the peak is the result, not the
-    file plus the result (a float32 base read as bfloat16: 4.4 GB, not 8.8 + 4.4)."""
+    is read; a function of the key gives each tensor its own. A safetensors file is read one tensor
+    at a time from a memory map, and each tensor's pages are released once it is copied
+    (:func:`_stream_safetensors`): the peak is the result, not the file plus the result (a float32
+    base read as bfloat16: 4.4 GB, not 8.8 + 4.4)."""
     path = Path(path)
     try:
         if path.suffix in _TORCH_SUFFIXES:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return cast_floats(state, dtype) if dtype is not None and isinstance(state, Mapping) else state
-        return _read_safetensors(path, dtype)
+        return dict(_stream_safetensors(path, dtype))
     except Exception as exc:  # unreadable, truncated, or pickled code that weights_only refuses
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged (cut short by "
-            f"a download, a copy or a full disk?) or is not a weights file: get or copy it again, or write it "
-            f"again (a model folder: varestorer export RUN OUT)"
-        ) from exc
+        raise _unreadable(path, exc) from exc
 
 
-#: safetensors' dtype names -> torch's (the file format's specification).
-_SAFETENSORS_DTYPES = {
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged (cut short by "
+        f"a download, a copy or a full disk?) or is not a weights file: get or copy it again, or write it "
+        f"again (a model folder: varestorer export RUN OUT)"
+    )
+
+
+#: safetensors' dtype names -> torch's (the file format's specification; the writer in
+#: ``export/folder.py`` reads it the other way).
+SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
@@ -161,11 +167,6 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _read_safetensors(path: Path, dtype) -> dict:
-    """A safetensors file as a state dict, read by :func:`_stream_safetensors`."""
-    return dict(_stream_safetensors(path, dtype))
-
-
 def iter_weights(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` of a safetensors file one at a time, each tensor's file pages released once
     it is copied: what checks every weight of a file (:func:`refuse_nonfinite`) holds one tensor at
@@ -174,10 +175,7 @@ def iter_weights(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
     try:
         yield from _stream_safetensors(path, None)
     except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged (cut short by "
-            f"a download, a copy or a full disk?) or is not a weights file: get or copy it again"
-        ) from exc
+        raise _unreadable(path, exc) from exc
 
 
 def _stream_safetensors(path: Path, dtype) -> Iterator[tuple[str, torch.Tensor]]:
@@ -196,13 +194,13 @@ def _stream_safetensors(path: Path, dtype) -> Iterator[tuple[str, torch.Tensor]]
     with path.open("rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
-        if any(header[k]["dtype"] not in _SAFETENSORS_DTYPES for k in keys) or not hasattr(mmap, "MADV_DONTNEED"):
+        if any(header[k]["dtype"] not in SAFETENSORS_DTYPES for k in keys) or not hasattr(mmap, "MADV_DONTNEED"):
             yield from (cast_floats(load_file(path), dtype) if dtype is not None else load_file(path)).items()
             return
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) as mm:
             for k in keys:
                 info = header[k]
-                kind, shape = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
+                kind, shape = SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
                 begin, end = (8 + n + o for o in info["data_offsets"])
                 cast = _dtype_of(dtype, k) if dtype is not None and kind.is_floating_point else kind
                 if end == begin:

@@ -220,8 +220,9 @@ class VARestorerModel(TrainingModule):
 
     def hold_frozen_in(self, dtype: torch.dtype) -> None:
         """Hold the frozen weights in ``dtype`` (``train.frozen_dtype``, under autocast in it): the
-        transformer's blocks but their LayerNorms (as :meth:`InfinityTransformer.cast_blocks` holds
-        them for inference), a full fine-tuning's frozen teacher copy, and T5. The trained weights
+        transformer's blocks but their LayerNorms, which stay exactly float32 (for inference
+        :meth:`InfinityTransformer.cast_blocks` casts the whole block and brings the LayerNorms back,
+        rounded, as Infinity's ``block.bfloat16()``), a full fine-tuning's frozen teacher copy, and T5. The trained weights
         (LoRA, the LQ encoder, whatever ``requires_grad``) stay float32; autocast casts the frozen
         float32 weights of a Linear to ``dtype`` on every use anyway, so the matmuls are the same."""
         for blk in self.transformer.blocks:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import iter_weights, list_checkpoints, load_strict, read_file, refuse_nonfinite
+from ..checkpoints import SAFETENSORS_DTYPES, iter_weights, list_checkpoints, load_strict, read_file, refuse_nonfinite
 from ..errors import ConfigError
 from ..outputs import atomic_file, copy_file, replacing_folder
 from ..presets import get_preset
@@ -77,18 +77,7 @@ def save_weights(state: dict, path: str | Path) -> None:
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+_SAFETENSORS_NAMES = {kind: name for name, kind in SAFETENSORS_DTYPES.items()}  # torch dtype -> the file's
 
 
 def save_weights_streamed(state: dict, path: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -106,7 +95,7 @@ def save_weights_streamed(state: dict, path: str | Path, dtype: torch.dtype | No
         t = state[k]
         size = t.numel() * torch.empty((), dtype=out_dtype(t)).element_size()
         header[k] = {
-            "dtype": _SAFETENSORS_DTYPES[out_dtype(t)],
+            "dtype": _SAFETENSORS_NAMES[out_dtype(t)],
             "shape": list(t.shape),
             "data_offsets": [offset, offset + size],
         }

@@ -154,9 +154,9 @@ def load_export(
                 f"{folder} says it has a fine-tuned encoder but holds no {ENCODER_FILE}; re-export the model"
             )
         load_encoder(encoder, local(ENCODER_FILE))
-    source = text_encoder or config.text_encoder
-    hub_t5 = dtype is not None and str(source or preset.text_encoder) != "local"
-    text = TextEncoder.from_preset(preset, source, **({"dtype": dtype} if hub_t5 else {}))
+    text_source = text_encoder or config.text_encoder
+    hub_t5 = dtype is not None and str(text_source or preset.text_encoder) != "local"
+    text = TextEncoder.from_preset(preset, text_source, **({"dtype": dtype} if hub_t5 else {}))
     restorer = None
     if config.restorer is not None:
         if not local(config.restorer):
