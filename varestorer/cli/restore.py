@@ -486,6 +486,13 @@ def register_bench(sub) -> None:
         action="store_true",
         help="hold the convolutional models (VAE, LQ encoder, stage-1 restorer) in channels-last memory format",
     )
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="CPU: then time onestep again with the block Linears in int8 (row onestep+int8, with its PSNR "
+        "against the unquantised output)",
+    )
     p.set_defaults(func=run_bench)
 
 
@@ -531,6 +538,7 @@ def run_bench(args: argparse.Namespace) -> int:
         sdpa=args.sdpa,
         compile=args.compile,
         channels_last=args.channels_last,
+        quantize=args.quantize,
     )
     print(json.dumps(r, indent=2) if args.json else format_latency(r))
     return 0

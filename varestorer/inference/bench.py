@@ -11,6 +11,7 @@ every method, and cached), so the figures are the transformer's and the VAE's.
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import torch
@@ -90,18 +91,23 @@ def bench_latency(
     sdpa: str = "default",
     compile: bool = False,
     channels_last: bool = False,
+    quantize: str | None = None,
 ) -> dict:
     """Seconds per image of each method (see the module doc); ratios to ``onestep``. ``sdpa``: the
     attention kernel allowed (``default``: torch's choice; ``math``, ``flash``, ``efficient``,
     ``cudnn``); ``compile``: ``torch.compile`` the transformer first (compilation falls in the
     untimed warm-up calls); ``channels_last``: the convolutional models in channels-last memory
-    format (oneDNN's and cuDNN's faster convolution layout)."""
+    format (oneDNN's and cuDNN's faster convolution layout); ``quantize`` (``int8``, CPU): after
+    the methods, ``onestep`` again with the block Linears quantised (:meth:`VARestorerPipeline.quantize`),
+    the row ``onestep+int8``, with the PSNR of its output against the unquantised one's on the same
+    input: before and after side by side in one run, on the same weights."""
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     res = resolution or get_preset(preset).resolution
     pipe = build_random_pipeline(preset, res, dev)
     dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     pipe.to(dev, dt)
+    pipe.merge_lora()  # as from_pretrained loads a model (the sampling methods unmerge it)
     x = torch.rand(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(dev)
     prompts = ["a photo"] * batch
     if compile:
@@ -119,6 +125,14 @@ def bench_latency(
         with _sdpa(sdpa):
             sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
         rows[m] = {"sec_per_image": sec / batch}
+    if quantize:
+        with _sdpa(sdpa):
+            before = pipe.restorer("onestep")(x, prompts)
+            pipe.quantize(quantize)
+            restore = pipe.restorer("onestep")
+            sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
+            after = restore(x, prompts)
+        rows[f"onestep+{quantize}"] = {"sec_per_image": sec / batch, "psnr_vs_unquantized": _psnr(after, before)}
     ref = rows.get("onestep", {}).get("sec_per_image")
     for r in rows.values():
         if ref:
@@ -136,8 +150,16 @@ def bench_latency(
         "sdpa": sdpa,
         "compile": compile,
         "channels_last": channels_last,
+        "quantize": quantize,
         "methods": rows,
     }
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of ``a`` against ``b``, both in [0, 1], on the 8-bit images a user gets."""
+    a8, b8 = (t.float().clamp(0, 1).mul(255).round() for t in (a, b))
+    mse = (a8 - b8).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def _sdpa(backend: str):
@@ -162,9 +184,10 @@ def format_latency(r: dict) -> str:
         f"bench latency: preset {r['preset']}, {r['resolution']}px ({r['scales']} scales), batch {r['batch']}, "
         f"{r['device_name']} {r['dtype']}; sampler {r['sampler']}; attention {r.get('sdpa', 'default')}"
         f"{', compiled' if r.get('compile') else ''}{', channels-last' if r.get('channels_last') else ''}",
-        f"  {'method':<10} {'s/image':>10} {'x onestep':>10}",
+        f"  {'method':<12} {'s/image':>10} {'x onestep':>10}",
     ]
     for m, row in r["methods"].items():
-        ratio = f"{row['x_onestep']:.1f}x" if "x_onestep" in row else "-"
-        lines.append(f"  {m:<10} {row['sec_per_image']:>10.4f} {ratio:>10}")
+        ratio = f"{row['x_onestep']:.2f}x" if "x_onestep" in row else "-"
+        psnr = f"   {row['psnr_vs_unquantized']:.2f} dB PSNR against onestep" if "psnr_vs_unquantized" in row else ""
+        lines.append(f"  {m:<12} {row['sec_per_image']:>10.4f} {ratio:>10}{psnr}")
     return "\n".join(lines)
