@@ -215,6 +215,43 @@ def _stream_safetensors(path: Path, dtype) -> Iterator[tuple[str, torch.Tensor]]
                 del tensor
 
 
+def page_releaser(path: str | os.PathLike) -> Callable[[torch.Tensor], None]:
+    """A function that drops from this process the pages of ``path`` a tensor reads, when the
+    tensor lies in a private memory map of that file (``torch.load(..., mmap=True)``, which
+    :func:`read_file` uses for torch files); for any other tensor it does nothing. A streamed
+    conversion calls it once a tensor is written, so the source file is never resident whole
+    (the pages are read from the file again if the tensor is used again: nothing is lost).
+    The maps are read from ``/proc/self/maps`` when it is called; elsewhere it does nothing."""
+    import ctypes
+    import mmap
+
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as fh:
+            lines = fh.read().splitlines()
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return lambda tensor: None
+    spans = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] == real and parts[1][3] == "p":  # a private (copy-on-write) map
+            lo, hi = (int(a, 16) for a in parts[0].split("-"))
+            spans.append((lo, hi))
+
+    def release(tensor: torch.Tensor) -> None:
+        if tensor.device.type != "cpu" or not tensor.numel():
+            return
+        begin = tensor.data_ptr()
+        end = begin + tensor.numel() * tensor.element_size()
+        if not any(lo <= begin and end <= hi for lo, hi in spans):
+            return
+        page = begin - begin % mmap.PAGESIZE
+        libc.madvise(ctypes.c_void_p(page), ctypes.c_size_t(end - page), mmap.MADV_DONTNEED)
+
+    return release
+
+
 def _finite(t: torch.Tensor) -> bool:
     """Whether every value of ``t`` is finite. The sum first (one pass, no temporary: a NaN or an
     infinity anywhere makes it non-finite); only when it is not (or overflowed) each value, a chunk

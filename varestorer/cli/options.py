@@ -171,6 +171,13 @@ def add_running_options(p) -> None:
         "activations per tensor): faster than bfloat16 on a CPU at a small cost in PSNR (docs/real-size.md); "
         "onestep, restorer and varsr methods",
     )
+    g.add_argument(
+        "--attention-kernel",
+        choices=("sdpa", "matmul"),
+        default="sdpa",
+        help="how the one-step pass's self-attention is computed: sdpa (torch's kernels, default) or matmul "
+        "(two matrix products and a softmax: faster on a CPU in bfloat16, docs/real-size.md)",
+    )
     g.add_argument("--base", help="base transformer checkpoint, when not the one the model names")
     g.add_argument("--vae", help="VAE checkpoint, when not the one the model names")
     g.add_argument("--text-encoder", help="T5 encoder (Hub id or folder), when not the one the model names")
@@ -276,7 +283,9 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
         base_sampling = [m for m in methods if m in ("zeroshot", "multistep", "guided")]
         if base_sampling or args.offload or not str(device).startswith("cpu"):
             why = f"--method {base_sampling[0]} samples the base model" if base_sampling else "it is for the CPU"
-            raise ConfigError(f"--quantize {args.quantize}: {why}; leave it out (or use --device cpu without --offload)")
+            raise ConfigError(
+                f"--quantize {args.quantize}: {why}; leave it out (or use --device cpu without --offload)"
+            )
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     pipe = VARestorerPipeline.from_pretrained(
         args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder, torch_dtype=getattr(torch, dtype)
@@ -287,6 +296,7 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
         pipe.to(device, getattr(torch, dtype))
     if getattr(args, "quantize", None):
         pipe.quantize(args.quantize)
+    pipe.set_attention_kernel(getattr(args, "attention_kernel", "sdpa"))
     pipe.set_restorer(not args.no_restorer)
     wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.use_captions
     if args.caption not in ("blip", "none"):

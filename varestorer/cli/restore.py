@@ -490,8 +490,15 @@ def register_bench(sub) -> None:
         "--quantize",
         choices=("int8",),
         default=None,
-        help="CPU: then time onestep again with the block Linears in int8 (row onestep+int8, with its PSNR "
-        "against the unquantised output)",
+        help="CPU: then time onestep again with the block Linears in int8 (row ...+int8, with its PSNR "
+        "against onestep's output)",
+    )
+    p.add_argument(
+        "--attention-kernel",
+        choices=("sdpa", "matmul"),
+        default="sdpa",
+        help="matmul: then time onestep again with self-attention as two matrix products and a softmax "
+        "(row onestep+matmul; before --quantize's row)",
     )
     p.set_defaults(func=run_bench)
 
@@ -539,6 +546,7 @@ def run_bench(args: argparse.Namespace) -> int:
         compile=args.compile,
         channels_last=args.channels_last,
         quantize=args.quantize,
+        attention_kernel=args.attention_kernel,
     )
     print(json.dumps(r, indent=2) if args.json else format_latency(r))
     return 0

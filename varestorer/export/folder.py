@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -80,11 +80,15 @@ def save_weights(state: dict, path: str | Path) -> None:
 _SAFETENSORS_NAMES = {kind: name for name, kind in SAFETENSORS_DTYPES.items()}  # torch dtype -> the file's
 
 
-def save_weights_streamed(state: dict, path: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_weights_streamed(
+    state: dict, path: str | Path, dtype: torch.dtype | None = None, written: Callable | None = None
+) -> None:
     """A state dict as safetensors, written one tensor at a time, each floating tensor converted to
     ``dtype`` (if given) just before it is written: memory holds the source (a memory-mapped
     checkpoint costs no copy) and one converted tensor, never the whole converted state (what
-    :func:`save_weights` needs). Under a temporary name, renamed when complete."""
+    :func:`save_weights` needs). ``written(tensor)`` is called with each source tensor once it is
+    written (:func:`~varestorer.checkpoints.page_releaser`: the source's pages dropped as it goes).
+    Under a temporary name, renamed when complete."""
 
     def out_dtype(t):
         return dtype if dtype is not None and t.is_floating_point() else t.dtype
@@ -110,6 +114,9 @@ def save_weights_streamed(state: dict, path: str | Path, dtype: torch.dtype | No
             t = state[k].detach().to("cpu", out_dtype(state[k])).contiguous()
             if t.numel():
                 f.write(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no bytes copy
+            del t
+            if written is not None:
+                written(state[k])
 
 
 def write_export(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import read_file, refuse_nonfinite, select_state_dict
+from ..checkpoints import page_releaser, read_file, refuse_nonfinite, select_state_dict
 from ..errors import CheckpointError, ConfigError
 from ..presets import get_preset
 from ..restorer import load_restorer, save_restorer
@@ -212,7 +212,8 @@ def import_release(
     # written beside ``out`` and swapped in: an interrupted import leaves no half folder
     with new_export(out, overwrite=overwrite) as tmp:
         # tensor by tensor from the memory-mapped checkpoint: no converted copy of the 2B base in memory
-        save_weights_streamed(base, tmp / BASE_TRANSFORMER_FILE, torch.float32)
+        # in the dtype the release ships (bfloat16: half of float32 on disk; read in any dtype later)
+        save_weights_streamed(base, tmp / BASE_TRANSFORMER_FILE, written=page_releaser(checkpoint))
         peft_config = lora_config(rank=rank)
         peft_config.inference_mode = True
         peft_config.save_pretrained(str(tmp))

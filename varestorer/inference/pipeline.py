@@ -243,6 +243,14 @@ class VARestorerPipeline:
         self.quantized = mode
         return self
 
+    def set_attention_kernel(self, kernel: str) -> VARestorerPipeline:
+        """How the transformer's unmasked self-attention is computed: ``"matmul"`` (two matrix
+        products and a softmax; faster than torch's CPU flash kernel in bfloat16 on a CPU,
+        ``varestorer bench latency --attention-kernel matmul``) or ``"sdpa"`` (torch's kernels; the
+        default). See :meth:`InfinityTransformer.set_attention_kernel`."""
+        self.transformer.set_attention_kernel(kernel)
+        return self
+
     def _unmerge_lora(self) -> None:
         if self._merged and self.quantized:
             raise ConfigError(

@@ -42,6 +42,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from ..tokenizer.schedules import SQUARE_SIDES, Scale
 from .text import TextFeatures
 
@@ -86,6 +87,32 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack((cos * x0 - sin * x1, sin * x0 + cos * x1), dim=-1).flatten(-2)
 
 
+#: How self-attention's ``softmax(q k^T) v`` is computed: ``sdpa``, torch's
+#: ``scaled_dot_product_attention`` (its kernel of choice; the default, and always with a mask);
+#: ``matmul``, two matrix products and a softmax (:func:`matmul_attention`), faster than torch's
+#: CPU flash kernel in bfloat16 on the 2-core AVX512-BF16 CPU of docs/real-size.md.
+ATTENTION_KERNELS = ("sdpa", "matmul")
+_SCORES_BUDGET = 256 * 2**20  # bytes of attention scores held at once by matmul_attention
+
+
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax(q k^T) v`` (scale 1, no mask) as ``matmul, softmax, matmul`` in the inputs'
+    dtype, a few heads at a time so that the scores held never pass 256 MB (at 1024 px one
+    head's are 221 MB in bfloat16). The softmax accumulates in float32 and writes the inputs'
+    dtype."""
+    B, H, L, _ = q.shape
+    per_head = B * L * k.shape[-2] * q.element_size()
+    step = max(1, min(H, _SCORES_BUDGET // max(per_head, 1)))
+    outs = [
+        torch.matmul(
+            torch.softmax(torch.matmul(q[:, i : i + step], k[:, i : i + step].transpose(-1, -2)), -1),
+            v[:, i : i + step],
+        )
+        for i in range(0, H, step)
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -109,6 +136,7 @@ class SelfAttention(nn.Module):
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
         self.max_scale_mul = math.log(100.0)
         self.proj = nn.Linear(dim, dim)
+        self.kernel = "sdpa"  # one of ATTENTION_KERNELS (InfinityTransformer.set_attention_kernel)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: dict | None) -> Tensor:
         B, L, C = x.shape
@@ -125,7 +153,10 @@ class SelfAttention(nn.Module):
                 k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)
             cache["k"], cache["v"] = k, v
         q, k = q.to(v.dtype), k.to(v.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        if self.kernel == "matmul" and mask is None:
+            out = matmul_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
 
@@ -328,6 +359,16 @@ class InfinityTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             for m in blk.modules():
                 if isinstance(m, nn.LayerNorm):
                     m.float()
+        return self
+
+    def set_attention_kernel(self, kernel: str) -> InfinityTransformer:
+        """How every block's self-attention is computed without a mask (:data:`ATTENTION_KERNELS`):
+        ``matmul`` for CPU inference in bfloat16 (faster there; its scores held a few heads at a
+        time), ``sdpa`` (torch's kernels) otherwise. Masked attention always runs on ``sdpa``."""
+        if kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"attention kernel {kernel!r} is not one of {', '.join(ATTENTION_KERNELS)}")
+        for blk in self.blocks:
+            blk.sa.kernel = kernel
         return self
 
     @property
