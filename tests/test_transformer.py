@@ -194,6 +194,31 @@ def test_bfloat16_autocast_keeps_float32_logits_close(model, text):
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 
+def test_the_matmul_attention_kernel_equals_sdpa_in_any_number_of_head_chunks(monkeypatch):
+    from varestorer.transformer import infinity
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 37, 16, generator=g) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    assert torch.allclose(infinity.matmul_attention(q, k, v), ref, atol=1e-6)
+    monkeypatch.setattr(infinity, "_SCORES_BUDGET", 2 * 37 * 37 * 4 * 3)  # 3 heads' scores: chunks of 3 and 1
+    assert torch.allclose(infinity.matmul_attention(q, k, v), ref, atol=1e-6)
+
+
+def test_the_matmul_kernel_changes_the_full_pass_by_rounding_only_and_masked_attention_not_at_all(text):
+    torch.manual_seed(0)
+    model = build_transformer("tiny").eval()
+    inputs = tokens().teacher_input_sequence()
+    with torch.no_grad():
+        full, causal = model(text, inputs, SCHEDULE, "full"), model(text, inputs, SCHEDULE, "causal")
+        model.set_attention_kernel("matmul")
+        assert all(b.sa.kernel == "matmul" for b in model.blocks)
+        assert torch.allclose(model(text, inputs, SCHEDULE, "full"), full, atol=ATOL)
+        assert torch.equal(model(text, inputs, SCHEDULE, "causal"), causal)  # a mask: always sdpa
+    with pytest.raises(ValueError, match="not one of sdpa, matmul"):
+        model.set_attention_kernel("flash")
+
+
 # ---------------------------------------------------------------------- LoRA
 def test_zero_lora_gives_identical_logits_and_disabling_adapters_gives_the_base(text):
     torch.manual_seed(2)

@@ -101,7 +101,8 @@ def bench_latency(
     format (oneDNN's and cuDNN's faster convolution layout). The CPU speed-ups, before and after
     side by side in one run on the same weights: after the methods, ``onestep`` again with each
     added in turn, ``attention_kernel`` (``matmul``: row ``onestep+matmul``) then ``quantize``
-    (``int8``: the block Linears in int8, :meth:`VARestorerPipeline.quantize`; row ``...+int8``),
+    (``int8``: the block Linears in int8, :meth:`VARestorerPipeline.quantize`; row ``...+int8``;
+    ``int8-vae``: that row, then the VAE's convolutions in int8 too, row ``...+int8+vae``),
     each row with the PSNR of its output against plain ``onestep``'s on the same input."""
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -127,14 +128,15 @@ def bench_latency(
         with _sdpa(sdpa):
             sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
         rows[m] = {"sec_per_image": sec / batch}
-    speedups = [("attention", attention_kernel)] if attention_kernel != "sdpa" else []
-    speedups += [("quantize", quantize)] if quantize else []
+    speedups = [("attention", attention_kernel, attention_kernel)] if attention_kernel != "sdpa" else []
+    speedups += [("quantize", "int8", "int8")] if quantize else []
+    speedups += [("quantize", "int8-vae", "vae")] if quantize == "int8-vae" else []
     if speedups:  # then onestep again with each speed-up added in turn, on the same weights and input
         with _sdpa(sdpa):
             before, name = pipe.restorer("onestep")(x, prompts), "onestep"
-            for kind, value in speedups:
+            for kind, value, label in speedups:
                 pipe.set_attention_kernel(value) if kind == "attention" else pipe.quantize(value)
-                name += f"+{value}"
+                name += f"+{label}"
                 restore = pipe.restorer("onestep")
                 sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
                 rows[name] = {"sec_per_image": sec / batch, "psnr_vs_onestep": _psnr(restore(x, prompts), before)}
@@ -190,10 +192,10 @@ def format_latency(r: dict) -> str:
         f"bench latency: preset {r['preset']}, {r['resolution']}px ({r['scales']} scales), batch {r['batch']}, "
         f"{r['device_name']} {r['dtype']}; sampler {r['sampler']}; attention {r.get('sdpa', 'default')}"
         f"{', compiled' if r.get('compile') else ''}{', channels-last' if r.get('channels_last') else ''}",
-        f"  {'method':<20} {'s/image':>10} {'x onestep':>10}",
+        f"  {'method':<24} {'s/image':>10} {'x onestep':>10}",
     ]
     for m, row in r["methods"].items():
         ratio = f"{row['x_onestep']:.2f}x" if "x_onestep" in row else "-"
         psnr = f"   {row['psnr_vs_onestep']:.2f} dB PSNR against onestep" if "psnr_vs_onestep" in row else ""
-        lines.append(f"  {m:<20} {row['sec_per_image']:>10.4f} {ratio:>10}{psnr}")
+        lines.append(f"  {m:<24} {row['sec_per_image']:>10.4f} {ratio:>10}{psnr}")
     return "\n".join(lines)

@@ -41,7 +41,8 @@ from ..export.config import DECODINGS
 from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
 from ..transformer.lora import adapters_disabled, is_adapted
-from ..transformer.quantize import quantize_blocks
+from ..transformer.quantize import MODES as QUANTIZE_MODES
+from ..transformer.quantize import quantize_blocks, quantize_convs
 from ..transformer.sampling import gumbel_noise, sample
 from ..transformer.text import TextFeatures
 from .color import DEFAULT_COLOR_FIX, check_color_fix
@@ -225,21 +226,31 @@ class VARestorerPipeline:
             self._merged = True
 
     def quantize(self, mode: str = "int8") -> VARestorerPipeline:
-        """Run the transformer's block Linears in int8 on the CPU (oneDNN, VNNI): weights per
-        output channel, activations per tensor, the dequantisation, bias and GELU fused
-        (:mod:`varestorer.transformer.quantize`). For CPU inference: at 512 px the 2B's one-step
-        pass is faster than in bfloat16 (``varestorer bench latency --quantize int8``; its cost
-        in PSNR: docs/real-size.md). Set the device and dtype first; the LoRA is merged into the
-        weights for good, so the methods that sample the base model (adapters off) are refused
-        afterwards: load the model again for them."""
+        """Run the model in int8 on the CPU (oneDNN's VNNI kernels; weights per output channel,
+        activations per tensor, the dequantisation, bias and GELU fused;
+        :mod:`varestorer.transformer.quantize`): ``"int8"``, the transformer's block Linears;
+        ``"int8-vae"``, also the VAE decoder's and the LQ encoder's convolutions. For CPU
+        inference: at 512 px the 2B's one-step pass is faster than in bfloat16 (``varestorer bench
+        latency --quantize int8-vae``; its cost in PSNR: docs/real-size.md). Set the device and
+        dtype first. One-way: the LoRA is merged into the weights for good, so the methods that
+        sample the base model (adapters off) are refused afterwards, and so is saving; load the
+        model again for them."""
+        if mode not in QUANTIZE_MODES:
+            raise ConfigError(f"quantisation {mode!r} is not supported; one of {', '.join(QUANTIZE_MODES)}")
         if self.quantized == mode:
             return self
+        if self.quantized == "int8-vae":
+            raise ConfigError("the VAE is quantised already (int8-vae) and cannot be undone: load the model again")
         if self._offload is not None or self.device.type != "cpu":
             raise ConfigError(
                 "int8 quantisation runs on the CPU (oneDNN's int8 kernels); on a GPU use --dtype bfloat16 (no --offload)"
             )
-        self.merge_lora()
-        quantize_blocks(self.transformer, mode)
+        if self.quantized is None:
+            self.merge_lora()
+            quantize_blocks(self.transformer)
+        if mode == "int8-vae":
+            quantize_convs(self.vae.decoder)
+            quantize_convs(self.encoder)
         self.quantized = mode
         return self
 
@@ -376,6 +387,10 @@ class VARestorerPipeline:
 
     def save_pretrained(self, out: str | Path) -> Path:
         """Write the export form (adapter, encoder, config, and the base files it was loaded with)."""
+        if self.quantized:
+            raise ConfigError(
+                f"a quantised pipeline ({self.quantized}) is not saved: load the model again and save that"
+            )
         encoder = self.encoder.state_dict() if self.config.has_encoder else None
         return write_export(
             out,
