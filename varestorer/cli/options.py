@@ -165,11 +165,11 @@ def add_running_options(p) -> None:
     )
     g.add_argument(
         "--quantize",
-        choices=("int8", "int8-vae"),
+        choices=("int8",),
         default=None,
-        help="CPU only: int8 (oneDNN, weights per channel, activations per tensor): int8, the transformer's "
-        "block Linears; int8-vae, also the VAE decoder's and LQ encoder's convolutions. Faster than bfloat16 "
-        "on a CPU at a small cost in PSNR (docs/real-size.md); onestep, restorer and varsr methods",
+        help="CPU only: the transformer's block Linears in int8 (oneDNN, weights per channel, activations "
+        "per tensor): faster than bfloat16 on a CPU at a small cost in PSNR (docs/real-size.md); onestep, "
+        "restorer and varsr methods",
     )
     g.add_argument(
         "--attention-kernel",

@@ -488,10 +488,10 @@ def register_bench(sub) -> None:
     )
     p.add_argument(
         "--quantize",
-        choices=("int8", "int8-vae"),
+        choices=("int8",),
         default=None,
         help="CPU: then time onestep again with the block Linears in int8 (row ...+int8, with its PSNR "
-        "against onestep's output); int8-vae: and again with the VAE's convolutions in int8 too (row ...+int8+vae)",
+        "against onestep's output)",
     )
     p.add_argument(
         "--attention-kernel",

@@ -101,8 +101,7 @@ def bench_latency(
     format (oneDNN's and cuDNN's faster convolution layout). The CPU speed-ups, before and after
     side by side in one run on the same weights: after the methods, ``onestep`` again with each
     added in turn, ``attention_kernel`` (``matmul``: row ``onestep+matmul``) then ``quantize``
-    (``int8``: the block Linears in int8, :meth:`VARestorerPipeline.quantize`; row ``...+int8``;
-    ``int8-vae``: that row, then the VAE's convolutions in int8 too, row ``...+int8+vae``),
+    (``int8``: the block Linears in int8, :meth:`VARestorerPipeline.quantize`; row ``...+int8``),
     each row with the PSNR of its output against plain ``onestep``'s on the same input."""
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -129,8 +128,7 @@ def bench_latency(
             sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
         rows[m] = {"sec_per_image": sec / batch}
     speedups = [("attention", attention_kernel, attention_kernel)] if attention_kernel != "sdpa" else []
-    speedups += [("quantize", "int8", "int8")] if quantize else []
-    speedups += [("quantize", "int8-vae", "vae")] if quantize == "int8-vae" else []
+    speedups += [("quantize", quantize, quantize)] if quantize else []
     if speedups:  # then onestep again with each speed-up added in turn, on the same weights and input
         with _sdpa(sdpa):
             before, name = pipe.restorer("onestep")(x, prompts), "onestep"

@@ -42,7 +42,7 @@ from ..presets import get_preset
 from ..tokenizer import MultiScaleBSQ
 from ..transformer.lora import adapters_disabled, is_adapted
 from ..transformer.quantize import MODES as QUANTIZE_MODES
-from ..transformer.quantize import quantize_blocks, quantize_convs
+from ..transformer.quantize import quantize_blocks
 from ..transformer.sampling import gumbel_noise, sample
 from ..transformer.text import TextFeatures
 from .color import DEFAULT_COLOR_FIX, check_color_fix
@@ -226,31 +226,23 @@ class VARestorerPipeline:
             self._merged = True
 
     def quantize(self, mode: str = "int8") -> VARestorerPipeline:
-        """Run the model in int8 on the CPU (oneDNN's VNNI kernels; weights per output channel,
-        activations per tensor, the dequantisation, bias and GELU fused;
-        :mod:`varestorer.transformer.quantize`): ``"int8"``, the transformer's block Linears;
-        ``"int8-vae"``, also the VAE decoder's and the LQ encoder's convolutions. For CPU
-        inference: at 512 px the 2B's one-step pass is faster than in bfloat16 (``varestorer bench
-        latency --quantize int8-vae``; its cost in PSNR: docs/real-size.md). Set the device and
-        dtype first. One-way: the LoRA is merged into the weights for good, so the methods that
+        """Run the transformer's block Linears in int8 on the CPU (oneDNN's VNNI kernels; weights
+        per output channel, activations per tensor, the dequantisation, bias and GELU fused;
+        :mod:`varestorer.transformer.quantize`). For CPU inference: at 512 px the 2B's one-step
+        pass is faster than in bfloat16 (``varestorer bench latency --quantize int8``; its cost in
+        PSNR: docs/real-size.md). Set the device and dtype first. One-way: the LoRA is merged into the weights for good, so the methods that
         sample the base model (adapters off) are refused afterwards, and so is saving; load the
         model again for them."""
         if mode not in QUANTIZE_MODES:
             raise ConfigError(f"quantisation {mode!r} is not supported; one of {', '.join(QUANTIZE_MODES)}")
         if self.quantized == mode:
             return self
-        if self.quantized == "int8-vae":
-            raise ConfigError("the VAE is quantised already (int8-vae) and cannot be undone: load the model again")
         if self._offload is not None or self.device.type != "cpu":
             raise ConfigError(
                 "int8 quantisation runs on the CPU (oneDNN's int8 kernels); on a GPU use --dtype bfloat16 (no --offload)"
             )
-        if self.quantized is None:
-            self.merge_lora()
-            quantize_blocks(self.transformer)
-        if mode == "int8-vae":
-            quantize_convs(self.vae.decoder)
-            quantize_convs(self.encoder)
+        self.merge_lora()
+        quantize_blocks(self.transformer)
         self.quantized = mode
         return self
 

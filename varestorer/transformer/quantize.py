@@ -5,14 +5,14 @@ activations on the fly, per tensor (uint8 with a zero point, from the tensor's m
 oneDNN's ``qlinear_pointwise`` multiplies them in int8 and writes the dequantised output with
 the bias (and the FFN's tanh-GELU) fused, in the dtype the block runs in. It is the path that
 pays on a CPU: ``torch._int_mm`` alone is as fast, but its int32 output rescaled in separate
-passes made the whole Linear slower than bfloat16 (docs/real-size.md).
+passes made the whole Linear slower than bfloat16 (docs/real-size.md). The VAE's convolutions stay
+in bfloat16: oneDNN's int8 convolution is faster alone, but quantising its large activations
+(and the layout copies around it) made the 2B's decoder slower in all (8.0 s against 5.8 s).
 
-What is quantised (``MODES``): in every block, ``sa.mat_qkv, sa.proj, ca.mat_q, ca.proj, ffn.fc1,
+What is quantised: in every block, ``sa.mat_qkv, sa.proj, ca.mat_q, ca.proj, ffn.fc1,
 ffn.fc2`` (the products over the image tokens: nearly all the pass's Linear FLOPs). The
 cross-attention's keys and values (``ca.mat_kv``, a few text tokens), the text pooling, the
-embeddings, AdaLN and the head stay as they are. ``int8-vae`` also runs the VAE decoder's and
-the LQ encoder's convolutions in int8 (oneDNN's int8 convolution, quantised alike), but for the
-first and last, which read and write the image. A LoRA must be merged first (its product then
+embeddings, AdaLN and the head stay as they are. A LoRA must be merged first (its product then
 lives in the base weight): quantising is one-way; load the model again for the exact weights.
 """
 
@@ -26,9 +26,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 
 QUANTISED = ("sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.proj", "ffn.fc1", "ffn.fc2")
-#: ``int8``: the transformer's block Linears; ``int8-vae``: also the convolutions of the VAE decoder
-#: and the LQ encoder (but the first and last, on the pixels: :func:`quantize_convs`).
-MODES = ("int8", "int8-vae")
+MODES = ("int8",)
 
 
 def int8_available() -> bool:
@@ -93,68 +91,6 @@ class Int8Linear(nn.Module):
             "tanh" if self.gelu else "",
         )
         return y.reshape(*x.shape[:-1], self.out_features)
-
-
-class Int8Conv2d(nn.Module):
-    """``nn.Conv2d`` on oneDNN's int8 convolution: the same quantisation as :class:`Int8Linear`
-    (weights per output channel, activations per tensor, on the fly); the output in the autocast
-    dtype (else the weight's)."""
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ConfigError(f"cannot quantise a Conv2d with padding {conv.padding!r} ({conv.padding_mode})")
-        w = conv.weight.detach().float()
-        scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        qweight = torch.round(w / scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
-        self.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.weight_dtype = conv.weight.dtype
-        self.register_buffer("weight_scale", scale)
-        self.register_buffer("weight_zero_point", torch.zeros_like(scale, dtype=torch.int64))
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float())
-        stride, padding, dilation, groups = self.geometry
-        self._packed = torch.ops.onednn.qconv_prepack(qweight, scale, 1.0, 0, stride, padding, dilation, groups, None)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.weight_dtype
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            qx = torch.quantize_per_tensor_dynamic(x.float().contiguous(), torch.quint8, False)
-        stride, padding, dilation, groups = self.geometry
-        return torch.ops.onednn.qconv_pointwise(
-            qx.int_repr(),
-            qx.q_scale(),
-            qx.q_zero_point(),
-            self._packed,
-            self.weight_scale,
-            self.weight_zero_point,
-            self.bias,
-            stride,
-            padding,
-            dilation,
-            groups,
-            1.0,
-            0,
-            out_dtype,
-            "none",
-            [],
-            "",
-        )
-
-
-def quantize_convs(model: nn.Module, min_channels: int = 16) -> int:
-    """Replace ``model``'s ``nn.Conv2d`` layers by :class:`Int8Conv2d`, in place, but those with
-    fewer than ``min_channels`` input or output channels (an image's first and last convolutions,
-    where the pixels are). Returns how many were replaced."""
-    found = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and min(m.in_channels, m.out_channels) >= min_channels
-    ]
-    for name, m in found:
-        _set(model, name, Int8Conv2d(m))
-    return len(found)
 
 
 class Int8FFN(nn.Module):
