@@ -102,11 +102,14 @@ def test_weights_that_are_not_finite_are_neither_exported_nor_published(export, 
     assert_refused(*run(capsys, "publish", model, "--repo-id", "me/model", "--dry-run"), "publish", said)
 
 
-def test_a_release_whose_lora_is_not_finite_is_not_imported(export, tmp_path, capsys):
+@pytest.mark.parametrize("part", ["lora_up.weight", "ffn.fc1.weight"])
+def test_a_release_whose_lora_or_base_is_not_finite_is_not_imported(export, tmp_path, capsys, part):
+    """The base is checked tensor by tensor as it is written (never read whole): its NaN too is
+    refused, and the half-written folder is gone."""
     from test_release import RANK, _release_state
 
     state = _release_state()
-    key = next(k for k in state if k.endswith("lora_up.weight"))
+    key = next(k for k in state if k.endswith(part))
     state[key] = torch.full_like(state[key], float("nan"))
     torch.save(state, tmp_path / "varestorer.pth")
     argv = ["import-release", tmp_path / "varestorer.pth", "-o", tmp_path / "out", "--preset", "tiny"]

@@ -125,7 +125,8 @@ src, out, release = sys.argv[1], sys.argv[2], sys.argv[3] == "release"
 open("/proc/self/clear_refs", "w").write("5")
 base = kib("VmRSS:")
 state = read_file(src)  # a torch file: memory-mapped
-save_weights_streamed(state, out, written=page_releaser(src) if release else None)
+drop = page_releaser(src)
+save_weights_streamed(state, out, written=(lambda k, t: drop(t)) if release else None)
 print(json.dumps({"grown_mb": (kib("VmHWM:") - base) / 1024, "after_mb": (kib("VmRSS:") - base) / 1024}))
 """
 

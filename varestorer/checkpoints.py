@@ -346,6 +346,7 @@ def load_strict(
     candidates: Mapping[str, Mapping[str, tuple]] | None = None,
     unused_top_level: list[str] | None = None,
     known_extras: Mapping[str, str] | None = None,
+    check_finite: bool = True,
 ) -> LoadReport:
     """Load ``state_dict`` into ``model``, filling every parameter and buffer or raising.
 
@@ -361,6 +362,9 @@ def load_strict(
             the model neither has nor needs, e.g. buffers an older version of the model
             registered. Present ones are ignored and named with their reasons in one info note;
             any other key the model does not have is an error.
+        check_finite: refuse non-finite weights (:func:`refuse_nonfinite`), reading every value;
+            ``False`` where the caller checks them as it streams them (an import: the checkpoint's
+            pages are then read once).
     A model on the meta device gets the checkpoint's tensors assigned; otherwise they are
     copied into the existing parameters (keeping the model's dtype and device).
     """
@@ -412,7 +416,8 @@ def load_strict(
                 else f"\n  It matches none of the presets {sorted(candidates)}: is it a {what} checkpoint?"
             )
         raise CheckpointError(msg)
-    refuse_nonfinite({in_file[k]: renamed[k] for k in expected}, what, source)  # named as in the file
+    if check_finite:
+        refuse_nonfinite({in_file[k]: renamed[k] for k in expected}, what, source)  # named as in the file
     on_meta = any(t.is_meta for t in expected.values())
     model.load_state_dict({k: renamed[k] for k in expected}, strict=True, assign=on_meta)
     if report.ignored:

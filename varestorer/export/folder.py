@@ -86,8 +86,9 @@ def save_weights_streamed(
     """A state dict as safetensors, written one tensor at a time, each floating tensor converted to
     ``dtype`` (if given) just before it is written: memory holds the source (a memory-mapped
     checkpoint costs no copy) and one converted tensor, never the whole converted state (what
-    :func:`save_weights` needs). ``written(tensor)`` is called with each source tensor once it is
-    written (:func:`~varestorer.checkpoints.page_releaser`: the source's pages dropped as it goes).
+    :func:`save_weights` needs). ``written(name, tensor)`` is called with each source tensor once it
+    is written (to check it, and to drop its file pages: :func:`~varestorer.checkpoints.page_releaser`);
+    what it raises ends the write and no file is left.
     Under a temporary name, renamed when complete."""
 
     def out_dtype(t):
@@ -116,7 +117,7 @@ def save_weights_streamed(
                 f.write(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no bytes copy
             del t
             if written is not None:
-                written(state[k])
+                written(k, state[k])
 
 
 def write_export(

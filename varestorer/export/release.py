@@ -185,7 +185,8 @@ def import_release(
     arch = infer_transformer_config(base, str(checkpoint))
     with torch.device("meta"):
         model = InfinityTransformer(**arch)
-    load_transformer_state(model, base, source=str(checkpoint))  # every key and shape, or an error naming it
+    # every key and shape, or an error naming it; the values are checked as they are written, below
+    load_transformer_state(model, base, source=str(checkpoint), check_finite=False)
     the_vae = load_vae(p, vae)
     stage1 = load_restorer(restorer) if restorer is not None else None
     schedule = the_vae.schedule(p.resolution)
@@ -211,9 +212,16 @@ def import_release(
     ).validate()
     # written beside ``out`` and swapped in: an interrupted import leaves no half folder
     with new_export(out, overwrite=overwrite) as tmp:
-        # tensor by tensor from the memory-mapped checkpoint: no converted copy of the 2B base in memory
-        # in the dtype the release ships (bfloat16: half of float32 on disk; read in any dtype later)
-        save_weights_streamed(base, tmp / BASE_TRANSFORMER_FILE, written=page_releaser(checkpoint))
+        # tensor by tensor from the memory-mapped checkpoint, in the dtype the release ships (bfloat16:
+        # half of float32 on disk; read in any dtype later), each checked finite and its pages dropped
+        # once written: the checkpoint is never resident whole
+        release = page_releaser(checkpoint)
+
+        def written(name: str, tensor: torch.Tensor) -> None:
+            refuse_nonfinite({name: tensor}, "transformer", str(checkpoint))
+            release(tensor)
+
+        save_weights_streamed(base, tmp / BASE_TRANSFORMER_FILE, written=written)
         peft_config = lora_config(rank=rank)
         peft_config.inference_mode = True
         peft_config.save_pretrained(str(tmp))

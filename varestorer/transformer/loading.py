@@ -105,9 +105,14 @@ def _rename(key: str) -> str:
 
 
 def load_transformer_state(
-    model: InfinityTransformer, state_dict: Mapping, source: str = "<state dict>", unused_top_level=()
+    model: InfinityTransformer,
+    state_dict: Mapping,
+    source: str = "<state dict>",
+    unused_top_level=(),
+    check_finite: bool = True,
 ) -> None:
-    """Strictly load an official-layout state dict into ``model`` (see the module doc)."""
+    """Strictly load an official-layout state dict into ``model`` (see the module doc);
+    ``check_finite=False``: the caller checks the values (``load_strict``)."""
     state = {_rename(k): v for k, v in state_dict.items()}
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"transformer checkpoint {source} holds entries that are not tensors")
@@ -123,6 +128,7 @@ def load_transformer_state(
         candidates=candidate_layouts(),
         unused_top_level=list(unused_top_level),
         known_extras=KNOWN_EXTRAS,
+        check_finite=check_finite,
     )
 
 
