@@ -2,12 +2,14 @@
 file and a Markdown table (docs/real-size.md quotes them; issue 34):
 
     python launch/write-full-size.py FULL                  # random weights in the official layouts
-    python launch/measure-full-size.py FULL OUT [--only import restore warm train estimate user]
+    python launch/measure-full-size.py FULL OUT [--only import restore restore-fast warm train estimate user]
 
 - import: ``varestorer import-release`` of FULL/varestorer.pth (with the VAE and DiffBIR's SwinIR);
 - restore: ``varestorer restore`` of one photo to 512x512 with the imported model, FULL/flan-t5-xl and
   FULL/blip-image-captioning-large, from a cold start (loading included): bfloat16 and float32, each
   with and without ``--offload``;
+- restore-fast: the same photo in bfloat16, plain and with the CPU speed-ups (``--quantize int8
+  --attention-kernel matmul``), one after the other;
 - warm: the same restoration in one process, loaded once, called twice (the second call's time);
 - train: ``bench train`` of the paper's recipe and of the authors' trainer at batch 1, 256 and
   512 px, gradient checkpointing, bf16 autocast (one step after model building, no FLOP count);
@@ -80,6 +82,9 @@ def warm(args) -> None:
     dtype = getattr(torch, args.dtype)  # as `varestorer restore --device cpu --dtype` loads it
     pipe = VARestorerPipeline.from_pretrained(args.model, text_encoder=args.text_encoder, torch_dtype=dtype)
     pipe.to("cpu", dtype)
+    if args.fast == "fast":  # what restore --quantize int8 --attention-kernel matmul does
+        pipe.quantize("int8")
+        pipe.set_attention_kernel("matmul")
     pipe.set_captioner(BlipCaptioner(args.caption_model, device="cpu"), caption_from="restorer")
     load = time.perf_counter() - t0
     image = Image.open(args.image)
@@ -98,7 +103,7 @@ def main() -> None:
     p.add_argument(
         "--only",
         nargs="+",
-        default=["import", "restore", "warm", "estimate", "train", "train-frozen-bf16", "user"],
+        default=["import", "restore", "restore-fast", "warm", "estimate", "train", "train-frozen-bf16", "user"],
         help="the groups of cases to run (default: all)",
     )
     p.add_argument("--preset", default="infinity-2b", help="(tiny: a dry run of the bench cases)")
@@ -128,6 +133,15 @@ def main() -> None:
             for offload in (False, True):
                 name = f"restore-{dtype}" + ("-offload" if offload else "")
                 run(name, restore + ["-o", str(out / name), "--dtype", dtype] + ["--offload"] * offload, out, results)
+    if "restore-fast" in args.only:  # the CPU speed-ups against plain bfloat16, in one run
+        fast = ["--quantize", "int8", "--attention-kernel", "matmul"]
+        for name, extra in (("restore-bfloat16-plain", []), ("restore-bfloat16-int8-matmul", fast)):
+            run(name, restore + ["-o", str(out / name), "--dtype", "bfloat16", *extra], out, results)
+        for kind in ("plain", "fast"):
+            cmd = [sys.executable, __file__, "--warm", str(imported), str(t5), str(blip), str(lq), "bfloat16", kind]
+            r = run(f"warm-bfloat16-{kind}", cmd, out, results)
+            if r["rc"] == 0:
+                r.update(json.loads((out / f"warm-bfloat16-{kind}.log").read_text().strip().splitlines()[-1]))
     if "warm" in args.only:
         for dtype in ("bfloat16",):
             cmd = [sys.executable, __file__, "--warm", str(imported), str(t5), str(blip), str(lq), dtype]
@@ -241,7 +255,11 @@ def table(results: dict) -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--warm":
         warm(
-            argparse.Namespace(**dict(zip(("model", "text_encoder", "caption_model", "image", "dtype"), sys.argv[2:])))
+            argparse.Namespace(
+                **dict(
+                    zip(("model", "text_encoder", "caption_model", "image", "dtype", "fast"), [*sys.argv[2:], "plain"])
+                )
+            )
         )
     else:
         main()
