@@ -44,11 +44,13 @@ def _reference_int8(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def test_an_int8_linear_computes_the_quantised_product_with_the_scales_and_bias_fused():
     torch.manual_seed(0)
-    lin = nn.Linear(64, 48)
+    lin = nn.Linear(64, 600)  # more output rows than quantize_rows takes at once
+    before = lin.weight.detach().clone()
     x = torch.randn(2, 7, 64)
     y = Int8Linear(lin)(x)
-    assert y.shape == (2, 7, 48) and y.dtype == torch.float32
-    ref = _reference_int8(lin, x.reshape(-1, 64)).reshape(2, 7, 48)
+    assert torch.equal(lin.weight, before)  # the float weights are read, never divided in place
+    assert y.shape == (2, 7, 600) and y.dtype == torch.float32
+    ref = _reference_int8(lin, x.reshape(-1, 64)).reshape(2, 7, 600)
     # oneDNN rounds its float32 scale product differently; within one step of the int8 grid
     assert torch.allclose(y, ref, atol=2e-3, rtol=1e-3)
     # ...and about 1% away from the float product
