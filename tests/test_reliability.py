@@ -111,6 +111,57 @@ def test_a_run_killed_during_and_between_checkpoint_writes_resumes_to_the_same_w
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
+REPLACE_AND_DIE = """
+import os, shutil, sys
+from pathlib import Path
+from varestorer.distill import checkpointing as c
+
+out, die_at = Path(sys.argv[1]), int(sys.argv[2])
+ops = 0
+
+def counted(fn):
+    def op(*args, **kwargs):
+        global ops
+        ops += 1
+        if ops == die_at:
+            os._exit(137)  # killed here, nothing cleaned up
+        return fn(*args, **kwargs)
+    return op
+
+c.os = type("os", (), {"replace": staticmethod(counted(os.replace))})
+c.shutil = type("shutil", (), {"rmtree": staticmethod(counted(shutil.rmtree))})
+with c.atomic_folder(out / "checkpoint-5") as tmp:  # checkpoint-5 is written again
+    (tmp / "weights").write_text("new")
+print(ops)
+"""
+
+
+def test_a_checkpoint_written_again_is_complete_under_its_name_whenever_the_run_is_killed(tmp_path):
+    """Rotation writes the new folder, renames the old one aside, renames the new one in, deletes
+    the old one: killed after any of these steps, the next start finds a complete checkpoint-5
+    (the old or the new), never none (deleting the old folder first lost it for good)."""
+    from varestorer.distill.checkpointing import remove_partials
+
+    def attempt(die_at: int, name: str = "") -> tuple[int, str, str]:
+        out = tmp_path / f"{die_at}{name}"
+        (out / "checkpoint-5").mkdir(parents=True)
+        (out / "checkpoint-5" / "weights").write_text("old")
+        r = subprocess.run(
+            [sys.executable, "-c", REPLACE_AND_DIE, str(out), str(die_at)], capture_output=True, text=True
+        )
+        remove_partials(out)  # what the next start does
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint-5"], (die_at, r.stderr, list(out.iterdir()))
+        return r.returncode, (out / "checkpoint-5" / "weights").read_text(), r.stdout
+
+    code, content, steps = attempt(10**6)  # not killed: the steps counted
+    assert code == 0 and content == "new"
+    for die_at in range(1, int(steps) + 1):
+        code, content, _ = attempt(die_at)
+        assert code == 137 and content in ("old", "new"), (die_at, code, content)
+    # killed once the new folder is in place, the next start keeps the new one
+    assert attempt(int(steps), "again")[1] == "new"
+
+
 def test_resume_latest_skips_a_damaged_checkpoint_with_a_warning_and_takes_the_one_before(tmp_path, reference, caplog):
     out = tmp_path / "run"
     train_here(out, "train.max_steps=4")

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 TRAINABLE_FILE = "trainable.safetensors"  # the trainable weights of a checkpoint (see register_checkpoint_hooks)
 _PARTIAL = re.compile(r"^\.(checkpoint-\d+|final)\.partial$")
+_OLD = re.compile(r"^\.(checkpoint-\d+|final)\.old$")  # a complete folder moved aside by _replace
 
 
 def full_state(state: dict) -> dict:
@@ -247,13 +248,24 @@ def _note_recipe_change(path: Path, recipe_digest: str | None) -> Path:
 
 
 def remove_partials(output_dir: str | os.PathLike) -> None:
-    """Delete what a killed run left half-written (``.checkpoint-STEP.partial``, ``.final.partial``)."""
+    """Clear what a killed run left: delete what was half-written (``.checkpoint-STEP.partial``,
+    ``.final.partial``), and put back a complete folder that :func:`_replace` had moved aside
+    (``.NAME.old``) when no ``NAME`` took its place; one that was replaced is deleted."""
     out = Path(output_dir)
-    if out.is_dir():
-        for p in out.iterdir():
-            if p.is_dir() and _PARTIAL.match(p.name):
-                logger.info("removing %s, left half-written by an interrupted run", p)
+    if not out.is_dir():
+        return
+    for p in sorted(out.iterdir()):
+        if p.is_dir() and _OLD.match(p.name):
+            final = out / _OLD.match(p.name).group(1)
+            if final.exists():
                 shutil.rmtree(p, ignore_errors=True)
+            else:
+                logger.info("putting %s back as %s: the run was killed while replacing it", p, final)
+                os.replace(p, final)
+    for p in out.iterdir():
+        if p.is_dir() and _PARTIAL.match(p.name):
+            logger.info("removing %s, left half-written by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def prune(output_dir: str | os.PathLike, limit: int | None) -> None:
@@ -272,9 +284,15 @@ def _partial(final: Path) -> Path:
 
 
 def _replace(partial: Path, final: Path) -> None:
+    """``partial`` (complete) becomes ``final``. A ``final`` that exists is renamed aside first and
+    deleted last: at every moment a complete folder is under ``final``'s name, or under
+    ``.NAME.old`` where :func:`remove_partials` (run at every start) puts it back."""
+    old = final.parent / f".{final.name}.old"
     if final.exists():
-        shutil.rmtree(final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _disk_full_message(what: Path, exc: OSError, keep: str) -> str:
