@@ -112,6 +112,23 @@ def test_imports_inside_functions_are_left_only_where_they_keep_the_command_fast
 
 
 @pytest.mark.slow
+def test_every_file_the_package_writes_goes_through_the_atomic_helpers_of_outputs():
+    """A file is whole or absent (a kill, a full disk): written under a temporary name and renamed
+    (``outputs.write_text``, ``save_image``, ``atomic_file``...). Bare writes are allowed only into
+    the temporary path ``atomic_file`` yields, and to /proc."""
+    import re
+
+    bare = re.compile(r"\.write_(text|bytes)\(|\bopen\([^)]*['\"][wa]b?['\"]")
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "outputs.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if bare.search(line) and "atomic_file(" not in line and "/proc/" not in line:
+                found.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
+    assert not found, "write through varestorer.outputs instead:\n" + "\n".join(found)
+
+
 def test_an_installed_wheel_finds_its_recipes_degradation_presets_and_card_templates(tmp_path):
     """Package data (importlib.resources): no checkout, no <prefix>/share (a --user install had none)."""
     root = PACKAGE.parent

@@ -99,10 +99,13 @@ def save_image(image, path: str | os.PathLike, format: str | None = None, **para
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """``path.write_text(text)`` under a temporary name, renamed when complete."""
+    """``path.write_text(text)`` under a temporary name, flushed to disk (a state file a resumed run
+    reads must survive a power cut too), renamed when complete."""
     path = Path(path)
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -194,6 +194,7 @@ def _record(args, rows: list[dict]) -> None:
 
     from ..errors import ConfigError
     from ..export.hub import EVAL_FILE, read_evaluation
+    from ..outputs import write_text
 
     folder = Path(args.model or "")
     row = next((r for r in rows if r["method"] == "onestep"), None)
@@ -202,7 +203,7 @@ def _record(args, rows: list[dict]) -> None:
     path = folder / EVAL_FILE
     table = read_evaluation(folder)
     table[args.record] = {k: v for k, v in row.items() if k not in ("method", "images") and v is not None}
-    path.write_text(json.dumps(table, indent=2))
+    write_text(path, json.dumps(table, indent=2))
     print(f"recorded the onestep row as {args.record!r} in {path}", file=sys.stderr if args.json else sys.stdout)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..outputs import write_text
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
 #: Seconds to wait for the Hub to answer before loading from the cache alone (without network,
@@ -228,6 +229,6 @@ def release_caption(text: str) -> str:
 
 def write_caption_file(path: str | Path, captions: dict[str, str]) -> None:
     """Write ``{path: caption}`` as a caption file (one ``{"path", "caption"}`` object a line)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for p, c in captions.items():
-            f.write(json.dumps({"path": p, "caption": c}, ensure_ascii=False) + "\n")
+    write_text(
+        path, "".join(json.dumps({"path": p, "caption": c}, ensure_ascii=False) + "\n" for p, c in captions.items())
+    )

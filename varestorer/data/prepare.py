@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from ..outputs import write_text
 from .captions import DEFAULT_BLIP, BlipCaptioner, CaptionFile
 from .images import IMAGE_SUFFIXES, ImageSkip, encode, is_image_path, read_rgb
 
@@ -169,15 +170,6 @@ def features():
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def shard_name(k: int) -> str:
     return f"data-{k:05d}.arrow"
 
@@ -246,8 +238,8 @@ def write_dataset_index(out: Path, shards: list[int], description: str = "") -> 
     state["_data_files"] = [{"filename": n} for n in names]
     state["_fingerprint"] = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
     info["description"] = description
-    _atomic_write(out / "dataset_info.json", json.dumps(info, indent=2))
-    _atomic_write(out / "state.json", json.dumps(state, indent=2, sort_keys=True))
+    write_text(out / "dataset_info.json", json.dumps(info, indent=2))
+    write_text(out / "state.json", json.dumps(state, indent=2, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -342,7 +334,7 @@ def _check_or_write_settings(out: Path, settings: dict, overwrite: bool) -> bool
             if p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(settings, indent=2))
+    write_text(path, json.dumps(settings, indent=2))
     return False
 
 
@@ -362,7 +354,7 @@ def _load_sources(out: Path, src: Path, resuming: bool, found: list[str] | None 
             )
         return sources
     sources = found
-    _atomic_write(path, "\n".join(sources) + ("\n" if sources else ""))
+    write_text(path, "\n".join(sources) + ("\n" if sources else ""))
     return sources
 
 
@@ -527,7 +519,7 @@ def prepare_dataset(
             except BaseException:
                 writer.abort()
                 raise
-            _atomic_write(
+            write_text(
                 progress_file(k),
                 json.dumps(
                     {
@@ -561,7 +553,7 @@ def prepare_dataset(
     lines = ["path\treason\tdetail"] + [
         "\t".join(x.replace("\t", " ").replace("\n", " ") for x in s) for s in report.skipped
     ]
-    _atomic_write(out / "skipped.tsv", "\n".join(lines) + "\n")
+    write_text(out / "skipped.tsv", "\n".join(lines) + "\n")
     return report
 
 

@@ -34,6 +34,7 @@ from torch.distributed.tensor import DTensor
 from ..checkpoints import latest_checkpoint, list_checkpoints
 from ..errors import CheckpointError, ConfigError
 from ..export import save_weights
+from ..outputs import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def write_manifest(folder: Path, step: int, recipe_digest: str) -> None:
         p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)
     }
     manifest = {"step": step, "recipe_hash": recipe_digest, "files": files}
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=1))
 
 
 def check_checkpoint(folder: str | os.PathLike) -> str | None:

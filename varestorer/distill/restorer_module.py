@@ -22,6 +22,7 @@ from torch import Tensor
 from ..degradations import DegradationPipeline
 from ..errors import ConfigError
 from ..evaluation.metrics import psnr_db
+from ..outputs import write_text
 from ..restorer import ARCHITECTURES, RESTORER_FILE, SwinIR, save_restorer
 from .heldout import heldout_restorer_psnr
 from .model import recipe_restorer
@@ -115,4 +116,4 @@ class RestorerModel(TrainingModule):
             "resolution": self.recipe.model.resolution,
             "recipe": self.recipe.to_dict(),
         }
-        (out / RESTORER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
+        write_text(out / RESTORER_CONFIG_FILE, json.dumps(config, indent=2, default=list))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import checkpoint_step, latest_checkpoint
 from ..errors import ConfigError, TrainingStopped
 from ..export.hub import CARD_FILE, publish, render_card
+from ..outputs import write_text
 from .checkpointing import (
     StopSignals,
     atomic_folder,
@@ -238,7 +239,7 @@ def _train(recipe: Recipe, accelerator) -> dict:
     t = recipe.train
     if accelerator.is_main_process:
         Path(t.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(t.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        write_text(Path(t.output_dir) / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     set_seed(t.seed)
     _warn_single_thread_cpu(accelerator)
 

@@ -187,5 +187,5 @@ def write_demo_report(
         "per-image scores, results.json), `train/final/` (the exported adapter).",
     ]
     path = Path(out) / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..outputs import write_text
 from ..restorer import RESTORER_FILE
 from ..tokenizer.quantizer import LQ_INPUT_FORMS
 
@@ -177,7 +178,7 @@ class ExportConfig:
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONFIG_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        write_text(path, json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod

@@ -38,7 +38,7 @@ import torch
 
 from ..checkpoints import SAFETENSORS_DTYPES, iter_weights, list_checkpoints, load_strict, read_file, refuse_nonfinite
 from ..errors import ConfigError
-from ..outputs import atomic_file, copy_file, replacing_folder
+from ..outputs import atomic_file, copy_file, replacing_folder, write_text
 from ..presets import get_preset
 from ..restorer import save_restorer
 from ..tokenizer.loading import load_vae
@@ -191,7 +191,7 @@ def write_tokenizer_export(out: str | Path, *, vae, recipe, schedule, vae_state:
         "scale_schedule": [list(s) for s in schedule],
         "recipe": recipe.to_dict(),
     }
-    (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
+    write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, default=list))
     return out
 
 
