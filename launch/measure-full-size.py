@@ -96,7 +96,7 @@ def warm(args) -> None:
     print(json.dumps({"load_s": load, "first_call_s": calls[0], "warm_call_s": calls[1]}))
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("full", type=Path, help="the folder launch/write-full-size.py wrote")
     p.add_argument("out", type=Path)

@@ -292,7 +292,7 @@ def _shared_plan(args: argparse.Namespace, out: Path, group) -> tuple | None:
 QUIET = 0
 
 
-def _run(args: argparse.Namespace, group) -> int:
+def _run(args: argparse.Namespace, group) -> int:  # noqa: C901
     from tqdm.auto import tqdm
 
     from ..data.images import ImageSkip, read_rgb, to_tensor

@@ -174,7 +174,7 @@ def encode(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def to_tensor(image) -> torch.Tensor:
+def to_tensor(image) -> torch.Tensor:  # noqa: C901
     """A path, PIL image, ``(H, W[, C])`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)``
     tensor in [0, 1] -> float32 ``(3, H, W)`` in [0, 1]: the one image conversion of the package
     (training data, the pipeline, the commands). Grayscale, palette, RGBA (over white), CMYK and

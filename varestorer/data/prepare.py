@@ -358,7 +358,7 @@ def _load_sources(out: Path, src: Path, resuming: bool, found: list[str] | None 
     return sources
 
 
-def prepare_dataset(
+def prepare_dataset(  # noqa: C901
     src: str | Path,
     out: str | Path,
     *,

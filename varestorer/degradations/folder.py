@@ -89,7 +89,7 @@ class DegradeReport:
         return s
 
 
-def degrade_folder(
+def degrade_folder(  # noqa: C901
     src: str,
     out: str | Path,
     preset: str = "realesrgan-x4",

@@ -134,7 +134,7 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def validate(data: dict, source: str = "preset", name: str = "") -> DegradationConfig:
+def validate(data: dict, source: str = "preset", name: str = "") -> DegradationConfig:  # noqa: C901
     """Check every key and value of a preset mapping and build its :class:`DegradationConfig`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a degradation preset is a mapping of keys to values, got {type(data).__name__}")

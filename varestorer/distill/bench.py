@@ -30,7 +30,7 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def bench_train(
+def bench_train(  # noqa: C901
     preset: str,
     resolution: int,
     batch: int,

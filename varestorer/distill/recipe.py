@@ -344,7 +344,7 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> Recipe:
+    def validate(self) -> Recipe:  # noqa: C901
         choices = {
             "mode": (self.mode, MODES),
             "student.attention": (self.student.attention, ("full", "causal")),

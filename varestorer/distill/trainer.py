@@ -233,7 +233,7 @@ def train(recipe: Recipe, overwrite: bool = False) -> dict:
         return _train(recipe, accelerator)
 
 
-def _train(recipe: Recipe, accelerator) -> dict:
+def _train(recipe: Recipe, accelerator) -> dict:  # noqa: C901
     from accelerate.utils import set_seed
 
     t = recipe.train

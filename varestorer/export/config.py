@@ -133,7 +133,7 @@ class ExportConfig:
     def schedule(self) -> list[tuple[int, ...]]:
         return [tuple(s) for s in self.scale_schedule]
 
-    def validate(self, where: str = "the export config") -> ExportConfig:
+    def validate(self, where: str = "the export config") -> ExportConfig:  # noqa: C901
         choices = {
             "mode": (self.mode, EXPORT_MODES),
             "attention": (self.attention, ATTENTION_MODES),

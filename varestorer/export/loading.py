@@ -75,7 +75,7 @@ class ExportParts:
     restorer: torch.nn.Module | None = None  # the stage-1 restorer (DiffBIR's SwinIR), if the model has one
 
 
-def load_export(
+def load_export(  # noqa: C901
     model: str | Path,
     *,
     base: str | Path | None = None,

@@ -739,7 +739,7 @@ class VARestorerPipeline:
         return resize_lanczos(x, size) if self.config.resize == "lanczos" else resize_images(x, size)
 
     # ------------------------------------------------------------------ the call
-    def __call__(
+    def __call__(  # noqa: C901
         self,
         image=None,
         prompt: str | Sequence[str] | None = None,

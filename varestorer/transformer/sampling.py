@@ -82,7 +82,7 @@ def next_scale_input(summed: Tensor, size: Scale) -> Tensor:
 
 
 @torch.no_grad()
-def sample(
+def sample(  # noqa: C901
     model,
     text: TextFeatures,
     schedule: Sequence[Scale],
