@@ -494,13 +494,13 @@ def test_compiling_keeps_the_names_of_the_trainable_weights(model, tmp_path):
     from varestorer.distill.tokenizer_module import TokenizerModel
 
     before = list(model.trainable_state_dict())
-    model.compile_transformer()
+    model.compile_trained_network()
     assert list(model.trainable_state_dict()) == before and not any("_orig_mod" in k for k in before)
     model.save_export(tmp_path / "export")
     assert not any("_orig_mod" in k for k in load_file(str(tmp_path / "export" / "adapter_model.safetensors")))
     tok = TokenizerModel.from_recipe(load_recipe("tiny", ["mode=tokenizer", "train.report_to=none"]))
     names = list(tok.state_dict())
-    tok.compile_transformer()
+    tok.compile_trained_network()
     assert list(tok.state_dict()) == names
 
 

@@ -236,7 +236,7 @@ class VARestorerModel(TrainingModule):
             self.teacher.cast_blocks(dtype)
         self.text_encoder.to(dtype=dtype)
 
-    def compile_transformer(self) -> None:
+    def compile_trained_network(self) -> None:
         """``torch.compile`` the transformer in place (``nn.Module.compile``): unlike wrapping it in
         ``torch.compile(...)``, which prefixes every parameter with ``_orig_mod.``, the checkpoints
         and the export keep their names, so a run resumes and exports across ``train.compile``."""

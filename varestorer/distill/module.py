@@ -9,12 +9,32 @@ trainer's save/load hooks in :mod:`~varestorer.distill.checkpointing` write them
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 
 
 class TrainingModule(nn.Module):
-    """Subclasses define ``forward(batch) -> losses``, ``validation_images``,
-    ``save_export(out, state=None)`` (``state``: :meth:`export_state`, gathered) and :meth:`frozen_modules`."""
+    """Subclasses define ``forward(batch) -> losses`` and the methods below that raise
+    ``NotImplementedError``: what the trainer calls (``distill/trainer.py``), declared once."""
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the trained network's activations in the backward pass (``train.gradient_checkpointing``)."""
+        raise NotImplementedError(f"{type(self).__name__}.enable_gradient_checkpointing")
+
+    def compile_trained_network(self) -> None:
+        """``torch.compile`` the network this module trains, in place (``nn.Module.compile``), so
+        that its parameter names (checkpoints, export) stay (``train.compile``)."""
+        raise NotImplementedError(f"{type(self).__name__}.compile_trained_network")
+
+    def validation_images(self, batch: dict) -> dict[str, Tensor]:
+        """The named image rows of a validation grid, each ``(N, 3, H, W)`` in [0, 1]."""
+        raise NotImplementedError(f"{type(self).__name__}.validation_images")
+
+    def save_export(self, out: Path, state: dict[str, Tensor] | None = None) -> None:
+        """Write the export form into ``out`` (``state``: :meth:`export_state`, gathered on every
+        process first)."""
+        raise NotImplementedError(f"{type(self).__name__}.save_export")
 
     def hold_outside(self, **parts: nn.Module | None) -> None:
         """Keep frozen ``parts`` (the VAE, T5, LPIPS) as attributes outside the module tree:

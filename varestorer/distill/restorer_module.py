@@ -58,7 +58,7 @@ class RestorerModel(TrainingModule):
     def enable_gradient_checkpointing(self) -> None:
         raise ConfigError("the restorer has no gradient checkpointing: set train.gradient_checkpointing=false")
 
-    def compile_transformer(self) -> None:
+    def compile_trained_network(self) -> None:
         """``torch.compile`` SwinIR in place (its parameter names stay)."""
         self.swinir.compile()
 

@@ -92,7 +92,7 @@ class TokenizerModel(TrainingModule):
 
         raise ConfigError("the tokenizer has no gradient checkpointing: set train.gradient_checkpointing=false")
 
-    def compile_transformer(self) -> None:
+    def compile_trained_network(self) -> None:
         """``torch.compile`` the VAE in place: its parameter names (checkpoints, export) stay."""
         self.vae.compile()
 

@@ -267,7 +267,7 @@ def _train(recipe: Recipe, accelerator) -> dict:  # noqa: C901
     core = accelerator.unwrap_model(model)
     params = core.trainable_parameters()  # FSDP2's prepare replaces them (by DTensor parameters)
     if t.compile:
-        core.compile_transformer()
+        core.compile_trained_network()
 
     global_step = 0
     digest = recipe_hash(recipe.to_dict())
