@@ -312,7 +312,7 @@ def test_a_full_disk_in_prepare_is_one_paragraph(places, tmp_path, capsys, monke
     def full(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(prepare, "_atomic_write", full)
+    monkeypatch.setattr(prepare, "write_text", full)
     code, err = run(capsys, *_commands(places, tmp_path / "ds", Path("unused"))["prepare"])
     assert_refused(code, err, "prepare", str(tmp_path / "ds"), "the disk is full", "run the same command again")
 
