@@ -41,17 +41,17 @@ def export(tmp_path_factory):
     return exported_student(tmp_path_factory.mktemp("export"), "student.lq_input=shifted", "degradation.scale=2")[1]
 
 
-def _restore(folder):
+def _restore(folder, **call):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     pipe = VARestorerPipeline.from_pretrained(folder, merge_lora=False)
-    return pipe(list(x), prompt="a photo", output_type="pt").images[0]
+    return pipe(list(x), prompt="a photo", output_type="pt", **call).images[0]
 
 
 def test_the_trainer_writes_every_field_of_the_current_version_from_the_recipe(export):
     data = json.loads((export / CONFIG_FILE).read_text())
     fields = {f.name for f in dataclasses.fields(ExportConfig)}
     assert set(data) == fields | {"format", "format_version"}
-    assert data["format_version"] == FORMAT_VERSION == 3
+    assert data["format_version"] == FORMAT_VERSION == 4
     config = ExportConfig.load(export)
     assert (config.lq_input, config.upscale, config.has_adapter, config.base_preset) == ("shifted", 2, True, "tiny")
     assert config.recipe["student"]["lq_input"] == "shifted"
@@ -76,8 +76,8 @@ def test_a_folder_of_every_version_written_so_far_restores_as_it_meant(tmp_path,
     keys = _v1_layouts()[date]
     (old / CONFIG_FILE).write_text(json.dumps({k: current[k] for k in keys} | {"format_version": 1}))
     migrated = ExportConfig.load(old)
-    assert migrated == ExportConfig.load(export)
-    assert torch.equal(_restore(old), _restore(export))
+    assert migrated == ExportConfig.load(export).replace(color_fix="none")  # colour correction came later
+    assert torch.equal(_restore(old), _restore(export, color_fix="none"))
 
 
 def test_a_version_2_folder_restores_as_it_did(tmp_path, export):
@@ -90,14 +90,52 @@ def test_a_version_2_folder_restores_as_it_did(tmp_path, export):
             (old / f.name).write_bytes(f.read_bytes())
     (old / CONFIG_FILE).write_text(json.dumps({k: current[k] for k in V2_KEYS} | {"format_version": 2}))
     migrated = ExportConfig.load(old)
-    assert migrated == ExportConfig.load(export)
-    assert (migrated.decode, migrated.restorer, migrated.resize, migrated.tile_weights) == (
+    assert migrated == ExportConfig.load(export).replace(color_fix="none")
+    assert (migrated.decode, migrated.restorer, migrated.resize, migrated.tile_weights, migrated.color_fix) == (
         "argmax",
         None,
         "bicubic",
         "linear",
+        "none",
     )
-    assert torch.equal(_restore(old), _restore(export))
+    assert torch.equal(_restore(old), _restore(export, color_fix="none"))
+
+
+@pytest.mark.parametrize(
+    "source, origin, color_fix",
+    [
+        ({}, "trained", "wavelet"),
+        ({"release": "EternalEvan/VARestorer", "checkpoint": "varestorer.pth"}, "release", "none"),
+        ({"release": "EternalEvan/VARestorer", "init_from": "models/release"}, "release-finetune", "wavelet"),
+    ],
+)
+def test_a_version_3_folder_gets_the_origin_and_colour_fix_that_its_source_meant(export, source, origin, color_fix):
+    """Version 3 guessed both from ``source`` when it was read; version 4 writes them."""
+    data = json.loads((export / CONFIG_FILE).read_text())
+    data = {k: v for k, v in data.items() if k not in ("color_fix", "origin")} | {"format_version": 3, "source": source}
+    config = ExportConfig.from_dict(data)
+    assert (config.origin, config.color_fix) == (origin, color_fix)
+    assert config.is_release == (origin == "release") and config.builds_on_release == (origin != "trained")
+
+
+def test_the_colour_fix_a_recipe_names_is_what_its_export_restores_with(tmp_path):
+    recipe_export = exported_student(tmp_path, "inference.color_fix=adain")[1]
+    assert ExportConfig.load(recipe_export).color_fix == "adain"
+    assert torch.equal(_restore(recipe_export), _restore(recipe_export, color_fix="adain"))
+    assert not torch.equal(_restore(recipe_export), _restore(recipe_export, color_fix="none"))
+
+
+@pytest.mark.parametrize("version", range(1, FORMAT_VERSION + 1))
+def test_a_stored_export_of_every_format_version_restores_to_the_stored_bytes(tmp_path, version):
+    """``tests/golden/exports``: one tiny export with its config as each version wrote it. What it
+    restores to is pinned by hash: a change of any default that alters an existing export's output
+    fails here (versions 1-2 restore without colour fix, 3-4 with wavelet, as when they were made).
+    Regenerate (python tests/golden/make_exports.py) only for a change meant to do that."""
+    from golden.make_exports import EXPORTS, assemble, restored_hash
+
+    expected = json.loads((EXPORTS / "expected.json").read_text())
+    assert restored_hash(assemble(version, tmp_path / f"v{version}")) == expected[f"v{version}"]
+    assert expected["v1"] == expected["v2"] != expected["v3"] == expected["v4"]  # the colour fix, and only it
 
 
 def test_a_missing_lq_input_in_version_1_means_shifted_not_the_recipes_default(tmp_path):
@@ -121,6 +159,8 @@ def test_a_missing_lq_input_in_version_1_means_shifted_not_the_recipes_default(t
         ({"attention": "sparse"}, "attention='sparse' is not one of full, causal"),
         ({"lq_input": "bogus"}, "lq_input='bogus' is not one of"),
         ({"mode": "tokenizer"}, "mode='tokenizer' is not one of distill, teacher, varsr"),
+        ({"color_fix": "histogram"}, "color_fix='histogram' is not one of none, adain, wavelet"),
+        ({"origin": "mine"}, "origin='mine' is not one of trained, release, release-finetune"),
         ({"resolution": 0}, "resolution=0 is not a side in pixels"),
         ({"upscale": float("nan")}, "upscale=nan must be a positive number"),
         ({"upscale": -1}, "upscale=-1 must be a positive number"),

@@ -323,6 +323,44 @@ def test_a_half_precision_pipeline_holds_its_weights_in_that_precision(trained, 
         half.to(dtype=torch.int8)
 
 
+def test_in_bfloat16_the_decoder_runs_in_bfloat16_channels_last_and_the_lq_encoder_in_float32(trained):
+    """As the released VARestorer runs them: its sampler decodes inside bf16 autocast, its VAE encodes
+    with encoder_dtype fp32 (the LQ bits are the model's input)."""
+    pipe = VARestorerPipeline.from_pretrained(trained[1]).to("cpu", torch.bfloat16)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, output.dtype)
+
+        return hook
+
+    for name, model in (("decoder", pipe.vae.decoder), ("encoder", pipe.encoder)):
+        next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_hook(record(name))
+    pipe(torch.rand(3, 16, 16), "a cat", output_type="pt")
+    assert seen == {"decoder": torch.bfloat16, "encoder": torch.float32}
+    convs = [m.weight for m in pipe.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    pipe.to(dtype=torch.float32)
+    assert all(w.is_contiguous() for w in convs)
+
+
+def test_the_methods_table_is_what_the_pipeline_the_command_line_and_the_app_offer(trained):
+    from varestorer.app import METHOD_LABELS
+    from varestorer.cli.options import METHOD_CHOICES
+    from varestorer.evaluation.report import METHOD_NOTES
+    from varestorer.methods import METHODS as TABLE
+
+    assert METHODS == METHOD_CHOICES == tuple(TABLE) == tuple(METHOD_NOTES)
+    assert list(METHOD_LABELS) == [m for m in TABLE if m != "multistep"]  # it ignores the upload
+    pipe = VARestorerPipeline.from_pretrained(trained[1])
+    x = torch.rand(3, 16, 16)
+    for name in ("onestep", "zeroshot", "bicubic"):
+        with pytest.raises(ConfigError, match=f"method {name} takes no settings \\['bogus'\\]"):
+            pipe(x, "", method=name, bogus=1)
+    pipe(x, "", method="zeroshot", num_given=1, cfg=1.0, top_k=0)  # every setting its row names is taken
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_and_is_seeded(trained, trained_varsr, method):
     from varestorer.cli.options import METHOD_CHOICES

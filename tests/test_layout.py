@@ -68,7 +68,7 @@ def test_the_package_imports_in_one_direction_counting_imports_inside_functions(
 #: (``distill``) sits on top: it writes exports, validates through the pipeline and scores with the
 #: evaluation, though in the user's data flow distillation comes before export.
 LAYERS = (
-    ("errors", "compat", "resources", "safe_yaml", "outputs", "presets", "checkpoints"),
+    ("errors", "compat", "resources", "safe_yaml", "outputs", "presets", "methods", "checkpoints"),
     ("data",),
     ("degradations",),
     ("restorer",),

@@ -226,7 +226,7 @@ def test_the_release_import_card_says_mit_and_swinir_apache(tmp_path):
 
 def test_a_fine_tune_of_the_release_describes_its_own_training(tiny, tmp_path):
     source = {"init_from": "models/release", "release": "EternalEvan/VARestorer", "lora_rank": 4}
-    tuned = _variant(tiny, tmp_path / "tuned", source=source)
+    tuned = _variant(tiny, tmp_path / "tuned", source=source, origin="release-finetune")
     text = str(render_card(tuned))
     assert "Imported from the authors' release" not in text and "- Recipe: `tiny`" in text
     assert "the authors' release" in _rows(tuned)[BASE][0]

@@ -283,6 +283,7 @@ def test_the_import_records_the_releases_inference_form(release):
     )
     assert not config.has_encoder and config.has_adapter and config.source["lora_rank"] == RANK
     assert config.transformer_config is None  # the tiny preset's architecture, read from the shapes
+    assert (config.origin, config.is_release, config.color_fix) == ("release", True, "none")  # no colour fix, as theirs
     names = {p.name for p in out.iterdir()}
     assert names == {
         "varestorer_config.json",
@@ -536,6 +537,8 @@ def test_fine_tuning_the_imported_release_starts_from_its_restoration_and_trains
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     config = ExportConfig.load(final)
     assert config.source["init_from"] == str(imported) and config.source["release"] == "EternalEvan/VARestorer"
+    assert (config.origin, config.is_release, config.builds_on_release) == ("release-finetune", False, True)
+    assert config.color_fix == "wavelet"  # the recipe's (tiny: the toolkit's default), not the release's none
     tuned = VARestorerPipeline.from_pretrained(final, merge_lora=False)
     assert not torch.equal(tuned.student_logits(x, text), pipe.student_logits(x, text))
 

@@ -31,18 +31,12 @@ from .data.images import ImageSkip, read_rgb, to_tensor, to_uint8
 from .errors import ConfigError
 from .inference.color import COLOR_FIXES
 from .inference.pipeline import resize_images
+from .methods import METHODS
 from .outputs import output_names, save_image
 
-#: The methods the app offers, in its menu's order. ``multistep`` is left out: it samples from the
-#: prompt alone and ignores the upload (a cost baseline, ``varestorer evaluate`` runs it).
-METHOD_LABELS = {
-    "onestep": "one-step (VARestorer)",
-    "restorer": "stage-1 restorer alone",
-    "bicubic": "bicubic (the input upsampled)",
-    "zeroshot": "zero-shot: the base model samples, LQ tokens at the first scales (slow)",
-    "guided": "guided: training-free measurement-guided sampling (slow)",
-    "varsr": "VARSR-style multi-step sampling (slow)",
-}
+#: The methods the app offers, in its menu's order (the methods' table; ``multistep`` is left out:
+#: it samples from the prompt alone and ignores the upload, a cost baseline ``varestorer evaluate`` runs).
+METHOD_LABELS = {m.name: m.label for m in METHODS.values() if m.in_app}
 #: Where the prompt comes from (``caption`` only when the pipeline has a captioner).
 PROMPT_LABELS = {"caption": "automatic caption (BLIP)", "none": "no prompt", "text": "the text below"}
 MODE_LABELS = {"auto": "auto (one pass up to the model's size, tiles beyond)", "resize": "one pass", "tile": "tiles"}
@@ -63,7 +57,7 @@ class Settings:
 
     def call_kwargs(self) -> dict:
         kwargs = dict(method=self.method, upscale=self.upscale, mode=self.mode, tile_overlap=self.tile_overlap)
-        if self.method == "onestep":
+        if "lq_scales" in METHODS[self.method].settings:
             kwargs["lq_scales"] = self.lq_scales
         return dict(kwargs, color_fix=self.color_fix, batch_size=self.batch_size, output_type="pil")
 

@@ -8,9 +8,11 @@ import functools
 import math
 from pathlib import Path
 
-#: ``--method`` values (varestorer.inference.pipeline.METHODS, without importing torch here).
-METHOD_CHOICES = ("onestep", "bicubic", "zeroshot", "multistep", "guided", "varsr", "restorer")
-#: ``--color-fix`` values (varestorer.inference.color.COLOR_FIXES).
+from ..methods import BASE_SAMPLING, METHOD_NAMES, METHODS
+
+#: ``--method`` values: the methods' table (plain data, no torch).
+METHOD_CHOICES = METHOD_NAMES
+#: ``--color-fix`` values (varestorer.export.config.COLOR_FIXES; kept here so --help imports no torch).
 COLOR_FIX_CHOICES = ("none", "adain", "wavelet")
 
 
@@ -229,8 +231,8 @@ def add_method_options(p) -> None:
         default=None,
         choices=COLOR_FIX_CHOICES,
         help="correct the restoration's colour against the input (as StableSR/OSEDiff): AdaIN, wavelet "
-        "(low frequencies from the input) or none; default: wavelet for onestep/varsr (the best measured; none for "
-        "the authors' release), none for the baselines",
+        "(low frequencies from the input) or none; default for onestep/varsr: the model's own (its export's color_fix: "
+        "wavelet for the toolkit's models, none for the authors' release), none for the baselines",
     )
 
 
@@ -241,16 +243,17 @@ def method_kwargs(args, method: str) -> dict:
     return {**{k: v for k, v in given.items() if v is not None}, **_method_settings(args, method)}
 
 
+#: The method settings (:attr:`varestorer.methods.Method.settings`) that are options of the same name.
+_OPTIONS = ("decode", "num_given", "gamma", "alpha", "cfg", "tau", "top_k", "top_p", "seed")
+
+
 def _method_settings(args, method: str) -> dict:
-    if method in ("bicubic", "restorer"):
-        return {}
+    """The settings ``method`` takes, from the options of the same name (the one-step method's
+    ``--decode gumbel`` draws from the run's generator; the sampling methods draw from ``--seed``)."""
+    settings = METHODS[method].settings
+    kwargs = {k: getattr(args, k) for k in _OPTIONS if k in settings}
     if method == "onestep":
-        return dict(decode=args.decode, generator=_generator(args))
-    kwargs = dict(cfg=args.cfg, tau=args.tau, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if method == "zeroshot":
-        kwargs["num_given"] = args.num_given
-    if method == "guided":
-        kwargs.update(gamma=args.gamma, alpha=args.alpha)
+        kwargs["generator"] = _generator(args)
     return kwargs
 
 
@@ -273,14 +276,14 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
     from ..errors import ConfigError
 
     if args.model is None:
-        needing = [m for m in methods if m != "bicubic"]
+        needing = [m for m in methods if METHODS[m].needs_model]
         if needing:
             raise ConfigError(f"--method {needing[0]} needs --model (an export folder or a Hub repo id)")
         return _Bicubic(getattr(args, "upscale", None) or 4.0)
     from ..inference import VARestorerPipeline
 
     if getattr(args, "quantize", None):
-        base_sampling = [m for m in methods if m in ("zeroshot", "multistep", "guided")]
+        base_sampling = [m for m in methods if m in BASE_SAMPLING]
         if base_sampling or args.offload or not str(device).startswith("cpu"):
             why = f"--method {base_sampling[0]} samples the base model" if base_sampling else "it is for the CPU"
             raise ConfigError(

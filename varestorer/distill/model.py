@@ -482,6 +482,7 @@ class VARestorerModel(TrainingModule):
                 text_encoder=self.recipe.model.text_encoder or c.text_encoder,
                 transformer_config=c.transformer_config,
                 source={"init_from": str(self.recipe.model.init_from), **c.source},
+                origin="trained" if c.origin == "trained" else "release-finetune",
             )
         write_export(
             out,

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from ..export.config import DECODINGS, RESIZES, TILE_WEIGHTS
+from ..export.config import COLOR_FIXES, DECODINGS, DEFAULT_COLOR_FIX, RESIZES, TILE_WEIGHTS
 from ..presets import get_preset
 from ..resources import find_resource
 from ..restorer.swinir import ARCHITECTURES
@@ -118,6 +118,7 @@ class InferenceSection:
     decode: str = "argmax"  # argmax: the most likely bits | gumbel: each bit drawn from its Bernoulli
     resize: str = "bicubic"  # bicubic (torch) | lanczos (PIL, 8-bit)
     tile_weights: str = "linear"  # linear ramp over the overlap | gaussian (sigma 0.1 tile, reflect padding)
+    color_fix: str = DEFAULT_COLOR_FIX  # wavelet | adain | none: the colour correction against the input
 
 
 @dataclass
@@ -353,6 +354,7 @@ class Recipe:
             "inference.decode": (self.inference.decode, DECODINGS),
             "inference.resize": (self.inference.resize, RESIZES),
             "inference.tile_weights": (self.inference.tile_weights, TILE_WEIGHTS),
+            "inference.color_fix": (self.inference.color_fix, COLOR_FIXES),
             "restorer.architecture": (self.restorer.architecture, tuple(ARCHITECTURES)),
             "loss.scale_weighting": (self.loss.scale_weighting, SCALE_WEIGHTINGS),
             "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),

@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from ..methods import METHODS
 from ..outputs import atomic_file, write_text
 from .metrics import METRICS
 
@@ -103,14 +104,7 @@ def plot_metric_vs_time(rows: list[dict], path: Path, metrics: list[str], unavai
 
 
 #: What each method of the demo is (report.md's legend).
-METHOD_NOTES = {
-    "bicubic": "the LQ image resized with bicubic interpolation (no model)",
-    "zeroshot": "the base sampled scale by scale with the first scales taken from the LQ image (no training)",
-    "multistep": "the base (teacher) sampled scale by scale from the LQ image's coarse scales with CFG",
-    "guided": "the base sampled with the paper's measurement guidance on the last scales",
-    "onestep": "the distilled student: one forward pass (VARestorer)",
-    "restorer": "the stage-1 restorer (SwinIR) alone, what the student's encoder reads",
-}
+METHOD_NOTES = {m.name: m.note for m in METHODS.values()}
 
 
 def _compare(rows: dict, a: str, b: str, metric: str) -> str | None:

@@ -30,8 +30,9 @@ CONFIG_FILE = "varestorer_config.json"
 FORMAT = "varestorer"
 #: 1: 2026-11 (fields added without a version bump: see :func:`_from_v1`); 2: every field written;
 #: 3: the released VARestorer's inference choices (decode, restorer, resize, tile_weights,
-#: transformer_config, source).
-FORMAT_VERSION = 3
+#: transformer_config, source); 4: the colour fix its restorations get by default (``color_fix``) and
+#: where it came from (``origin``), both once guessed at read time.
+FORMAT_VERSION = 4
 #: What an export can hold (a ``tokenizer``-mode run writes a tokenizer export instead).
 EXPORT_MODES = ("distill", "teacher", "varsr")
 ATTENTION_MODES = ("full", "causal")
@@ -44,6 +45,15 @@ RESIZES = ("bicubic", "lanczos")
 #: How overlapping tiles are blended: a linear ramp over the overlap, or the release's Gaussian
 #: weights (sigma 0.1 tile) over reflect-padded borders.
 TILE_WEIGHTS = ("linear", "gaussian")
+#: How a restoration's colour is corrected against its input (:mod:`varestorer.inference.color`).
+COLOR_FIXES = ("none", "adain", "wavelet")
+#: What the toolkit's own models get (the best measured on the small base's held-out photos,
+#: docs/evaluation.md); an imported release gets ``none``, as the release restores.
+DEFAULT_COLOR_FIX = "wavelet"
+#: ``trained``: trained by varestorer from a base; ``release``: the authors' released model as
+#: imported (``import-release``); ``release-finetune``: trained from an imported release
+#: (``model.init_from``), so its weights build on the release's.
+ORIGINS = ("trained", "release", "release-finetune")
 
 
 @dataclass
@@ -73,6 +83,9 @@ class ExportConfig:
         transformer_config: the transformer's architecture when it is not the preset's (an
             imported checkpoint of another size); ``None``: the preset's.
         source: where an imported model came from (release, files); empty for a trained one.
+        color_fix: the colour correction its own restorations (``onestep``, ``varsr``) get unless a
+            call asks for another (:data:`COLOR_FIXES`); the baselines never get one.
+        origin: ``trained``, ``release`` or ``release-finetune`` (:data:`ORIGINS`).
     """
 
     base_preset: str
@@ -97,6 +110,8 @@ class ExportConfig:
     tile_weights: str = "linear"
     transformer_config: dict | None = None
     source: dict = field(default_factory=dict)
+    color_fix: str = DEFAULT_COLOR_FIX
+    origin: str = "trained"
 
     # ------------------------------------------------------------------ making one
     @classmethod
@@ -124,6 +139,7 @@ class ExportConfig:
             restorer=RESTORER_FILE if model.restorer else None,
             resize=recipe.inference.resize,
             tile_weights=recipe.inference.tile_weights,
+            color_fix=recipe.inference.color_fix,
         ).validate()
 
     def replace(self, **changes) -> ExportConfig:
@@ -133,6 +149,16 @@ class ExportConfig:
     def schedule(self) -> list[tuple[int, ...]]:
         return [tuple(s) for s in self.scale_schedule]
 
+    @property
+    def is_release(self) -> bool:
+        """The authors' released model as imported (not a fine-tune of it)."""
+        return self.origin == "release"
+
+    @property
+    def builds_on_release(self) -> bool:
+        """Its weights are the release's or a fine-tune of them (their licence and card apply)."""
+        return self.origin != "trained"
+
     def validate(self, where: str = "the export config") -> ExportConfig:  # noqa: C901
         choices = {
             "mode": (self.mode, EXPORT_MODES),
@@ -141,6 +167,8 @@ class ExportConfig:
             "decode": (self.decode, DECODINGS),
             "resize": (self.resize, RESIZES),
             "tile_weights": (self.tile_weights, TILE_WEIGHTS),
+            "color_fix": (self.color_fix, COLOR_FIXES),
+            "origin": (self.origin, ORIGINS),
         }
         for key, (value, valid) in choices.items():
             if value not in valid:
@@ -244,11 +272,30 @@ def _from_v1(data: dict) -> dict:
 
 def _from_v2(data: dict) -> dict:
     """Version 2 had none of the release's choices: argmax bits, no restorer, bicubic resizing,
-    linear tile ramps, the preset's transformer."""
+    linear tile ramps, the preset's transformer. Versions 1 and 2 also predate colour correction
+    (2026-12-03, 14:47 UTC): they restored without one, which version 4 writes as ``color_fix``
+    (set here, since version 3's own migration cannot tell them from version 3)."""
     data.update(decode="argmax", restorer=None, resize="bicubic", tile_weights="linear", transformer_config=None)
+    data["color_fix"] = "none"
     data.setdefault("source", {})
     return data
 
 
+def _from_v3(data: dict) -> dict:
+    """Version 3 wrote neither the colour fix nor the origin: both were read from ``source`` (a
+    ``release`` key: built on the release; with ``init_from`` too: a fine-tune of it). Its models
+    restored with ``wavelet``, an imported release with ``none`` -- except those exported on
+    2026-12-03 before 14:47 UTC (the six hours between format 3 and the wavelet default), which
+    restored with ``none`` and now need ``--color-fix none`` to restore as they did then."""
+    source = data.get("source") or {}
+    if not source.get("release"):
+        origin = "trained"
+    else:
+        origin = "release-finetune" if "init_from" in source else "release"
+    data["origin"] = origin
+    data.setdefault("color_fix", "none" if origin == "release" else DEFAULT_COLOR_FIX)  # set: from version 2
+    return data
+
+
 #: ``MIGRATIONS[v]``: a version-``v`` config (as a dict) -> version ``v + 1``.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2, 3: _from_v3}

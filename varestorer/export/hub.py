@@ -253,7 +253,7 @@ def render_card(
         weights_license=weights.text,
         weights_license_why=weights.why,
         licences=licences,
-        imported=config.source.get("release") if "init_from" not in config.source else None,
+        imported=config.source.get("release") if config.is_release else None,
         imported_file=config.source.get("checkpoint"),
         imported_rank=config.source.get("lora_rank"),
     )

@@ -211,7 +211,7 @@ def _where(part: Component) -> str:
 
 def _base_entries(config: ExportConfig, preset: Preset, files: set[str]) -> list[Entry]:
     """The base transformer and the VAE the model applies to."""
-    release = bool(config.source.get("release"))
+    release = config.builds_on_release
     if release:
         transformer = COMPONENTS["release"]
     elif config.random_init_base:
@@ -258,7 +258,7 @@ def _restorer_entry(config: ExportConfig, files: set[str]) -> list[Entry]:
     if config.restorer is None or RESTORER_FILE not in files:
         return []
     named = ((config.recipe.get("model") or {}).get("restorer")) if config.recipe else None
-    if config.source.get("release") or (named and Path(str(named)).name == "general_swinir_v1.ckpt"):
+    if config.builds_on_release or (named and Path(str(named)).name == "general_swinir_v1.ckpt"):
         part = COMPONENTS["diffbir-swinir"]
     elif named == "preset" and get_preset(config.base_preset).bundled:
         part = COMPONENTS["small-restorer"]
@@ -269,7 +269,7 @@ def _restorer_entry(config: ExportConfig, files: set[str]) -> list[Entry]:
 
 def _data_entries(config: ExportConfig, samples: list[str]) -> list[Entry]:
     rows = []
-    if config.source.get("release") and "init_from" not in config.source:
+    if config.is_release:
         part = Component("LSDIR (the paper's training data)", "not stated by the release", None, None, "")
         rows.append(Entry("training photos", part, where="no: trained on (the release publishes no recipe)"))
     else:

@@ -209,6 +209,8 @@ def import_release(
         tile_weights="gaussian",
         transformer_config=None if _is_presets(arch, p.transformer) else arch,
         source={"release": RELEASE_REPO, "checkpoint": checkpoint.name, "lora_rank": rank},
+        color_fix="none",  # the release's code corrects no colour
+        origin="release",
     ).validate()
     # written beside ``out`` and swapped in: an interrupted import leaves no half folder
     with new_export(out, overwrite=overwrite) as tmp:

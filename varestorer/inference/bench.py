@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..export import ExportConfig
+from ..methods import METHODS as METHOD_TABLE
 from ..presets import get_preset
 from ..tokenizer.loading import build_vae
 from ..transformer.loading import build_transformer
@@ -27,7 +28,7 @@ from .pipeline import METHODS, VARestorerPipeline
 
 #: The methods timed (all but bicubic and the stage-1 restorer, which a random pipeline has not), in
 #: the order printed; ``onestep`` is the reference of the ratios.
-TIMED = tuple(m for m in METHODS if m not in ("bicubic", "restorer"))
+TIMED = tuple(m for m in METHODS if METHOD_TABLE[m].timed)
 
 
 class RandomText(nn.Module):

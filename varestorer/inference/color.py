@@ -13,8 +13,10 @@ the restoration:
 
 :data:`DEFAULT_COLOR_FIX` is the one that measured best on the small base's held-out photos
 (``wavelet``: the one-step student 24.16 dB / SSIM 0.634 / colour error 6.3 against 22.83 / 0.629 /
-17.9 without, AdaIN between; docs/evaluation.md, "Colour correction"). A model imported from the
-authors' release restores as the release does, without one, unless asked.
+17.9 without, AdaIN between; docs/evaluation.md, "Colour correction"). Each export records the one
+its restorations get (``ExportConfig.color_fix``): the default when it was made, ``none`` for a
+model imported from the authors' release (it restores as the release does) or exported before
+colour correction existed.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..export.config import COLOR_FIXES, DEFAULT_COLOR_FIX
 
-COLOR_FIXES = ("none", "adain", "wavelet")
-#: Measured on the small base's held-out photos (docs/evaluation.md): see the module doc.
-DEFAULT_COLOR_FIX = "wavelet"
+__all__ = ["COLOR_FIXES", "DEFAULT_COLOR_FIX", "check_color_fix", "color_fix"]
 WAVELET_LEVELS = 5
 
 

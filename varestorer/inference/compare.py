@@ -12,6 +12,7 @@ from torch import Tensor
 from ..data.images import read_rgb, to_tensor, to_uint8
 from ..data.samples import SAMPLES, sample_image
 from ..degradations import DegradationPipeline
+from ..methods import METHODS
 
 
 def comparison_strip(images: Sequence[Tensor], labels: Sequence[str], gap: int = 4):
@@ -65,16 +66,8 @@ def write_samples(
     return paths
 
 
-#: How the grid labels each method's column.
-METHOD_LABELS = {
-    "bicubic": "bicubic",
-    "zeroshot": "zero-shot",
-    "multistep": "multi-step",
-    "guided": "guided",
-    "varsr": "varsr",
-    "onestep": "one-step",
-    "pred": "restored",
-}
+#: How the grid labels each method's column (``pred``: ``evaluate --pred``'s restorations).
+METHOD_LABELS = {**{m.name: m.short for m in METHODS.values()}, "pred": "restored"}
 
 
 def method_grid(

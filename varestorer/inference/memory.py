@@ -36,14 +36,16 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..methods import METHODS as METHOD_TABLE
 from ..presets import get_preset
 from ..restorer.swinir import ARCHITECTURES, SwinIR
 from ..transformer.text import T5_ENCODERS, TextEncoder, TextFeatures
 from .bench import build_random_pipeline
 from .pipeline import METHODS
 
-#: The methods measured (all those that run on random weights), in the order printed.
-MEASURED = tuple(m for m in METHODS if m not in ("bicubic", "varsr"))
+#: The methods measured (those that run a model, but varsr, which needs one trained in varsr mode), in
+#: the order printed.
+MEASURED = tuple(m for m in METHODS if METHOD_TABLE[m].needs_model and m != "varsr")
 GIB = 2**30
 
 #: BLIP-large (Salesforce/blip-image-captioning-large): ViT-L/16 at 384 px and a BERT-base decoder.
