@@ -12,8 +12,8 @@ from conftest import exported_student, launch_processes
 from PIL import Image
 
 from varestorer.cli import main
-from varestorer.cli.processes import ProcessGroup, whole_batches
 from varestorer.errors import ConfigError
+from varestorer.inference.processes import ProcessGroup, whole_batches
 
 #: Random draws and batches of two: a run that split batches or shared one generator differs.
 ARGS = ("--caption", "none", "--decode", "gumbel", "--batch-size", "2")
@@ -87,7 +87,7 @@ def test_two_processes_resume_restoring_only_the_missing_outputs_as_one_process_
 
 @pytest.mark.slow
 def test_a_plan_refused_on_the_main_process_ends_every_process_with_one_message(tmp_path, photos):
-    from varestorer.cli.restore import _save
+    from varestorer.inference.files import save_restored as _save
 
     out = tmp_path / "out"
     out.mkdir()
@@ -114,3 +114,30 @@ def test_a_process_restores_on_its_own_device_unless_told_cpu():
     assert group.device("cpu") == "cpu"
     with pytest.raises(ConfigError, match=r"--device cuda:0 with 2 processes: each process restores on its own"):
         group.device("cuda:0")
+
+
+def test_python_users_restore_a_folder_with_resume_and_provenance_as_the_command_does(tmp_path, capsys, photos):
+    """inference.files: plan_files + restore_files give the command's outputs byte for byte, the
+    skip list, and resume (a second plan keeps everything)."""
+    from varestorer.inference import VARestorerPipeline
+    from varestorer.inference.files import SKIPPED_FILE, plan_files, recorded_provenance, restore_files
+
+    export, folder = photos
+    restore_here(capsys, photos, tmp_path / "cli")
+    plan = plan_files([folder], tmp_path / "py", model=str(export))
+    assert len(plan.todo) == 8 and plan.kept == 0
+    pipe = VARestorerPipeline.from_pretrained(export)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as restore_here
+    try:
+        report = restore_files(pipe, plan, model=str(export), prompts="", batch_size=2, decode="gumbel", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert report.restored == [7] and [p.name for p, _ in report.skipped] == ["broken.png"]
+    assert (tmp_path / "py" / SKIPPED_FILE).read_text().startswith(str(folder / "broken.png"))
+    assert_same_files(tmp_path / "cli", tmp_path / "py")
+    assert recorded_provenance(tmp_path / "py" / "im0.png")["restored_from"] == "im0.png"
+    again = plan_files([folder], tmp_path / "py", model=str(export))
+    assert (again.kept, [src.name for src, _, _ in again.todo]) == (7, ["broken.png"])
+    with pytest.raises(ConfigError, match="draws each batch from seed="):
+        restore_files(pipe, again, seed=1, generator=torch.Generator())

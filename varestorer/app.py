@@ -27,9 +27,10 @@ import gradio as gr
 from PIL import Image
 from torch import Tensor
 
-from .data.images import ImageSkip, read_rgb, to_tensor, to_uint8
+from .data.images import ImageSkip, to_uint8
 from .errors import ConfigError
 from .inference.color import COLOR_FIXES
+from .inference.files import read_input
 from .inference.pipeline import resize_images
 from .methods import METHODS
 from .outputs import output_names, save_image
@@ -94,10 +95,7 @@ def prompt_of(source: str, text: str) -> str | None:
 def read_upload(pipe, path: str | Path, upscale: float | None) -> Tensor:
     """(3, H, W) of an uploaded file; :class:`ImageSkip` or :class:`ConfigError` saying why not
     (the declared size is checked against the largest output before any pixel is decoded)."""
-    scale = upscale or pipe.upscale
-    image = to_tensor(read_rgb(path, lambda w, h: pipe.output_size((h, w), scale)))
-    pipe.output_size(tuple(image.shape[-2:]), scale)  # the oriented size
-    return image
+    return read_input(path, upscale or pipe.upscale)
 
 
 def upload_names(paths: Sequence[str | Path]) -> list[str]:

@@ -246,8 +246,10 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from ..data.images import to_tensor, to_uint8
-    from ..evaluation.pairs import check_sizes
+    from ..data.images import ImageSkip, to_uint8
+    from ..errors import ConfigError
+    from ..evaluation.pairs import check_sizes, image_size
+    from ..inference.files import read_input
     from ..inference.pipeline import resize_images
     from ..outputs import save_image
     from .options import method_kwargs, prompts_for
@@ -260,7 +262,13 @@ def _restorations(args, pipe, pairs, truth: list, method: str | None, folder: Pa
     sync = torch.cuda.synchronize if str(getattr(pipe, "device", "cpu")).startswith("cuda") else (lambda: None)
     todo = []  # (pair, LQ tensor, GT size), restored in batches of one upscale factor
     for pair, t in zip(pairs, truth):
-        todo.append((pair, to_tensor(pair.lq), tuple(t.shape[:2])))
+        try:  # read as restore reads its inputs, at the ground truth's size
+            lq = read_input(pair.lq, t.shape[0] / image_size(pair.lq)[0])
+        except ImageSkip as exc:
+            raise ConfigError(
+                f"cannot restore {pair.lq}: {exc}; replace the file or move it out of the folder"
+            ) from None
+        todo.append((pair, lq, tuple(t.shape[:2])))
 
     def restore(chunk):
         h = chunk[0][2][0]

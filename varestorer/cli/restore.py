@@ -33,8 +33,6 @@ runs it.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from .options import (
     METHOD_CHOICES,
@@ -49,6 +47,7 @@ from .options import (
     prompts_for,
 )
 
+#: ``--ext`` values (varestorer.inference.files.OUTPUT_FORMATS, without importing torch here).
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 
 
@@ -89,161 +88,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """``(path, output relative path)`` of every image; folders keep their structure."""
-    from ..data.images import is_image_path
-    from ..errors import ConfigError
-
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
-            found += [(p, p.relative_to(path)) for p in files]
-        elif path.is_file():
-            found.append((path, Path(path.name)))
-        else:
-            raise ConfigError(f"input {item} does not exist")
-    if not found:
-        from ..data.images import IMAGE_SUFFIXES
-
-        raise ConfigError(f"no images in {' '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return found
-
-
-def check_output_outside_inputs(inputs: list[str], out: Path) -> None:
-    """Input folders are searched recursively: an output folder in one would be read back as
-    input by the next run."""
-    from ..errors import ConfigError
-
-    here = out.expanduser().resolve()
-    for item in inputs:
-        folder = Path(item).expanduser().resolve()
-        if folder.is_dir() and (here == folder or folder in here.parents):
-            raise ConfigError(
-                f"the output folder {out} is {'the' if here == folder else 'inside the'} input folder "
-                f"{item}, which is searched recursively: a later run would restore the restored images "
-                f"too; choose an -o folder outside it"
-            )
-
-
-def plan_outputs(found: list[tuple[Path, Path]], out: Path, ext: str) -> list[tuple[Path, Path, Path]]:
-    """``(input, its relative path, output)``: one output per input, named by
-    :func:`~varestorer.outputs.output_names` (the same on every run), never an input's path. A
-    file given twice is restored once."""
-    from ..errors import ConfigError
-    from ..outputs import output_names
-
-    unique, inputs = [], set()
-    for path, rel in found:
-        if path.resolve() not in inputs:
-            inputs.add(path.resolve())
-            unique.append((path, rel))
-    plan = []
-    for (path, rel), name in zip(unique, output_names([rel for _, rel in unique], ext, out, [p for p, _ in unique])):
-        target = out / name
-        if target.resolve() in inputs:
-            raise ConfigError(f"restoring {path} would write over the input {target}; choose another -o folder")
-        plan.append((path, rel, target))
-    return plan
-
-
-#: The EXIF tag (ImageDescription) where an output records the input it was restored from.
-SOURCE_TAG = 0x010E
-
-
-def _source(path: Path, rel: Path, args) -> dict:
-    """What an output records of how it was made: its input (relative path and size), the method
-    and the model."""
-    model = args.model
-    if model is not None and Path(model).expanduser().is_dir():
-        model = str(Path(model).expanduser().resolve())
-    return {"restored_from": rel.as_posix(), "bytes": path.stat().st_size, "method": args.method, "model": model}
-
-
-def _recorded_source(output: Path) -> dict | None:
-    """The source an existing output records (:func:`_source`); ``{}`` when it records none (written
-    by another program or an older version); ``None`` when it is not a readable image."""
-    import json
-
-    from PIL import Image
-
-    try:
-        with Image.open(output) as im:
-            text = im.getexif().get(SOURCE_TAG)
-    except Exception:  # noqa: BLE001 - PIL raises many kinds for a file that is not an image
-        return None
-    try:
-        found = json.loads(text) if text else {}
-    except (TypeError, ValueError):
-        return {}
-    return found if isinstance(found, dict) and "restored_from" in found else {}
-
-
-def _same_input(a: dict, b: dict) -> bool:
-    return (a.get("restored_from"), a.get("bytes")) == (b.get("restored_from"), b.get("bytes"))
-
-
-def resume_plan(plan: list[tuple[Path, Path, Path]], args) -> tuple[list, int, list[str]]:
-    """``(to do, kept, notes)``: an existing output of the same input is kept (resume), unless
-    ``--overwrite``. An existing output of another input is never kept for this one: when its own
-    input is in this run under a new name (``photo.jpg``'s ``photo.png`` once ``photo.png`` is
-    added beside it), it is moved to that name; otherwise the run is refused before any work."""
-    from ..errors import ConfigError
-
-    todo, kept, moves, foreign, other_method = [], 0, [], [], 0
-    sources = {id(p): _source(p[0], p[1], args) for p in plan}
-    by_input = {(s["restored_from"], s["bytes"]): p for p in plan for s in [sources[id(p)]]}
-    for item in plan:
-        src, _, dst = item
-        if dst.is_dir():
-            raise ConfigError(
-                f"{dst} is a folder where the restoration of {src} goes; move it away or choose another -o"
-            )
-        recorded = None if args.overwrite or not dst.exists() else _recorded_source(dst)
-        if recorded is None:  # nothing there (or not an image, or --overwrite): restore it
-            todo.append(item)
-        elif not recorded or _same_input(recorded, sources[id(item)]):
-            kept += 1
-            other_method += bool(recorded) and (recorded.get("method"), recorded.get("model")) != (
-                args.method,
-                sources[id(item)]["model"],
-            )
-        else:
-            owner = by_input.get((recorded["restored_from"], recorded["bytes"]))
-            if owner is not None and owner[2] != dst and not owner[2].exists() and owner[2] not in dict(moves).values():
-                moves.append((dst, owner[2]))
-                todo.append(item)
-            else:
-                foreign.append(
-                    f"{dst} (restored from {recorded['restored_from']}, {recorded['bytes']} bytes; not {src})"
-                )
-    if foreign:
-        raise ConfigError(
-            f"{len(foreign)} output(s) in {args.output} were restored from other inputs, and their names are now "
-            f"these inputs': {'; '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}. Pass --overwrite to "
-            f"restore over them, or choose another -o folder"
-        )
-    notes = []
-    for old, new in moves:  # only once nothing is refused
-        os.replace(old, new)
-        if _compare_path(old).exists():
-            os.replace(_compare_path(old), _compare_path(new))
-        # the moved output is its input's: kept, not restored again
-        todo = [t for t in todo if t[2] != new]
-        kept += 1
-        notes.append(f"moved {old.name} to {new.name} (its input's name now that another input shares its stem)")
-    if other_method:
-        notes.append(f"{other_method} of the kept outputs were made with another --method or --model")
-    return todo, kept, notes
-
-
-def _compare_path(output: Path) -> Path:
-    return output.with_name(f"{output.stem}_compare.png")
-
-
 def run(args: argparse.Namespace) -> int:
-    from .processes import processes
+    from ..inference.processes import processes
 
     group = processes()
     try:
@@ -252,35 +98,32 @@ def run(args: argparse.Namespace) -> int:
         group.close()
 
 
-def _plan(args: argparse.Namespace, out: Path) -> tuple[list, int, list[str]]:
-    """What to restore (:func:`resume_plan`), with its side effects (moves): the main process's."""
+def _plan(args: argparse.Namespace):
+    """What to restore (:func:`~varestorer.inference.files.plan_files`, with its moves): the main process's."""
     from ..errors import ConfigError
-    from ..outputs import check_output_folder
+    from ..inference.files import plan_files
 
-    check_output_folder(args.output, "-o")
-    check_output_outside_inputs(args.inputs, out)
-    plan = plan_outputs(collect_inputs(args.inputs), out, args.ext)
-    if args.compare:
-        names = {dst for _, _, dst in plan}
-        clash = next((dst for _, _, dst in plan if _compare_path(dst) in names), None)
-        if clash is not None:
-            raise ConfigError(
-                f"--compare would write {_compare_path(clash)}, the output of another input; rename that input "
-                f"or leave out --compare"
-            )
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
-    return resume_plan(plan, args)
+    return plan_files(
+        args.inputs,
+        args.output,
+        method=args.method,
+        model=args.model,
+        ext=args.ext,
+        compare=args.compare,
+        overwrite=args.overwrite,
+    )
 
 
-def _shared_plan(args: argparse.Namespace, out: Path, group) -> tuple | None:
+def _shared_plan(args: argparse.Namespace, group):
     """The main process plans; every process gets its plan, or ``None`` when it was refused: the
     main process raises (and reports) the error and fails the launch; the others end quietly
     (:data:`QUIET`)."""
     planned = None
     if group.is_main:
         try:
-            planned = _plan(args, out)
+            planned = _plan(args)
         except Exception:
             group.share(None)
             raise
@@ -292,171 +135,79 @@ def _shared_plan(args: argparse.Namespace, out: Path, group) -> tuple | None:
 QUIET = 0
 
 
-def _run(args: argparse.Namespace, group) -> int:  # noqa: C901
-    from tqdm.auto import tqdm
+def _run(args: argparse.Namespace, group) -> int:
+    from ..errors import ConfigError
+    from ..inference.files import RestoreInterrupted, restore_files
 
-    from ..data.images import ImageSkip, read_rgb, to_tensor
-    from ..errors import ConfigError, VARestorerError
-    from ..inference.pipeline import output_size
-    from ..outputs import REPORTED_ERRNOS, os_error_message
-    from .processes import whole_batches
-
-    out = Path(args.output).expanduser()
     try:
         device = group.device(args.device)
     except ConfigError:
         if group.is_main:
             raise
         return QUIET  # the same refusal, reported by the main process
-    planned = _shared_plan(args, out, group)
-    if planned is None:
+    plan = _shared_plan(args, group)
+    if plan is None:
         return QUIET
-    todo, kept, notes = planned
     try:
         pipe = load_pipeline(args, device, (args.method,))
     except KeyboardInterrupt:
         if group.is_main:
-            print(f"\ninterrupted while loading the model, before any image was restored into {out}")
+            print(f"\ninterrupted while loading the model, before any image was restored into {plan.out}")
         return 130
-    batches = whole_batches(len(todo), args.batch_size, group.rank, group.world)
-    skipped: list[tuple[int, Path, str]] = []  # (index in todo, input, why)
-    done = 0
-    desc = f"restore ({args.method})" + (f" [process 1 of {group.world}]" if group.world > 1 else "")
-    mine = sum(len(todo[part]) for _, part in batches)
-    bar = tqdm(total=mine, desc=desc, unit="image", disable=not group.is_main)
-    kwargs = _call_kwargs(args)
     try:
-        for index, part in batches:
-            chunk, images = [], []
-            for i, (src, rel, dst) in enumerate(todo[part], start=part.start):
-                try:
-                    scale = args.upscale or pipe.upscale  # the size the header declares, before decoding:
-                    image = to_tensor(read_rgb(src, lambda w, h: output_size((h, w), scale)))
-                    output_size(tuple(image.shape[-2:]), args.upscale or pipe.upscale)  # too large: say which, go on
-                except (ImageSkip, ConfigError) as exc:
-                    skipped.append((i, src, str(exc)))
-                    bar.update(1)
-                    continue
-                images.append(image)
-                chunk.append((src, rel, dst))
-            if not chunk:
-                continue
-            prompts = prompts_for(args, [src for src, _, _ in chunk])
-            restored = pipe(images, prompt=prompts, **_batch_draws(kwargs, args, index)).images
-            for (src, rel, dst), im, res in zip(chunk, images, restored):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if args.compare:  # first: an output that exists is a finished image
-                    _save_compare(im, res, _compare_path(dst), args.method)
-                _save(res, dst, _source(src, rel, args))
-                done += 1
-            bar.update(len(chunk))
-    except KeyboardInterrupt:
-        bar.close()
-        if not group.is_main:
-            return 130
-        _write_skipped(out, [(p, why) for _, p, why in skipped])
-        by = f" by process 1 of {group.world} (the others' are there too)" if group.world > 1 else ""
-        print(
-            f"\ninterrupted: {done} image(s) restored into {out}{by}, the one(s) in progress dropped; run the same "
-            f"command again to resume"
+        report = restore_files(
+            pipe,
+            plan,
+            method=args.method,
+            prompts=lambda paths: prompts_for(args, paths),
+            model=args.model,
+            seed=args.seed,
+            compare=args.compare,
+            group=group,
+            **_call_kwargs(args),
         )
+    except RestoreInterrupted as stop:
+        if group.is_main:
+            by = f" by process 1 of {group.world} (the others' are there too)" if group.world > 1 else ""
+            print(
+                f"\ninterrupted: {sum(stop.report.restored)} image(s) restored into {plan.out}{by}, the one(s) in "
+                f"progress dropped; run the same command again to resume"
+            )
         return 130
-    except OSError as exc:
-        bar.close()
-        if exc.errno not in REPORTED_ERRNOS:
-            raise
-        finished = f"the {done + kept} image(s)" if group.world == 1 else "the image(s)"
-        raise VARestorerError(
-            f"{os_error_message(exc)}: it resumes after {finished} finished in {out} (nothing half-written was left)"
-        ) from exc
-    bar.close()
-    reports = group.gather((done, skipped))  # every process's: waits for the last one
-    counts = [n for n, _ in reports]
-    skipped = sorted(s for _, part in reports for s in part)
     if group.is_main:
-        _summary(out, counts, kept, notes, [(p, why) for _, p, why in skipped])
-    return 1 if sum(counts) == 0 and todo and not kept else 0
+        _summary(report)
+    return 1 if sum(report.restored) == 0 and plan.todo and not plan.kept else 0
 
 
-def _batch_draws(kwargs: dict, args: argparse.Namespace, index: int) -> dict:
-    """The call's settings with batch ``index``'s own random draws (:func:`~.processes.batch_seed`:
-    ``--seed`` for the first batch), the same whichever process restores it."""
-    import torch
-
-    from .processes import batch_seed
-
-    seed = batch_seed(args.seed, index)
-    if "generator" in kwargs:  # onestep: --decode gumbel
-        return {**kwargs, "generator": torch.Generator().manual_seed(seed)}
-    if "seed" in kwargs:  # the sampling methods
-        return {**kwargs, "seed": seed}
-    return kwargs
-
-
-def _summary(out: Path, counts: list[int], kept: int, notes: list[str], skipped: list[tuple[Path, str]]) -> None:
-    """What the run did: ``counts``: the images each process restored."""
+def _summary(report) -> None:
+    """What the run did (a :class:`~varestorer.inference.files.FilesReport`)."""
+    out, counts, skipped = report.out, report.restored, report.skipped
     by = f" ({len(counts)} processes: {' + '.join(map(str, counts))})" if len(counts) > 1 else ""
     print(
         f"restored {sum(counts)} image(s) into {out}{by}"
-        + (f"; kept {kept} existing (--overwrite replaces them)" if kept else "")
+        + (f"; kept {report.kept} existing (--overwrite replaces them)" if report.kept else "")
     )
-    for note in notes:
+    for note in report.notes:
         print(f"  {note}")
-    _write_skipped(out, skipped)
     if skipped:
         print(f"skipped {len(skipped)} file(s), listed in {out / 'skipped.tsv'}:")
         for p, why in skipped[:10]:
             print(f"  {p}: {why}")
 
 
-def _write_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
-    from ..outputs import write_text
-
-    if skipped:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "skipped.tsv", "".join(f"{p}\t{why}\n" for p, why in skipped))
-    elif (out / "skipped.tsv").is_file():  # an earlier run's: nothing is skipped now
-        (out / "skipped.tsv").unlink()
-
-
 def _call_kwargs(args) -> dict:
+    """The pipeline call's settings from the options (the method is given apart)."""
+    settings = method_kwargs(args, args.method)
+    for drawn in ("seed", "generator"):  # restore_files draws each batch's own (--seed for the first)
+        settings.pop(drawn, None)
     return dict(
-        method=args.method,
         upscale=args.upscale,
         mode=args.mode,
         tile_overlap=args.tile_overlap,
         batch_size=args.batch_size,
         tile_batch_size=args.tile_batch_size,
-        output_type="pil",
-        **method_kwargs(args, args.method),
+        **settings,
     )
-
-
-def _save(image, path: Path, source: dict | None = None) -> None:
-    """Under a temporary name, renamed when complete: a crash, a full disk or Ctrl-C never leaves a
-    half-written output under the final name. ``source`` (:func:`_source`) goes into its EXIF."""
-    import json
-
-    from PIL import Image
-
-    from ..outputs import save_image
-
-    fmt = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[path.suffix[1:]]
-    exif = Image.Exif()
-    if source is not None:
-        exif[SOURCE_TAG] = json.dumps(source)
-    save_image(image, path, format=fmt, exif=exif, **({"quality": 95} if fmt != "PNG" else {}))
-
-
-def _save_compare(lq, restored, path: Path, method: str) -> None:
-    import numpy as np
-    import torch
-
-    from ..inference.compare import comparison_strip
-    from ..outputs import save_image
-
-    res = torch.from_numpy(np.array(restored)).permute(2, 0, 1).float() / 255
-    save_image(comparison_strip([lq, res], ["input", method]), path, format="PNG")
 
 
 SDPA_BACKENDS = ("default", "math", "flash", "efficient", "cudnn")

@@ -1,5 +1,6 @@
 """Several processes restoring one set of inputs (``accelerate launch -m varestorer restore``,
-``torchrun``): who they are, which batches each restores, and what they tell each other.
+``torchrun``, or a user's own script under a launcher): who they are, which batches each restores,
+and what they tell each other (:func:`~.files.restore_files` takes a :func:`processes`).
 
 One process (no ``WORLD_SIZE`` > 1 in the environment) has no process group and imports nothing
 of accelerate. Under a launcher each process restores on its own ``PartialState().device``
@@ -8,6 +9,11 @@ of accelerate. Under a launcher each process restores on its own ``PartialState(
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+
+import torch
+
+from ..errors import ConfigError
 
 #: How long a process waits for the others (the end of a run: the first done waits for the
 #: last). A process that fails ends the group sooner: the launcher stops the others.
@@ -47,8 +53,6 @@ class Processes:
         return self.rank == 0
 
     def device(self, requested: str | None) -> str:
-        import torch
-
         return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def share(self, obj):
@@ -67,9 +71,7 @@ class ProcessGroup(Processes):
     """The processes a launcher started, through accelerate's ``PartialState``."""
 
     def __init__(self):
-        from datetime import timedelta
-
-        from accelerate import PartialState
+        from accelerate import PartialState  # a launched group only: one process imports no accelerate
         from accelerate.utils import parse_flag_from_env
 
         # CPU processes: asked for (accelerate launch --cpu), or nothing else here
@@ -80,10 +82,6 @@ class ProcessGroup(Processes):
     def device(self, requested: str | None) -> str:
         """This process's own device; ``--device cpu`` restores on the CPU; any other ``--device``
         would put every process on one device."""
-        import torch
-
-        from ..errors import ConfigError
-
         own = self.state.device
         if requested is None:
             return str(own)
@@ -108,15 +106,11 @@ class ProcessGroup(Processes):
         return gather_object([obj])
 
     def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _has_accelerator() -> bool:
-    import torch
-
     found = getattr(torch, "accelerator", None)  # torch >= 2.6
     return found.is_available() if found is not None else torch.cuda.is_available()
 
