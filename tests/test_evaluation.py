@@ -235,6 +235,41 @@ def test_evaluate_restores_with_bicubic_without_a_model(tmp_path, capsys):
     assert "needs --model" in capsys.readouterr().err
 
 
+def test_python_users_evaluate_through_a_report_object_equal_to_the_commands_table(tmp_path, capsys):
+    """evaluation.run: load_pairs + evaluate return the rows the command writes (a model's pipeline
+    or, here, the pipeline's resizing for bicubic)."""
+    from varestorer.evaluation.run import evaluate, load_pairs
+    from varestorer.inference.pipeline import VARestorerPipeline
+
+    d = _folders(tmp_path)
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(d / "SR"),
+                "--gt",
+                str(d / "HR"),
+                "--metrics",
+                "psnr,ssim",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
+    data = load_pairs(d / "HR", pred=d / "SR", lq=d / "LR")
+    report = evaluate(data, None, out=tmp_path / "py", metrics=("psnr", "ssim"))  # bicubic: no model needed
+    assert report.restored == ["bicubic"] and [r["method"] for r in report.rows] == ["pred", "bicubic"]
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert report.row("pred")["psnr"] == pytest.approx(cli["rows"][0]["psnr"], abs=1e-12)
+    assert not (tmp_path / "py" / "results.md").exists()  # the table is written by report.write()
+    assert report.write()["rows"] == report.rows and (tmp_path / "py" / "results.md").is_file()
+    with pytest.raises(ConfigError, match="onestep needs a pipeline"):
+        evaluate(data, None, methods=("onestep",), out=tmp_path / "py2")
+    assert VARestorerPipeline.method("bicubic").needs_model is False
+
+
 def test_a_per_set_metric_compares_each_methods_folder_with_the_ground_truth_folder(tmp_path, monkeypatch):
     from varestorer.evaluation import metrics
 

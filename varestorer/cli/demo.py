@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluation.report import write_demo_report
     from ..inference.compare import method_grid
-    from . import main as cli_main
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DEMO_METHODS]
@@ -104,39 +103,54 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.images,
     )
-    evaluation = out / "evaluation"
-    argv = [
-        "evaluate",
-        "--model",
-        str(model),
-        "--lq",
-        str(heldout["lq"]),
-        "--gt",
-        str(heldout["hq"]),
-        "--out",
-        str(evaluation),
-        "--caption",
-        str(heldout["captions"]) if args.with_captions else "none",
-        "--crop-border",
-        "4",
-        "--seed",
-        str(args.seed),
-        "--device",
-        "cpu",
-        "--metrics",
-        DEMO_METRICS,
-    ]
-    for m in methods:
-        argv += ["--method", m]
-    if cli_main(argv):
-        return 2
-    grid = method_grid(heldout["lq"], heldout["hq"], evaluation, methods, out / "grid.png")
+    evaluation = _evaluate(model, heldout, methods, out / "evaluation", args)
+    grid = method_grid(heldout["lq"], heldout["hq"], evaluation.out, methods, out / "grid.png")
     total = time.perf_counter() - started
     report = write_demo_report(
         out, recipe, evaluation, grid, trained_seconds=trained, total_seconds=total, captions=args.with_captions
     )
     print(f"\ndemo done in {total / 60:.1f} min (training {trained / 60:.1f} min). Look at:")
-    for path in (report, grid, out / "train" / "losses.png", out / "train" / "validation", evaluation / "results.md"):
+    for path in (
+        report,
+        grid,
+        out / "train" / "losses.png",
+        out / "train" / "validation",
+        evaluation.out / "results.md",
+    ):
         print(f"  {path}")
     print(f"restore your own images: varestorer restore PHOTOS -o restored/ --model {model} --caption none")
     return 0
+
+
+def _evaluate(model: Path, heldout: dict, methods: list[str], out: Path, args):
+    """The trained model and the baselines restoring the held-out crops, scored (the library's
+    ``evaluate``, as ``varestorer evaluate --caption none --crop-border 4 --device cpu`` runs it)."""
+    import torch
+
+    from ..data.captions import CaptionFile
+    from ..evaluation.run import evaluate, load_pairs
+    from ..inference import VARestorerPipeline
+    from ..methods import METHODS
+
+    data = load_pairs(heldout["hq"], lq=heldout["lq"], crop_border=4)
+    pipe = VARestorerPipeline.from_pretrained(model).to("cpu")
+    generator = torch.Generator().manual_seed(args.seed)  # the one-step draws: one generator for the run
+
+    def settings(method: str) -> dict:
+        takes = METHODS[method].settings
+        return {"seed": args.seed} if "seed" in takes else {"generator": generator} if "generator" in takes else {}
+
+    report = evaluate(
+        data,
+        pipe,
+        methods=methods,
+        out=out,
+        metrics=DEMO_METRICS.split(","),
+        device="cpu",
+        prompts=CaptionFile(heldout["captions"]).prompts_for if args.with_captions else "",
+        settings=settings,
+        describe={"gt": str(heldout["hq"]), "lq": str(heldout["lq"]), "pred": None, "model": str(model)},
+    )
+    report.write()
+    print((out / "results.md").read_text())
+    return report

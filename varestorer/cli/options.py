@@ -115,30 +115,20 @@ def add_prompt_options(p) -> None:
 def prompts_for(args, paths: list[Path]) -> str | list[str] | None:
     """The prompt of each image: ``--prompt`` for all, else the caption file's (``--caption FILE``;
     looked up by the path as given, then by file name), else None (the pipeline captions or warns)."""
-    from ..errors import ConfigError
-
     if args.prompt is not None or args.caption in ("blip", "none"):
         return args.prompt
-    captions, by_name = _caption_lookup(args.caption)
-    prompts = []
-    for path in paths:
-        found = captions.lookup(str(path), path) or by_name.get(Path(path).name)
-        if found is None:
-            raise ConfigError(f"{path} has no caption in {args.caption}: add a line for it, or pass --caption none")
-        prompts.append(found)
-    return prompts
+    return _caption_file(args.caption).prompts_for(paths)
 
 
 @functools.cache
-def _caption_lookup(path: str):
-    """A caption file, read once: the file and its captions by file name."""
+def _caption_file(path: str):
+    """A caption file, read once."""
     from ..data.captions import CaptionFile
     from ..errors import ConfigError
 
     if not Path(path).is_file():
         raise ConfigError(f"--caption {path}: not blip, none or a caption file")
-    captions = CaptionFile(path)
-    return captions, {Path(k).name: v for k, v in captions.captions.items()}
+    return CaptionFile(path)
 
 
 def add_running_options(p) -> None:
@@ -279,7 +269,9 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
         needing = [m for m in methods if METHODS[m].needs_model]
         if needing:
             raise ConfigError(f"--method {needing[0]} needs --model (an export folder or a Hub repo id)")
-        return _Bicubic(getattr(args, "upscale", None) or 4.0)
+        from ..inference.pipeline import BicubicPipeline
+
+        return BicubicPipeline(getattr(args, "upscale", None) or 4.0)
     from ..inference import VARestorerPipeline
 
     if getattr(args, "quantize", None):
@@ -312,17 +304,3 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
             caption_from=args.caption_from or ("restorer" if pipe.stage1 is not None else "restored"),
         )
     return pipe
-
-
-class _Bicubic:
-    """``--method bicubic`` without a model: the pipeline's resizing alone."""
-
-    def __init__(self, upscale: float):
-        self.upscale = upscale
-
-    def __call__(self, images, prompt=None, upscale=None, output_type="pil", **_):
-        from ..inference.pipeline import output_size, pipeline_output, resize_images
-
-        s = upscale or self.upscale
-        outs = [resize_images(x[None], output_size(tuple(x.shape[-2:]), s))[0] for x in images]
-        return pipeline_output(outs, [""] * len(outs), output_type)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -189,6 +190,21 @@ class CaptionFile:
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, str]:
+        return {Path(k).name: v for k, v in self.captions.items()}
+
+    def prompts_for(self, paths: list[str | Path]) -> list[str]:
+        """The caption of each image to restore, looked up by its path as given, then by its file
+        name; an error naming the first image without one."""
+        prompts = []
+        for path in paths:
+            found = self.lookup(str(path), Path(path)) or self._by_name.get(Path(path).name)
+            if found is None:
+                raise ConfigError(f"{path} has no caption in {self.path}: add a line for it, or pass --caption none")
+            prompts.append(found)
+        return prompts
 
     def describe(self) -> str:
         return f"file:{self.path.resolve()}" + (f" prefix={self.prefix}" if self.prefix else "")

@@ -119,7 +119,7 @@ def _compare(rows: dict, a: str, b: str, metric: str) -> str | None:
 def write_demo_report(
     out: Path,
     recipe,
-    evaluation: Path,
+    evaluation,
     grid: Path,
     trained_seconds: float,
     total_seconds: float,
@@ -132,9 +132,8 @@ def write_demo_report(
 
     import torch
 
-    doc = json.loads((Path(evaluation) / "results.json").read_text())
-    rows = {r["method"]: r for r in doc["rows"]}
-    table = (Path(evaluation) / "results.md").read_text()
+    rows = {r["method"]: r for r in evaluation.rows}  # an evaluation.run.EvaluationReport
+    table = markdown_table(evaluation.rows, evaluation.metrics, evaluation.unavailable, evaluation.settings["title"])
     lines = [
         "# VARestorer demo",
         "",
@@ -144,7 +143,7 @@ def write_demo_report(
         f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores (torch {torch.__version__}).",
         "",
         "Held-out photos (never seen by the base nor the distillation), degraded with a fixed seed "
-        f"({doc['settings']['pairs']} crops of {recipe.model.resolution} px, LQ {recipe.model.resolution // recipe.degradation.scale} px), "
+        f"({evaluation.settings['pairs']} crops of {recipe.model.resolution} px, LQ {recipe.model.resolution // recipe.degradation.scale} px), "
         + (
             "restored with the held-out photos' hand-written captions (`--with-captions`: no user has these):"
             if captions

@@ -928,3 +928,19 @@ def _repeat(text, n: int):
     if isinstance(text, TextFeatures):
         return TextFeatures(text.features.expand(n, -1, -1), text.mask.expand(n, -1))
     return list(text) * n
+
+
+class BicubicPipeline:
+    """The ``bicubic`` method without a model: the pipeline's resizing alone, called as the pipeline
+    is (``restore --method bicubic`` and ``evaluate``'s reference row need no export)."""
+
+    def __init__(self, upscale: float = 4.0):
+        self.upscale = upscale
+
+    def __call__(self, images, prompt=None, *, method: str = "bicubic", upscale=None, output_type="pil", **_):
+        if method != "bicubic":
+            raise ConfigError(f"--method {method} needs --model (an export folder or a Hub repo id)")
+        s = upscale or self.upscale
+        items = [to_tensor(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
+        outs = [resize_images(x[None], output_size(tuple(x.shape[-2:]), s))[0] for x in items]
+        return pipeline_output(outs, [""] * len(outs), output_type)
