@@ -29,7 +29,7 @@ def main(rounds: int = 3) -> None:
     pipe.to("cpu", torch.bfloat16).merge_lora()
     pipe.set_attention_kernel("matmul").quantize("int8")
     x = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
-    restore = pipe.restorer("onestep")
+    restore = pipe.restore_fn("onestep")
     after = VARestorerPipeline.decode_latent
     layouts = {"before": torch.contiguous_format, "after": torch.channels_last}
     restore(x, ["a photo"])  # warm-up

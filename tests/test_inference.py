@@ -359,6 +359,8 @@ def test_the_methods_table_is_what_the_pipeline_the_command_line_and_the_app_off
         with pytest.raises(ConfigError, match=f"method {name} takes no settings \\['bogus'\\]"):
             pipe(x, "", method=name, bogus=1)
     pipe(x, "", method="zeroshot", num_given=1, cfg=1.0, top_k=0)  # every setting its row names is taken
+    with pytest.warns(DeprecationWarning, match="enable_stage1"):  # the stage-1 model's switch, renamed
+        assert pipe.set_restorer(False) is pipe and not pipe.stage1_enabled
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -741,4 +743,4 @@ def test_available_methods_are_those_the_model_can_run_and_others_are_refused_be
     assert pipe.available_methods() == ["onestep", "bicubic", "zeroshot", "multistep", "guided"]
     for method, says in (("varsr", "needs a model trained in mode 'varsr'"), ("restorer", "this model has none")):
         with pytest.raises(ConfigError, match=says):
-            pipe.restorer(method)
+            pipe.restore_fn(method)

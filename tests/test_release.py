@@ -301,7 +301,7 @@ def test_restore_without_the_restorer_reads_the_raw_input(release):
     x, prompts = _inputs(pipe)
     text = pipe.text(prompts)
     with_restorer = pipe.student_logits(x, text)
-    pipe.set_restorer(False)
+    pipe.enable_stage1(False)
     assert not torch.equal(pipe.student_logits(x, text), with_restorer)
     assert torch.equal(pipe.stage1_restore(x), x)
 
@@ -466,7 +466,7 @@ def test_training_and_the_pipeline_read_the_releases_form_alike(tmp_path, releas
         trained = model.student_logits(text, model.lq_tokens(x_lq))
     pipe = VARestorerPipeline.from_pretrained(tmp_path / "export", merge_lora=False)
     assert torch.equal(pipe.student_logits((x_lq + 1) / 2, text), trained)
-    pipe.set_restorer(False)
+    pipe.enable_stage1(False)
     assert not torch.equal(pipe.student_logits((x_lq + 1) / 2, text), trained)  # the restorer takes part
 
     model.train()

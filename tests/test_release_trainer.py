@@ -92,7 +92,7 @@ def test_gradients_reach_every_lora_weight_through_the_gumbel_straight_through_a
     model = spread_lora(with_restorer(tmp_path)).train()
     frozen = {
         "vae": model.vae,
-        "restorer": model.restorer,
+        "restorer": model.stage1,
         "lpips": model.lpips,
         "text encoder": model.text_encoder,
     }
@@ -147,7 +147,7 @@ def test_the_gumbel_straight_through_draws_bernoulli_bits_forward_and_the_soft_p
 def test_the_restorer_is_clamped_in_and_out_as_the_release_trains_it(tmp_path):
     model = with_restorer(tmp_path)
     seen = []
-    model.restorer.register_forward_hook(lambda m, a, o: seen.append((a[0].clone(), o.clone())))
+    model.stage1.register_forward_hook(lambda m, a, o: seen.append((a[0].clone(), o.clone())))
     x = torch.linspace(-1.5, 1.5, 3 * 64 * 64).view(1, 3, 64, 64)  # outside [-1, 1] at both ends
     with torch.no_grad():
         model.lq_latent(x)

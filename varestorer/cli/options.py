@@ -292,7 +292,7 @@ def load_pipeline(args, device: str, methods: tuple[str, ...]):
     if getattr(args, "quantize", None):
         pipe.quantize(args.quantize)
     pipe.set_attention_kernel(getattr(args, "attention_kernel", "sdpa"))
-    pipe.set_restorer(not args.no_restorer)
+    pipe.enable_stage1(not args.no_restorer)
     wants_captions = any(m != "bicubic" for m in methods) and args.prompt is None and pipe.config.use_captions
     if args.caption not in ("blip", "none"):
         prompts_for(args, [])  # a caption file: read (and checked) now, before any restoration

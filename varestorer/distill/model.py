@@ -121,7 +121,7 @@ class VARestorerModel(TrainingModule):
             vae=vae.eval().requires_grad_(False),
             text_encoder=text_encoder,
             lpips=lpips,
-            restorer=restorer.eval().requires_grad_(False) if restorer is not None else None,
+            stage1=restorer.eval().requires_grad_(False) if restorer is not None else None,
         )
         self.degradation = degradation
         s = recipe.student
@@ -162,7 +162,7 @@ class VARestorerModel(TrainingModule):
         ]
 
     def frozen_modules(self):
-        return self.vae, self.text_encoder, self.lpips, self.teacher, self.restorer
+        return self.vae, self.text_encoder, self.lpips, self.teacher, self.stage1
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -281,11 +281,11 @@ class VARestorerModel(TrainingModule):
         restorer when the recipe names one (``model.restorer``; in [0, 1], not clamped, as the
         pipeline runs it, unless ``model.restorer_clamp``: its input and output clamped to [0, 1],
         as the released trainer runs it)."""
-        if self.restorer is not None:
+        if self.stage1 is not None:
             clamp = self.recipe.model.restorer_clamp
             with torch.no_grad():
                 x = (lq_up + 1) / 2
-                x = self.restorer(x.clamp(0, 1) if clamp else x).float()
+                x = self.stage1(x.clamp(0, 1) if clamp else x).float()
                 lq_up = (x.clamp(0, 1) if clamp else x) * 2 - 1
         return self.lq_encoder(lq_up).float()
 
@@ -475,7 +475,7 @@ class VARestorerModel(TrainingModule):
         if self.init is not None:  # the base is the export's: its files travel with this one
             c = self.init.config
             config = config.replace(
-                restorer=RESTORER_FILE if self.restorer is not None else None,  # model.restorer, or the export's
+                restorer=RESTORER_FILE if self.stage1 is not None else None,  # model.restorer, or the export's
                 base_transformer=c.base_transformer,
                 base_vae=c.base_vae,
                 random_init_base=c.random_init_base,
@@ -491,6 +491,6 @@ class VARestorerModel(TrainingModule):
             config=config,
             encoder_state=part("lq_encoder") if config.has_encoder else None,
             base_vae_state=part("vae") if self.recipe.model.random_init else None,
-            restorer=self.restorer,
+            restorer=self.stage1,
             base_from=self.init.folder if self.init is not None else None,
         )

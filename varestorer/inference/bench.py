@@ -124,7 +124,7 @@ def bench_latency(
         pipe.config = pipe.config.replace(
             mode="varsr" if m == "varsr" else "distill"
         )  # the same weights read as either model
-        restore = pipe.restorer(m)
+        restore = pipe.restore_fn(m)
         with _sdpa(sdpa):
             sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
         rows[m] = {"sec_per_image": sec / batch}
@@ -132,11 +132,11 @@ def bench_latency(
     speedups += [("quantize", quantize, quantize)] if quantize else []
     if speedups:  # then onestep again with each speed-up added in turn, on the same weights and input
         with _sdpa(sdpa):
-            before, name = pipe.restorer("onestep")(x, prompts), "onestep"
+            before, name = pipe.restore_fn("onestep")(x, prompts), "onestep"
             for kind, value, label in speedups:
                 pipe.set_attention_kernel(value) if kind == "attention" else pipe.quantize(value)
                 name += f"+{label}"
-                restore = pipe.restorer("onestep")
+                restore = pipe.restore_fn("onestep")
                 sec = _time(lambda: restore(x, prompts), warmup, repeats, dev)
                 rows[name] = {"sec_per_image": sec / batch, "psnr_vs_onestep": _psnr(restore(x, prompts), before)}
     ref = rows.get("onestep", {}).get("sec_per_image")

@@ -182,7 +182,7 @@ def _restore_once(pipe, method: str, x: torch.Tensor) -> None:
     """Caption (BLIP on the input), then restore ``x`` with ``method``; every model offloaded after."""
     pipe._use(pipe.models().get("captioner"))
     pipe.captioner([None] * len(x))
-    pipe.restorer(method)(x, ["a photo"] * len(x))
+    pipe.restore_fn(method)(x, ["a photo"] * len(x))
     pipe._use()
 
 

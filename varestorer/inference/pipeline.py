@@ -25,6 +25,7 @@ take the preset's sampler settings (Infinity's) unless given, and ``generator``/
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,7 @@ class VARestorerPipeline:
     """
 
     def __init__(
-        self, vae, encoder, transformer, text_encoder, config: ExportConfig, source: Path | None = None, restorer=None
+        self, vae, encoder, transformer, text_encoder, config: ExportConfig, source: Path | None = None, stage1=None
     ):
         self.vae = vae.eval().requires_grad_(False)
         self.encoder = encoder.eval().requires_grad_(False)
@@ -166,8 +167,8 @@ class VARestorerPipeline:
         self.schedule = config.schedule
         self.attention = config.attention
         self.upscale = float(config.upscale)
-        self.stage1 = restorer  # the stage-1 restorer (set_restorer): cleans the LQ image before the tokenizer
-        self.use_restorer = True
+        self.stage1 = stage1  # the stage-1 model (DiffBIR's SwinIR; enable_stage1): cleans the LQ image first
+        self.stage1_enabled = True
         self.captioner = None  # set by set_captioner: prompts from BLIP when a call gives none
         self.caption_from = "restored"
         self._warned_no_prompt = False
@@ -213,7 +214,7 @@ class VARestorerPipeline:
             parts.text_encoder,
             parts.config,
             source=parts.folder,
-            restorer=parts.restorer,
+            stage1=parts.restorer,
         )
         if torch_dtype is not None:
             pipe.to(dtype=torch_dtype)  # the blocks are in it already: T5's rule and autocast
@@ -268,16 +269,21 @@ class VARestorerPipeline:
             self.transformer.unfuse_lora()
             self._merged = False
 
-    def set_restorer(self, enabled: bool = True) -> VARestorerPipeline:
-        """Run the stage-1 restorer the model names (``enabled=False``: restore without it, the
-        paper's "w/o restorer" row of Table A)."""
-        self.use_restorer = enabled
+    def enable_stage1(self, enabled: bool = True) -> VARestorerPipeline:
+        """Run the stage-1 model the export names before the tokenizer (``enabled=False``: restore
+        without it, the paper's "w/o restorer" row of Table A; ``--no-restorer``)."""
+        self.stage1_enabled = enabled
         return self
+
+    def set_restorer(self, enabled: bool = True) -> VARestorerPipeline:
+        """The former name of :meth:`enable_stage1`."""
+        warnings.warn("set_restorer is now enable_stage1", DeprecationWarning, stacklevel=2)
+        return self.enable_stage1(enabled)
 
     def stage1_restore(self, x: Tensor) -> Tensor:
         """The stage-1 restorer's output of ``x`` (N, 3, R, R) in [0, 1], not clamped (as the
         release feeds it to the VAE); ``x`` itself without a restorer."""
-        if self.stage1 is None or not self.use_restorer:
+        if self.stage1 is None or not self.stage1_enabled:
             return x
         self._use(self.stage1)
         with torch.no_grad(), self._autocast():
@@ -648,7 +654,7 @@ class VARestorerPipeline:
         runs = []
         for m in METHODS:
             try:
-                self.restorer(m)
+                self.restore_fn(m)
             except ConfigError:
                 continue
             runs.append(m)
@@ -662,7 +668,7 @@ class VARestorerPipeline:
             raise ConfigError(f"unknown method {name!r}{hint}; choose one of {', '.join(METHODS)}")
         return METHOD_TABLE[name]
 
-    def restorer(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
+    def restore_fn(self, method: str, **kwargs) -> Callable[[Tensor, Sequence[str]], Tensor]:
         """``(x (N, 3, R, R) in [0, 1], prompts) -> restored (N, 3, R, R)`` for ``method``."""
         spec = self.method(method)
         if method == "onestep" and self.config.mode == "teacher":
@@ -841,7 +847,7 @@ class VARestorerPipeline:
             method_kwargs["generator"] = generator
         if method == "guided":
             method_kwargs.setdefault("factor", upscale or self.upscale)
-        restore = self.restorer(method, **method_kwargs)
+        restore = self.restore_fn(method, **method_kwargs)
         if prompt_embeds is not None:
             texts = _split_embeds(prompt_embeds, len(items))
             prompts = [""] * len(items)
