@@ -114,9 +114,10 @@ def test_a_run_killed_during_and_between_checkpoint_writes_resumes_to_the_same_w
 REPLACE_AND_DIE = """
 import os, shutil, sys
 from pathlib import Path
+from varestorer import outputs
 from varestorer.distill import checkpointing as c
 
-out, die_at = Path(sys.argv[1]), int(sys.argv[2])
+out, die_at, what = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 ops = 0
 
 def counted(fn):
@@ -128,33 +129,45 @@ def counted(fn):
         return fn(*args, **kwargs)
     return op
 
-c.os = type("os", (), {"replace": staticmethod(counted(os.replace))})
-c.shutil = type("shutil", (), {"rmtree": staticmethod(counted(shutil.rmtree))})
-with c.atomic_folder(out / "checkpoint-5") as tmp:  # checkpoint-5 is written again
+class Patched:  # the module with its renames and deletions counted
+    def __init__(self, real, **fns):
+        self.real, self.fns = real, fns
+    def __getattr__(self, name):
+        return self.fns.get(name) or getattr(self.real, name)
+
+for m in (c, outputs):
+    m.os = Patched(os, replace=counted(os.replace))
+    m.shutil = Patched(shutil, rmtree=counted(shutil.rmtree))
+writing = c.atomic_folder(out / "checkpoint-5") if what == "checkpoint" else outputs.replacing_folder(out / "export")
+with writing as tmp:  # written again over the complete one
     (tmp / "weights").write_text("new")
 print(ops)
 """
 
 
-def test_a_checkpoint_written_again_is_complete_under_its_name_whenever_the_run_is_killed(tmp_path):
-    """Rotation writes the new folder, renames the old one aside, renames the new one in, deletes
-    the old one: killed after any of these steps, the next start finds a complete checkpoint-5
-    (the old or the new), never none (deleting the old folder first lost it for good)."""
+@pytest.mark.parametrize("what, name", [("checkpoint", "checkpoint-5"), ("export", "export")])
+def test_a_folder_written_again_is_complete_under_its_name_whenever_the_process_is_killed(tmp_path, what, name):
+    """A checkpoint (rotation) or an export (--overwrite) is written beside its place, the old one
+    renamed aside, the new one renamed in, the old one deleted: killed after any of these steps,
+    the next start finds a complete folder under the name (the old or the new), never none, and
+    nothing left beside it (deleting the old folder first lost it for good; an export's aside copy
+    and partial were left under random names that nothing removed)."""
     from varestorer.distill.checkpointing import remove_partials
+    from varestorer.outputs import recover_folder
 
-    def attempt(die_at: int, name: str = "") -> tuple[int, str, str]:
-        out = tmp_path / f"{die_at}{name}"
-        (out / "checkpoint-5").mkdir(parents=True)
-        (out / "checkpoint-5" / "weights").write_text("old")
+    def attempt(die_at: int, tag: str = "") -> tuple[int, str, str]:
+        out = tmp_path / f"{die_at}{tag}"
+        (out / name).mkdir(parents=True)
+        (out / name / "weights").write_text("old")
         r = subprocess.run(
-            [sys.executable, "-c", REPLACE_AND_DIE, str(out), str(die_at)], capture_output=True, text=True
+            [sys.executable, "-c", REPLACE_AND_DIE, str(out), str(die_at), what], capture_output=True, text=True
         )
-        remove_partials(out)  # what the next start does
-        assert sorted(p.name for p in out.iterdir()) == ["checkpoint-5"], (die_at, r.stderr, list(out.iterdir()))
-        return r.returncode, (out / "checkpoint-5" / "weights").read_text(), r.stdout
+        remove_partials(out) if what == "checkpoint" else recover_folder(out / name)  # what the next run does
+        assert sorted(p.name for p in out.iterdir()) == [name], (die_at, r.stderr, list(out.iterdir()))
+        return r.returncode, (out / name / "weights").read_text(), r.stdout
 
     code, content, steps = attempt(10**6)  # not killed: the steps counted
-    assert code == 0 and content == "new"
+    assert code == 0 and content == "new" and int(steps) >= 2
     for die_at in range(1, int(steps) + 1):
         code, content, _ = attempt(die_at)
         assert code == 137 and content in ("old", "new"), (die_at, code, content)

@@ -5,8 +5,9 @@
 * :func:`atomic_file`, :func:`save_image`, :func:`write_text`: a file is written under a temporary
   name beside its final one and renamed when complete: a full disk, a crash or Ctrl-C never leaves
   a truncated file under the final name.
-* :func:`replacing_folder`: a folder (an export) written beside its final place and swapped in
-  when complete; the old one is removed only then.
+* :func:`replacing_folder`, :func:`swap_folder`: a folder (an export, a checkpoint) written beside
+  its final place and swapped in when complete; the old one is removed only then, and what a kill
+  left half-way is undone by the next run (:func:`recover_folder`).
 * :func:`check_output_folder`: an output location that cannot be used (a file where a folder is
   wanted, a read-only folder, a full disk) refused before any work.
 * :func:`os_error_message`: the one paragraph the CLI prints for an ``OSError`` that gets through.
@@ -117,30 +118,78 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- folders
+def aside(final: Path) -> Path:
+    """Where :func:`swap_folder` keeps the folder it replaces until the new one is in place."""
+    return final.parent / f".{final.name}.old"
+
+
+def swap_folder(new: Path, final: Path) -> None:
+    """``new`` (complete) becomes ``final``. A ``final`` that exists is renamed aside first
+    (:func:`aside`) and deleted last: at every moment a complete folder is under ``final``'s name,
+    or under the aside name, where :func:`recover_folder` puts it back after a kill."""
+    old = aside(final)
+    if final.exists() or final.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def recover_folder(final: Path) -> list[Path]:
+    """Undo what a killed :func:`swap_folder` or :func:`replacing_folder` left beside ``final``: the
+    folder moved aside is put back when nothing took its place (deleted when something did), and
+    the half-written ``.NAME.PID-*.partial`` folders of processes no longer running are removed.
+    Returns what was removed or put back."""
+    done = []
+    old = aside(final)
+    if old.is_dir():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+        done.append(old)
+    if final.parent.is_dir():
+        prefix = f".{final.name}."
+        for p in final.parent.iterdir():
+            pid = p.name[len(prefix) :].split("-", 1)[0]
+            if p.name.startswith(prefix) and p.name.endswith(".partial") and pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(p)
+    return done
+
+
 @contextlib.contextmanager
 def replacing_folder(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a new empty folder beside ``out`` to write into. When the block ends without error it
-    becomes ``out``, and an ``out`` that existed is removed only then; otherwise it is removed and
-    ``out`` is untouched. The caller decides whether ``out`` may be replaced."""
+    becomes ``out`` (:func:`swap_folder`), and an ``out`` that existed is removed only then;
+    otherwise it is removed and ``out`` is untouched. What a killed earlier run left beside ``out``
+    is cleared first (:func:`recover_folder`). The caller decides whether ``out`` may be replaced."""
     out = Path(out)
     if out.is_symlink():  # the folder it points to is replaced, the link kept
         out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(out, ".partial")
+    recover_folder(out)
+    name = out.name if len(os.fsencode(out.name)) <= 200 else "varestorer"
+    tmp = out.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial")  # the pid: stale once it ends
     tmp.mkdir()
     try:
         yield tmp
-        if out.exists() or out.is_symlink():
-            old = _temporary(out, ".old")
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        swap_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

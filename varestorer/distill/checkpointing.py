@@ -34,14 +34,14 @@ from torch.distributed.tensor import DTensor
 from ..checkpoints import latest_checkpoint, list_checkpoints
 from ..errors import CheckpointError, ConfigError
 from ..export import save_weights
-from ..outputs import write_text
+from ..outputs import recover_folder, swap_folder, write_text
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 TRAINABLE_FILE = "trainable.safetensors"  # the trainable weights of a checkpoint (see register_checkpoint_hooks)
 _PARTIAL = re.compile(r"^\.(checkpoint-\d+|final)\.partial$")
-_OLD = re.compile(r"^\.(checkpoint-\d+|final)\.old$")  # a complete folder moved aside by _replace
+_OLD = re.compile(r"^\.(checkpoint-\d+|final)\.old$")  # a complete folder moved aside by swap_folder
 
 
 def full_state(state: dict) -> dict:
@@ -250,19 +250,15 @@ def _note_recipe_change(path: Path, recipe_digest: str | None) -> Path:
 
 def remove_partials(output_dir: str | os.PathLike) -> None:
     """Clear what a killed run left: delete what was half-written (``.checkpoint-STEP.partial``,
-    ``.final.partial``), and put back a complete folder that :func:`_replace` had moved aside
-    (``.NAME.old``) when no ``NAME`` took its place; one that was replaced is deleted."""
+    ``.final.partial``), and put back a complete folder that :func:`~varestorer.outputs.swap_folder`
+    had moved aside (``.NAME.old``) when no ``NAME`` took its place; one that was replaced is deleted."""
     out = Path(output_dir)
     if not out.is_dir():
         return
     for p in sorted(out.iterdir()):
         if p.is_dir() and _OLD.match(p.name):
-            final = out / _OLD.match(p.name).group(1)
-            if final.exists():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                logger.info("putting %s back as %s: the run was killed while replacing it", p, final)
-                os.replace(p, final)
+            logger.info("%s was left by a run killed while replacing it: recovered", p)
+            recover_folder(out / _OLD.match(p.name).group(1))
     for p in out.iterdir():
         if p.is_dir() and _PARTIAL.match(p.name):
             logger.info("removing %s, left half-written by an interrupted run", p)
@@ -284,18 +280,6 @@ def _partial(final: Path) -> Path:
     return final.parent / f".{final.name}.partial"
 
 
-def _replace(partial: Path, final: Path) -> None:
-    """``partial`` (complete) becomes ``final``. A ``final`` that exists is renamed aside first and
-    deleted last: at every moment a complete folder is under ``final``'s name, or under
-    ``.NAME.old`` where :func:`remove_partials` (run at every start) puts it back."""
-    old = final.parent / f".{final.name}.old"
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _disk_full_message(what: Path, exc: OSError, keep: str) -> str:
     reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{type(exc).__name__}: {exc}"
     return f"writing {what.name} to {what.parent} failed: {reason}. Nothing half-written was left; {keep}"
@@ -312,7 +296,7 @@ def atomic_folder(final: Path, keep: str = "the previous one is intact") -> Iter
     partial.mkdir(parents=True)
     try:
         yield partial
-        _replace(partial, final)
+        swap_folder(partial, final)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise CheckpointError(_disk_full_message(final, exc, keep)) from exc
@@ -343,7 +327,7 @@ def save_checkpoint(
             if failure is not None:
                 raise failure
             write_manifest(partial, step, recipe_digest)
-            _replace(partial, final)
+            swap_folder(partial, final)
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             previous = latest_checkpoint(output_dir)
