@@ -20,7 +20,7 @@ from varestorer.inference.bench import build_random_pipeline
 
 
 def decode_in_float32(pipe, latent):
-    pipe._use(pipe.vae)
+    pipe._use("decode")
     return (pipe.vae.decode_latent(latent.float()).float() + 1) / 2
 
 

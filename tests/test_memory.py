@@ -65,6 +65,18 @@ def test_offloaded_models_are_on_the_device_only_for_their_step_and_restore_the_
     assert all(d == torch.device("cpu") for d in where.values())  # all back in CPU memory after the call
 
 
+def test_each_offload_step_names_models_the_pipeline_holds(export):
+    """OFFLOAD_STEPS is the one place that says which model runs in which step: a misspelt name
+    would leave its model in CPU memory while its step runs on the GPU."""
+    from varestorer.inference.pipeline import OFFLOAD_STEPS
+
+    pipe = VARestorerPipeline.from_pretrained(export).set_captioner(_Captioner(), caption_from="input")
+    held = set(pipe.models()) | {"restorer"}  # the stage-1 model of an export that has one
+    assert set().union(*OFFLOAD_STEPS.values()) == held
+    with pytest.raises(KeyError):
+        pipe.enable_model_cpu_offload(EXEC)._use("a step nobody declared")
+
+
 def test_an_explicit_device_ends_offload(export):
     pipe = VARestorerPipeline.from_pretrained(export).enable_model_cpu_offload(EXEC)
     pipe.to("cpu")

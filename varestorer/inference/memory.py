@@ -41,7 +41,7 @@ from ..presets import get_preset
 from ..restorer.swinir import ARCHITECTURES, SwinIR
 from ..transformer.text import T5_ENCODERS, TextEncoder, TextFeatures
 from .bench import build_random_pipeline
-from .pipeline import METHODS
+from .pipeline import METHODS, OFFLOAD_STEPS
 
 #: The methods measured (those that run a model, but varsr, which needs one trained in varsr mode), in
 #: the order printed.
@@ -180,10 +180,10 @@ def _on(pipe, device: torch.device):
 
 def _restore_once(pipe, method: str, x: torch.Tensor) -> None:
     """Caption (BLIP on the input), then restore ``x`` with ``method``; every model offloaded after."""
-    pipe._use(pipe.models().get("captioner"))
+    pipe._use("caption")
     pipe.captioner([None] * len(x))
     pipe.restore_fn(method)(x, ["a photo"] * len(x))
-    pipe._use()
+    pipe._use("idle")
 
 
 class _PeakRSS:
@@ -225,8 +225,9 @@ def _estimate(pipe, method: str, x: torch.Tensor, offload: bool) -> int:
     tracker = LiveBytes(resident=0 if offload else every)
     if offload:
 
-        def use(*wanted):
-            tracker.resident = sum(model_bytes(m) for m in {id(m): m for m in wanted if m is not None}.values())
+        def use(step: str) -> None:  # the step's models (OFFLOAD_STEPS) resident, as offloading holds them
+            wanted = {id(models[n]): models[n] for n in OFFLOAD_STEPS[step] if n in models}
+            tracker.resident = sum(model_bytes(m) for m in wanted.values())
 
         pipe._use = use  # the instance's, for this estimate only
     try:

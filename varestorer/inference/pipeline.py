@@ -61,6 +61,20 @@ METHODS = METHOD_NAMES
 #: What the captioner looks at when a call gives no prompt (:meth:`VARestorerPipeline.set_captioner`).
 CAPTION_SOURCES = ("restored", "input", "restorer")
 MODES = ("auto", "resize", "tile")
+#: The models (:meth:`VARestorerPipeline.models`) each step of a restoration runs: with CPU offload
+#: (``enable_model_cpu_offload``) they alone are on the device for it, the others in CPU memory.
+OFFLOAD_STEPS = {
+    "caption": ("captioner",),
+    "stage1": ("restorer",),
+    "encode": ("encoder", "vae"),  # the LQ encoder, then the VAE's quantizer
+    "text": ("text_encoder",),
+    "transformer": ("transformer",),
+    "tokenize": ("vae",),  # the frozen VAE's tokens of the LQ image (zeroshot, guided)
+    "sampling": ("transformer",),
+    "guided sampling": ("transformer", "vae"),  # the measurement guidance decodes at each guided scale
+    "decode": ("vae",),
+    "idle": (),  # between calls
+}
 OUTPUT_TYPES = ("pil", "np", "pt")
 #: Largest output the pipeline makes (pixels); beyond it a call fails before allocating anything.
 MAX_OUTPUT_PIXELS = 8192 * 8192
@@ -285,7 +299,7 @@ class VARestorerPipeline:
         release feeds it to the VAE); ``x`` itself without a restorer."""
         if self.stage1 is None or not self.stage1_enabled:
             return x
-        self._use(self.stage1)
+        self._use("stage1")
         with torch.no_grad(), self._autocast():
             return self.stage1(x.to(self.device)).float()
 
@@ -348,15 +362,17 @@ class VARestorerPipeline:
             self.to(device)
         return self
 
-    def _use(self, *wanted) -> None:
-        """With CPU offload: ``wanted`` models on the execution device, every other one on the CPU."""
+    def _use(self, step: str) -> None:
+        """With CPU offload: the models of ``step`` (:data:`OFFLOAD_STEPS`) on the execution device,
+        every other one in CPU memory."""
         if self._offload is None:
             return
-        keep = {id(m) for m in wanted if m is not None}
-        for m in self.models().values():
+        models = self.models()
+        keep = {id(models[name]) for name in OFFLOAD_STEPS[step] if name in models}
+        for m in models.values():
             if id(m) not in keep:
                 m.to("cpu")
-        for m in self.models().values():
+        for m in models.values():
             if id(m) in keep:
                 m.to(self._offload)
 
@@ -366,8 +382,8 @@ class VARestorerPipeline:
         Infinity runs its 2B model (``block.bfloat16()``) and T5; the transformer and the VAE's
         decoder run under autocast in it (:meth:`decode_latent`, in channels-last), the LQ encoder
         in float32 (:meth:`lq_tokens`), as the released VARestorer runs them; the embeddings, head,
-        VAE and LQ encoder keep float32 weights. Casting back to float32 does not bring the lost digits back: load the model again
-        for exact float32."""
+        VAE and LQ encoder keep float32 weights. Casting back to float32 does not bring the lost
+        digits back: load the model again for exact float32."""
         if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ConfigError(f"dtype {dtype} is not supported; float32, bfloat16 or float16")
         if self.quantized and (dtype is not None or (device is not None and torch.device(device).type != "cpu")):
@@ -419,7 +435,7 @@ class VARestorerPipeline:
             return prompts.to(self.device)
         if not self.config.use_captions:
             prompts = [""] * len(prompts)  # a model trained without prompts sees none
-        self._use(self.text_encoder)
+        self._use("text")
         return self.text_encoder(list(prompts), device=self.device)
 
     @torch.no_grad()
@@ -430,7 +446,7 @@ class VARestorerPipeline:
             lq_tokens = self.lq_tokens(x) if lq_tokens is None else lq_tokens
             lq = lq_tokens.lq_input_sequence(self.config.lq_input)
             text = self.text(prompts)
-            self._use(self.transformer)
+            self._use("transformer")
             return self.transformer(text, lq, self.schedule, attention=self.attention).float()
 
     def lq_tokens(self, x: Tensor):
@@ -440,7 +456,7 @@ class VARestorerPipeline:
         if self._merge_wanted:
             self.merge_lora()
         x = self.stage1_restore(x)
-        self._use(self.encoder, self.vae)
+        self._use("encode")
         with torch.autocast(self.device.type, enabled=False):  # the release encodes in float32: its bits are the input
             return self.vae.quantizer(self.encoder(x.to(self.device).float() * 2 - 1).float(), self.schedule)
 
@@ -480,7 +496,7 @@ class VARestorerPipeline:
         pipeline's autocast: in bfloat16, the VAE's decoder runs in bfloat16 as the released
         VARestorer and Infinity decode (inside their sampler's autocast); the LQ encoder stays in
         float32, as theirs does, since its bits are the model's input."""
-        self._use(self.vae)
+        self._use("decode")
         with self._autocast():
             return (self.vae.decode_latent(latent.float().to(self.device)).float() + 1) / 2
 
@@ -535,10 +551,10 @@ class VARestorerPipeline:
         settings = self._sampler_settings(sampler)
         self._check_runs("zeroshot")
         self._unmerge_lora()
-        self._use(self.vae)
+        self._use("tokenize")
         lq = self.vae.tokenize(x.to(self.device) * 2 - 1, self.schedule) if num_given else None
         text = self.text(prompts)
-        self._use(self.transformer, self.vae if guidance is not None else None)
+        self._use("guided sampling" if guidance is not None else "sampling")
         with adapters_disabled(self.transformer), self._autocast():
             out = sample(
                 self.transformer,
@@ -577,7 +593,7 @@ class VARestorerPipeline:
         with self._autocast():
             prefix = self.lq_tokens(x).prefix_sequence()
             text = self.text(prompts)
-            self._use(self.transformer)
+            self._use("sampling")
             out = sample(
                 self.transformer,
                 text,
@@ -744,7 +760,7 @@ class VARestorerPipeline:
         elif self.caption_from == "restorer":
             R = self.resolution
             images = [self.stage1_restore(self.resize(im[None], (R, R))).clamp(0, 1).cpu()[0] for im in images]
-        self._use(self.models().get("captioner"))
+        self._use("caption")
         return [str(c) for c in self.captioner([to_uint8(im) for im in images])]
 
     def pre_restore(self, images: list[Tensor], batch_size: int = 4) -> list[Tensor]:
@@ -875,7 +891,7 @@ class VARestorerPipeline:
             outputs[i] = self._tiled(items[i], sizes[i], _texts(texts, [i]), restore, overlap, tile_batch_size)
             bar.update(1)
         bar.close()
-        self._use()  # with CPU offload: every model back in CPU memory between calls
+        self._use("idle")  # with CPU offload: every model back in CPU memory between calls
         if color_fix != "none" and method != "bicubic":
             outputs = [
                 apply_color_fix(o, self.resize(x[None], s)[0], color_fix) for o, x, s in zip(outputs, items, sizes)
