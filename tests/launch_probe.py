@@ -20,7 +20,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 
 from varestorer.cli import main
-from varestorer.distill.model import VARestorerModel
+from varestorer.distill.model import MODE_CLASSES
 
 if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (deepspeed.comm.torch is torch)
@@ -28,16 +28,20 @@ if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
 if os.environ.get("ACCELERATE_USE_FSDP") == "true":
     PartialState(backend="gloo").distributed_type = DistributedType.MULTI_GPU
 
-nan_at, forward, calls = int(os.environ.get("PROBE_NAN_AT", "0")), VARestorerModel.forward, []
+nan_at, calls = int(os.environ.get("PROBE_NAN_AT", "0")), []
 
 
-def nan_at_call(self, batch):
-    out = forward(self, batch)
-    calls.append(1)
-    if len(calls) == nan_at:
-        out["loss"] = out["loss"] * float("nan")
-    return out
+def nan_at_call(forward):
+    def step(self, batch):
+        out = forward(self, batch)
+        calls.append(1)
+        if len(calls) == nan_at:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    return step
 
 
-VARestorerModel.forward = nan_at_call
+for mode_class in MODE_CLASSES.values():  # the training step of every mode
+    mode_class.forward = nan_at_call(mode_class.forward)
 sys.exit(main(["train", "--recipe", os.environ.get("PROBE_RECIPE", "tiny"), *sys.argv[1:]]))

@@ -647,15 +647,15 @@ def test_bench_train_runs_the_step_under_bf16_autocast_on_a_cpu_when_asked(capsy
     import json
 
     from varestorer.cli import main
-    from varestorer.distill.model import VARestorerModel
+    from varestorer.distill.model import DistillModel
 
-    seen, forward = [], VARestorerModel.forward
+    seen, forward = [], DistillModel.forward
 
     def spy(self, *a, **k):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         return forward(self, *a, **k)
 
-    monkeypatch.setattr(VARestorerModel, "forward", spy)
+    monkeypatch.setattr(DistillModel, "forward", spy)
     args = ["bench", "train", "--preset", "tiny", "--batch", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"]
     assert main(args + ["--mixed-precision", "bf16", "--no-flop-count", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -797,3 +797,21 @@ def test_a_run_with_frozen_weights_in_bf16_trains_validates_and_exports(tmp_path
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
     trained = load_file(str(tmp_path / "run" / "checkpoint-1" / TRAINABLE_FILE))
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in trained.values())
+
+
+@pytest.mark.parametrize(
+    "mode, name", [("distill", "DistillModel"), ("teacher", "TeacherModel"), ("varsr", "VARSRModel")]
+)
+def test_each_training_mode_is_a_class_of_its_own(mode, name):
+    """The step, the validation student and the metrics are the mode's class's (MODE_CLASSES); the
+    trainer builds it through VARestorerModel.from_recipe and calls only the TrainingModule interface."""
+    from varestorer.distill.model import MODE_CLASSES, VARestorerModel
+    from varestorer.distill.module import TrainingModule
+
+    causal = ["student.attention=causal"] if mode == "varsr" else []  # it predicts scale by scale
+    recipe = load_recipe("tiny", [f"mode={mode}", "train.report_to=none", *causal])
+    built = VARestorerModel.from_recipe(recipe)
+    assert type(built) is MODE_CLASSES[mode] and type(built).__name__ == name and isinstance(built, TrainingModule)
+    assert built.uses_teacher == (mode == "distill")  # tiny's KL weight is > 0
+    with pytest.raises(NotImplementedError, match="trains no mode"):
+        VARestorerModel.forward(built, {})

@@ -244,9 +244,9 @@ def test_a_full_disk_during_the_final_export_leaves_no_half_written_folder(tmp_p
 
 
 def test_a_non_finite_step_is_skipped_without_touching_the_weights_and_counted(tmp_path, monkeypatch):
-    from varestorer.distill.model import VARestorerModel
+    from varestorer.distill.model import DistillModel
 
-    forward, calls = VARestorerModel.forward, []
+    forward, calls = DistillModel.forward, []
 
     def nan_on_third(self, batch):
         out = forward(self, batch)
@@ -255,7 +255,7 @@ def test_a_non_finite_step_is_skipped_without_touching_the_weights_and_counted(t
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(VARestorerModel, "forward", nan_on_third)
+    monkeypatch.setattr(DistillModel, "forward", nan_on_third)
     out = tmp_path / "run"
     logs = train_here(out, "train.max_steps=4", "train.checkpointing_steps=1")
     assert logs["skipped_steps"] == 1

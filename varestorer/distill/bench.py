@@ -175,7 +175,9 @@ def _random_model(recipe) -> VARestorerModel:
         text = TextEncoder.from_preset(preset)
     else:
         text = RandomText(preset.transformer["text_channels"], prompt_tokens=30)
-    return VARestorerModel(recipe, build_vae(preset), build_transformer(preset), text, *_step_parts(recipe), restorer)
+    return VARestorerModel.for_mode(recipe.mode)(
+        recipe, build_vae(preset), build_transformer(preset), text, *_step_parts(recipe), restorer
+    )
 
 
 def format_result(r: dict) -> str:

@@ -119,7 +119,7 @@ def estimate_train_memory(
         vae, transformer = build_vae(preset), build_transformer(preset)
     lpips = build_lpips(recipe.loss.lpips_net, pretrained=False).to("meta")
     text = _FeaturesOnly(transformer.config.text_channels, caption_tokens)
-    model = VARestorerModel(recipe, vae, transformer, text, None, lpips=lpips)
+    model = VARestorerModel.for_mode(recipe.mode)(recipe, vae, transformer, text, None, lpips=lpips)
     trainable = sum(p.numel() for p in model.trainable_parameters())
     frozen = {
         "transformer": sum(p.numel() for n, p in model.transformer.named_parameters() if not p.requires_grad),

@@ -1,13 +1,15 @@
 """Teacher and student in one module: what one training step computes (docs/method.md, "What the step computes, exactly").
 
-``VARestorerModel(batch)`` runs, for a batch of HQ crops with captions:
+One class per mode (:data:`MODE_CLASSES`, built by ``VARestorerModel.from_recipe``), on a base
+that holds the parts they share. :class:`DistillModel`'s step runs, for a batch of HQ crops with
+captions:
 on-device degradation -> T5 features (cached) -> HQ tokens (frozen VAE) -> frozen teacher
 (block-causal, teacher-forced, no grad) -> student (same base weights + LoRA, full attention,
 LQ pyramid from a trainable copy of the VAE encoder) -> ``0.1 KL + 0.25 LPIPS + 0.5 MSE`` with
-straight-through decoding of the student's bits. In ``teacher`` mode it is Infinity's own
+straight-through decoding of the student's bits. :class:`TeacherModel`'s is Infinity's own
 next-scale bitwise cross-entropy on the HQ tokens (with Infinity's Bitwise Self-Correction when
-the recipe asks for it). In ``varsr`` mode (the paper's "w/o distill") the same cross-entropy
-trains the LoRA and the LQ encoder of a multi-step restorer: block-causal next-scale prediction
+the recipe asks for it). :class:`VARSRModel`'s (the paper's "w/o distill") is the same cross-entropy
+training the LoRA and the LQ encoder of a multi-step restorer: block-causal next-scale prediction
 of the HQ tokens with the LQ image's quantized latent as VARSR's prefix tokens.
 
 Frozen parts (VAE, T5, LPIPS, a frozen teacher copy) stay in eval mode whatever ``train()`` says:
@@ -166,10 +168,20 @@ class VARestorerModel(TrainingModule):
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def for_mode(cls, mode: str) -> type[VARestorerModel]:
+        """The class of ``mode`` (:data:`MODE_CLASSES`); a mode's own class as it is."""
+        if cls is not VARestorerModel:
+            return cls
+        if mode not in MODE_CLASSES:
+            raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODE_CLASSES)}")
+        return MODE_CLASSES[mode]
+
+    @classmethod
     def from_recipe(cls, recipe: Recipe, device: str | torch.device = "cpu") -> VARestorerModel:
         """Build every part of ``recipe``'s model; ``device`` is where it will run (the T5 encoder
         is then loaded in its precision there: float16 on CUDA, as Infinity runs it)."""
 
+        cls = cls.for_mode(recipe.mode)
         m = recipe.model
         if m.init_from is not None:
             return cls.from_export(recipe, device)
@@ -191,6 +203,7 @@ class VARestorerModel(TrainingModule):
         """``model.init_from``: fine-tune an exported one-step model (an imported release, a run's
         ``final/``). The student is the export's adapter (and encoder) on the export's base; the
         teacher is that base with the adapter off; its VAE and stage-1 restorer come with it."""
+        cls = cls.for_mode(recipe.mode)
         m, s = recipe.model, recipe.student
         init = load_export(m.init_from, text_encoder=m.text_encoder)
         c = init.config
@@ -246,8 +259,8 @@ class VARestorerModel(TrainingModule):
     def _text(self, captions: list[str], seeds: list[int]):
         captions = list(captions) if self.recipe.data.use_captions else [""] * len(captions)
         drop = None
-        p = self.recipe.student.text_dropout if self.mode == "distill" else self.recipe.loss.text_dropout
-        if self.mode in ("teacher", "varsr", "distill") and p > 0 and self.training:
+        p = self.text_dropout
+        if p > 0 and self.training:
             drop = torch.tensor([torch.rand((), generator=torch.Generator().manual_seed(s)).item() < p for s in seeds])
         return self.text_encoder(captions, device=self.device_of(), drop=drop)
 
@@ -268,9 +281,15 @@ class VARestorerModel(TrainingModule):
                 yield self.transformer
 
     @property
+    def text_dropout(self) -> float:
+        """How often a caption is replaced by the empty one in training (``loss.text_dropout``, as
+        Infinity trains; the student's own is ``student.text_dropout``)."""
+        return self.recipe.loss.text_dropout
+
+    @property
     def uses_teacher(self) -> bool:
-        """Whether the distillation step needs the teacher (the KL's only input from it)."""
-        return self.mode == "distill" and self.recipe.loss.kl > 0
+        """Whether the training step needs the teacher (the distillation's KL)."""
+        return False
 
     def teacher_logits(self, text, hq_tokens) -> Tensor:
         with torch.no_grad(), self._teacher() as teacher:
@@ -341,60 +360,31 @@ class VARestorerModel(TrainingModule):
         return out.gt * 2 - 1, out.lq_up * 2 - 1, seeds
 
     def self_correction_flips(self, seeds: list[int]) -> list[Tensor] | None:
-        """Infinity's Bitwise Self-Correction: per scale ``k < layers``, flip each bit with a
-        probability drawn per sample from ``{0, 0.01, ..., strength}`` (as Infinity's trainer)."""
-        sc = self.recipe.self_correction
-        if self.mode != "teacher" or sc.layers == 0 or not self.training:
-            return None
-        d, steps = self.vae.codebook_dim, round(100 * sc.strength) + 1
-        flips = [[] for _ in self.schedule[: sc.layers]]
-        for seed in seeds:
-            g = torch.Generator().manual_seed(seed + 1)  # not the text-dropout draw
-            for k, (h, w) in enumerate(self.schedule[: sc.layers]):
-                p = torch.randint(0, steps, (), generator=g).item() / 100
-                flips[k].append(torch.rand((h, w, d), generator=g) < p)
-        return [torch.stack(f).to(self.device_of()) for f in flips]
+        """Bits to flip in the HQ tokens (teacher mode's Bitwise Self-Correction); none here."""
+        return None
 
-    def forward(self, batch: dict) -> dict[str, Tensor]:
+    def targets(self, batch: dict):
+        """A batch degraded on the fly: ``(x_hq, x_lq, seeds, text, hq_tokens)``, the text dropped
+        out as the mode trains and the HQ tokens with the mode's self-correction flips."""
         x_hq, x_lq, seeds = self.degrade(batch)
         text = self._text(batch["caption"], seeds)
-        lw = self.recipe.loss
         with torch.no_grad():
             hq_tokens = self.vae.tokenize(x_hq, self.schedule, flips=self.self_correction_flips(seeds))
-        if self.mode in ("teacher", "varsr"):
-            prefix = self.lq_tokens(x_lq).prefix_sequence() if self.mode == "varsr" else None
-            logits = self.transformer(
-                text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal", prefix=prefix
-            )
-            ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
-            return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
-        lq_latent = self.lq_latent(x_lq)
-        lq_tokens = self.lq_tokens(latent=lq_latent)
-        s_logits = self.student_logits(text, lq_tokens)
-        zero = torch.zeros((), device=s_logits.device)
-        kl = zero
-        if self.uses_teacher:  # w/o KL: the teacher does not run at all
-            kl = bitwise_kl(self.teacher_logits(text, hq_tokens), s_logits, self.schedule, lw.scale_weighting)
-        # the student's bitwise cross-entropy against the HQ tokens: trained when weighed, else only
-        # logged (the released trainer's "Lm"), with no graph
-        with contextlib.nullcontext() if lw.student_cross_entropy > 0 else torch.no_grad():
-            ce = bitwise_cross_entropy(s_logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
-        loss = lw.kl * kl + lw.student_cross_entropy * ce
-        out = {"kl": kl.detach(), "cross_entropy": ce.detach()}
-        weighed = lw.mse > 0 or lw.lpips > 0  # else the image is decoded for the log only, with no graph
-        with contextlib.nullcontext() if weighed else torch.no_grad():
-            x_s = self.decode_student(s_logits, lq_tokens, seeds)
-            mse = F.mse_loss(x_s.float(), x_hq)
-            lp = self.image_lpips(x_s.float(), x_hq) if self.lpips is not None else zero
-        loss = loss + lw.lpips * lp + lw.mse * mse
-        out.update(lpips=lp.detach(), mse=mse.detach())
-        if lw.encoder_latent > 0:
-            with torch.no_grad():
-                target = self.vae.encode_latent(x_hq)
-            anchor = F.mse_loss(lq_latent, target) / target.pow(2).mean()
-            loss = loss + lw.encoder_latent * anchor
-            out["encoder_latent"] = anchor.detach()
-        return {"loss": loss, **out}
+        return x_hq, x_lq, seeds, text, hq_tokens
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """The training step's losses (``loss`` and what is logged): each mode's class defines it."""
+        raise NotImplementedError(f"{type(self).__name__} trains no mode: build it with VARestorerModel.from_recipe")
+
+    def next_scale_cross_entropy(self, text, hq_tokens, prefix=None) -> dict[str, Tensor]:
+        """Infinity's objective: the bitwise cross-entropy of the teacher-forced (block-causal)
+        logits against the HQ tokens (``prefix``: tokens before the first scale, varsr's LQ image)."""
+        lw = self.recipe.loss
+        logits = self.transformer(
+            text, hq_tokens.teacher_input_sequence(), self.schedule, attention="causal", prefix=prefix
+        )
+        ce = bitwise_cross_entropy(logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
+        return {"loss": lw.cross_entropy * ce, "cross_entropy": ce.detach()}
 
     def image_lpips(self, x: Tensor, y: Tensor) -> Tensor:
         """LPIPS of images in [-1, 1], averaged over the batch. With ``loss.lpips_rescale`` the
@@ -413,32 +403,21 @@ class VARestorerModel(TrainingModule):
         hq_tokens = self.vae.tokenize(x_hq, self.schedule)
         t_logits = self.teacher_logits(text, hq_tokens)
         teacher = self.vae.decode_bits(MultiScaleBSQ.split_sequence(bit_probabilities(t_logits) > 0.5, self.schedule))
-        if self.mode == "varsr":  # the multi-step restorer, scale by scale (most likely bits)
-            student = self.varsr_restore(text, x_lq)
-        else:
-            student = teacher
-            if x_lq is not None:
-                lq_tokens = self.lq_tokens(x_lq)
-                student = self.decode_student(self.student_logits(text, lq_tokens), lq_tokens)
+        student = self.validation_student(text, x_lq, teacher)
         self.train(was)
         lq = x_lq if x_lq is not None else x_hq
         return {
             k: (v.float() + 1) / 2 for k, v in {"lq": lq, "student": student, "teacher": teacher, "hq": x_hq}.items()
         }
 
-    @torch.no_grad()
-    def validation_metrics(self) -> dict[str, float]:
-        """Teacher mode on the shipped photos: ``heldout_cross_entropy`` of the held-out tokens."""
-        if self.mode != "teacher" or self.recipe.data.dataset != "photos":
-            return {}
+    def validation_student(self, text, x_lq: Tensor | None, teacher: Tensor) -> Tensor:
+        """What the grid shows as the student: the one-step restoration of ``x_lq`` (the teacher's
+        reconstruction when there is no LQ image)."""
+        if x_lq is None:
+            return teacher
+        lq_tokens = self.lq_tokens(x_lq)
+        return self.decode_student(self.student_logits(text, lq_tokens), lq_tokens)
 
-        was = self.training
-        self.eval()
-        ce = teacher_cross_entropy(self.transformer, self.vae, self.text_encoder, self.recipe.model.resolution)
-        self.train(was)
-        return {"heldout_cross_entropy": ce}
-
-    # ------------------------------------------------------------------ saving
     def export_state(self) -> dict[str, Tensor]:
         """What the export is written from: the trainable weights, the whole LQ encoder copy, and
         the whole transformer when it is not an adapter (full fine-tuning, teacher mode) or the
@@ -494,3 +473,99 @@ class VARestorerModel(TrainingModule):
             restorer=self.stage1,
             base_from=self.init.folder if self.init is not None else None,
         )
+
+
+class DistillModel(VARestorerModel):
+    """``distill``: the paper's one-step student, its LoRA trained by the KL to the teacher's
+    teacher-forced logits, the perceptual and MSE losses of its decoded image (the release's form:
+    through a Gumbel straight-through decode), the optional student cross-entropy."""
+
+    @property
+    def text_dropout(self) -> float:
+        return self.recipe.student.text_dropout
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.recipe.loss.kl > 0  # w/o KL the teacher does not run at all
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        x_hq, x_lq, seeds, text, hq_tokens = self.targets(batch)
+        lw = self.recipe.loss
+        lq_latent = self.lq_latent(x_lq)
+        lq_tokens = self.lq_tokens(latent=lq_latent)
+        s_logits = self.student_logits(text, lq_tokens)
+        zero = torch.zeros((), device=s_logits.device)
+        kl = zero
+        if self.uses_teacher:  # w/o KL: the teacher does not run at all
+            kl = bitwise_kl(self.teacher_logits(text, hq_tokens), s_logits, self.schedule, lw.scale_weighting)
+        # the student's bitwise cross-entropy against the HQ tokens: trained when weighed, else only
+        # logged (the released trainer's "Lm"), with no graph
+        with contextlib.nullcontext() if lw.student_cross_entropy > 0 else torch.no_grad():
+            ce = bitwise_cross_entropy(s_logits, hq_tokens.bit_labels(), self.schedule, lw.scale_weighting)
+        loss = lw.kl * kl + lw.student_cross_entropy * ce
+        out = {"kl": kl.detach(), "cross_entropy": ce.detach()}
+        weighed = lw.mse > 0 or lw.lpips > 0  # else the image is decoded for the log only, with no graph
+        with contextlib.nullcontext() if weighed else torch.no_grad():
+            x_s = self.decode_student(s_logits, lq_tokens, seeds)
+            mse = F.mse_loss(x_s.float(), x_hq)
+            lp = self.image_lpips(x_s.float(), x_hq) if self.lpips is not None else zero
+        loss = loss + lw.lpips * lp + lw.mse * mse
+        out.update(lpips=lp.detach(), mse=mse.detach())
+        if lw.encoder_latent > 0:
+            with torch.no_grad():
+                target = self.vae.encode_latent(x_hq)
+            anchor = F.mse_loss(lq_latent, target) / target.pow(2).mean()
+            loss = loss + lw.encoder_latent * anchor
+            out["encoder_latent"] = anchor.detach()
+        return {"loss": loss, **out}
+
+
+class TeacherModel(VARestorerModel):
+    """``teacher``: Infinity fine-tuned as it was trained, the next-scale bitwise cross-entropy of
+    teacher-forced logits, with Bitwise Self-Correction on the HQ tokens."""
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        _, _, _, text, hq_tokens = self.targets(batch)
+        return self.next_scale_cross_entropy(text, hq_tokens)
+
+    def self_correction_flips(self, seeds: list[int]) -> list[Tensor] | None:
+        """Infinity's Bitwise Self-Correction: per scale ``k < layers``, flip each bit with a
+        probability drawn per sample from ``{0, 0.01, ..., strength}`` (as Infinity's trainer)."""
+        sc = self.recipe.self_correction
+        if sc.layers == 0 or not self.training:
+            return None
+        d, steps = self.vae.codebook_dim, round(100 * sc.strength) + 1
+        flips = [[] for _ in self.schedule[: sc.layers]]
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed + 1)  # not the text-dropout draw
+            for k, (h, w) in enumerate(self.schedule[: sc.layers]):
+                p = torch.randint(0, steps, (), generator=g).item() / 100
+                flips[k].append(torch.rand((h, w, d), generator=g) < p)
+        return [torch.stack(f).to(self.device_of()) for f in flips]
+
+    @torch.no_grad()
+    def validation_metrics(self) -> dict[str, float]:
+        """On the shipped photos: ``heldout_cross_entropy`` of the held-out tokens."""
+        if self.recipe.data.dataset != "photos":
+            return {}
+        was = self.training
+        self.eval()
+        ce = teacher_cross_entropy(self.transformer, self.vae, self.text_encoder, self.recipe.model.resolution)
+        self.train(was)
+        return {"heldout_cross_entropy": ce}
+
+
+class VARSRModel(VARestorerModel):
+    """``varsr`` (the paper's "w/o distill"): VARSR's multi-step restorer, the next-scale
+    cross-entropy with the LQ image's tokens as prefix; restored scale by scale."""
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        _, x_lq, _, text, hq_tokens = self.targets(batch)
+        return self.next_scale_cross_entropy(text, hq_tokens, prefix=self.lq_tokens(x_lq).prefix_sequence())
+
+    def validation_student(self, text, x_lq: Tensor | None, teacher: Tensor) -> Tensor:
+        return self.varsr_restore(text, x_lq)  # the multi-step restorer, scale by scale (most likely bits)
+
+
+#: The training module of each mode of a recipe (``tokenizer`` and ``restorer`` have their own modules).
+MODE_CLASSES: dict[str, type[VARestorerModel]] = {"distill": DistillModel, "teacher": TeacherModel, "varsr": VARSRModel}
