@@ -198,6 +198,29 @@ def test_evaluate_scores_restorations_and_writes_the_table(tmp_path, capsys):
     assert (out / "metric_vs_time.png").is_file() and '"rows"' in printed
 
 
+def test_an_identical_pair_neither_hides_the_others_psnr_nor_breaks_the_json(tmp_path, capsys):
+    """One restoration equal to its ground truth (PSNR inf) beside a poor one: the mean PSNR is the
+    poor one's, the count of identical pairs is said, and results.json is strict JSON."""
+    d = _folders(tmp_path)
+    (d / "SR" / "astronaut.png").write_bytes((d / "HR" / "astronaut.png").read_bytes())  # identical
+    poor = psnr(np.asarray(Image.open(d / "SR" / "coffee.png")), np.asarray(Image.open(d / "HR" / "coffee.png")))
+    out = tmp_path / "eval"
+    args = ["evaluate", "--pred", str(d / "SR"), "--gt", str(d / "HR"), "--metrics", "psnr,ssim", "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    doc = json.loads((out / "results.json").read_text(), parse_constant=refuse)
+    row = doc["rows"][0]
+    assert row["psnr"] == pytest.approx(poor) and row["psnr_identical"] == 1 and printed["rows"] == doc["rows"]
+    assert "1 of 2 pair(s) identical (infinite PSNR), left out of its mean PSNR" in (out / "results.md").read_text()
+    (d / "SR" / "coffee.png").write_bytes((d / "HR" / "coffee.png").read_bytes())  # every pair identical
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text(), parse_constant=refuse)["rows"][0]["psnr"] == "inf"
+
+
 def test_evaluate_refuses_mismatched_sizes_naming_the_pair(tmp_path, capsys):
     d = _folders(tmp_path, shift=2)
     assert main(["evaluate", "--pred", str(d / "SR"), "--gt", str(d / "HR"), "--out", str(tmp_path / "e")]) == 2

@@ -19,12 +19,29 @@ from .metrics import METRICS
 
 
 def summarise(per_image: list[dict], metrics: list[str]) -> dict[str, float]:
-    """Mean of each metric over the images (``inf`` PSNRs stay ``inf``, as an identical pair should)."""
+    """Mean of each metric over the images. An identical pair's PSNR is infinite, and one would make
+    the mean infinite whatever the others are: the mean is over the other pairs, and ``METRIC_identical``
+    says how many were left out (every pair identical: the mean is ``inf``)."""
     out = {}
     for m in metrics:
         values = [r[m] for r in per_image if r.get(m) is not None]
-        out[m] = sum(values) / len(values) if values else None
+        finite = [v for v in values if math.isfinite(v)]
+        if len(finite) < len(values):
+            out[f"{m}_identical"] = len(values) - len(finite)
+        out[m] = sum(finite) / len(finite) if finite else (math.inf if values else None)
     return out
+
+
+def strict_json(value):
+    """``value`` with every non-finite float as a string (``"inf"``, ``"-inf"``, ``"nan"``): JSON has
+    no infinity, and a bare ``Infinity`` breaks every strict reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _fmt(value, metric: str) -> str:
@@ -44,6 +61,15 @@ def markdown_table(rows: list[dict], metrics: list[str], unavailable: dict[str, 
         cells = [_fmt(r.get(m), m) for m in metrics]
         sec = _fmt(r.get("sec_per_image"), "sec_per_image") if r.get("sec_per_image") is not None else "-"
         lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {sec} | {r['images']} |")
+    left_out = [
+        f"- {r['method']}: {r[f'{m}_identical']} of {r['images']} pair(s) identical (infinite {m.upper()}), left out "
+        f"of its mean {m.upper()}"
+        for r in rows
+        for m in metrics
+        if r.get(f"{m}_identical")
+    ]
+    if left_out:
+        lines += ["", *left_out]
     if unavailable:
         lines += ["", "\\* unavailable here:"] + [f"- {m}: {why}" for m, why in unavailable.items()]
     return "\n".join(lines) + "\n"
@@ -71,7 +97,7 @@ def write_report(
         "unavailable": unavailable,
         "rows": rows,
     }
-    write_text(out / "results.json", json.dumps(doc, indent=2, default=str))
+    write_text(out / "results.json", json.dumps(strict_json(doc), indent=2, default=str, allow_nan=False))
     plot_metric_vs_time(rows, out / "metric_vs_time.png", metrics, unavailable)
     return doc
 
