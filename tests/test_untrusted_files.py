@@ -81,9 +81,11 @@ def test_no_loader_unpickles_a_crafted_checkpoint(tmp_path, suffix):
         lambda: load_transformer(tiny, path),
         lambda: load_encoder(vae.encoder, path),
     ):
-        with pytest.raises(VARestorerError, match="cannot read checkpoint"):
+        with pytest.raises(VARestorerError, match="cannot read checkpoint") as refused:
             load()
         assert not marker.exists()
+        said = str(refused.value)  # what it is, that it was not run, and never torch's unsafe advice
+        assert "holds pickled code" in said and "nothing in it ran" in said and "weights_only=False" not in said
 
 
 def test_a_t5_folder_with_a_crafted_pytorch_model_bin_is_refused_unread(tmp_path):

@@ -159,3 +159,16 @@ def test_the_page_releaser_leaves_tensors_outside_the_files_map_alone(tmp_path):
     release = page_releaser(tmp_path / "w.pth")  # the maps as they are now
     release(mapped)
     assert torch.equal(mapped, torch.ones(4096))  # read again from the file when used again
+
+
+def test_an_empty_file_is_said_to_be_empty_and_a_legacy_torch_file_is_read_whole(tmp_path):
+    """torch.load's mmap error is not the user's problem: an empty file says so, and a legacy
+    (pre-zip, torch < 1.6) file, which cannot be memory-mapped, is read without the map."""
+    from varestorer.checkpoints import read_file
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pth: it is an empty file \\(0 bytes"):
+        read_file(tmp_path / "empty.pth")
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_file(tmp_path / "legacy.pth")["w"], state["w"])

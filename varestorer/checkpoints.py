@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -136,14 +137,40 @@ def read_file(path: str | os.PathLike, dtype: torch.dtype | Callable[[str], torc
     path = Path(path)
     try:
         if path.suffix in _TORCH_SUFFIXES:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = _load_torch(path)
             return cast_floats(state, dtype) if dtype is not None and isinstance(state, Mapping) else state
         return dict(_stream_safetensors(path, dtype))
     except Exception as exc:  # unreadable, truncated, or pickled code that weights_only refuses
         raise _unreadable(path, exc) from exc
 
 
+def _load_torch(path: Path):
+    """A torch file's tensors (``weights_only``), memory-mapped; a legacy file (torch < 1.6, not a
+    zip archive) cannot be mapped and is read whole instead."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap can only be used" not in str(exc) or path.stat().st_size == 0:
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """What a file that cannot be read is, said as the user can act on it: empty, holding pickled
+    code (refused, never run: torch's own advice to retry with ``weights_only=False`` is not
+    repeated), or damaged."""
+    if path.is_file() and path.stat().st_size == 0:
+        return CheckpointError(
+            f"cannot read checkpoint {path}: it is an empty file (0 bytes; a download or copy that never "
+            f"started, or a full disk?): get or copy it again"
+        )
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+        return CheckpointError(
+            f"cannot read checkpoint {path}: it holds pickled code (objects other than tensors and plain "
+            f"containers). It was not loaded and nothing in it ran. A weights file needs no code: do not "
+            f"trust this one; ask its author for a safetensors file, or re-save the weights from a copy "
+            f"you trust"
+        )
     return CheckpointError(
         f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged (cut short by "
         f"a download, a copy or a full disk?) or is not a weights file: get or copy it again, or write it "
