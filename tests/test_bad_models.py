@@ -332,3 +332,18 @@ def test_resuming_an_earlier_checkpoint_is_refused_while_the_later_ones_are_ther
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-4", "final"]
     code, err = train(capsys, out, "train.max_steps=6", "train.resume_from_checkpoint=final")
     assert_refused(code, err, "train", "is an exported model, not a checkpoint", "model.init_from=")
+
+
+def test_an_export_missing_its_travelling_base_names_the_missing_file_not_another_base(export, tmp_path, capsys):
+    model = damaged(export, tmp_path)
+    (model / "base_transformer.safetensors").unlink()  # a random-init base: it travels with the export
+    assert_restore_refused(capsys, model, tmp_path, "lacks base_transformer.safetensors", "copy the folder again")
+
+
+def test_an_adapter_config_naming_layers_the_base_lacks_names_that_file(export, tmp_path, capsys):
+    model = damaged(export, tmp_path)
+    config = json.loads((model / "adapter_config.json").read_text())
+    (model / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["no_such_layer"]}))
+    assert_restore_refused(
+        capsys, model, tmp_path, f"{model / 'adapter_config.json'} names layers", "damaged or belongs to another model"
+    )

@@ -133,6 +133,12 @@ def load_export(  # noqa: C901
                 f"{folder} says it has a LoRA adapter but holds no adapter_model.safetensors; "
                 f"re-export it with varestorer export"
             )
+        if base is None and not local(BASE_TRANSFORMER_FILE) and (config.random_init_base or config.builds_on_release):
+            raise CheckpointError(
+                f"{folder} lacks {BASE_TRANSFORMER_FILE}: this model's base transformer travels with it (a "
+                f"{'random-init' if config.random_init_base else 'release-based'} base) and no other will do; copy "
+                f"the folder again (or download it again), or pass the base it was exported with as --base"
+            )
         source = base or local(BASE_TRANSFORMER_FILE) or config.base_transformer
         transformer = _explain(
             lambda: load_transformer(preset, source, blocks_dtype=dtype), "base transformer", "base", source
@@ -142,6 +148,12 @@ def load_export(  # noqa: C901
             load_adapter(transformer, folder)
         except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, foreign target modules
             first = str(exc).strip().splitlines()[0][:300]
+            if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+                raise CheckpointError(
+                    f"{folder / 'adapter_config.json'} names layers the {config.base_preset} base transformer "
+                    f"does not have ({first}): the file is damaged or belongs to another model; copy the folder "
+                    f"again or re-export it (varestorer export RUN OUT)"
+                ) from exc
             raise CheckpointError(
                 f"the LoRA adapter in {folder} does not fit the {config.base_preset} base "
                 f"transformer ({first}): it was trained on another base; pass that base with "
