@@ -92,12 +92,12 @@ def test_aliases_of_a_sane_size_and_base_recipes_keep_working(tmp_path, capsys):
         ("student.lora_targets=[]", ["student.lora_targets must name one or more", "the list is empty", "sa.proj"]),
         ("student.lora_targets=[sa.projj]", ["'sa.projj' is not a layer of a block", "choose among sa.mat_qkv"]),
         ("data.num_workers=-1", ["data.num_workers must be >= 0 (got -1)"]),
-        ("optim.lr=.nan", ["optim.lr must be > 0 (got nan)"]),
-        ("optim.lr=.inf", ["optim.lr must be > 0 (got inf)"]),
-        ("optim.lr=nan", ["optim.lr must be > 0 (got nan)"]),
+        ("optim.lr=.nan", ["optim.lr must be a finite number, > 0 (got nan)"]),
+        ("optim.lr=.inf", ["optim.lr must be a finite number, > 0 (got inf)"]),
+        ("optim.lr=nan", ["optim.lr must be a finite number, > 0 (got nan)"]),
         ("optim.encoder_lr=-1e-5", ["optim.encoder_lr must be > 0 (got -1e-05)"]),
         ("loss.kl=-1", ["loss.kl must be >= 0 (got -1.0); 0 turns the term off"]),
-        ("loss.lpips=.nan", ["loss.lpips must be >= 0 (got nan)"]),
+        ("loss.lpips=.nan", ["loss.lpips must be a finite number, >= 0 (got nan)"]),
         ("loss.text_dropout=1.5", ["loss.text_dropout must be in [0, 1] (got 1.5)"]),
         ("optim.max_grad_norm=-1", ["optim.max_grad_norm must be >= 0 (got -1.0); 0: no gradient clipping"]),
         ("optim.lr_warmup_steps=-10", ["optim.lr_warmup_steps must be >= 0 (got -10)"]),
@@ -390,3 +390,8 @@ def test_evaluate_names_a_corrupt_image_in_one_paragraph(pairs, capsys, role):
     (pairs / role / "a.png").write_bytes((pairs / role / "a.png").read_bytes()[:60])
     code, err = _evaluate(capsys, pairs, "--pred", pairs / "pred")
     assert_refused(code, err, "evaluate", f"cannot score {pairs / role / 'a.png'}: truncated or corrupt")
+
+
+def test_evaluate_with_an_empty_metric_list_is_refused_before_reading_anything(tmp_path, capsys):
+    code, err = run(capsys, "evaluate", "--gt", tmp_path / "missing", "--pred", tmp_path / "p", "--metrics", ",")
+    assert_refused(code, err, "evaluate", "--metrics ',' names no metric")

@@ -167,6 +167,8 @@ def test_a_missing_lq_input_in_version_1_means_shifted_not_the_recipes_default(t
         ({"keep_lq_scales": 99}, r"keep_lq_scales=99 must be in \[0, 4\]"),
         ({"scale_schedule": "1x1"}, "scale_schedule is not a list of scale sizes"),
         ({"format_version": 99}, "upgrade varestorer"),
+        ({"format_version": 0}, "format_version=0 is not a version this format ever had"),
+        ({"format_version": -5}, "format_version=-5 is not a version this format ever had"),
         ({"extra_knob": 1}, "fields this varestorer does not know \\(extra_knob\\)"),
     ],
 )

@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
         read_evaluation(args.model)  # a damaged evaluation.json is said before the work, not after
     names = DEFAULT_METRICS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    if not names:
+        raise ConfigError(
+            f"--metrics {args.metrics!r} names no metric; name some (psnr,ssim,...) or leave it out for all"
+        )
     check_output_folder(args.out, "--out")  # before any image is read or restored
     check_outside_inputs(args.out, {"--gt": args.gt, "--lq": args.lq, "--pred": args.pred}, "--out")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

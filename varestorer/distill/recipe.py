@@ -446,6 +446,8 @@ class Recipe:
             if value is None and key in ("optim.encoder_lr", "train.checkpoints_total_limit"):
                 continue
             values, what = ([value], str(rng)) if not isinstance(value, list) else (value, f"two numbers {rng}")
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):  # before the range: inf is > 0
+                raise ConfigError(f"{key} must be a finite number, {what} (got {_short(value)})")
             if any(v not in rng for v in values) or (key == "optim.betas" and len(values) != 2):
                 note = f"; {rng.note}" if rng.note else ""
                 raise ConfigError(f"{key} must be {what} (got {_short(value)}){note}")

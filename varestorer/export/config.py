@@ -220,6 +220,11 @@ class ExportConfig:
                 f"{where} is a format this varestorer does not read (format {data.get('format')!r}, "
                 f"version {version!r}; this version reads up to {FORMAT_VERSION}): upgrade varestorer"
             )
+        if version < 1 or isinstance(version, bool):
+            raise ConfigError(
+                f"{where}: format_version={version!r} is not a version this format ever had (1 to "
+                f"{FORMAT_VERSION}): the file is damaged; re-export the model"
+            )
         data = dict(data)
         while version < FORMAT_VERSION:
             data, version = MIGRATIONS[version](data), version + 1
