@@ -243,3 +243,35 @@ def test_a_file_name_that_is_not_utf8_is_restored_under_the_same_bytes(tmp_path,
     assert main(["restore", str(src), "-o", str(out), "--method", "bicubic"]) == 0
     assert os.listdir(os.fsencode(out)) == [b"\xff\xfe.png"]
     assert "restored 1 image(s)" in capsys.readouterr().out
+
+
+def test_every_file_of_a_folder_is_restored_or_listed_in_a_skip_list_that_stays_parseable(tmp_path, capsys):
+    """A .gif or a .txt in a folder is listed with why (it was silently dropped); a name with a tab
+    or a newline is quoted, so each row is still one (path, why) pair for a TSV/CSV reader."""
+    import csv
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(src / "good.png")
+    Image.new("RGB", (16, 16)).save(src / "anim.gif")
+    (src / "notes.txt").write_text("captions elsewhere")
+    (src / ".hidden").write_text("a dotfile: not an input")
+    (src / "tab\tand\nnewline.png").write_bytes(b"")  # an empty image with a hostile name
+    out = tmp_path / "out"
+    assert main(["restore", str(src), "-o", str(out), "--method", "bicubic"]) == 0
+    with open(out / "skipped.tsv", newline="") as f:
+        rows = {Path(p).name: why for p, why in csv.reader(f, delimiter="\t")}
+    assert set(rows) == {"anim.gif", "notes.txt", "tab\tand\nnewline.png"}, rows
+    assert (
+        rows["anim.gif"].startswith("not a file type restore reads (.gif")
+        and "empty file" in rows["tab\tand\nnewline.png"]
+    )
+    assert "skipped 3 file(s)" in capsys.readouterr().out and (out / "good.png").is_file()
+
+
+def test_an_upscale_that_gives_less_than_a_pixel_is_refused_not_written_as_1x1(tmp_path, capsys):
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert main(["restore", str(tmp_path / "a.png"), "-o", str(out), "--method", "bicubic", "--upscale", "1e-9"]) == 1
+    assert "less than one on a side: raise --upscale" in (out / "skipped.tsv").read_text()
+    assert not list(out.glob("*.png"))

@@ -19,6 +19,8 @@ processes of a launch (:mod:`.processes`). It returns a :class:`FilesReport`; Ct
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -55,6 +57,7 @@ class FilePlan:
     todo: list[tuple[Path, Path, Path]]
     kept: int = 0
     notes: list[str] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)  # files of the folders that are not images
 
 
 @dataclass
@@ -96,14 +99,20 @@ def read_input(path: str | Path, upscale: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- planning
-def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
-    """``(path, output relative path)`` of every image; folders keep their structure."""
+def collect_inputs(inputs: Sequence[str | Path], ignored: list | None = None) -> list[tuple[Path, Path]]:
+    """``(path, output relative path)`` of every image; folders keep their structure. The other
+    files of a folder (not hidden) are added to ``ignored`` as ``(path, why)``: every input is
+    restored or listed."""
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
-            found += [(p, p.relative_to(path)) for p in files]
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+            found += [(p, p.relative_to(path)) for p in files if is_image_path(p)]
+            if ignored is not None:
+                ignored += [
+                    (p, _NOT_READ.format(suffix=p.suffix or "no suffix")) for p in files if not is_image_path(p)
+                ]
         elif path.is_file():
             found.append((path, Path(path.name)))
         else:
@@ -111,6 +120,13 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     if not found:
         raise ConfigError(f"no images in {' '.join(map(str, inputs))} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return found
+
+
+_NOT_READ = "not a file type restore reads ({suffix}; it reads " + ", ".join(IMAGE_SUFFIXES) + "): convert it to PNG"
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def check_output_outside_inputs(inputs: Sequence[str | Path], out: Path) -> None:
@@ -248,7 +264,8 @@ def plan_files(
     check_output_folder(out, "-o")
     out = Path(out).expanduser()
     check_output_outside_inputs(inputs, out)
-    plan = plan_outputs(collect_inputs(inputs), out, ext)
+    ignored: list[tuple[Path, str]] = []
+    plan = plan_outputs(collect_inputs(inputs, ignored), out, ext)
     if compare:
         names = {dst for _, _, dst in plan}
         clash = next((dst for _, _, dst in plan if compare_path(dst) in names), None)
@@ -257,7 +274,9 @@ def plan_files(
                 f"--compare would write {compare_path(clash)}, the output of another input; rename that input "
                 f"or leave out --compare"
             )
-    return resume_plan(plan, out, method=method, model=model, overwrite=overwrite)
+    planned = resume_plan(plan, out, method=method, model=model, overwrite=overwrite)
+    planned.ignored = ignored
+    return planned
 
 
 # ---------------------------------------------------------------------- writing
@@ -280,7 +299,9 @@ def write_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
     """``OUT/skipped.tsv`` (input, why) when something was skipped; an earlier run's is removed."""
     if skipped:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / SKIPPED_FILE, "".join(f"{p}\t{why}\n" for p, why in skipped))
+        rows = io.StringIO()  # tab-separated; a name holding a tab, a newline or a quote is quoted (csv)
+        csv.writer(rows, delimiter="\t", lineterminator="\n").writerows((str(p), why) for p, why in skipped)
+        write_text(out / SKIPPED_FILE, rows.getvalue())
     elif (out / SKIPPED_FILE).is_file():  # an earlier run's: nothing is skipped now
         (out / SKIPPED_FILE).unlink()
 
@@ -367,7 +388,7 @@ def restore_files(  # noqa: C901
             bar.update(len(chunk))
     except KeyboardInterrupt:
         bar.close()
-        mine = [(p, why) for _, p, why in skipped]
+        mine = plan.ignored + [(p, why) for _, p, why in skipped]
         if group.is_main:
             write_skipped(out, mine)
         raise RestoreInterrupted(FilesReport(out, [done], plan.kept, plan.notes, mine)) from None
@@ -382,7 +403,8 @@ def restore_files(  # noqa: C901
     bar.close()
     reports = group.gather((done, skipped))  # every process's: waits for the last one
     everyone = sorted(s for _, part in reports for s in part)
-    report = FilesReport(out, [n for n, _ in reports], plan.kept, plan.notes, [(p, why) for _, p, why in everyone])
+    skipped_all = plan.ignored + [(p, why) for _, p, why in everyone]
+    report = FilesReport(out, [n for n, _ in reports], plan.kept, plan.notes, skipped_all)
     if group.is_main:
         write_skipped(out, report.skipped)
     return report

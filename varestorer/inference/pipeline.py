@@ -118,7 +118,12 @@ def output_size(size: tuple[int, int], upscale: float) -> tuple[int, int]:
     s = float(upscale)
     if s <= 0:
         raise ConfigError(f"upscale must be positive, got {s}")
-    out = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+    out = (round(size[0] * s), round(size[1] * s))
+    if min(out) < 1:  # not clamped to 1 px: --upscale 1e-9 is a mistake, not a request for 1x1 images
+        raise ConfigError(
+            f"a {size[1]}x{size[0]} input at {s:g}x gives {size[1] * s:.3g}x{size[0] * s:.3g} pixels, less than "
+            f"one on a side: raise --upscale"
+        )
     if out[0] * out[1] > MAX_OUTPUT_PIXELS:
         raise ConfigError(
             f"a {size[1]}x{size[0]} input at {s:g}x gives {out[1]}x{out[0]} pixels, more than "
