@@ -41,6 +41,13 @@ class Method:
     in_app: bool = True
     timed: bool = True
 
+    def draws(self, seed: int, generator) -> dict:
+        """The call settings that seed this method's random draws: the sampling methods' ``seed``,
+        or the one-step method's ``generator`` (its ``decode="gumbel"`` bits); none for the others."""
+        if "seed" in self.settings:
+            return {"seed": seed}
+        return {"generator": generator} if "generator" in self.settings else {}
+
 
 _TABLE = (
     Method(

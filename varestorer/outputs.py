@@ -64,11 +64,17 @@ def output_names(
 
 
 # ----------------------------------------------------------------------------------------- files
-def _temporary(path: Path, suffix: str = ".tmp") -> Path:
-    """A new name beside ``path``: hidden, unique, and short enough where ``path``'s name is long
-    (most file systems allow 255 bytes)."""
-    name = path.name if len(os.fsencode(path.name)) <= 200 else "varestorer"
-    return path.with_name(f".{name}.{secrets.token_hex(4)}{suffix}")
+def _short_name(path: Path) -> str:
+    """``path``'s name, or a stand-in where it is too long to take a prefix and a suffix (most file
+    systems allow 255 bytes)."""
+    return path.name if len(os.fsencode(path.name)) <= 200 else "varestorer"
+
+
+def _temporary(path: Path, suffix: str = ".tmp", owner: int | None = None) -> Path:
+    """A new name beside ``path``: hidden, unique, and short enough where ``path``'s name is long;
+    ``owner`` (a process id) in it marks it stale once that process has ended (:func:`recover_folder`)."""
+    tag = secrets.token_hex(4) if owner is None else f"{owner}-{secrets.token_hex(4)}"
+    return path.with_name(f".{_short_name(path)}.{tag}{suffix}")
 
 
 @contextlib.contextmanager
@@ -120,7 +126,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------- folders
 def aside(final: Path) -> Path:
     """Where :func:`swap_folder` keeps the folder it replaces until the new one is in place."""
-    return final.parent / f".{final.name}.old"
+    return final.parent / f".{_short_name(final)}.old"
 
 
 def swap_folder(new: Path, final: Path) -> None:
@@ -150,27 +156,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_folder(final: Path) -> list[Path]:
+def recover_folder(final: Path) -> None:
     """Undo what a killed :func:`swap_folder` or :func:`replacing_folder` left beside ``final``: the
     folder moved aside is put back when nothing took its place (deleted when something did), and
-    the half-written ``.NAME.PID-*.partial`` folders of processes no longer running are removed.
-    Returns what was removed or put back."""
-    done = []
+    the half-written ``.NAME.PID-*.partial`` folders of processes no longer running are removed."""
     old = aside(final)
     if old.is_dir():
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, final)
-        done.append(old)
     if final.parent.is_dir():
-        prefix = f".{final.name}."
+        prefix = f".{_short_name(final)}."
         for p in final.parent.iterdir():
             pid = p.name[len(prefix) :].split("-", 1)[0]
             if p.name.startswith(prefix) and p.name.endswith(".partial") and pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
-                done.append(p)
-    return done
 
 
 @contextlib.contextmanager
@@ -184,8 +185,7 @@ def replacing_folder(out: str | os.PathLike) -> Iterator[Path]:
         out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(out)
-    name = out.name if len(os.fsencode(out.name)) <= 200 else "varestorer"
-    tmp = out.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial")  # the pid: stale once it ends
+    tmp = _temporary(out, ".partial", owner=os.getpid())
     tmp.mkdir()
     try:
         yield tmp

@@ -136,10 +136,6 @@ def _evaluate(model: Path, heldout: dict, methods: list[str], out: Path, args):
     pipe = VARestorerPipeline.from_pretrained(model).to("cpu")
     generator = torch.Generator().manual_seed(args.seed)  # the one-step draws: one generator for the run
 
-    def settings(method: str) -> dict:
-        takes = METHODS[method].settings
-        return {"seed": args.seed} if "seed" in takes else {"generator": generator} if "generator" in takes else {}
-
     report = evaluate(
         data,
         pipe,
@@ -148,7 +144,7 @@ def _evaluate(model: Path, heldout: dict, methods: list[str], out: Path, args):
         metrics=DEMO_METRICS.split(","),
         device="cpu",
         prompts=CaptionFile(heldout["captions"]).prompts_for if args.with_captions else "",
-        settings=settings,
+        settings=lambda method: METHODS[method].draws(args.seed, generator),
         describe={"gt": str(heldout["hq"]), "lq": str(heldout["lq"]), "pred": None, "model": str(model)},
     )
     report.write()

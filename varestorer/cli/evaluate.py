@@ -85,13 +85,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
     import torch
 
     from ..errors import ConfigError
     from ..evaluation.metrics import DEFAULT_METRICS
-    from ..evaluation.report import strict_json
+    from ..evaluation.report import dumps_strict
     from ..evaluation.run import REPORT_FILES, evaluate, load_pairs
     from ..outputs import check_output_folder, check_outside_inputs
     from .options import method_kwargs, prompts_for
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     wrote = f"wrote {out}/: {', '.join(written)}" + "".join(f", {name}/" for name in report.restored)
     if args.json:  # standard output is the JSON alone (| jq); what was written goes to stderr
         print(wrote, file=sys.stderr)
-        print(json.dumps(strict_json(doc), indent=2, default=str, allow_nan=False))
+        print(dumps_strict(doc, indent=2, default=str))
         return 0
     print((out / "results.md").read_text())
     print(wrote)
@@ -154,10 +153,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _record(args, rows: list[dict]) -> None:
     """Merge the onestep row into ``MODEL/evaluation.json`` as ``{DATASET: {metric: value}}``."""
-    import json
 
     from ..errors import ConfigError
-    from ..evaluation.report import strict_json
+    from ..evaluation.report import dumps_strict
     from ..export.hub import EVAL_FILE, read_evaluation
     from ..outputs import write_text
 
@@ -168,5 +166,5 @@ def _record(args, rows: list[dict]) -> None:
     path = folder / EVAL_FILE
     table = read_evaluation(folder)
     table[args.record] = {k: v for k, v in row.items() if k not in ("method", "images") and v is not None}
-    write_text(path, json.dumps(strict_json(table), indent=2, allow_nan=False))
+    write_text(path, dumps_strict(table, indent=2))
     print(f"recorded the onestep row as {args.record!r} in {path}", file=sys.stderr if args.json else sys.stdout)

@@ -176,7 +176,7 @@ def _run(args: argparse.Namespace, group) -> int:
         return 130
     if group.is_main:
         _summary(report)
-    return 1 if sum(report.restored) == 0 and plan.todo and not plan.kept else 0
+    return 1 if report.failed else 0
 
 
 def _summary(report) -> None:

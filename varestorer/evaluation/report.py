@@ -32,6 +32,12 @@ def summarise(per_image: list[dict], metrics: list[str]) -> dict[str, float]:
     return out
 
 
+def dumps_strict(value, **kwargs) -> str:
+    """``json.dumps`` of ``value`` as strict JSON (:func:`strict_json`): what every results file and
+    ``evaluate --json`` write."""
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
 def strict_json(value):
     """``value`` with every non-finite float as a string (``"inf"``, ``"-inf"``, ``"nan"``): JSON has
     no infinity, and a bare ``Infinity`` breaks every strict reader."""
@@ -97,7 +103,7 @@ def write_report(
         "unavailable": unavailable,
         "rows": rows,
     }
-    write_text(out / "results.json", json.dumps(strict_json(doc), indent=2, default=str, allow_nan=False))
+    write_text(out / "results.json", dumps_strict(doc, indent=2, default=str))
     plot_metric_vs_time(rows, out / "metric_vs_time.png", metrics, unavailable)
     return doc
 

@@ -73,7 +73,8 @@ class FilesReport:
 
     @property
     def failed(self) -> bool:
-        """Nothing restored or kept although there was something to do."""
+        """Nothing restored or kept although there was something to do (a plan holds at least one
+        image: every one of them was skipped). ``varestorer restore`` then exits with 1."""
         return sum(self.restored) == 0 and not self.kept and bool(self.skipped)
 
 
@@ -312,12 +313,7 @@ def batch_draws(call: dict, seed: int, index: int) -> dict:
     ``seed`` for the first batch), the same whichever process restores it: the sampling methods'
     ``seed``, or the one-step method's ``generator`` (its ``decode="gumbel"`` draws)."""
     own = batch_seed(seed, index)
-    settings = METHODS[call["method"]].settings
-    if "seed" in settings:
-        return {**call, "seed": own}
-    if "generator" in settings:
-        return {**call, "generator": torch.Generator().manual_seed(own)}
-    return call
+    return {**call, **METHODS[call["method"]].draws(own, torch.Generator().manual_seed(own))}
 
 
 def restore_files(  # noqa: C901
